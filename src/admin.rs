@@ -1,0 +1,72 @@
+//! The admin listener (`metrics.listen`): `GET /metrics` (Prometheus text format),
+//! `GET /healthz` (the process is alive) and `GET /readyz` (it can serve traffic).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::metrics::Metrics;
+
+/// What must hold before `/readyz` answers 200. Each flag is set once by the part it names.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    proxy_listening: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set_proxy_listening(&self) {
+        self.proxy_listening.store(true, Ordering::Release);
+    }
+
+    /// The names of the conditions not met yet; empty when ready.
+    pub fn pending(&self) -> Vec<&'static str> {
+        let mut pending = Vec::new();
+        if !self.proxy_listening.load(Ordering::Acquire) {
+            pending.push("proxy listener not started");
+        }
+        pending
+    }
+}
+
+/// Serves the admin endpoints.
+pub struct AdminApp {
+    pub metrics: Metrics,
+    pub readiness: Arc<Readiness>,
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        if req.method != Method::GET && req.method != Method::HEAD {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", b"use GET\n".to_vec());
+        }
+        match req.uri.path() {
+            "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render()),
+            "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => match self.readiness.pending() {
+                pending if pending.is_empty() => reply(StatusCode::OK, "text/plain", b"ready\n".to_vec()),
+                pending => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {}\n", pending.join("; ")).into_bytes(),
+                ),
+            },
+            _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+        }
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .expect("static response parts are valid")
+}

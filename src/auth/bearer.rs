@@ -1,0 +1,114 @@
+//! Pull exactly one bearer token out of a request (RFC 6750 §2.1).
+//!
+//! `Authorization: Bearer <b64token>`: the scheme is case-insensitive (RFC 9110 §11.1), one or
+//! more spaces follow it, and the token is `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" )
+//! *"="`. Two `Authorization` fields, or anything else after `Bearer`, is a malformed request
+//! (RFC 6750 §3.1 `invalid_request`). A request without `Authorization`, or with another scheme
+//! such as `Basic`, carries no bearer token: the answer is a bare challenge.
+
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+
+/// Why the `Authorization` field could not be read as one bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerFault {
+    /// `Authorization` appears more than once.
+    MultipleAuthorization,
+    /// `Bearer` without a token, or a token that is not a b64token.
+    Malformed,
+}
+
+/// The bearer token of a request: `Ok(None)` when there is none.
+pub fn extract(headers: &HeaderMap) -> Result<Option<&str>, BearerFault> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(BearerFault::MultipleAuthorization);
+    }
+    parse(value.as_bytes())
+}
+
+/// Parse one `Authorization` field value.
+pub fn parse(value: &[u8]) -> Result<Option<&str>, BearerFault> {
+    // The scheme is a token (RFC 9110 §5.6.2); it ends at the first byte that is not a tchar.
+    let scheme_end = value.iter().position(|&b| !is_tchar(b)).unwrap_or(value.len());
+    let (scheme, rest) = value.split_at(scheme_end);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return Ok(None);
+    }
+    if !rest.starts_with(b" ") {
+        return Err(BearerFault::Malformed);
+    }
+    let token = trim_leading_spaces(rest);
+    if token.is_empty() || !is_b64token(token) {
+        return Err(BearerFault::Malformed);
+    }
+    // is_b64token admits ASCII only, so this cannot fail.
+    std::str::from_utf8(token).map(Some).map_err(|_| BearerFault::Malformed)
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn trim_leading_spaces(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|&c| c != b' ').unwrap_or(b.len());
+    &b[start..]
+}
+
+/// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="` (RFC 6750 §2.1).
+fn is_b64token(token: &[u8]) -> bool {
+    let body_len = token.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
+    let (body, padding) = token.split_at(body_len);
+    !body.is_empty()
+        && body
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+        && padding.iter().all(|&b| b == b'=')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn parse_table() {
+        use BearerFault::*;
+        let cases: &[(&[u8], Result<Option<&str>, BearerFault>)] = &[
+            (b"Bearer abc.def.ghi", Ok(Some("abc.def.ghi"))),
+            (b"bearer abc", Ok(Some("abc"))),
+            (b"BEARER abc", Ok(Some("abc"))),
+            (b"Bearer    abc", Ok(Some("abc"))),
+            (b"Bearer a-b_c~d+e/f==", Ok(Some("a-b_c~d+e/f=="))),
+            (b"Basic dXNlcjpwYXNz", Ok(None)),
+            (b"DPoPish abc", Ok(None)),
+            (b"Bearerabc", Ok(None)),
+            (b"Bearer", Err(Malformed)),
+            (b"Bearer ", Err(Malformed)),
+            (b"Bearer ===", Err(Malformed)),
+            (b"Bearer a=b", Err(Malformed)),
+            (b"Bearer abc def", Err(Malformed)),
+            (b"Bearer abc,def", Err(Malformed)),
+            (b"Bearer \"abc\"", Err(Malformed)),
+            (b"Bearer\tabc", Err(Malformed)),
+            (b"Bearer:abc", Err(Malformed)),
+            (b"Bearer ab\xc3\xa9", Err(Malformed)),
+        ];
+        for (value, want) in cases {
+            assert_eq!(parse(value), *want, "{}", String::from_utf8_lossy(value));
+        }
+    }
+
+    #[test]
+    fn header_map_cases() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(extract(&headers), Ok(None));
+        headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer one"));
+        assert_eq!(extract(&headers), Ok(Some("one")));
+        headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer two"));
+        assert_eq!(extract(&headers), Err(BearerFault::MultipleAuthorization));
+    }
+}

@@ -1,0 +1,134 @@
+//! The ONLY place that builds `WWW-Authenticate` values and error bodies (RFC 6750 §3).
+//!
+//! A [`Challenge`] is a neutral description of the answer; each adapter copies it out.
+//! Attribute values are fixed sentences or configuration (realm, scopes) validated at load:
+//! nothing from the request is ever echoed, so no value needs escaping.
+
+use super::bearer::BearerFault;
+use super::error::{AuthError, TokenFault};
+
+/// The HTTP answer to a request that failed authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub status: u16,
+    /// The `WWW-Authenticate` value; `None` for 503, which is not a challenge.
+    pub www_authenticate: Option<String>,
+    /// Seconds for `Retry-After` (503 only).
+    pub retry_after: Option<u64>,
+    /// JSON: `{"error": ..., "error_description": ...}`.
+    pub body: String,
+}
+
+impl Challenge {
+    /// Build the answer for `error` on a route in `realm` that requires `scopes`.
+    pub fn new(error: &AuthError, realm: &str, scopes: &[String]) -> Challenge {
+        let (status, code, description) = describe(error);
+        let www_authenticate = match (status, code) {
+            (503, _) => None,
+            // RFC 6750 §3.1: no error attribute when the request carried no credentials.
+            (_, None) => Some(format!("Bearer realm=\"{realm}\"")),
+            (_, Some(code)) => {
+                let mut value =
+                    format!("Bearer realm=\"{realm}\", error=\"{code}\", error_description=\"{description}\"");
+                if matches!(error, AuthError::InsufficientScope) && !scopes.is_empty() {
+                    value.push_str(&format!(", scope=\"{}\"", scopes.join(" ")));
+                }
+                Some(value)
+            }
+        };
+        let retry_after = match error {
+            AuthError::IdpUnavailable { retry_after } => Some(retry_after.as_secs().max(1)),
+            _ => None,
+        };
+        let body = serde_json::json!({
+            "error": code.unwrap_or("unauthorized"),
+            "error_description": description,
+        })
+        .to_string();
+        Challenge {
+            status,
+            www_authenticate,
+            retry_after,
+            body,
+        }
+    }
+}
+
+/// Status, RFC 6750 error code and a fixed, ASCII, quote-free description.
+fn describe(error: &AuthError) -> (u16, Option<&'static str>, &'static str) {
+    match error {
+        AuthError::MissingToken => (401, None, "This resource requires a bearer token."),
+        AuthError::InvalidRequest(BearerFault::MultipleAuthorization) => (
+            400,
+            Some("invalid_request"),
+            "The request carries more than one Authorization header.",
+        ),
+        AuthError::InvalidRequest(BearerFault::Malformed) => (
+            400,
+            Some("invalid_request"),
+            "The Authorization header is not a well-formed bearer token.",
+        ),
+        AuthError::InvalidToken(TokenFault::NoValidator) => (
+            401,
+            Some("invalid_token"),
+            "The token cannot be validated by this gateway.",
+        ),
+        AuthError::InsufficientScope => (
+            403,
+            Some("insufficient_scope"),
+            "The token does not carry the scopes this resource requires.",
+        ),
+        AuthError::IdpUnavailable { .. } => (
+            503,
+            Some("temporarily_unavailable"),
+            "The identity provider cannot be reached; retry later.",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn challenges_follow_rfc6750() {
+        let scopes = vec!["orders:read".to_string(), "orders:write".to_string()];
+        let c = Challenge::new(&AuthError::MissingToken, "api", &scopes);
+        assert_eq!((c.status, c.www_authenticate.as_deref()), (401, Some("Bearer realm=\"api\"")));
+
+        let c = Challenge::new(&AuthError::InvalidRequest(BearerFault::Malformed), "api", &scopes);
+        assert_eq!(c.status, 400);
+        assert!(c.www_authenticate.unwrap().starts_with("Bearer realm=\"api\", error=\"invalid_request\""));
+
+        let c = Challenge::new(&AuthError::InvalidToken(TokenFault::NoValidator), "api", &[]);
+        assert_eq!(c.status, 401);
+        assert!(c.www_authenticate.unwrap().contains("error=\"invalid_token\""));
+
+        let c = Challenge::new(&AuthError::InsufficientScope, "api", &scopes);
+        assert_eq!(c.status, 403);
+        assert!(c.www_authenticate.unwrap().ends_with(", scope=\"orders:read orders:write\""));
+
+        let c = Challenge::new(&AuthError::IdpUnavailable { retry_after: Duration::from_secs(5) }, "api", &[]);
+        assert_eq!((c.status, c.www_authenticate, c.retry_after), (503, None, Some(5)));
+    }
+
+    #[test]
+    fn bodies_are_json_with_fixed_ascii_descriptions() {
+        let all = [
+            AuthError::MissingToken,
+            AuthError::InvalidRequest(BearerFault::Malformed),
+            AuthError::InvalidRequest(BearerFault::MultipleAuthorization),
+            AuthError::InvalidToken(TokenFault::NoValidator),
+            AuthError::InsufficientScope,
+            AuthError::IdpUnavailable { retry_after: Duration::ZERO },
+        ];
+        for e in all {
+            let c = Challenge::new(&e, "api", &[]);
+            let v: serde_json::Value = serde_json::from_str(&c.body).unwrap();
+            let d = v["error_description"].as_str().unwrap();
+            assert!(d.is_ascii() && !d.contains(['"', '\\']), "{d}");
+            assert!(v["error"].is_string());
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Configuration: `gateway.toml` parsed into [`raw`] structs, then validated into [`Config`].
+//!
+//! Validation collects every problem rather than stopping at the first, and each problem names
+//! the key path and the fix, e.g. `routes[2].upstreams: must list at least one host:port`.
+//! URLs, durations, addresses and methods are parsed here, so the running gateway only ever
+//! holds typed values.
+
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Method;
+use url::Url;
+
+pub use raw::RawConfig;
+
+/// A configuration that passed validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub metrics: MetricsConfig,
+    pub upstream: UpstreamConfig,
+    pub issuers: Vec<IssuerConfig>,
+    pub introspection: Option<IntrospectionConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `listen`, default `0.0.0.0:8080`. Port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    /// `realm`, default `portcullis`: the `realm` attribute of every challenge (RFC 6750 §3).
+    pub realm: String,
+    /// `threads`, default: the number of cores. Worker threads of the proxy.
+    pub threads: usize,
+    /// `shutdown_grace`, default `5s`: after SIGTERM/SIGINT, how long in-flight requests may run.
+    pub shutdown_grace: Duration,
+    /// `trust_forwarded_headers`, default `false`: when true, `X-Forwarded-For` from the client
+    /// is appended to and `X-Forwarded-Proto` / `-Host` are kept; when false they are replaced.
+    pub trust_forwarded_headers: bool,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// `listen`, default `127.0.0.1:9090`: serves `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+}
+
+/// `[upstream]`: how the gateway talks to the services behind it.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `connect_timeout`, default `2s`. Exceeding it answers 504.
+    pub connect_timeout: Duration,
+    /// `read_timeout`, default `30s`: the longest wait for each read from the upstream. 504.
+    pub read_timeout: Duration,
+    /// `write_timeout`, default `30s`: the longest wait for each write to the upstream.
+    pub write_timeout: Duration,
+    /// `idle_timeout`, default `60s`: how long a pooled upstream connection may sit idle.
+    pub idle_timeout: Duration,
+    /// `health_check_interval`, default `5s`: the TCP health check of every upstream.
+    pub health_check_interval: Duration,
+    /// `keepalive_pool_size`, default `128`: pooled upstream connections, in all.
+    pub keepalive_pool_size: usize,
+}
+
+/// The signature algorithms an issuer may be allowed (RFC 7518 §3.1, RFC 8037).
+/// `none` has no variant: it cannot be configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+    HS256,
+    HS384,
+    HS512,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 12] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+        Algorithm::HS256,
+        Algorithm::HS384,
+        Algorithm::HS512,
+    ];
+
+    /// The JOSE name, exactly as in a JWT header's `alg`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
+            Algorithm::HS256 => "HS256",
+            Algorithm::HS384 => "HS384",
+            Algorithm::HS512 => "HS512",
+        }
+    }
+
+    /// Parse a JOSE name; names are case-sensitive (RFC 7515 §4.1.1).
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+/// Where an issuer's signing keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `jwks_uri = "..."`.
+    JwksUri(Url),
+    /// `discovery = true`: `jwks_uri` from the issuer's metadata (RFC 8414, OIDC Discovery).
+    Discovery,
+}
+
+/// One `[[issuers]]` entry.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// `issuer`: compared exactly with a token's `iss` (RFC 7519 §4.1.1).
+    pub issuer: String,
+    /// `jwks_uri` or `discovery = true`; exactly one.
+    pub keys: KeySource,
+    /// `audiences`: a token's `aud` must contain one of these (RFC 7519 §4.1.3).
+    pub audiences: Vec<String>,
+    /// `algorithms`: the allow-list (RFC 8725 §3.1).
+    pub algorithms: Vec<Algorithm>,
+    /// `leeway`, default `30s`: clock skew allowed on `exp`, `nbf` and `iat`.
+    pub leeway: Duration,
+    /// `jwks_refresh`, default `5m`.
+    pub jwks_refresh: Duration,
+}
+
+/// `[introspection]` (RFC 7662).
+#[derive(Debug, Clone)]
+pub struct IntrospectionConfig {
+    pub endpoint: Url,
+    pub client_id: String,
+    /// The name of the environment variable that holds the client secret.
+    pub client_secret_env: String,
+}
+
+/// Whether a route checks tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// `auth = "required"` (default): a valid bearer token with the route's scopes.
+    Required,
+    /// `auth = "none"`: forwarded without any check.
+    None,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// `name`: unique; the `route` label of every metric.
+    pub name: String,
+    /// `path_prefix`: normalised without a trailing `/` (except the root `/`).
+    pub path_prefix: String,
+    /// `methods`, default every method (`None`).
+    pub methods: Option<Vec<Method>>,
+    /// `upstreams`: `host:port` entries, resolved when the gateway starts.
+    pub upstreams: Vec<String>,
+    /// `scopes`: every one required.
+    pub scopes: Vec<String>,
+    /// `auth`, default `required`.
+    pub auth: AuthMode,
+}
+
+/// One thing wrong with a configuration: the key path and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not have the expected shape.
+    #[error("{path}: {key}: {message}")]
+    Parse {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    /// The file parsed, but values are wrong; one entry per problem.
+    #[error("{}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid { problems: Vec<Problem> },
+}
+
+impl ConfigError {
+    /// One line per problem, for `portcullis check`.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { problems } => problems.iter().map(|p| p.to_string()).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { key, message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                key,
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse and validate TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let parse_error = |key: String, message: String| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            key,
+            message,
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| parse_error("(file)".into(), one_line(&e.to_string())))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(file)".into() } else { key };
+            parse_error(key, one_line(&e.into_inner().to_string()))
+        })?;
+        Config::try_from(raw)
+    }
+}
+
+/// toml errors span lines (a source excerpt); a problem report keeps one line per problem.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.starts_with('^'))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, Self::Error> {
+        validate::validate(raw)
+    }
+}

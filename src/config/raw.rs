@@ -1,0 +1,102 @@
+//! The file format: serde structs that mirror `gateway.toml` key for key.
+//!
+//! Every struct denies unknown fields: in an auth gateway a typo (`scope =` for `scopes =`) must
+//! never leave a route open. Nothing here is validated; [`super::Config::try_from`] turns these
+//! into typed values and names the key of every problem it finds.
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
+    pub upstream: RawUpstream,
+    #[serde(default)]
+    pub issuers: Vec<RawIssuer>,
+    pub introspection: Option<RawIntrospection>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// `[server]`: the proxy listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Default `0.0.0.0:8080`.
+    pub listen: Option<String>,
+    /// Default `portcullis`.
+    pub realm: Option<String>,
+    /// Default: the number of cores.
+    pub threads: Option<i64>,
+    /// Default `5s`.
+    pub shutdown_grace: Option<String>,
+    /// Default `false`.
+    pub trust_forwarded_headers: Option<bool>,
+    /// Reserved for TLS termination.
+    pub tls_cert: Option<String>,
+    /// Reserved for TLS termination.
+    pub tls_key: Option<String>,
+}
+
+/// `[metrics]`: the admin listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Default `127.0.0.1:9090`.
+    pub listen: Option<String>,
+}
+
+/// `[upstream]`: connection settings shared by every route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+    pub write_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub health_check_interval: Option<String>,
+    pub keepalive_pool_size: Option<i64>,
+}
+
+/// One `[[issuers]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub issuer: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub discovery: Option<bool>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    pub leeway: Option<String>,
+    pub jwks_refresh: Option<String>,
+}
+
+/// `[introspection]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospection {
+    pub endpoint: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_env: Option<String>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    pub path_prefix: Option<String>,
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub auth: Option<String>,
+}

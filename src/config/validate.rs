@@ -1,0 +1,443 @@
+//! Raw structs -> typed [`Config`], collecting every problem with its key path and fix.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::Method;
+use url::Url;
+
+use super::raw::{RawConfig, RawIntrospection, RawIssuer, RawRoute, RawUpstream};
+use super::{
+    Algorithm, AuthMode, Config, ConfigError, IntrospectionConfig, IssuerConfig, KeySource,
+    MetricsConfig, Problem, RouteConfig, ServerConfig, UpstreamConfig,
+};
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// A humantime duration ("30s", "5m"), or the default when the key is absent.
+    fn duration(&mut self, key: &str, value: Option<&str>, default: Duration) -> Duration {
+        match value.map(humantime::parse_duration) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(_)) => {
+                self.push(key, "must be a duration such as \"500ms\", \"30s\" or \"5m\"");
+                default
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, key: &str, value: Option<&str>, default: &str) -> SocketAddr {
+        let text = value.unwrap_or(default);
+        text.parse().unwrap_or_else(|_| {
+            self.push(
+                key,
+                "must be an IP address and port such as \"0.0.0.0:8080\" or \"[::1]:8080\"",
+            );
+            default.parse().expect("default address parses")
+        })
+    }
+
+    fn positive(&mut self, key: &str, value: Option<i64>, default: usize, max: usize) -> usize {
+        match value {
+            None => default,
+            Some(n) if n >= 1 && (n as u64) <= max as u64 => n as usize,
+            Some(_) => {
+                self.push(key, format!("must be a whole number from 1 to {max}"));
+                default
+            }
+        }
+    }
+}
+
+pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let mut p = Problems::default();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    let s = &raw.server;
+    let realm = s.realm.clone().unwrap_or_else(|| "portcullis".into());
+    if realm.is_empty() || !realm.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        p.push(
+            "server.realm",
+            "must be non-empty printable ASCII without quotes or backslashes (RFC 6750 §3)",
+        );
+    }
+    if s.tls_cert.is_some() || s.tls_key.is_some() {
+        p.push(
+            "server.tls_cert",
+            "TLS termination is not supported yet; terminate TLS in front of Portcullis and remove tls_cert / tls_key",
+        );
+    }
+    let server = ServerConfig {
+        listen: p.socket_addr("server.listen", s.listen.as_deref(), "0.0.0.0:8080"),
+        realm,
+        threads: p.positive("server.threads", s.threads, cores, 1024),
+        shutdown_grace: p.duration(
+            "server.shutdown_grace",
+            s.shutdown_grace.as_deref(),
+            Duration::from_secs(5),
+        ),
+        trust_forwarded_headers: s.trust_forwarded_headers.unwrap_or(false),
+    };
+    let metrics = MetricsConfig {
+        listen: p.socket_addr("metrics.listen", raw.metrics.listen.as_deref(), "127.0.0.1:9090"),
+    };
+    if server.listen == metrics.listen && server.listen.port() != 0 {
+        p.push("metrics.listen", "must differ from server.listen");
+    }
+
+    let upstream = upstream(&mut p, &raw.upstream);
+    let issuers = raw
+        .issuers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, issuer)| self::issuer(&mut p, &format!("issuers[{i}]"), issuer))
+        .collect::<Vec<_>>();
+    let mut seen_issuers = HashSet::new();
+    for (i, issuer) in issuers.iter().enumerate() {
+        if !seen_issuers.insert(issuer.issuer.clone()) {
+            p.push(format!("issuers[{i}].issuer"), "appears twice; list each issuer once");
+        }
+    }
+    let introspection = raw
+        .introspection
+        .as_ref()
+        .and_then(|i| self::introspection(&mut p, i));
+    let routes = raw
+        .routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| route(&mut p, &format!("routes[{i}]"), r))
+        .collect::<Vec<_>>();
+    if raw.routes.is_empty() {
+        p.push("routes", "must list at least one [[routes]] entry");
+    }
+    check_route_set(&mut p, &routes);
+
+    if p.0.is_empty() {
+        Ok(Config {
+            server,
+            metrics,
+            upstream,
+            issuers,
+            introspection,
+            routes,
+        })
+    } else {
+        Err(ConfigError::Invalid { problems: p.0 })
+    }
+}
+
+fn upstream(p: &mut Problems, u: &RawUpstream) -> UpstreamConfig {
+    let secs = Duration::from_secs;
+    let d = |p: &mut Problems, key: &str, v: &Option<String>, default| {
+        let value = p.duration(&format!("upstream.{key}"), v.as_deref(), default);
+        if value.is_zero() {
+            p.push(format!("upstream.{key}"), "must be longer than zero");
+        }
+        value
+    };
+    UpstreamConfig {
+        connect_timeout: d(p, "connect_timeout", &u.connect_timeout, secs(2)),
+        read_timeout: d(p, "read_timeout", &u.read_timeout, secs(30)),
+        write_timeout: d(p, "write_timeout", &u.write_timeout, secs(30)),
+        idle_timeout: d(p, "idle_timeout", &u.idle_timeout, secs(60)),
+        health_check_interval: d(p, "health_check_interval", &u.health_check_interval, secs(5)),
+        keepalive_pool_size: p.positive(
+            "upstream.keepalive_pool_size",
+            u.keepalive_pool_size,
+            128,
+            1_000_000,
+        ),
+    }
+}
+
+/// An absolute http(s) URL without a fragment.
+fn http_url(p: &mut Problems, key: &str, value: &str) -> Option<Url> {
+    match Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "https" | "http") && url.fragment().is_none() => Some(url),
+        _ => {
+            p.push(key, "must be an absolute https:// URL without a #fragment");
+            None
+        }
+    }
+}
+
+fn issuer(p: &mut Problems, key: &str, raw: &RawIssuer) -> Option<IssuerConfig> {
+    let before = p.0.len();
+    let issuer = match raw.issuer.as_deref() {
+        None | Some("") => {
+            p.push(format!("{key}.issuer"), "is required: the exact `iss` value of its tokens");
+            None
+        }
+        Some(s) => http_url(p, &format!("{key}.issuer"), s).map(|_| s.to_owned()),
+    };
+    let keys = match (raw.jwks_uri.as_deref(), raw.discovery.unwrap_or(false)) {
+        (Some(_), true) => {
+            p.push(format!("{key}.jwks_uri"), "set either jwks_uri or discovery = true, not both");
+            None
+        }
+        (Some(uri), false) => http_url(p, &format!("{key}.jwks_uri"), uri).map(KeySource::JwksUri),
+        (None, true) => Some(KeySource::Discovery),
+        (None, false) => {
+            p.push(
+                format!("{key}.jwks_uri"),
+                "is required: set jwks_uri = \"https://...\" or discovery = true",
+            );
+            None
+        }
+    };
+    if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
+        p.push(
+            format!("{key}.audiences"),
+            "must list at least one non-empty audience (the `aud` your API's tokens carry)",
+        );
+    }
+    let mut algorithms = Vec::new();
+    for (i, name) in raw.algorithms.iter().enumerate() {
+        match Algorithm::from_name(name) {
+            Some(a) if !algorithms.contains(&a) => algorithms.push(a),
+            Some(_) => p.push(format!("{key}.algorithms[{i}]"), format!("{name} is listed twice")),
+            None if name.eq_ignore_ascii_case("none") => p.push(
+                format!("{key}.algorithms[{i}]"),
+                "\"none\" is never allowed: unsigned tokens prove nothing (RFC 8725 §3.1)",
+            ),
+            None => p.push(
+                format!("{key}.algorithms[{i}]"),
+                format!(
+                    "unknown algorithm {name:?}; use one of {} (names are case-sensitive)",
+                    Algorithm::ALL.map(Algorithm::name).join(", ")
+                ),
+            ),
+        }
+    }
+    if raw.algorithms.is_empty() {
+        p.push(format!("{key}.algorithms"), "must list at least one algorithm, e.g. [\"RS256\"]");
+    }
+    let leeway = p.duration(&format!("{key}.leeway"), raw.leeway.as_deref(), Duration::from_secs(30));
+    if leeway > Duration::from_secs(300) {
+        p.push(format!("{key}.leeway"), "must be at most 5m; clock skew beyond that is a broken clock");
+    }
+    let jwks_refresh = p.duration(
+        &format!("{key}.jwks_refresh"),
+        raw.jwks_refresh.as_deref(),
+        Duration::from_secs(300),
+    );
+    if jwks_refresh < Duration::from_secs(1) {
+        p.push(format!("{key}.jwks_refresh"), "must be at least 1s");
+    }
+    if p.0.len() > before {
+        return None;
+    }
+    Some(IssuerConfig {
+        issuer: issuer?,
+        keys: keys?,
+        audiences: raw.audiences.clone(),
+        algorithms,
+        leeway,
+        jwks_refresh,
+    })
+}
+
+fn introspection(p: &mut Problems, raw: &RawIntrospection) -> Option<IntrospectionConfig> {
+    let endpoint = match raw.endpoint.as_deref() {
+        Some(e) => http_url(p, "introspection.endpoint", e),
+        None => {
+            p.push("introspection.endpoint", "is required: the RFC 7662 introspection URL");
+            None
+        }
+    };
+    let client_id = raw.client_id.clone().filter(|c| !c.is_empty());
+    if client_id.is_none() {
+        p.push("introspection.client_id", "is required: the gateway's client id at the authorization server");
+    }
+    let env = raw.client_secret_env.clone().filter(|e| is_env_name(e));
+    if env.is_none() {
+        p.push(
+            "introspection.client_secret_env",
+            "must name the environment variable holding the secret (letters, digits, _); secrets are never written in the file",
+        );
+    }
+    Some(IntrospectionConfig {
+        endpoint: endpoint?,
+        client_id: client_id?,
+        client_secret_env: env?,
+    })
+}
+
+fn is_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Route names are metric label values: short and from a small alphabet.
+fn is_route_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+}
+
+/// A scope token (RFC 6749 §3.3): printable ASCII except space, `"` and `\`.
+fn is_scope_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
+    let before = p.0.len();
+    let name = raw.name.clone().unwrap_or_default();
+    if !is_route_name(&name) {
+        p.push(
+            format!("{key}.name"),
+            "is required: up to 64 letters, digits or _ . : - (it becomes a metric label)",
+        );
+    }
+    let path_prefix = match raw.path_prefix.as_deref() {
+        Some(prefix) => normalise_prefix(p, &format!("{key}.path_prefix"), prefix),
+        None => {
+            p.push(format!("{key}.path_prefix"), "is required, e.g. \"/orders\" (\"/\" matches every path)");
+            None
+        }
+    };
+    let methods = raw.methods.as_ref().map(|list| {
+        if list.is_empty() {
+            p.push(format!("{key}.methods"), "must not be empty; omit the key to allow every method");
+        }
+        let mut methods: Vec<Method> = Vec::new();
+        for (i, m) in list.iter().enumerate() {
+            let k = format!("{key}.methods[{i}]");
+            match Method::from_bytes(m.as_bytes()) {
+                Ok(_) if m.bytes().any(|b| b.is_ascii_lowercase()) => p.push(
+                    k,
+                    format!("methods are case-sensitive; write {:?}", m.to_ascii_uppercase()),
+                ),
+                Ok(method) if methods.contains(&method) => p.push(k, format!("{m} is listed twice")),
+                Ok(method) => methods.push(method),
+                Err(_) => p.push(k, format!("{m:?} is not an HTTP method, e.g. \"GET\"")),
+            }
+        }
+        methods
+    });
+    if raw.upstreams.is_empty() {
+        p.push(format!("{key}.upstreams"), "must list at least one host:port");
+    }
+    for (i, u) in raw.upstreams.iter().enumerate() {
+        if !is_host_port(u) {
+            p.push(
+                format!("{key}.upstreams[{i}]"),
+                format!("{u:?} must be host:port, e.g. \"127.0.0.1:9001\" or \"orders.svc:8080\""),
+            );
+        }
+    }
+    for (i, s) in raw.scopes.iter().enumerate() {
+        if !is_scope_token(s) {
+            p.push(
+                format!("{key}.scopes[{i}]"),
+                "must be one scope token: printable ASCII without spaces, quotes or backslashes (RFC 6749 §3.3)",
+            );
+        }
+    }
+    let auth = match raw.auth.as_deref() {
+        None | Some("required") => AuthMode::Required,
+        Some("none") => AuthMode::None,
+        Some(other) => {
+            p.push(format!("{key}.auth"), format!("{other:?} is not a mode; use \"required\" or \"none\""));
+            AuthMode::Required
+        }
+    };
+    if auth == AuthMode::None && !raw.scopes.is_empty() {
+        p.push(
+            format!("{key}.scopes"),
+            "a route with auth = \"none\" checks no token, so it cannot require scopes; remove scopes or set auth = \"required\"",
+        );
+    }
+    if p.0.len() > before {
+        return None;
+    }
+    Some(RouteConfig {
+        name,
+        path_prefix: path_prefix?,
+        methods,
+        upstreams: raw.upstreams.clone(),
+        scopes: raw.scopes.clone(),
+        auth,
+    })
+}
+
+/// `/orders/` -> `/orders`; `/` stays `/`. Rejects what a request path could never match.
+fn normalise_prefix(p: &mut Problems, key: &str, prefix: &str) -> Option<String> {
+    let bad_segment = prefix.split('/').skip(1).any(|s| s == "." || s == "..");
+    if !prefix.starts_with('/')
+        || prefix.contains(['?', '#', ' '])
+        || prefix.contains("//")
+        || bad_segment
+        || !prefix.bytes().all(|b| b.is_ascii_graphic())
+    {
+        p.push(
+            key,
+            "must be an absolute path such as \"/orders\": starts with /, no query, no // or dot segments",
+        );
+        return None;
+    }
+    let trimmed = prefix.trim_end_matches('/');
+    Some(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
+}
+
+fn is_host_port(s: &str) -> bool {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    };
+    port_ok && host_ok
+}
+
+/// Cross-route rules: unique names, and no two routes claiming the same prefix and method.
+fn check_route_set(p: &mut Problems, routes: &[RouteConfig]) {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut claims: HashMap<(&str, Option<&Method>), &str> = HashMap::new();
+    for (i, r) in routes.iter().enumerate() {
+        if let Some(first) = names.insert(&r.name, i) {
+            p.push(
+                format!("routes[{i}].name"),
+                format!("{:?} is already the name of routes[{first}]; route names must be unique", r.name),
+            );
+            continue;
+        }
+        let methods: Vec<Option<&Method>> = match &r.methods {
+            None => vec![None],
+            Some(list) => list.iter().map(Some).collect(),
+        };
+        for m in methods {
+            // A route without methods overlaps every route on the same prefix.
+            let clash = claims
+                .iter()
+                .find(|((prefix, other), _)| {
+                    *prefix == r.path_prefix && (m.is_none() || other.is_none() || *other == m)
+                })
+                .map(|(_, name)| *name);
+            if let Some(other) = clash {
+                p.push(
+                    format!("routes[{i}].methods"),
+                    format!(
+                        "overlaps route {other:?} on path_prefix {:?}; give each route on one prefix distinct methods",
+                        r.path_prefix
+                    ),
+                );
+                break;
+            }
+            claims.insert((&r.path_prefix, m), &r.name);
+        }
+    }
+}

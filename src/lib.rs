@@ -1,0 +1,17 @@
+//! Portcullis: an OAuth 2.0 resource-server gateway.
+//!
+//! The library holds the transport-neutral auth core ([`auth`]), configuration ([`config`]),
+//! routing ([`routing`]) and metrics ([`metrics`]); with the default `proxy` feature it adds the
+//! pingora data plane ([`proxy`], [`admin`]) and its assembly ([`app`]).
+
+pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod routing;
+
+#[cfg(feature = "proxy")]
+pub mod admin;
+#[cfg(feature = "proxy")]
+pub mod app;
+#[cfg(feature = "proxy")]
+pub mod proxy;

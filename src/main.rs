@@ -1,0 +1,88 @@
+//! The `portcullis` command: CLI, logging, config, then hand over to [`portcullis::app`].
+//!
+//! Exit codes: 0 success, 1 invalid configuration, 2 start-up failure (a port in use, an
+//! upstream host that does not resolve).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use portcullis::app::App;
+use portcullis::config::Config;
+
+/// An OAuth 2.0 resource-server gateway: validates bearer tokens before forwarding requests.
+#[derive(Parser)]
+#[command(name = "portcullis", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The configuration file.
+    #[arg(long, short, global = true, default_value = "gateway.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate a configuration file and exit; one line per problem.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => check(&cli.config),
+        Command::Run => run(&cli.config),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} routes, {} issuers)",
+                path.display(),
+                config.routes.len(),
+                config.issuers.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("{line}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            for line in e.lines() {
+                tracing::error!("{line}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let app = match App::build(&config, prometheus::default_registry().clone()) {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!(proxy = %app.proxy_addr(), metrics = %app.metrics_addr(), "listening");
+    app.run_until_signal();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}

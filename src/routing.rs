@@ -1,0 +1,187 @@
+//! Route matching: the request path (never the query, never a header) picks a route.
+//!
+//! Rules:
+//! - The longest `path_prefix` that matches wins. Prefixes match on segment boundaries:
+//!   `/orders` matches `/orders` and `/orders/7`, not `/ordersX`.
+//! - Among routes with that prefix, the one whose `methods` include the request method.
+//!   When none does, the answer is 405 with `Allow`, never a shorter prefix: a request that a
+//!   scoped route's path claims must not fall through to a less protected catch-all.
+//!
+//! Matching costs one hash lookup per path segment, whatever the number of routes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::config::{AuthMode, RouteConfig};
+
+/// A route, as the data plane uses it.
+#[derive(Debug)]
+pub struct Route {
+    /// Position in the config; indexes per-route state such as upstream pools.
+    pub index: usize,
+    pub name: String,
+    pub path_prefix: String,
+    pub methods: Option<Vec<Method>>,
+    pub auth: AuthMode,
+    pub scopes: Vec<String>,
+}
+
+/// The outcome of matching one request.
+#[derive(Debug)]
+pub enum RouteMatch<'a> {
+    Found(&'a Arc<Route>),
+    /// The path belongs to routes that do not allow this method; the `Allow` header value.
+    MethodNotAllowed { allow: &'a str },
+    NotFound,
+}
+
+/// The routes sharing one prefix.
+#[derive(Debug)]
+struct Group {
+    routes: Vec<Arc<Route>>,
+    /// `Allow` value for a 405: the union of the group's methods, sorted.
+    allow: String,
+}
+
+/// Every configured route, indexed by prefix.
+#[derive(Debug)]
+pub struct Router {
+    groups: HashMap<String, Group>,
+    routes: Vec<Arc<Route>>,
+}
+
+impl Router {
+    pub fn new(configs: &[RouteConfig]) -> Router {
+        let routes: Vec<Arc<Route>> = configs
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                Arc::new(Route {
+                    index,
+                    name: c.name.clone(),
+                    path_prefix: c.path_prefix.clone(),
+                    methods: c.methods.clone(),
+                    auth: c.auth,
+                    scopes: c.scopes.clone(),
+                })
+            })
+            .collect();
+        let mut groups: HashMap<String, Group> = HashMap::new();
+        for route in &routes {
+            groups
+                .entry(route.path_prefix.clone())
+                .or_insert_with(|| Group {
+                    routes: Vec::new(),
+                    allow: String::new(),
+                })
+                .routes
+                .push(route.clone());
+        }
+        for group in groups.values_mut() {
+            let mut methods: Vec<&str> = group
+                .routes
+                .iter()
+                .flat_map(|r| r.methods.iter().flatten().map(Method::as_str))
+                .collect();
+            methods.sort_unstable();
+            methods.dedup();
+            group.allow = methods.join(", ");
+        }
+        Router { groups, routes }
+    }
+
+    /// All routes, in config order.
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    /// Match a request. `path` is the request target's path (no query).
+    pub fn find(&self, method: &Method, path: &str) -> RouteMatch<'_> {
+        let mut candidate = path;
+        loop {
+            if let Some(group) = self.groups.get(candidate) {
+                return group
+                    .routes
+                    .iter()
+                    .find(|r| r.methods.as_ref().is_none_or(|ms| ms.contains(method)))
+                    .map_or(
+                        RouteMatch::MethodNotAllowed {
+                            allow: &group.allow,
+                        },
+                        RouteMatch::Found,
+                    );
+            }
+            // Next shorter prefix on a segment boundary: "/a/b/" -> "/a/b" -> "/a" -> "/".
+            candidate = match candidate.rfind('/') {
+                Some(0) if candidate.len() > 1 => "/",
+                Some(0) | None => return RouteMatch::NotFound,
+                Some(i) => &candidate[..i],
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, prefix: &str, methods: Option<&[&str]>) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            path_prefix: prefix.into(),
+            methods: methods.map(|ms| ms.iter().map(|m| m.parse().unwrap()).collect()),
+            upstreams: vec!["127.0.0.1:1".into()],
+            scopes: vec![],
+            auth: AuthMode::None,
+        }
+    }
+
+    fn name(m: RouteMatch<'_>) -> String {
+        match m {
+            RouteMatch::Found(r) => r.name.clone(),
+            RouteMatch::MethodNotAllowed { allow } => format!("405 {allow}"),
+            RouteMatch::NotFound => "404".into(),
+        }
+    }
+
+    #[test]
+    fn longest_prefix_on_segment_boundaries_then_method() {
+        let router = Router::new(&[
+            route("root", "/", Some(&["GET"])),
+            route("orders-read", "/orders", Some(&["GET", "HEAD"])),
+            route("orders-write", "/orders", Some(&["POST", "DELETE"])),
+            route("order-items", "/orders/items", None),
+            route("api", "/api/v1", None),
+        ]);
+        let cases = [
+            ("GET", "/", "root"),
+            ("GET", "/orders", "orders-read"),
+            ("GET", "/orders/", "orders-read"),
+            ("HEAD", "/orders/7", "orders-read"),
+            ("POST", "/orders/7", "orders-write"),
+            ("PUT", "/orders/7", "405 DELETE, GET, HEAD, POST"),
+            ("GET", "/ordersX", "root"),
+            ("PUT", "/ordersX", "405 GET"),
+            ("PATCH", "/orders/items/3", "order-items"),
+            ("GET", "/orders/itemsX", "orders-read"),
+            ("GET", "/api/v1/x", "api"),
+            ("GET", "/api/v2", "root"),
+            ("GET", "/api", "root"),
+        ];
+        for (method, path, want) in cases {
+            let got = name(router.find(&method.parse().unwrap(), path));
+            assert_eq!(got, want, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn no_root_route_means_not_found() {
+        let router = Router::new(&[route("orders", "/orders", None)]);
+        for path in ["/", "/order", "/ordersX", "/other/orders", "", "orders"] {
+            assert_eq!(name(router.find(&Method::GET, path)), "404", "{path:?}");
+        }
+        assert_eq!(name(router.find(&Method::GET, "/orders//x")), "orders");
+    }
+}
