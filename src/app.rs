@@ -194,7 +194,6 @@ fn bind(key: &'static str, addr: SocketAddr) -> Result<(RawFd, SocketAddr), Star
 /// One round-robin pool per distinct upstream list; routes with the same list share it.
 /// Host names are resolved once, here. Every pool reports to one shared health registry.
 fn build_pools(config: &Config, health: &Arc<HealthRegistry>, gauge: &IntGaugeVec) -> Result<Pools, StartupError> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     let mut by_list: HashMap<&[String], Arc<LoadBalancer<RoundRobin>>> = HashMap::new();
     let mut pools = Vec::with_capacity(config.routes.len());
     for (route, rc) in config.routes.iter().enumerate() {
@@ -216,13 +215,24 @@ fn build_pools(config: &Config, health: &Arc<HealthRegistry>, gauge: &IntGaugeVe
         }
         let view = Backends::new_with_health_registry(Static::new(backends), health.clone());
         let pool = Arc::new(LoadBalancer::<RoundRobin>::from_backends(view));
-        runtime
-            .block_on(pool.update())
-            .map_err(|source| StartupError::Pool { route, source })?;
+        populate(&pool).map_err(|source| StartupError::Pool { route, source })?;
         by_list.insert(&rc.upstreams, pool.clone());
         pools.push(pool);
     }
     Ok(pools)
+}
+
+/// Load a pool's static backend list once. `update` is async only for dynamic discovery; it runs
+/// on a helper thread so that `App::build` may be called from inside a tokio runtime too.
+fn populate(pool: &LoadBalancer<RoundRobin>) -> pingora::Result<()> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+            runtime.block_on(pool.update())
+        })
+        .join()
+        .expect("pool update does not panic")
+    })
 }
 
 /// Mirrors health-check results into `portcullis_upstream_healthy`.

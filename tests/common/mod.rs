@@ -1,0 +1,255 @@
+//! Test harness: real servers on 127.0.0.1:0 and the real gateway in front of them.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use portcullis::app::{App, RunningApp};
+use portcullis::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: http::HeaderMap,
+}
+
+#[derive(Default)]
+struct EchoState {
+    name: String,
+    hits: AtomicUsize,
+    seen: Mutex<Vec<Seen>>,
+    /// `/gate`: requests announce their arrival and wait to be released.
+    arrived: Notify,
+    release: Notify,
+}
+
+/// An HTTP/1.1 upstream that records what it receives.
+///
+/// - any path: `200`, body `<name> <method> <uri>`, header `x-upstream: <name>`;
+/// - a request with a body: the body is streamed back unchanged;
+/// - `/hang`: never answers;
+/// - `/gate`: answers once [`EchoUpstream::release`] is called;
+/// - `Upgrade: websocket`: `101`, then echoes raw bytes.
+#[derive(Clone)]
+pub struct EchoUpstream {
+    pub addr: SocketAddr,
+    state: Arc<EchoState>,
+}
+
+impl EchoUpstream {
+    pub async fn start(name: &str) -> EchoUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(EchoState {
+            name: name.into(),
+            ..Default::default()
+        });
+        let server_state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let state = server_state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(state.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        EchoUpstream { addr, state }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// Wait until a request has arrived at `/gate`.
+    pub async fn arrived(&self) {
+        self.state.arrived.notified().await
+    }
+
+    /// Let every waiting `/gate` request answer.
+    pub fn release(&self) {
+        self.state.release.notify_waiters();
+    }
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn full(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into()).map_err(|never| match never {}).boxed()
+}
+
+async fn handle(state: Arc<EchoState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    state.seen.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        uri: req.uri().to_string(),
+        headers: req.headers().clone(),
+    });
+    let ok = |body: Body| {
+        Ok(Response::builder()
+            .header("x-upstream", state.name.clone())
+            .body(body)
+            .unwrap())
+    };
+    if req.headers().get("upgrade").is_some_and(|v| v == "websocket") {
+        let upgrade = hyper::upgrade::on(req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        return Ok(Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(full(""))
+            .unwrap());
+    }
+    match req.uri().path() {
+        "/hang" => std::future::pending().await,
+        "/gate" => {
+            let released = state.release.notified();
+            state.arrived.notify_waiters();
+            released.await;
+            ok(full("released"))
+        }
+        _ => {
+            let has_body = req.headers().contains_key("content-length") || req.headers().contains_key("transfer-encoding");
+            if has_body {
+                ok(req.into_body().boxed())
+            } else {
+                ok(full(format!("{} {} {}", state.name, req.method(), req.uri())))
+            }
+        }
+    }
+}
+
+/// A port on which nothing listens: bound, then released.
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Start the real gateway in-process with its own metrics registry.
+/// `routes_and_more` is TOML appended after a `[server]` / `[metrics]` on 127.0.0.1:0.
+pub fn start_gateway(routes_and_more: &str) -> RunningApp {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nrealm = \"api\"\nthreads = 2\n[metrics]\nlisten = \"127.0.0.1:0\"\n{routes_and_more}"
+    );
+    let config = Config::parse(&text).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+    App::build(&config, prometheus::Registry::new()).unwrap().spawn()
+}
+
+/// A reqwest client that never reuses connections between tests and has a hard deadline.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Send raw bytes and read the whole answer (the request should ask for `Connection: close`,
+/// or the gateway closes the connection itself).
+pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out));
+    let _ = read.await.expect("the gateway answers and closes within 20 s");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Scrape `/metrics` and check that every sample line parses.
+pub async fn scrape(metrics_addr: SocketAddr) -> Metrics {
+    let text = client()
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+            "bad metric name in {line:?}"
+        );
+        samples.push((series.to_owned(), value));
+    }
+    Metrics(samples)
+}
+
+/// Scrape until `condition` holds (at most 10 s) and return that scrape. Counters are updated
+/// in pingora's logging hook, which runs after the client already has its response.
+pub async fn scrape_until(metrics_addr: SocketAddr, condition: impl Fn(&Metrics) -> bool) -> Metrics {
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = scrape(metrics_addr).await;
+        if condition(&m) || tokio::time::Instant::now() > end {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub struct Metrics(Vec<(String, f64)>);
+
+impl Metrics {
+    /// The value of the series whose name is `name` and whose labels include every `labels` pair.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .iter()
+            .filter(|(series, _)| series == name || series.starts_with(&format!("{name}{{")))
+            .filter(|(series, _)| labels.iter().all(|(k, v)| series.contains(&format!("{k}=\"{v}\""))))
+            .map(|(_, v)| *v)
+            .sum()
+    }
+}
+
+/// Poll `condition` until it holds, for at most `deadline`. For state that changes in the
+/// background (health checks); never a substitute for waiting on an event.
+pub async fn eventually<F, Fut>(deadline: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
