@@ -210,11 +210,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML or does not have the expected shape.
-    #[error("{path}: {key}: {message}")]
+    #[error("{key}: {message} ({} line {line})", path.display())]
     Parse {
         path: PathBuf,
         key: String,
         message: String,
+        line: usize,
     },
     /// The file parsed, but values are wrong; one entry per problem.
     #[error("{}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
@@ -239,10 +240,13 @@ impl Config {
             source,
         })?;
         Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { key, message, .. } => ConfigError::Parse {
+            ConfigError::Parse {
+                key, message, line, ..
+            } => ConfigError::Parse {
                 path: path.to_owned(),
                 key,
                 message,
+                line,
             },
             other => other,
         })
@@ -250,30 +254,20 @@ impl Config {
 
     /// Parse and validate TOML text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let parse_error = |key: String, message: String| ConfigError::Parse {
+        let parse_error = |key: String, e: &toml::de::Error| ConfigError::Parse {
             path: PathBuf::from("<config>"),
             key,
-            message,
+            message: e.message().trim().to_owned(),
+            line: e.span().map_or(0, |s| 1 + text[..s.start.min(text.len())].matches('\n').count()),
         };
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| parse_error("(file)".into(), one_line(&e.to_string())))?;
+        let de = toml::Deserializer::parse(text).map_err(|e| parse_error("(syntax)".into(), &e))?;
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { "(file)".into() } else { key };
-            parse_error(key, one_line(&e.into_inner().to_string()))
+            parse_error(key, e.inner())
         })?;
         Config::try_from(raw)
     }
-}
-
-/// toml errors span lines (a source excerpt); a problem report keeps one line per problem.
-fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.starts_with('^'))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 impl TryFrom<RawConfig> for Config {

@@ -1,0 +1,209 @@
+//! The `portcullis` binary: `check`, `--version`, configuration errors, and a graceful SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{client, EchoUpstream};
+use portcullis::config::Config;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn write_config(text: &str) -> tempfile_path::TempPath {
+    tempfile_path::TempPath::with(text)
+}
+
+/// A file under the target directory that is removed when dropped.
+mod tempfile_path {
+    pub struct TempPath(pub std::path::PathBuf);
+    impl TempPath {
+        pub fn with(text: &str) -> TempPath {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+            let path = dir.join(format!("cli-{}-{n}.toml", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            TempPath(path)
+        }
+    }
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+const ROUTE: &str = "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\n";
+
+/// The problems `Config::parse` reports for `text`, one string each.
+fn problems(text: &str) -> Vec<String> {
+    match Config::parse(text) {
+        Ok(_) => vec![],
+        Err(e) => e.lines(),
+    }
+}
+
+#[test]
+fn the_shipped_config_passes_check() {
+    let out = Command::new(BIN).args(["check", "--config"]).arg(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 routes, 1 issuers)"));
+}
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("portcullis {}", env!("CARGO_PKG_VERSION")));
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("run") && help.contains("check") && help.contains("--config"), "{help}");
+}
+
+#[test]
+fn check_prints_one_line_per_problem_and_exits_1() {
+    let file = write_config(
+        "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstreams = []\n\
+         [[routes]]\nname = \"a\"\npath_prefix = \"/b\"\nupstreams = [\"127.0.0.1:1\"]\nauth = \"none\"\nscopes = [\"x\"]\n",
+    );
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&file.0).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "routes[0].upstreams: must list at least one host:port",
+            "routes[1].scopes: a route with auth = \"none\" checks no token, so it cannot require scopes; remove scopes or set auth = \"required\"",
+        ],
+        "routes[1] is dropped before the duplicate-name check because it is invalid itself"
+    );
+}
+
+#[test]
+fn every_config_rule_names_its_key_and_fix() {
+    let cases: &[(&str, &str)] = &[
+        // Unknown keys: the typo that would leave a route open.
+        (
+            "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\nscope = [\"admin\"]\n",
+            "routes[0].scope: unknown field `scope`, expected one of `name`, `path_prefix`, `methods`, `upstreams`, `scopes`, `auth` (<config> line 5)",
+        ),
+        ("[server]\nlisten_addr = \"x\"\n", "server.listen_addr: unknown field `listen_addr`"),
+        ("[server]\nthreads = \"two\"\n", "server.threads: invalid type"),
+        ("[server\n", "(syntax): "),
+        ("", "routes: must list at least one [[routes]] entry"),
+        (
+            &format!("{ROUTE}[[routes]]\nname = \"r\"\npath_prefix = \"/x\"\nupstreams = [\"127.0.0.1:9\"]\n"),
+            "routes[1].name: \"r\" is already the name of routes[0]; route names must be unique",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"nohostport\"]\n",
+            "routes[0].upstreams[0]: \"nohostport\" must be host:port",
+        ),
+        (
+            &format!("{ROUTE}[[issuers]]\nissuer = \"https://id\"\njwks_uri = \"https://id/jwks\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\", \"XS999\"]\n"),
+            "issuers[0].algorithms[1]: unknown algorithm \"XS999\"; use one of RS256",
+        ),
+        (
+            &format!("{ROUTE}[[issuers]]\nissuer = \"https://id\"\njwks_uri = \"https://id/jwks\"\naudiences = [\"a\"]\nalgorithms = [\"none\"]\n"),
+            "issuers[0].algorithms[0]: \"none\" is never allowed",
+        ),
+        (
+            &format!("{ROUTE}[[issuers]]\nissuer = \"https://id\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\n"),
+            "issuers[0].jwks_uri: is required: set jwks_uri = \"https://...\" or discovery = true",
+        ),
+        (
+            &format!("{ROUTE}[[issuers]]\nissuer = \"https://id\"\ndiscovery = true\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\nleeway = \"soon\"\n"),
+            "issuers[0].leeway: must be a duration",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\nauth = \"none\"\nscopes = [\"a\"]\n",
+            "routes[0].scopes: a route with auth = \"none\" checks no token, so it cannot require scopes",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\nauth = \"optional\"\n",
+            "routes[0].auth: \"optional\" is not a mode; use \"required\" or \"none\"",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\nmethods = [\"get\"]\n",
+            "routes[0].methods[0]: methods are case-sensitive; write \"GET\"",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\npath_prefix = \"orders\"\nupstreams = [\"127.0.0.1:9\"]\n",
+            "routes[0].path_prefix: must be an absolute path",
+        ),
+        (
+            &format!("{ROUTE}[[routes]]\nname = \"s\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\nmethods = [\"GET\"]\n"),
+            "routes[1].methods: overlaps route \"r\" on path_prefix \"/\"",
+        ),
+        (&format!("[server]\nlisten = \"8080\"\n{ROUTE}"), "server.listen: must be an IP address and port"),
+        (&format!("[upstream]\nread_timeout = \"0s\"\n{ROUTE}"), "upstream.read_timeout: must be longer than zero"),
+        (
+            &format!("{ROUTE}[introspection]\nendpoint = \"https://id/introspect\"\nclient_id = \"gw\"\nclient_secret = \"hunter2\"\n"),
+            "introspection.client_secret: unknown field `client_secret`",
+        ),
+        (
+            &format!("{ROUTE}[introspection]\nendpoint = \"https://id/introspect\"\nclient_id = \"gw\"\nclient_secret_env = \"not a name\"\n"),
+            "introspection.client_secret_env: must name the environment variable",
+        ),
+        (&format!("[server]\ntls_cert = \"/c.pem\"\n{ROUTE}"), "server.tls_cert: TLS termination is not supported yet"),
+    ];
+    for (text, want) in cases {
+        let got = problems(text);
+        assert!(got.iter().any(|p| p.contains(want)), "config:\n{text}\nwanted a problem containing {want:?}, got {got:?}");
+    }
+}
+
+#[test]
+fn defaults_fill_what_the_file_leaves_out() {
+    let config = Config::parse(ROUTE).unwrap();
+    assert_eq!(config.server.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(config.metrics.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(config.server.realm, "portcullis");
+    assert_eq!(config.upstream.read_timeout, Duration::from_secs(30));
+    assert_eq!(config.routes[0].auth, portcullis::config::AuthMode::Required);
+    assert!(config.routes[0].methods.is_none());
+}
+
+/// SIGTERM while a request is in flight: the request completes, the process exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let up = EchoUpstream::start("a").await;
+    let file = write_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+        up.addr
+    ));
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&file.0)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The gateway logs the addresses it bound: `... listening proxy=127.0.0.1:PORT metrics=...`.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let proxy_addr = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the gateway exited before listening");
+        if let Some(rest) = line.split("proxy=").nth(1).filter(|_| line.contains("listening")) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+
+    let arrived = up.arrived();
+    let in_flight = tokio::spawn(client().get(format!("http://{proxy_addr}/gate")).send());
+    arrived.await;
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    up.release();
+    let resp = in_flight.await.unwrap().expect("the in-flight request completes");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "released");
+
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
