@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what building Portcullis needs and a fresh machine may lack.
+# pingora's libz-ng-sys builds with cmake; its C parts need a C compiler.
+# As root, missing Debian packages are installed with apt-get; otherwise the exact command is
+# printed and the script fails, so nothing is silently assumed.
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+command -v make >/dev/null 2>&1 || need+=(make)
+
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 || {
+      apt-get update -qq >/dev/null
+      apt-get install -y -qq "${need[@]}" >/dev/null
+    }
+  else
+    echo "setup: missing ${need[*]}; install with:" >&2
+    echo "  sudo apt-get install -y ${need[*]}" >&2
+    exit 1
+  fi
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install Rust from https://rustup.rs (1.85 or newer)" >&2
+  exit 1
+fi
