@@ -40,7 +40,12 @@ fn route_match(c: &mut Criterion) {
 }
 
 fn bearer_extraction(c: &mut Criterion) {
-    let token = format!("Bearer {}.{}.{}", "e".repeat(36), "p".repeat(300), "s".repeat(342));
+    let token = format!(
+        "Bearer {}.{}.{}",
+        "e".repeat(36),
+        "p".repeat(300),
+        "s".repeat(342)
+    );
     let mut headers = HeaderMap::new();
     headers.insert("authorization", HeaderValue::from_str(&token).unwrap());
     c.bench_function("bearer_extract_700_byte_jwt", |b| {

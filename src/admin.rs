@@ -43,13 +43,23 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         if req.method != Method::GET && req.method != Method::HEAD {
-            return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", b"use GET\n".to_vec());
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                b"use GET\n".to_vec(),
+            );
         }
         match req.uri.path() {
-            "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render()),
+            "/metrics" => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.metrics.render(),
+            ),
             "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => match self.readiness.pending() {
-                pending if pending.is_empty() => reply(StatusCode::OK, "text/plain", b"ready\n".to_vec()),
+                pending if pending.is_empty() => {
+                    reply(StatusCode::OK, "text/plain", b"ready\n".to_vec())
+                }
                 pending => reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",

@@ -17,7 +17,9 @@ use pingora::lb::health_check::{HealthObserve, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, HealthCheckService, HealthRegistry, LoadBalancer};
 use pingora::server::configuration::ServerConf;
-use pingora::server::{ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::server::{
+    ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service as ListeningService;
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
@@ -86,7 +88,8 @@ impl App {
         let health = Arc::new(HealthRegistry::new());
         let mut check = TcpHealthCheck::new();
         check.peer_template.options.connection_timeout = Some(config.upstream.connect_timeout);
-        check.health_changed_callback = Some(Box::new(HealthGauge(metrics.upstream_healthy.clone())));
+        check.health_changed_callback =
+            Some(Box::new(HealthGauge(metrics.upstream_healthy.clone())));
         health.set_health_check(check);
         let pools = build_pools(config, &health, &metrics.upstream_healthy)?;
         let mut health_service = HealthCheckService::new(health);
@@ -111,7 +114,8 @@ impl App {
             threads: Some(config.server.threads),
         });
 
-        let mut admin_service = ListeningService::new("admin".into(), AdminApp { metrics, readiness });
+        let mut admin_service =
+            ListeningService::new("admin".into(), AdminApp { metrics, readiness });
         admin_service.add_tcp(&metrics_addr.to_string());
         server.add_service(Prebound {
             inner: admin_service,
@@ -193,7 +197,11 @@ fn bind(key: &'static str, addr: SocketAddr) -> Result<(RawFd, SocketAddr), Star
 
 /// One round-robin pool per distinct upstream list; routes with the same list share it.
 /// Host names are resolved once, here. Every pool reports to one shared health registry.
-fn build_pools(config: &Config, health: &Arc<HealthRegistry>, gauge: &IntGaugeVec) -> Result<Pools, StartupError> {
+fn build_pools(
+    config: &Config,
+    health: &Arc<HealthRegistry>,
+    gauge: &IntGaugeVec,
+) -> Result<Pools, StartupError> {
     let mut by_list: HashMap<&[String], Arc<LoadBalancer<RoundRobin>>> = HashMap::new();
     let mut pools = Vec::with_capacity(config.routes.len());
     for (route, rc) in config.routes.iter().enumerate() {
@@ -203,14 +211,19 @@ fn build_pools(config: &Config, health: &Arc<HealthRegistry>, gauge: &IntGaugeVe
         }
         let mut backends = BTreeSet::new();
         for upstream in &rc.upstreams {
-            let addrs = upstream.to_socket_addrs().map_err(|source| StartupError::Resolve {
-                route,
-                upstream: upstream.clone(),
-                source,
-            })?;
+            let addrs = upstream
+                .to_socket_addrs()
+                .map_err(|source| StartupError::Resolve {
+                    route,
+                    upstream: upstream.clone(),
+                    source,
+                })?;
             for addr in addrs {
                 gauge.with_label_values(&[&addr.to_string()]).set(1);
-                backends.insert(Backend::new(&addr.to_string()).map_err(|source| StartupError::Pool { route, source })?);
+                backends.insert(
+                    Backend::new(&addr.to_string())
+                        .map_err(|source| StartupError::Pool { route, source })?,
+                );
             }
         }
         let view = Backends::new_with_health_registry(Static::new(backends), health.clone());
@@ -227,7 +240,10 @@ fn build_pools(config: &Config, health: &Arc<HealthRegistry>, gauge: &IntGaugeVe
 fn populate(pool: &LoadBalancer<RoundRobin>) -> pingora::Result<()> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
             runtime.block_on(pool.update())
         })
         .join()
@@ -242,7 +258,9 @@ struct HealthGauge(IntGaugeVec);
 impl HealthObserve for HealthGauge {
     async fn observe(&self, target: &Backend, healthy: bool) {
         tracing::warn!(upstream = %target.addr, healthy, "upstream health changed");
-        self.0.with_label_values(&[&target.addr.to_string()]).set(i64::from(healthy));
+        self.0
+            .with_label_values(&[&target.addr.to_string()])
+            .set(i64::from(healthy));
     }
 }
 
@@ -273,7 +291,9 @@ impl<S: ServiceWithDependents> ServiceWithDependents for Prebound<S> {
         if let Some(on_start) = self.on_start.take() {
             on_start();
         }
-        self.inner.start_service(fds, shutdown, listeners_per_fd, ready).await
+        self.inner
+            .start_service(fds, shutdown, listeners_per_fd, ready)
+            .await
     }
 
     fn name(&self) -> &str {

@@ -53,7 +53,10 @@ impl Metrics {
     /// Create and register every metric. Fails only if a name is already registered.
     pub fn new(registry: Registry) -> Result<Metrics, prometheus::Error> {
         let requests = IntCounterVec::new(
-            Opts::new("portcullis_requests_total", "Requests answered, by route and status class."),
+            Opts::new(
+                "portcullis_requests_total",
+                "Requests answered, by route and status class.",
+            ),
             &["route", "status"],
         )?;
         let request_duration = HistogramVec::new(
@@ -62,7 +65,8 @@ impl Metrics {
                 "Time from request header to the end of the response, by route.",
             )
             .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
             ]),
             &["route"],
         )?;

@@ -82,7 +82,10 @@ impl ProxyHttp for Proxy {
             }
             RouteMatch::MethodNotAllowed { allow } => {
                 let allow = [("allow", allow.to_owned())];
-                let body = error_body("method_not_allowed", "This path does not accept this method.");
+                let body = error_body(
+                    "method_not_allowed",
+                    "This path does not accept this method.",
+                );
                 respond(session, 405, &allow, body).await?;
                 return Ok(true);
             }
@@ -103,29 +106,51 @@ impl ProxyHttp for Proxy {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let route = ctx.route.as_ref().expect("request_filter sets the route");
         let pool = &self.pools[route.index];
         let tried = &ctx.tried;
-        let Some(backend) = pool.select_with(b"", 256, |b, healthy| healthy && !tried.contains(&b.addr)) else {
+        let Some(backend) =
+            pool.select_with(b"", 256, |b, healthy| healthy && !tried.contains(&b.addr))
+        else {
             ctx.upstream_error = Some(if ctx.tried.is_empty() {
                 UpstreamErrorKind::NoHealthyUpstream
             } else {
                 UpstreamErrorKind::Connect
             });
-            return Err(Error::explain(ErrorType::HTTPStatus(502), "no healthy upstream"));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                "no healthy upstream",
+            ));
         };
         ctx.tried.push(backend.addr.clone());
-        let addr = backend.addr.as_inet().expect("upstreams are TCP addresses").to_owned();
+        let addr = backend
+            .addr
+            .as_inet()
+            .expect("upstreams are TCP addresses")
+            .to_owned();
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options = self.peer_options();
         Ok(Box::new(peer))
     }
 
-    fn fail_to_connect(&self, _s: &mut Session, _p: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _s: &mut Session,
+        _p: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         ctx.upstream_error = Some(upstream_error_kind(&e));
         // Nothing was sent yet, so any request may try the route's next upstream.
-        let pool_size = ctx.route.as_ref().map_or(0, |r| self.pools[r.index].backends().get_backend().len());
+        let pool_size = ctx
+            .route
+            .as_ref()
+            .map_or(0, |r| self.pools[r.index].backends().get_backend().len());
         if ctx.tried.len() < pool_size {
             e.set_retry(true);
         }
@@ -139,23 +164,42 @@ impl ProxyHttp for Proxy {
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         strip_identity_headers(upstream);
-        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         set_forwarded_headers(upstream, client_ip, self.trust_forwarded_headers)?;
-        if !upstream.headers.get(&X_REQUEST_ID).is_some_and(|v| is_request_id(v.as_bytes())) {
+        if !upstream
+            .headers
+            .get(&X_REQUEST_ID)
+            .is_some_and(|v| is_request_id(v.as_bytes()))
+        {
             upstream.insert_header(X_REQUEST_ID.clone(), uuid::Uuid::new_v4().to_string())?;
         }
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let code = match (e.etype(), e.esource()) {
             (ErrorType::HTTPStatus(code), _) => *code,
             (_, ErrorSource::Upstream) => {
                 let kind = upstream_error_kind(e);
                 ctx.upstream_error = Some(kind);
-                if kind == UpstreamErrorKind::Timeout { 504 } else { 502 }
+                if kind == UpstreamErrorKind::Timeout {
+                    504
+                } else {
+                    502
+                }
             }
-            (ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed, ErrorSource::Downstream) => 0,
+            (
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+                ErrorSource::Downstream,
+            ) => 0,
             (_, ErrorSource::Downstream) => 400,
             _ => 500,
         };
@@ -164,7 +208,10 @@ impl ProxyHttp for Proxy {
                 502 => ("bad_gateway", "The upstream could not be reached."),
                 504 => ("gateway_timeout", "The upstream did not answer in time."),
                 400 => ("bad_request", "The request could not be read."),
-                _ => ("internal_error", "The gateway failed to handle the request."),
+                _ => (
+                    "internal_error",
+                    "The gateway failed to handle the request.",
+                ),
             };
             let _ = respond(session, code, &[], error_body(error, description)).await;
         }
@@ -178,10 +225,19 @@ impl ProxyHttp for Proxy {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route.as_ref().map_or(NO_ROUTE, |r| r.name.as_str());
         let elapsed = ctx.start.elapsed();
-        self.metrics.requests.with_label_values(&[route, status_class(status)]).inc();
-        self.metrics.request_duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+        self.metrics
+            .requests
+            .with_label_values(&[route, status_class(status)])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
         if let Some(kind) = ctx.upstream_error {
-            self.metrics.upstream_errors.with_label_values(&[route, kind.as_str()]).inc();
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[route, kind.as_str()])
+                .inc();
         }
         let upstream = ctx.tried.last().map(|a| a.to_string());
         tracing::info!(
@@ -229,10 +285,13 @@ fn framing_violation(session: &Session) -> Option<&'static str> {
 
 fn upstream_error_kind(e: &Error) -> UpstreamErrorKind {
     match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => UpstreamErrorKind::Timeout,
-        ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError | ErrorType::SocketError => {
-            UpstreamErrorKind::Connect
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            UpstreamErrorKind::Timeout
         }
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::SocketError => UpstreamErrorKind::Connect,
         _ => UpstreamErrorKind::Protocol,
     }
 }
@@ -245,7 +304,11 @@ fn strip_identity_headers(req: &mut RequestHeader) {
         .keys()
         .filter(|name| {
             let n = name.as_str().as_bytes(); // http lower-cases names
-            n.len() > 7 && n.starts_with(b"x") && matches!(n[1], b'-' | b'_') && &n[2..6] == b"auth" && matches!(n[6], b'-' | b'_')
+            n.len() > 7
+                && n.starts_with(b"x")
+                && matches!(n[1], b'-' | b'_')
+                && &n[2..6] == b"auth"
+                && matches!(n[6], b'-' | b'_')
         })
         .cloned()
         .collect();
@@ -256,9 +319,19 @@ fn strip_identity_headers(req: &mut RequestHeader) {
 
 /// `X-Forwarded-For` / `-Proto` / `-Host`. Untrusted (the default): the client's values are
 /// replaced. Trusted: the client address is appended to the list a proxy in front sent.
-fn set_forwarded_headers(req: &mut RequestHeader, client: Option<IpAddr>, trusted: bool) -> Result<()> {
-    let client = client.map(|ip| ip.to_string()).unwrap_or_else(|| "unknown".into());
-    let prior_for = req.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).map(str::to_owned);
+fn set_forwarded_headers(
+    req: &mut RequestHeader,
+    client: Option<IpAddr>,
+    trusted: bool,
+) -> Result<()> {
+    let client = client
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let prior_for = req
+        .headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let forwarded_for = match prior_for {
         Some(prior) if trusted => format!("{prior}, {client}"),
         _ => client,
@@ -299,7 +372,12 @@ async fn respond_challenge(session: &mut Session, c: &Challenge) -> Result<()> {
 }
 
 /// Write a complete JSON response generated by the gateway itself.
-async fn respond(session: &mut Session, status: u16, headers: &[(&'static str, String)], body: Bytes) -> Result<()> {
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    headers: &[(&'static str, String)],
+    body: Bytes,
+) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
@@ -308,7 +386,9 @@ async fn respond(session: &mut Session, status: u16, headers: &[(&'static str, S
         resp.insert_header(*name, value.as_str())?;
     }
     let head_only = session.req_header().method == Method::HEAD;
-    session.write_response_header(Box::new(resp), head_only).await?;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }
@@ -323,7 +403,13 @@ mod tests {
     #[test]
     fn identity_headers_from_the_client_are_stripped_in_every_spelling() {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        for name in ["X-Auth-Subject", "x-auth-scopes", "X_Auth_Subject", "x-auth_issuer", "X_AUTH-CLIENT-ID"] {
+        for name in [
+            "X-Auth-Subject",
+            "x-auth-scopes",
+            "X_Auth_Subject",
+            "x-auth_issuer",
+            "X_AUTH-CLIENT-ID",
+        ] {
             req.append_header(name.to_string(), "forged").unwrap();
         }
         req.append_header("x-authorization-hint", "kept").unwrap();
@@ -361,8 +447,17 @@ mod tests {
 
     #[test]
     fn timeouts_are_504_material() {
-        assert_eq!(upstream_error_kind(&Error::new(ErrorType::ReadTimedout)), UpstreamErrorKind::Timeout);
-        assert_eq!(upstream_error_kind(&Error::new(ErrorType::ConnectRefused)), UpstreamErrorKind::Connect);
-        assert_eq!(upstream_error_kind(&Error::new(ErrorType::InvalidHTTPHeader)), UpstreamErrorKind::Protocol);
+        assert_eq!(
+            upstream_error_kind(&Error::new(ErrorType::ReadTimedout)),
+            UpstreamErrorKind::Timeout
+        );
+        assert_eq!(
+            upstream_error_kind(&Error::new(ErrorType::ConnectRefused)),
+            UpstreamErrorKind::Connect
+        );
+        assert_eq!(
+            upstream_error_kind(&Error::new(ErrorType::InvalidHTTPHeader)),
+            UpstreamErrorKind::Protocol
+        );
     }
 }

@@ -33,7 +33,9 @@ pub struct Route {
 pub enum RouteMatch<'a> {
     Found(&'a Arc<Route>),
     /// The path belongs to routes that do not allow this method; the `Allow` header value.
-    MethodNotAllowed { allow: &'a str },
+    MethodNotAllowed {
+        allow: &'a str,
+    },
     NotFound,
 }
 

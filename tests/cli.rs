@@ -35,7 +35,8 @@ mod tempfile_path {
     }
 }
 
-const ROUTE: &str = "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\n";
+const ROUTE: &str =
+    "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\n";
 
 /// The problems `Config::parse` reports for `text`, one string each.
 fn problems(text: &str) -> Vec<String> {
@@ -47,8 +48,16 @@ fn problems(text: &str) -> Vec<String> {
 
 #[test]
 fn the_shipped_config_passes_check() {
-    let out = Command::new(BIN).args(["check", "--config"]).arg(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 routes, 1 issuers)"));
 }
 
@@ -56,10 +65,16 @@ fn the_shipped_config_passes_check() {
 fn version_and_help() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("portcullis {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("portcullis {}", env!("CARGO_PKG_VERSION"))
+    );
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("run") && help.contains("check") && help.contains("--config"), "{help}");
+    assert!(
+        help.contains("run") && help.contains("check") && help.contains("--config"),
+        "{help}"
+    );
 }
 
 #[test]
@@ -68,7 +83,11 @@ fn check_prints_one_line_per_problem_and_exits_1() {
         "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstreams = []\n\
          [[routes]]\nname = \"a\"\npath_prefix = \"/b\"\nupstreams = [\"127.0.0.1:1\"]\nauth = \"none\"\nscopes = [\"x\"]\n",
     );
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&file.0).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&file.0)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
@@ -152,7 +171,10 @@ fn every_config_rule_names_its_key_and_fix() {
     ];
     for (text, want) in cases {
         let got = problems(text);
-        assert!(got.iter().any(|p| p.contains(want)), "config:\n{text}\nwanted a problem containing {want:?}, got {got:?}");
+        assert!(
+            got.iter().any(|p| p.contains(want)),
+            "config:\n{text}\nwanted a problem containing {want:?}, got {got:?}"
+        );
     }
 }
 
@@ -163,7 +185,10 @@ fn defaults_fill_what_the_file_leaves_out() {
     assert_eq!(config.metrics.listen.to_string(), "127.0.0.1:9090");
     assert_eq!(config.server.realm, "portcullis");
     assert_eq!(config.upstream.read_timeout, Duration::from_secs(30));
-    assert_eq!(config.routes[0].auth, portcullis::config::AuthMode::Required);
+    assert_eq!(
+        config.routes[0].auth,
+        portcullis::config::AuthMode::Required
+    );
     assert!(config.routes[0].methods.is_none());
 }
 
@@ -187,8 +212,15 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let proxy_addr = loop {
         let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "the gateway exited before listening");
-        if let Some(rest) = line.split("proxy=").nth(1).filter(|_| line.contains("listening")) {
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the gateway exited before listening"
+        );
+        if let Some(rest) = line
+            .split("proxy=")
+            .nth(1)
+            .filter(|_| line.contains("listening"))
+        {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
@@ -198,12 +230,22 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let in_flight = tokio::spawn(client().get(format!("http://{proxy_addr}/gate")).send());
     arrived.await;
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     up.release();
-    let resp = in_flight.await.unwrap().expect("the in-flight request completes");
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "released");
 
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }

@@ -4,10 +4,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, dead_addr, eventually, raw_request, scrape, scrape_until, start_gateway, EchoUpstream};
+use common::{
+    client, dead_addr, eventually, raw_request, scrape, scrape_until, start_gateway, EchoUpstream,
+};
 
 fn open_route(name: &str, prefix: &str, upstreams: &[std::net::SocketAddr]) -> String {
-    let list = upstreams.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+    let list = upstreams
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!("[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstreams = [{list}]\nauth = \"none\"\n")
 }
 
@@ -17,12 +23,22 @@ async fn get_and_post_stream_a_mebibyte_both_ways() {
     let gw = start_gateway(&open_route("all", "/", &[up.addr]));
     let base = format!("http://{}", gw.proxy_addr);
 
-    let resp = client().get(format!("{base}/items/7?x=1")).send().await.unwrap();
+    let resp = client()
+        .get(format!("{base}/items/7?x=1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "a GET /items/7?x=1");
 
-    let body: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
-    let stream = futures_util::stream::iter(body.chunks(16 * 1024).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
+    let body: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let stream = futures_util::stream::iter(
+        body.chunks(16 * 1024)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
     let resp = client()
         .post(format!("{base}/upload"))
         .body(reqwest::Body::wrap_stream(stream))
@@ -45,14 +61,21 @@ async fn routes_pick_the_longest_prefix_on_segment_boundaries_then_the_method() 
     );
     let config = format!(
         "{}{}methods = [\"GET\", \"HEAD\"]\n{}methods = [\"POST\"]\n",
-        open_route("root", "/", &[root.addr]).replace("auth = \"none\"\n", "auth = \"none\"\nmethods = [\"GET\"]\n"),
+        open_route("root", "/", &[root.addr]).replace(
+            "auth = \"none\"\n",
+            "auth = \"none\"\nmethods = [\"GET\"]\n"
+        ),
         open_route("orders-read", "/orders", &[orders.addr]),
         open_route("orders-write", "/orders", &[writes.addr]),
     );
     let gw = start_gateway(&config);
     let base = format!("http://{}", gw.proxy_addr);
     let c = client();
-    let upstream_of = |resp: &reqwest::Response| resp.headers().get("x-upstream").map(|v| v.to_str().unwrap().to_owned());
+    let upstream_of = |resp: &reqwest::Response| {
+        resp.headers()
+            .get("x-upstream")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
 
     for (method, path, want) in [
         ("GET", "/orders", "orders"),
@@ -61,7 +84,11 @@ async fn routes_pick_the_longest_prefix_on_segment_boundaries_then_the_method() 
         ("GET", "/ordersX", "root"),
         ("GET", "/", "root"),
     ] {
-        let resp = c.request(method.parse().unwrap(), format!("{base}{path}")).send().await.unwrap();
+        let resp = c
+            .request(method.parse().unwrap(), format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200, "{method} {path}");
         assert_eq!(upstream_of(&resp).as_deref(), Some(want), "{method} {path}");
     }
@@ -74,11 +101,20 @@ async fn routes_pick_the_longest_prefix_on_segment_boundaries_then_the_method() 
     assert_eq!(body["error"], "method_not_allowed");
 
     // The query never takes part in matching.
-    let resp = c.get(format!("{base}/ordersX?/orders")).send().await.unwrap();
+    let resp = c
+        .get(format!("{base}/ordersX?/orders"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(upstream_of(&resp).as_deref(), Some("root"));
 
     // Nor does a header that claims another URI.
-    let resp = c.post(format!("{base}/")).header("x-original-url", "/orders").send().await.unwrap();
+    let resp = c
+        .post(format!("{base}/"))
+        .header("x-original-url", "/orders")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 405);
     assert_eq!(writes.hits(), 1);
 }
@@ -87,7 +123,11 @@ async fn routes_pick_the_longest_prefix_on_segment_boundaries_then_the_method() 
 async fn an_unknown_path_is_a_json_404() {
     let up = EchoUpstream::start("a").await;
     let gw = start_gateway(&open_route("orders", "/orders", &[up.addr]));
-    let resp = client().get(format!("http://{}/other", gw.proxy_addr)).send().await.unwrap();
+    let resp = client()
+        .get(format!("http://{}/other", gw.proxy_addr))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "not_found");
@@ -106,17 +146,34 @@ X-Forwarded-For: 6.6.6.6\r\nX-Auth-Subject: admin\r\nX_Auth_Scopes: everything\r
 
     let seen = up.seen();
     let h = &seen[0].headers;
-    for gone in ["x-hop-secret", "keep-alive", "te", "proxy-authorization", "x-auth-subject", "x_auth_scopes"] {
+    for gone in [
+        "x-hop-secret",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "x-auth-subject",
+        "x_auth_scopes",
+    ] {
         assert!(!h.contains_key(gone), "{gone} reached the upstream: {h:?}");
     }
-    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "an untrusted client's X-Forwarded-For is replaced");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "an untrusted client's X-Forwarded-For is replaced"
+    );
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "api.example");
     assert_eq!(h["x-request-id"], "req-42", "a client's request id is kept");
     assert_eq!(h["host"], "api.example");
 
-    client().get(format!("http://{}/again", gw.proxy_addr)).send().await.unwrap();
-    let id = up.seen()[1].headers["x-request-id"].to_str().unwrap().to_owned();
+    client()
+        .get(format!("http://{}/again", gw.proxy_addr))
+        .send()
+        .await
+        .unwrap();
+    let id = up.seen()[1].headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(id.len(), 36, "a request id is added when absent: {id}");
 }
 
@@ -124,7 +181,8 @@ X-Forwarded-For: 6.6.6.6\r\nX-Auth-Subject: admin\r\nX_Auth_Scopes: everything\r
 async fn content_length_with_transfer_encoding_is_refused() {
     let up = EchoUpstream::start("a").await;
     let gw = start_gateway(&open_route("all", "/", &[up.addr]));
-    let smuggle = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+    let smuggle =
+        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
 0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
     let answer = raw_request(gw.proxy_addr, smuggle).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
@@ -140,17 +198,36 @@ async fn content_length_with_transfer_encoding_is_refused() {
 async fn a_dead_upstream_is_a_json_502_and_counted() {
     let dead = dead_addr();
     let gw = start_gateway(&open_route("gone", "/", &[dead]));
-    let resp = client().get(format!("http://{}/x", gw.proxy_addr)).send().await.unwrap();
+    let resp = client()
+        .get(format!("http://{}/x", gw.proxy_addr))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 502);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "bad_gateway");
-    let m = scrape_until(gw.metrics_addr, |m| m.get("portcullis_requests_total", &[("route", "gone")]) >= 1.0).await;
+    let m = scrape_until(gw.metrics_addr, |m| {
+        m.get("portcullis_requests_total", &[("route", "gone")]) >= 1.0
+    })
+    .await;
     // Whether the first health check or the request found the upstream dead first is a race;
     // either way exactly one upstream error is counted, with one of these two kinds.
-    let connect = m.get("portcullis_upstream_errors_total", &[("route", "gone"), ("kind", "connect")]);
-    let unhealthy = m.get("portcullis_upstream_errors_total", &[("route", "gone"), ("kind", "no_healthy_upstream")]);
+    let connect = m.get(
+        "portcullis_upstream_errors_total",
+        &[("route", "gone"), ("kind", "connect")],
+    );
+    let unhealthy = m.get(
+        "portcullis_upstream_errors_total",
+        &[("route", "gone"), ("kind", "no_healthy_upstream")],
+    );
     assert_eq!(connect + unhealthy, 1.0);
-    assert_eq!(m.get("portcullis_requests_total", &[("route", "gone"), ("status", "5xx")]), 1.0);
+    assert_eq!(
+        m.get(
+            "portcullis_requests_total",
+            &[("route", "gone"), ("status", "5xx")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -161,22 +238,46 @@ async fn a_slow_upstream_is_a_json_504() {
         open_route("slow", "/", &[up.addr])
     ));
     let started = std::time::Instant::now();
-    let resp = client().get(format!("http://{}/hang", gw.proxy_addr)).send().await.unwrap();
+    let resp = client()
+        .get(format!("http://{}/hang", gw.proxy_addr))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 504);
-    assert!(started.elapsed() < Duration::from_secs(10), "504 took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "504 took {:?}",
+        started.elapsed()
+    );
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "gateway_timeout");
-    let m = scrape_until(gw.metrics_addr, |m| m.get("portcullis_requests_total", &[("route", "slow")]) >= 1.0).await;
-    assert_eq!(m.get("portcullis_upstream_errors_total", &[("route", "slow"), ("kind", "timeout")]), 1.0);
+    let m = scrape_until(gw.metrics_addr, |m| {
+        m.get("portcullis_requests_total", &[("route", "slow")]) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        m.get(
+            "portcullis_upstream_errors_total",
+            &[("route", "slow"), ("kind", "timeout")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_robin_alternates_between_upstreams() {
-    let (a, b) = (EchoUpstream::start("a").await, EchoUpstream::start("b").await);
+    let (a, b) = (
+        EchoUpstream::start("a").await,
+        EchoUpstream::start("b").await,
+    );
     let gw = start_gateway(&open_route("pair", "/", &[a.addr, b.addr]));
     let c = client();
     for _ in 0..10 {
-        let resp = c.get(format!("http://{}/rr", gw.proxy_addr)).send().await.unwrap();
+        let resp = c
+            .get(format!("http://{}/rr", gw.proxy_addr))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
     }
     assert_eq!((a.hits(), b.hits()), (5, 5));
@@ -192,20 +293,42 @@ async fn a_dead_upstream_leaves_the_rotation() {
     ));
     let dead_label = dead.to_string();
     let marked_down = eventually(Duration::from_secs(15), || async {
-        scrape(gw.metrics_addr).await.get("portcullis_upstream_healthy", &[("upstream", &dead_label)]) == 0.0
+        scrape(gw.metrics_addr)
+            .await
+            .get("portcullis_upstream_healthy", &[("upstream", &dead_label)])
+            == 0.0
     })
     .await;
     assert!(marked_down, "the health check never marked {dead} down");
-    let errors_before = scrape(gw.metrics_addr).await.get("portcullis_upstream_errors_total", &[]);
+    let errors_before = scrape(gw.metrics_addr)
+        .await
+        .get("portcullis_upstream_errors_total", &[]);
     let c = client();
     for _ in 0..10 {
-        let resp = c.get(format!("http://{}/x", gw.proxy_addr)).send().await.unwrap();
+        let resp = c
+            .get(format!("http://{}/x", gw.proxy_addr))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
     }
     assert_eq!(live.hits(), 10);
-    let m = scrape_until(gw.metrics_addr, |m| m.get("portcullis_requests_total", &[("route", "mixed")]) >= 10.0).await;
-    assert_eq!(m.get("portcullis_upstream_errors_total", &[]), errors_before, "the dead upstream was still tried");
-    assert_eq!(m.get("portcullis_upstream_healthy", &[("upstream", &live.addr.to_string())]), 1.0);
+    let m = scrape_until(gw.metrics_addr, |m| {
+        m.get("portcullis_requests_total", &[("route", "mixed")]) >= 10.0
+    })
+    .await;
+    assert_eq!(
+        m.get("portcullis_upstream_errors_total", &[]),
+        errors_before,
+        "the dead upstream was still tried"
+    );
+    assert_eq!(
+        m.get(
+            "portcullis_upstream_healthy",
+            &[("upstream", &live.addr.to_string())]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -217,8 +340,17 @@ async fn a_connect_failure_retries_on_the_next_upstream() {
         open_route("mixed", "/", &[live.addr, dead_addr()])
     ));
     for _ in 0..4 {
-        let resp = client().post(format!("http://{}/x", gw.proxy_addr)).body("b").send().await.unwrap();
-        assert_eq!(resp.status(), 200, "a refused connection sent nothing, so even POST may retry");
+        let resp = client()
+            .post(format!("http://{}/x", gw.proxy_addr))
+            .body("b")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            200,
+            "a refused connection sent nothing, so even POST may retry"
+        );
     }
     assert_eq!(live.hits(), 4);
 }
@@ -239,10 +371,21 @@ async fn a_route_requiring_auth_never_reaches_the_upstream_without_validation() 
 
     let resp = c.get(&url).bearer_auth("abc.def.ghi").send().await.unwrap();
     assert_eq!(resp.status(), 401);
-    let challenge = resp.headers()["www-authenticate"].to_str().unwrap().to_owned();
-    assert!(challenge.starts_with("Bearer realm=\"api\", error=\"invalid_token\""), "{challenge}");
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        challenge.starts_with("Bearer realm=\"api\", error=\"invalid_token\""),
+        "{challenge}"
+    );
 
-    let resp = c.get(&url).header("authorization", "Bearer a b").send().await.unwrap();
+    let resp = c
+        .get(&url)
+        .header("authorization", "Bearer a b")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     assert_eq!(up.hits(), 0);
 }
@@ -253,23 +396,69 @@ async fn metrics_parse_and_count_and_probes_answer() {
     let gw = start_gateway(&open_route("all", "/", &[up.addr]));
     let admin = format!("http://{}", gw.metrics_addr);
     let c = client();
-    assert_eq!(c.get(format!("{admin}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(format!("{admin}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let ready = eventually(Duration::from_secs(10), || async {
-        c.get(format!("{admin}/readyz")).send().await.unwrap().status() == 200
+        c.get(format!("{admin}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
     })
     .await;
     assert!(ready, "/readyz never became ready");
-    assert_eq!(c.get(format!("{admin}/nothing")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        c.get(format!("{admin}/nothing"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 
     let before = scrape(gw.metrics_addr).await;
-    assert_eq!(before.get("portcullis_requests_total", &[("route", "all")]), 0.0);
+    assert_eq!(
+        before.get("portcullis_requests_total", &[("route", "all")]),
+        0.0
+    );
     for _ in 0..3 {
-        c.get(format!("http://{}/m", gw.proxy_addr)).send().await.unwrap();
+        c.get(format!("http://{}/m", gw.proxy_addr))
+            .send()
+            .await
+            .unwrap();
     }
-    let after = scrape_until(gw.metrics_addr, |m| m.get("portcullis_requests_total", &[("route", "all")]) >= 3.0).await;
-    assert_eq!(after.get("portcullis_requests_total", &[("route", "all"), ("status", "2xx")]), 3.0);
-    assert_eq!(after.get("portcullis_request_duration_seconds_count", &[("route", "all")]), 3.0);
-    assert_eq!(after.get("portcullis_upstream_healthy", &[("upstream", &up.addr.to_string())]), 1.0);
+    let after = scrape_until(gw.metrics_addr, |m| {
+        m.get("portcullis_requests_total", &[("route", "all")]) >= 3.0
+    })
+    .await;
+    assert_eq!(
+        after.get(
+            "portcullis_requests_total",
+            &[("route", "all"), ("status", "2xx")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        after.get(
+            "portcullis_request_duration_seconds_count",
+            &[("route", "all")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        after.get(
+            "portcullis_upstream_healthy",
+            &[("upstream", &up.addr.to_string())]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -287,13 +476,47 @@ Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut byte)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     s.write_all(b"ping over the tunnel").await.unwrap();
     let mut echoed = [0u8; 20];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut echoed)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&echoed, b"ping over the tunnel");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_request_body_is_never_parsed_as_a_second_request() {
+    let up = EchoUpstream::start("a").await;
+    let gw = start_gateway(&format!(
+        "{}[[routes]]\nname = \"orders\"\npath_prefix = \"/orders\"\nupstreams = [\"{}\"]\n",
+        open_route("public", "/public", &[up.addr]),
+        up.addr
+    ));
+    let inner = "GET /public/smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let request = format!(
+        "POST /orders HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer abc\r\nContent-Length: {}\r\n\r\n{inner}",
+        inner.len()
+    );
+    // raw_request reads until the gateway closes the connection.
+    let answer = raw_request(gw.proxy_addr, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert_eq!(
+        answer.matches("HTTP/1.1 ").count(),
+        1,
+        "a second response came back: {answer}"
+    );
+    assert_eq!(
+        up.hits(),
+        0,
+        "the body was parsed as a request and forwarded"
+    );
 }

@@ -33,7 +33,10 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<&str>, BearerFault> {
 /// Parse one `Authorization` field value.
 pub fn parse(value: &[u8]) -> Result<Option<&str>, BearerFault> {
     // The scheme is a token (RFC 9110 §5.6.2); it ends at the first byte that is not a tchar.
-    let scheme_end = value.iter().position(|&b| !is_tchar(b)).unwrap_or(value.len());
+    let scheme_end = value
+        .iter()
+        .position(|&b| !is_tchar(b))
+        .unwrap_or(value.len());
     let (scheme, rest) = value.split_at(scheme_end);
     if !scheme.eq_ignore_ascii_case(b"bearer") {
         return Ok(None);
@@ -46,7 +49,9 @@ pub fn parse(value: &[u8]) -> Result<Option<&str>, BearerFault> {
         return Err(BearerFault::Malformed);
     }
     // is_b64token admits ASCII only, so this cannot fail.
-    std::str::from_utf8(token).map(Some).map_err(|_| BearerFault::Malformed)
+    std::str::from_utf8(token)
+        .map(Some)
+        .map_err(|_| BearerFault::Malformed)
 }
 
 fn is_tchar(b: u8) -> bool {
@@ -64,7 +69,8 @@ const B64TOKEN: [bool; 256] = {
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        table[b] =
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
         b += 1;
     }
     table
@@ -74,7 +80,9 @@ const B64TOKEN: [bool; 256] = {
 fn is_b64token(token: &[u8]) -> bool {
     let body_len = token.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
     let (body, padding) = token.split_at(body_len);
-    !body.is_empty() && body.iter().all(|&b| B64TOKEN[b as usize]) && padding.iter().all(|&b| b == b'=')
+    !body.is_empty()
+        && body.iter().all(|&b| B64TOKEN[b as usize])
+        && padding.iter().all(|&b| b == b'=')
 }
 
 #[cfg(test)]
@@ -85,7 +93,8 @@ mod tests {
     #[test]
     fn parse_table() {
         use BearerFault::*;
-        let cases: &[(&[u8], Result<Option<&str>, BearerFault>)] = &[
+        type Case<'a> = (&'a [u8], Result<Option<&'a str>, BearerFault>);
+        let cases: &[Case] = &[
             (b"Bearer abc.def.ghi", Ok(Some("abc.def.ghi"))),
             (b"bearer abc", Ok(Some("abc"))),
             (b"BEARER abc", Ok(Some("abc"))),

@@ -95,22 +95,51 @@ mod tests {
     fn challenges_follow_rfc6750() {
         let scopes = vec!["orders:read".to_string(), "orders:write".to_string()];
         let c = Challenge::new(&AuthError::MissingToken, "api", &scopes);
-        assert_eq!((c.status, c.www_authenticate.as_deref()), (401, Some("Bearer realm=\"api\"")));
+        assert_eq!(
+            (c.status, c.www_authenticate.as_deref()),
+            (401, Some("Bearer realm=\"api\""))
+        );
 
-        let c = Challenge::new(&AuthError::InvalidRequest(BearerFault::Malformed), "api", &scopes);
+        let c = Challenge::new(
+            &AuthError::InvalidRequest(BearerFault::Malformed),
+            "api",
+            &scopes,
+        );
         assert_eq!(c.status, 400);
-        assert!(c.www_authenticate.unwrap().starts_with("Bearer realm=\"api\", error=\"invalid_request\""));
+        assert!(c
+            .www_authenticate
+            .unwrap()
+            .starts_with("Bearer realm=\"api\", error=\"invalid_request\""));
 
-        let c = Challenge::new(&AuthError::InvalidToken(TokenFault::NoValidator), "api", &[]);
+        let c = Challenge::new(
+            &AuthError::InvalidToken(TokenFault::NoValidator),
+            "api",
+            &[],
+        );
         assert_eq!(c.status, 401);
-        assert!(c.www_authenticate.unwrap().contains("error=\"invalid_token\""));
+        assert!(c
+            .www_authenticate
+            .unwrap()
+            .contains("error=\"invalid_token\""));
 
         let c = Challenge::new(&AuthError::InsufficientScope, "api", &scopes);
         assert_eq!(c.status, 403);
-        assert!(c.www_authenticate.unwrap().ends_with(", scope=\"orders:read orders:write\""));
+        assert!(c
+            .www_authenticate
+            .unwrap()
+            .ends_with(", scope=\"orders:read orders:write\""));
 
-        let c = Challenge::new(&AuthError::IdpUnavailable { retry_after: Duration::from_secs(5) }, "api", &[]);
-        assert_eq!((c.status, c.www_authenticate, c.retry_after), (503, None, Some(5)));
+        let c = Challenge::new(
+            &AuthError::IdpUnavailable {
+                retry_after: Duration::from_secs(5),
+            },
+            "api",
+            &[],
+        );
+        assert_eq!(
+            (c.status, c.www_authenticate, c.retry_after),
+            (503, None, Some(5))
+        );
     }
 
     #[test]
@@ -121,7 +150,9 @@ mod tests {
             AuthError::InvalidRequest(BearerFault::MultipleAuthorization),
             AuthError::InvalidToken(TokenFault::NoValidator),
             AuthError::InsufficientScope,
-            AuthError::IdpUnavailable { retry_after: Duration::ZERO },
+            AuthError::IdpUnavailable {
+                retry_after: Duration::ZERO,
+            },
         ];
         for e in all {
             let c = Challenge::new(&e, "api", &[]);

@@ -258,7 +258,9 @@ impl Config {
             path: PathBuf::from("<config>"),
             key,
             message: e.message().trim().to_owned(),
-            line: e.span().map_or(0, |s| 1 + text[..s.start.min(text.len())].matches('\n').count()),
+            line: e.span().map_or(0, |s| {
+                1 + text[..s.start.min(text.len())].matches('\n').count()
+            }),
         };
         let de = toml::Deserializer::parse(text).map_err(|e| parse_error("(syntax)".into(), &e))?;
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {

@@ -30,7 +30,10 @@ impl Problems {
             None => default,
             Some(Ok(d)) => d,
             Some(Err(_)) => {
-                self.push(key, "must be a duration such as \"500ms\", \"30s\" or \"5m\"");
+                self.push(
+                    key,
+                    "must be a duration such as \"500ms\", \"30s\" or \"5m\"",
+                );
                 default
             }
         }
@@ -65,7 +68,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 
     let s = &raw.server;
     let realm = s.realm.clone().unwrap_or_else(|| "portcullis".into());
-    if realm.is_empty() || !realm.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+    if realm.is_empty()
+        || !realm
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
         p.push(
             "server.realm",
             "must be non-empty printable ASCII without quotes or backslashes (RFC 6750 §3)",
@@ -89,7 +96,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         trust_forwarded_headers: s.trust_forwarded_headers.unwrap_or(false),
     };
     let metrics = MetricsConfig {
-        listen: p.socket_addr("metrics.listen", raw.metrics.listen.as_deref(), "127.0.0.1:9090"),
+        listen: p.socket_addr(
+            "metrics.listen",
+            raw.metrics.listen.as_deref(),
+            "127.0.0.1:9090",
+        ),
     };
     if server.listen == metrics.listen && server.listen.port() != 0 {
         p.push("metrics.listen", "must differ from server.listen");
@@ -105,7 +116,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut seen_issuers = HashSet::new();
     for (i, issuer) in issuers.iter().enumerate() {
         if !seen_issuers.insert(issuer.issuer.clone()) {
-            p.push(format!("issuers[{i}].issuer"), "appears twice; list each issuer once");
+            p.push(
+                format!("issuers[{i}].issuer"),
+                "appears twice; list each issuer once",
+            );
         }
     }
     let introspection = raw
@@ -151,7 +165,12 @@ fn upstream(p: &mut Problems, u: &RawUpstream) -> UpstreamConfig {
         read_timeout: d(p, "read_timeout", &u.read_timeout, secs(30)),
         write_timeout: d(p, "write_timeout", &u.write_timeout, secs(30)),
         idle_timeout: d(p, "idle_timeout", &u.idle_timeout, secs(60)),
-        health_check_interval: d(p, "health_check_interval", &u.health_check_interval, secs(5)),
+        health_check_interval: d(
+            p,
+            "health_check_interval",
+            &u.health_check_interval,
+            secs(5),
+        ),
         keepalive_pool_size: p.positive(
             "upstream.keepalive_pool_size",
             u.keepalive_pool_size,
@@ -164,7 +183,9 @@ fn upstream(p: &mut Problems, u: &RawUpstream) -> UpstreamConfig {
 /// An absolute http(s) URL without a fragment.
 fn http_url(p: &mut Problems, key: &str, value: &str) -> Option<Url> {
     match Url::parse(value) {
-        Ok(url) if matches!(url.scheme(), "https" | "http") && url.fragment().is_none() => Some(url),
+        Ok(url) if matches!(url.scheme(), "https" | "http") && url.fragment().is_none() => {
+            Some(url)
+        }
         _ => {
             p.push(key, "must be an absolute https:// URL without a #fragment");
             None
@@ -176,14 +197,20 @@ fn issuer(p: &mut Problems, key: &str, raw: &RawIssuer) -> Option<IssuerConfig> 
     let before = p.0.len();
     let issuer = match raw.issuer.as_deref() {
         None | Some("") => {
-            p.push(format!("{key}.issuer"), "is required: the exact `iss` value of its tokens");
+            p.push(
+                format!("{key}.issuer"),
+                "is required: the exact `iss` value of its tokens",
+            );
             None
         }
         Some(s) => http_url(p, &format!("{key}.issuer"), s).map(|_| s.to_owned()),
     };
     let keys = match (raw.jwks_uri.as_deref(), raw.discovery.unwrap_or(false)) {
         (Some(_), true) => {
-            p.push(format!("{key}.jwks_uri"), "set either jwks_uri or discovery = true, not both");
+            p.push(
+                format!("{key}.jwks_uri"),
+                "set either jwks_uri or discovery = true, not both",
+            );
             None
         }
         (Some(uri), false) => http_url(p, &format!("{key}.jwks_uri"), uri).map(KeySource::JwksUri),
@@ -206,7 +233,10 @@ fn issuer(p: &mut Problems, key: &str, raw: &RawIssuer) -> Option<IssuerConfig> 
     for (i, name) in raw.algorithms.iter().enumerate() {
         match Algorithm::from_name(name) {
             Some(a) if !algorithms.contains(&a) => algorithms.push(a),
-            Some(_) => p.push(format!("{key}.algorithms[{i}]"), format!("{name} is listed twice")),
+            Some(_) => p.push(
+                format!("{key}.algorithms[{i}]"),
+                format!("{name} is listed twice"),
+            ),
             None if name.eq_ignore_ascii_case("none") => p.push(
                 format!("{key}.algorithms[{i}]"),
                 "\"none\" is never allowed: unsigned tokens prove nothing (RFC 8725 §3.1)",
@@ -221,11 +251,21 @@ fn issuer(p: &mut Problems, key: &str, raw: &RawIssuer) -> Option<IssuerConfig> 
         }
     }
     if raw.algorithms.is_empty() {
-        p.push(format!("{key}.algorithms"), "must list at least one algorithm, e.g. [\"RS256\"]");
+        p.push(
+            format!("{key}.algorithms"),
+            "must list at least one algorithm, e.g. [\"RS256\"]",
+        );
     }
-    let leeway = p.duration(&format!("{key}.leeway"), raw.leeway.as_deref(), Duration::from_secs(30));
+    let leeway = p.duration(
+        &format!("{key}.leeway"),
+        raw.leeway.as_deref(),
+        Duration::from_secs(30),
+    );
     if leeway > Duration::from_secs(300) {
-        p.push(format!("{key}.leeway"), "must be at most 5m; clock skew beyond that is a broken clock");
+        p.push(
+            format!("{key}.leeway"),
+            "must be at most 5m; clock skew beyond that is a broken clock",
+        );
     }
     let jwks_refresh = p.duration(
         &format!("{key}.jwks_refresh"),
@@ -252,13 +292,19 @@ fn introspection(p: &mut Problems, raw: &RawIntrospection) -> Option<Introspecti
     let endpoint = match raw.endpoint.as_deref() {
         Some(e) => http_url(p, "introspection.endpoint", e),
         None => {
-            p.push("introspection.endpoint", "is required: the RFC 7662 introspection URL");
+            p.push(
+                "introspection.endpoint",
+                "is required: the RFC 7662 introspection URL",
+            );
             None
         }
     };
     let client_id = raw.client_id.clone().filter(|c| !c.is_empty());
     if client_id.is_none() {
-        p.push("introspection.client_id", "is required: the gateway's client id at the authorization server");
+        p.push(
+            "introspection.client_id",
+            "is required: the gateway's client id at the authorization server",
+        );
     }
     let env = raw.client_secret_env.clone().filter(|e| is_env_name(e));
     if env.is_none() {
@@ -282,12 +328,17 @@ fn is_env_name(s: &str) -> bool {
 
 /// Route names are metric label values: short and from a small alphabet.
 fn is_route_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
 }
 
 /// A scope token (RFC 6749 §3.3): printable ASCII except space, `"` and `\`.
 fn is_scope_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
 fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
@@ -302,13 +353,19 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
     let path_prefix = match raw.path_prefix.as_deref() {
         Some(prefix) => normalise_prefix(p, &format!("{key}.path_prefix"), prefix),
         None => {
-            p.push(format!("{key}.path_prefix"), "is required, e.g. \"/orders\" (\"/\" matches every path)");
+            p.push(
+                format!("{key}.path_prefix"),
+                "is required, e.g. \"/orders\" (\"/\" matches every path)",
+            );
             None
         }
     };
     let methods = raw.methods.as_ref().map(|list| {
         if list.is_empty() {
-            p.push(format!("{key}.methods"), "must not be empty; omit the key to allow every method");
+            p.push(
+                format!("{key}.methods"),
+                "must not be empty; omit the key to allow every method",
+            );
         }
         let mut methods: Vec<Method> = Vec::new();
         for (i, m) in list.iter().enumerate() {
@@ -316,9 +373,14 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
             match Method::from_bytes(m.as_bytes()) {
                 Ok(_) if m.bytes().any(|b| b.is_ascii_lowercase()) => p.push(
                     k,
-                    format!("methods are case-sensitive; write {:?}", m.to_ascii_uppercase()),
+                    format!(
+                        "methods are case-sensitive; write {:?}",
+                        m.to_ascii_uppercase()
+                    ),
                 ),
-                Ok(method) if methods.contains(&method) => p.push(k, format!("{m} is listed twice")),
+                Ok(method) if methods.contains(&method) => {
+                    p.push(k, format!("{m} is listed twice"))
+                }
                 Ok(method) => methods.push(method),
                 Err(_) => p.push(k, format!("{m:?} is not an HTTP method, e.g. \"GET\"")),
             }
@@ -326,7 +388,10 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
         methods
     });
     if raw.upstreams.is_empty() {
-        p.push(format!("{key}.upstreams"), "must list at least one host:port");
+        p.push(
+            format!("{key}.upstreams"),
+            "must list at least one host:port",
+        );
     }
     for (i, u) in raw.upstreams.iter().enumerate() {
         if !is_host_port(u) {
@@ -348,7 +413,10 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
         None | Some("required") => AuthMode::Required,
         Some("none") => AuthMode::None,
         Some(other) => {
-            p.push(format!("{key}.auth"), format!("{other:?} is not a mode; use \"required\" or \"none\""));
+            p.push(
+                format!("{key}.auth"),
+                format!("{other:?} is not a mode; use \"required\" or \"none\""),
+            );
             AuthMode::Required
         }
     };
@@ -387,7 +455,11 @@ fn normalise_prefix(p: &mut Problems, key: &str, prefix: &str) -> Option<String>
         return None;
     }
     let trimmed = prefix.trim_end_matches('/');
-    Some(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
+    Some(if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.into()
+    })
 }
 
 fn is_host_port(s: &str) -> bool {
@@ -398,7 +470,10 @@ fn is_host_port(s: &str) -> bool {
     let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         v6.parse::<std::net::Ipv6Addr>().is_ok()
     } else {
-        !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
     };
     port_ok && host_ok
 }
@@ -411,7 +486,10 @@ fn check_route_set(p: &mut Problems, routes: &[RouteConfig]) {
         if let Some(first) = names.insert(&r.name, i) {
             p.push(
                 format!("routes[{i}].name"),
-                format!("{:?} is already the name of routes[{first}]; route names must be unique", r.name),
+                format!(
+                    "{:?} is already the name of routes[{first}]; route names must be unique",
+                    r.name
+                ),
             );
             continue;
         }

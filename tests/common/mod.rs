@@ -61,7 +61,9 @@ impl EchoUpstream {
         let server_state = state.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let state = server_state.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(state.clone(), req));
@@ -97,10 +99,15 @@ impl EchoUpstream {
 type Body = BoxBody<Bytes, hyper::Error>;
 
 fn full(text: impl Into<Bytes>) -> Body {
-    Full::new(text.into()).map_err(|never| match never {}).boxed()
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
-async fn handle(state: Arc<EchoState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    state: Arc<EchoState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     state.hits.fetch_add(1, Ordering::SeqCst);
     state.seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
@@ -113,7 +120,11 @@ async fn handle(state: Arc<EchoState>, req: Request<Incoming>) -> Result<Respons
             .body(body)
             .unwrap())
     };
-    if req.headers().get("upgrade").is_some_and(|v| v == "websocket") {
+    if req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v == "websocket")
+    {
         let upgrade = hyper::upgrade::on(req);
         tokio::spawn(async move {
             if let Ok(upgraded) = upgrade.await {
@@ -137,11 +148,17 @@ async fn handle(state: Arc<EchoState>, req: Request<Incoming>) -> Result<Respons
             ok(full("released"))
         }
         _ => {
-            let has_body = req.headers().contains_key("content-length") || req.headers().contains_key("transfer-encoding");
+            let has_body = req.headers().contains_key("content-length")
+                || req.headers().contains_key("transfer-encoding");
             if has_body {
                 ok(req.into_body().boxed())
             } else {
-                ok(full(format!("{} {} {}", state.name, req.method(), req.uri())))
+                ok(full(format!(
+                    "{} {} {}",
+                    state.name,
+                    req.method(),
+                    req.uri()
+                )))
             }
         }
     }
@@ -160,7 +177,9 @@ pub fn start_gateway(routes_and_more: &str) -> RunningApp {
         "[server]\nlisten = \"127.0.0.1:0\"\nrealm = \"api\"\nthreads = 2\n[metrics]\nlisten = \"127.0.0.1:0\"\n{routes_and_more}"
     );
     let config = Config::parse(&text).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
-    App::build(&config, prometheus::Registry::new()).unwrap().spawn()
+    App::build(&config, prometheus::Registry::new())
+        .unwrap()
+        .spawn()
 }
 
 /// A reqwest client that never reuses connections between tests and has a hard deadline.
@@ -179,7 +198,9 @@ pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
     stream.write_all(request).await.unwrap();
     let mut out = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out));
-    let _ = read.await.expect("the gateway answers and closes within 20 s");
+    let _ = read
+        .await
+        .expect("the gateway answers and closes within 20 s");
     String::from_utf8_lossy(&out).into_owned()
 }
 
@@ -194,13 +215,23 @@ pub async fn scrape(metrics_addr: SocketAddr) -> Metrics {
         .await
         .unwrap();
     let mut samples = Vec::new();
-    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
         let name_end = series.find('{').unwrap_or(series.len());
         let name = &series[..name_end];
         assert!(
-            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
             "bad metric name in {line:?}"
         );
         samples.push((series.to_owned(), value));
@@ -210,7 +241,10 @@ pub async fn scrape(metrics_addr: SocketAddr) -> Metrics {
 
 /// Scrape until `condition` holds (at most 10 s) and return that scrape. Counters are updated
 /// in pingora's logging hook, which runs after the client already has its response.
-pub async fn scrape_until(metrics_addr: SocketAddr, condition: impl Fn(&Metrics) -> bool) -> Metrics {
+pub async fn scrape_until(
+    metrics_addr: SocketAddr,
+    condition: impl Fn(&Metrics) -> bool,
+) -> Metrics {
     let end = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let m = scrape(metrics_addr).await;
@@ -229,7 +263,11 @@ impl Metrics {
         self.0
             .iter()
             .filter(|(series, _)| series == name || series.starts_with(&format!("{name}{{")))
-            .filter(|(series, _)| labels.iter().all(|(k, v)| series.contains(&format!("{k}=\"{v}\""))))
+            .filter(|(series, _)| {
+                labels
+                    .iter()
+                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+            })
             .map(|(_, v)| *v)
             .sum()
     }
