@@ -16,7 +16,9 @@ fn routes(n: usize) -> Vec<RouteConfig> {
             methods: Some(vec![Method::GET, Method::POST]),
             upstreams: vec!["127.0.0.1:1".into()],
             scopes: vec![format!("svc{i}:read")],
+            scopes_any: vec![],
             auth: AuthMode::Required,
+            forward_token: false,
         })
         .collect()
 }

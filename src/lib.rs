@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod devkeys;
 pub mod metrics;
 pub mod routing;
 

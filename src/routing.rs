@@ -136,7 +136,9 @@ mod tests {
             methods: methods.map(|ms| ms.iter().map(|m| m.parse().unwrap()).collect()),
             upstreams: vec!["127.0.0.1:1".into()],
             scopes: vec![],
+            scopes_any: vec![],
             auth: AuthMode::None,
+            forward_token: false,
         }
     }
 

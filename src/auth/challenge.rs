@@ -68,11 +68,7 @@ fn describe(error: &AuthError) -> (u16, Option<&'static str>, &'static str) {
             Some("invalid_request"),
             "The Authorization header is not a well-formed bearer token.",
         ),
-        AuthError::InvalidToken(TokenFault::NoValidator) => (
-            401,
-            Some("invalid_token"),
-            "The token cannot be validated by this gateway.",
-        ),
+        AuthError::InvalidToken(fault) => (401, Some("invalid_token"), token_description(*fault)),
         AuthError::InsufficientScope => (
             403,
             Some("insufficient_scope"),
@@ -83,6 +79,18 @@ fn describe(error: &AuthError) -> (u16, Option<&'static str>, &'static str) {
             Some("temporarily_unavailable"),
             "The identity provider cannot be reached; retry later.",
         ),
+    }
+}
+
+/// Fixed sentences per fault: specific enough for a developer, never echoing the token.
+fn token_description(fault: TokenFault) -> &'static str {
+    match fault {
+        TokenFault::Expired => "The access token expired.",
+        TokenFault::NotYetValid => "The access token is not valid yet.",
+        TokenFault::WrongAudience => "The access token is not meant for this resource.",
+        TokenFault::WrongType => "The token is not an access token.",
+        TokenFault::UnknownIssuer => "The access token comes from an untrusted issuer.",
+        _ => "The access token is invalid.",
     }
 }
 

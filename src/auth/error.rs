@@ -30,8 +30,56 @@ pub enum AuthError {
 /// Why a token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenFault {
-    /// No issuer or introspection endpoint is configured that could vouch for the token.
+    /// Not a JWT any configured issuer could vouch for, and no introspection is configured.
     NoValidator,
+    /// Longer than `tokens.max_size`.
+    Oversize,
+    /// Not three base64url parts with JSON-object header and claims, or a claim of the wrong type.
+    Malformed,
+    /// A `crit` header: we understand no extensions (RFC 7515 §4.1.11).
+    CriticalHeader,
+    /// `alg` is `none`, unknown, or not allowed for the issuer.
+    AlgorithmNotAllowed,
+    /// `iss` names no configured issuer.
+    UnknownIssuer,
+    /// No key in the issuer's set has the token's `kid` (after a refetch).
+    UnknownKey,
+    /// The `kid` names two different keys in the issuer's set.
+    AmbiguousKey,
+    /// The signature does not verify.
+    BadSignature,
+    /// `exp` (with leeway) is past.
+    Expired,
+    /// `nbf` or `iat` (with leeway) is in the future.
+    NotYetValid,
+    /// `exp` is missing, or `iat` is missing where `max_token_lifetime` needs it.
+    MissingClaim,
+    /// `aud` is missing or names none of the issuer's audiences.
+    WrongAudience,
+    /// `typ` is not `at+jwt` while the issuer requires it.
+    WrongType,
+    /// `exp - iat` exceeds the issuer's `max_token_lifetime`.
+    LifetimeTooLong,
+}
+
+impl TokenFault {
+    /// The bounded metric label.
+    pub fn kind(self) -> &'static str {
+        match self {
+            TokenFault::NoValidator => "no_validator",
+            TokenFault::Oversize | TokenFault::Malformed | TokenFault::CriticalHeader => "malformed",
+            TokenFault::AlgorithmNotAllowed => "algorithm_not_allowed",
+            TokenFault::UnknownIssuer => "wrong_issuer",
+            TokenFault::UnknownKey | TokenFault::AmbiguousKey => "unknown_key",
+            TokenFault::BadSignature => "bad_signature",
+            TokenFault::Expired => "expired",
+            TokenFault::NotYetValid => "not_yet_valid",
+            TokenFault::MissingClaim => "missing_claim",
+            TokenFault::WrongAudience => "wrong_audience",
+            TokenFault::WrongType => "wrong_type",
+            TokenFault::LifetimeTooLong => "lifetime_too_long",
+        }
+    }
 }
 
 impl AuthError {
@@ -40,7 +88,7 @@ impl AuthError {
         match self {
             AuthError::MissingToken => "missing_token",
             AuthError::InvalidRequest(_) => "invalid_request",
-            AuthError::InvalidToken(TokenFault::NoValidator) => "no_validator",
+            AuthError::InvalidToken(fault) => fault.kind(),
             AuthError::InsufficientScope => "insufficient_scope",
             AuthError::IdpUnavailable { .. } => "idp_unavailable",
         }

@@ -4,6 +4,8 @@
 pub mod bearer;
 pub mod challenge;
 pub mod error;
+pub mod jwt;
+pub mod keys;
 
 use std::time::SystemTime;
 

@@ -5,6 +5,7 @@
 //! URLs, durations, addresses and methods are parsed here, so the running gateway only ever
 //! holds typed values.
 
+mod issuer;
 mod raw;
 mod validate;
 
@@ -23,6 +24,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub metrics: MetricsConfig,
     pub upstream: UpstreamConfig,
+    pub tokens: TokensConfig,
     pub issuers: Vec<IssuerConfig>,
     pub introspection: Option<IntrospectionConfig>,
     pub routes: Vec<RouteConfig>,
@@ -68,6 +70,17 @@ pub struct UpstreamConfig {
     pub keepalive_pool_size: usize,
 }
 
+/// `[tokens]`: limits applied to every bearer token, and the verified-token cache.
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    /// `max_size`, default `8192` bytes: longer tokens are refused before any decoding.
+    pub max_size: usize,
+    /// `cache_capacity`, default `100000` entries; `0` disables the verified-token cache.
+    pub cache_capacity: u64,
+    /// `cache_max_ttl`, default `5m`: a cached token is dropped at `min(exp, this)`.
+    pub cache_max_ttl: Duration,
+}
+
 /// The signature algorithms an issuer may be allowed (RFC 7518 §3.1, RFC 8037).
 /// `none` has no variant: it cannot be configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,6 +115,11 @@ impl Algorithm {
         Algorithm::HS512,
     ];
 
+    /// HS256/384/512: a shared secret, never mixed with public-key algorithms (RFC 8725 §3.1).
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+    }
+
     /// The JOSE name, exactly as in a JWT header's `alg`.
     pub fn name(self) -> &'static str {
         match self {
@@ -133,6 +151,17 @@ pub enum KeySource {
     JwksUri(Url),
     /// `discovery = true`: `jwks_uri` from the issuer's metadata (RFC 8414, OIDC Discovery).
     Discovery,
+    /// `hmac_secret_env = "NAME"`: HS256/384/512 with a secret read from that variable.
+    HmacSecret { env: String },
+}
+
+/// Which claim carries a token's scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeClaim {
+    /// `scope`: a space-separated string (RFC 9068 §2.2.3, RFC 8693 §4.2).
+    Scope,
+    /// `scp`: a space-separated string or an array of strings (Azure AD, Okta).
+    Scp,
 }
 
 /// One `[[issuers]]` entry.
@@ -148,8 +177,23 @@ pub struct IssuerConfig {
     pub algorithms: Vec<Algorithm>,
     /// `leeway`, default `30s`: clock skew allowed on `exp`, `nbf` and `iat`.
     pub leeway: Duration,
-    /// `jwks_refresh`, default `5m`.
+    /// `jwks_refresh`, default `5m`; shortened by a JWKS response's `Cache-Control: max-age`
+    /// (never below 1 minute).
     pub jwks_refresh: Duration,
+    /// `jwks_max_stale`, default `24h`: while refreshes fail, the last good keys are used this
+    /// long after they were fetched; after that, requests for the issuer answer 503.
+    pub jwks_max_stale: Duration,
+    /// `jwks_min_refetch`, default `10s`: at most one refetch on an unknown `kid` this often.
+    pub jwks_min_refetch: Duration,
+    /// `require_typ`, default `false`: only `typ` `at+jwt` / `application/at+jwt` (RFC 9068 §4).
+    pub require_typ: bool,
+    /// `scope_claim`, default `scope`.
+    pub scope_claim: ScopeClaim,
+    /// `max_token_lifetime`, optional: tokens whose `exp - iat` exceeds it are refused.
+    pub max_token_lifetime: Option<Duration>,
+    /// `allow_insecure_http`, default `false`: permit `http://` key and discovery URLs that are
+    /// not on a loopback address.
+    pub allow_insecure_http: bool,
 }
 
 /// `[introspection]` (RFC 7662).
@@ -183,8 +227,12 @@ pub struct RouteConfig {
     pub upstreams: Vec<String>,
     /// `scopes`: every one required.
     pub scopes: Vec<String>,
+    /// `scopes_any`: at least one required (when not empty).
+    pub scopes_any: Vec<String>,
     /// `auth`, default `required`.
     pub auth: AuthMode,
+    /// `forward_token`, default `false`: keep `Authorization` on the forwarded request.
+    pub forward_token: bool,
 }
 
 /// One thing wrong with a configuration: the key path and what to do about it.

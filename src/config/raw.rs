@@ -17,6 +17,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub upstream: RawUpstream,
     #[serde(default)]
+    pub tokens: RawTokens,
+    #[serde(default)]
     pub issuers: Vec<RawIssuer>,
     pub introspection: Option<RawIntrospection>,
     #[serde(default)]
@@ -63,6 +65,15 @@ pub struct RawUpstream {
     pub keepalive_pool_size: Option<i64>,
 }
 
+/// `[tokens]`: limits and the verified-token cache.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokens {
+    pub max_size: Option<i64>,
+    pub cache_capacity: Option<i64>,
+    pub cache_max_ttl: Option<String>,
+}
+
 /// One `[[issuers]]` entry.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +87,13 @@ pub struct RawIssuer {
     pub algorithms: Vec<String>,
     pub leeway: Option<String>,
     pub jwks_refresh: Option<String>,
+    pub jwks_max_stale: Option<String>,
+    pub jwks_min_refetch: Option<String>,
+    pub hmac_secret_env: Option<String>,
+    pub require_typ: Option<bool>,
+    pub scope_claim: Option<String>,
+    pub max_token_lifetime: Option<String>,
+    pub allow_insecure_http: Option<bool>,
 }
 
 /// `[introspection]`.
@@ -98,5 +116,8 @@ pub struct RawRoute {
     pub upstreams: Vec<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
+    #[serde(default)]
+    pub scopes_any: Vec<String>,
     pub auth: Option<String>,
+    pub forward_token: Option<bool>,
 }

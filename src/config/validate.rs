@@ -7,17 +7,17 @@ use std::time::Duration;
 use http::Method;
 use url::Url;
 
-use super::raw::{RawConfig, RawIntrospection, RawIssuer, RawRoute, RawUpstream};
+use super::raw::{RawConfig, RawIntrospection, RawRoute, RawTokens, RawUpstream};
 use super::{
-    Algorithm, AuthMode, Config, ConfigError, IntrospectionConfig, IssuerConfig, KeySource,
-    MetricsConfig, Problem, RouteConfig, ServerConfig, UpstreamConfig,
+    AuthMode, Config, ConfigError, IntrospectionConfig, MetricsConfig, Problem, RouteConfig,
+    ServerConfig, TokensConfig, UpstreamConfig,
 };
 
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(super) struct Problems(pub(super) Vec<Problem>);
 
 impl Problems {
-    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             key: key.into(),
             message: message.into(),
@@ -25,7 +25,7 @@ impl Problems {
     }
 
     /// A humantime duration ("30s", "5m"), or the default when the key is absent.
-    fn duration(&mut self, key: &str, value: Option<&str>, default: Duration) -> Duration {
+    pub(super) fn duration(&mut self, key: &str, value: Option<&str>, default: Duration) -> Duration {
         match value.map(humantime::parse_duration) {
             None => default,
             Some(Ok(d)) => d,
@@ -107,11 +107,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
 
     let upstream = upstream(&mut p, &raw.upstream);
+    let tokens = tokens(&mut p, &raw.tokens);
     let issuers = raw
         .issuers
         .iter()
         .enumerate()
-        .filter_map(|(i, issuer)| self::issuer(&mut p, &format!("issuers[{i}]"), issuer))
+        .filter_map(|(i, issuer)| super::issuer::issuer(&mut p, &format!("issuers[{i}]"), issuer))
         .collect::<Vec<_>>();
     let mut seen_issuers = HashSet::new();
     for (i, issuer) in issuers.iter().enumerate() {
@@ -142,6 +143,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             server,
             metrics,
             upstream,
+            tokens,
             issuers,
             introspection,
             routes,
@@ -180,8 +182,29 @@ fn upstream(p: &mut Problems, u: &RawUpstream) -> UpstreamConfig {
     }
 }
 
+fn tokens(p: &mut Problems, t: &RawTokens) -> TokensConfig {
+    let max_size = p.positive("tokens.max_size", t.max_size, 8192, 1 << 20);
+    if max_size < 256 {
+        p.push("tokens.max_size", "must be at least 256 bytes; real access tokens are longer");
+    }
+    let cache_capacity = match t.cache_capacity {
+        None => 100_000,
+        Some(n) if (0..=100_000_000).contains(&n) => n as u64,
+        Some(_) => {
+            p.push("tokens.cache_capacity", "must be from 0 (cache off) to 100000000 entries");
+            100_000
+        }
+    };
+    let cache_max_ttl = p.duration("tokens.cache_max_ttl", t.cache_max_ttl.as_deref(), Duration::from_secs(300));
+    TokensConfig {
+        max_size,
+        cache_capacity,
+        cache_max_ttl,
+    }
+}
+
 /// An absolute http(s) URL without a fragment.
-fn http_url(p: &mut Problems, key: &str, value: &str) -> Option<Url> {
+pub(super) fn http_url(p: &mut Problems, key: &str, value: &str) -> Option<Url> {
     match Url::parse(value) {
         Ok(url) if matches!(url.scheme(), "https" | "http") && url.fragment().is_none() => {
             Some(url)
@@ -191,101 +214,6 @@ fn http_url(p: &mut Problems, key: &str, value: &str) -> Option<Url> {
             None
         }
     }
-}
-
-fn issuer(p: &mut Problems, key: &str, raw: &RawIssuer) -> Option<IssuerConfig> {
-    let before = p.0.len();
-    let issuer = match raw.issuer.as_deref() {
-        None | Some("") => {
-            p.push(
-                format!("{key}.issuer"),
-                "is required: the exact `iss` value of its tokens",
-            );
-            None
-        }
-        Some(s) => http_url(p, &format!("{key}.issuer"), s).map(|_| s.to_owned()),
-    };
-    let keys = match (raw.jwks_uri.as_deref(), raw.discovery.unwrap_or(false)) {
-        (Some(_), true) => {
-            p.push(
-                format!("{key}.jwks_uri"),
-                "set either jwks_uri or discovery = true, not both",
-            );
-            None
-        }
-        (Some(uri), false) => http_url(p, &format!("{key}.jwks_uri"), uri).map(KeySource::JwksUri),
-        (None, true) => Some(KeySource::Discovery),
-        (None, false) => {
-            p.push(
-                format!("{key}.jwks_uri"),
-                "is required: set jwks_uri = \"https://...\" or discovery = true",
-            );
-            None
-        }
-    };
-    if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
-        p.push(
-            format!("{key}.audiences"),
-            "must list at least one non-empty audience (the `aud` your API's tokens carry)",
-        );
-    }
-    let mut algorithms = Vec::new();
-    for (i, name) in raw.algorithms.iter().enumerate() {
-        match Algorithm::from_name(name) {
-            Some(a) if !algorithms.contains(&a) => algorithms.push(a),
-            Some(_) => p.push(
-                format!("{key}.algorithms[{i}]"),
-                format!("{name} is listed twice"),
-            ),
-            None if name.eq_ignore_ascii_case("none") => p.push(
-                format!("{key}.algorithms[{i}]"),
-                "\"none\" is never allowed: unsigned tokens prove nothing (RFC 8725 §3.1)",
-            ),
-            None => p.push(
-                format!("{key}.algorithms[{i}]"),
-                format!(
-                    "unknown algorithm {name:?}; use one of {} (names are case-sensitive)",
-                    Algorithm::ALL.map(Algorithm::name).join(", ")
-                ),
-            ),
-        }
-    }
-    if raw.algorithms.is_empty() {
-        p.push(
-            format!("{key}.algorithms"),
-            "must list at least one algorithm, e.g. [\"RS256\"]",
-        );
-    }
-    let leeway = p.duration(
-        &format!("{key}.leeway"),
-        raw.leeway.as_deref(),
-        Duration::from_secs(30),
-    );
-    if leeway > Duration::from_secs(300) {
-        p.push(
-            format!("{key}.leeway"),
-            "must be at most 5m; clock skew beyond that is a broken clock",
-        );
-    }
-    let jwks_refresh = p.duration(
-        &format!("{key}.jwks_refresh"),
-        raw.jwks_refresh.as_deref(),
-        Duration::from_secs(300),
-    );
-    if jwks_refresh < Duration::from_secs(1) {
-        p.push(format!("{key}.jwks_refresh"), "must be at least 1s");
-    }
-    if p.0.len() > before {
-        return None;
-    }
-    Some(IssuerConfig {
-        issuer: issuer?,
-        keys: keys?,
-        audiences: raw.audiences.clone(),
-        algorithms,
-        leeway,
-        jwks_refresh,
-    })
 }
 
 fn introspection(p: &mut Problems, raw: &RawIntrospection) -> Option<IntrospectionConfig> {
@@ -320,7 +248,7 @@ fn introspection(p: &mut Problems, raw: &RawIntrospection) -> Option<Introspecti
     })
 }
 
-fn is_env_name(s: &str) -> bool {
+pub(super) fn is_env_name(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with(|c: char| c.is_ascii_digit())
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -401,12 +329,14 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
             );
         }
     }
-    for (i, s) in raw.scopes.iter().enumerate() {
-        if !is_scope_token(s) {
-            p.push(
-                format!("{key}.scopes[{i}]"),
-                "must be one scope token: printable ASCII without spaces, quotes or backslashes (RFC 6749 §3.3)",
-            );
+    for (list, name) in [(&raw.scopes, "scopes"), (&raw.scopes_any, "scopes_any")] {
+        for (i, s) in list.iter().enumerate() {
+            if !is_scope_token(s) {
+                p.push(
+                    format!("{key}.{name}[{i}]"),
+                    "must be one scope token: printable ASCII without spaces, quotes or backslashes (RFC 6749 §3.3)",
+                );
+            }
         }
     }
     let auth = match raw.auth.as_deref() {
@@ -420,7 +350,7 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
             AuthMode::Required
         }
     };
-    if auth == AuthMode::None && !raw.scopes.is_empty() {
+    if auth == AuthMode::None && !(raw.scopes.is_empty() && raw.scopes_any.is_empty()) {
         p.push(
             format!("{key}.scopes"),
             "a route with auth = \"none\" checks no token, so it cannot require scopes; remove scopes or set auth = \"required\"",
@@ -435,7 +365,9 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
         methods,
         upstreams: raw.upstreams.clone(),
         scopes: raw.scopes.clone(),
+        scopes_any: raw.scopes_any.clone(),
         auth,
+        forward_token: raw.forward_token.unwrap_or(false),
     })
 }
 

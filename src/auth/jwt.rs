@@ -1,0 +1,381 @@
+//! JWT parsing and claim checks (RFC 7519, RFC 8725, RFC 9068). Signatures are checked in
+//! [`super::keys`]; this file never touches a key.
+//!
+//! Parsing is ours rather than the library's so that every rule is explicit: a size bound before
+//! any decoding, exactly three base64url parts without padding (compact serialization, RFC 7515
+//! §7.1), header and claims JSON objects, duplicate member names rejected (serde's derived
+//! deserializers refuse a repeated field instead of keeping the last), and any `crit` header
+//! refused (RFC 7515 §4.1.11: we understand no extensions). `jku`, `x5u`, `jwk` and `x5c` are
+//! never read: a token does not get to say where its key lives (RFC 8725 §3.10).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::de::{self, IgnoredAny};
+use serde::{Deserialize, Deserializer};
+
+use super::error::TokenFault;
+use crate::config::{Algorithm, ScopeClaim};
+
+/// The JOSE header members we read. Unknown members are ignored; `crit` fails the token.
+#[derive(Debug, Deserialize)]
+pub struct JoseHeader {
+    pub alg: String,
+    pub kid: Option<String>,
+    pub typ: Option<String>,
+    crit: Option<IgnoredAny>,
+}
+
+/// The claims we read; a repeated member name is an error.
+#[derive(Debug, Default, Deserialize)]
+pub struct Claims {
+    pub iss: Option<String>,
+    pub sub: Option<String>,
+    pub aud: Option<OneOrMany>,
+    pub exp: Option<NumericDate>,
+    pub nbf: Option<NumericDate>,
+    pub iat: Option<NumericDate>,
+    pub client_id: Option<String>,
+    pub scope: Option<OneOrMany>,
+    pub scp: Option<OneOrMany>,
+}
+
+/// A string or an array of strings (`aud`, RFC 7519 §4.1.3; `scp`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn contains_any(&self, wanted: &[String]) -> bool {
+        match self {
+            OneOrMany::One(s) => wanted.contains(s),
+            OneOrMany::Many(v) => v.iter().any(|s| wanted.contains(s)),
+        }
+    }
+}
+
+/// Seconds since the epoch (RFC 7519 §2): a JSON number, fractions truncated. Strings are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NumericDate(pub i64);
+
+impl<'de> Deserialize<'de> for NumericDate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = NumericDate;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of seconds")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<NumericDate, E> {
+                Ok(NumericDate(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<NumericDate, E> {
+                Ok(NumericDate(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<NumericDate, E> {
+                if !v.is_finite() {
+                    return Err(E::custom("not a finite number"));
+                }
+                // `as` saturates at the i64 bounds.
+                Ok(NumericDate(v.trunc() as i64))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// A token split and decoded, its signature not yet checked.
+#[derive(Debug)]
+pub struct Unverified<'a> {
+    pub header: JoseHeader,
+    pub alg: Algorithm,
+    pub claims: Claims,
+    /// `base64url(header) . base64url(claims)`: what the signature covers.
+    pub signing_input: &'a str,
+    pub signature: &'a str,
+}
+
+/// Whether a token has the shape of a JWT at all: three non-empty base64url parts.
+pub fn looks_like_jwt(token: &str) -> bool {
+    let mut parts = 0;
+    for part in token.split('.') {
+        parts += 1;
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return false;
+        }
+    }
+    parts == 3
+}
+
+/// Split and decode a token of at most `max_size` bytes.
+pub fn parse(token: &str, max_size: usize) -> Result<Unverified<'_>, TokenFault> {
+    if token.len() > max_size {
+        return Err(TokenFault::Oversize);
+    }
+    if !looks_like_jwt(token) {
+        return Err(TokenFault::Malformed);
+    }
+    let (signing_input, signature) = token.rsplit_once('.').ok_or(TokenFault::Malformed)?;
+    let (header_b64, claims_b64) = signing_input.split_once('.').ok_or(TokenFault::Malformed)?;
+    let header: JoseHeader = decode_json(header_b64)?;
+    if header.crit.is_some() {
+        return Err(TokenFault::CriticalHeader);
+    }
+    let alg = Algorithm::from_name(&header.alg).ok_or(TokenFault::AlgorithmNotAllowed)?;
+    let claims: Claims = decode_json(claims_b64)?;
+    Ok(Unverified {
+        header,
+        alg,
+        claims,
+        signing_input,
+        signature,
+    })
+}
+
+/// base64url without padding, then a JSON object (serde refuses anything else for a struct).
+fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, TokenFault> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| TokenFault::Malformed)?;
+    if bytes.first() != Some(&b'{') {
+        return Err(TokenFault::Malformed);
+    }
+    serde_json::from_slice(&bytes).map_err(|_| TokenFault::Malformed)
+}
+
+/// What claim checks need to know about the issuer.
+#[derive(Debug, Clone)]
+pub struct ClaimRules {
+    pub audiences: Vec<String>,
+    pub leeway: Duration,
+    pub require_typ: bool,
+    pub scope_claim: ScopeClaim,
+    pub max_token_lifetime: Option<Duration>,
+}
+
+/// The checks that follow a valid signature. `now` is passed in: the clock is read by callers.
+///
+/// `exp` is required and must be after `now - leeway`; `nbf` must not be after `now + leeway`;
+/// an `iat` after `now + leeway` is refused; `aud` is required and must contain a configured
+/// audience (RFC 7519 §4.1); `typ` is `at+jwt` when required (RFC 9068 §4).
+pub fn check_claims(header: &JoseHeader, claims: &Claims, rules: &ClaimRules, now: SystemTime) -> Result<(), TokenFault> {
+    let now = unix_seconds(now);
+    let leeway = i64::try_from(rules.leeway.as_secs()).unwrap_or(i64::MAX);
+    if rules.require_typ {
+        let typ = header.typ.as_deref().unwrap_or("");
+        if !typ.eq_ignore_ascii_case("at+jwt") && !typ.eq_ignore_ascii_case("application/at+jwt") {
+            return Err(TokenFault::WrongType);
+        }
+    }
+    let exp = claims.exp.ok_or(TokenFault::MissingClaim)?.0;
+    if now >= exp.saturating_add(leeway) {
+        return Err(TokenFault::Expired);
+    }
+    if let Some(nbf) = claims.nbf {
+        if now < nbf.0.saturating_sub(leeway) {
+            return Err(TokenFault::NotYetValid);
+        }
+    }
+    if let Some(iat) = claims.iat {
+        if iat.0 > now.saturating_add(leeway) {
+            return Err(TokenFault::NotYetValid);
+        }
+    }
+    if let Some(max) = rules.max_token_lifetime {
+        let iat = claims.iat.ok_or(TokenFault::MissingClaim)?.0;
+        if exp.saturating_sub(iat) > i64::try_from(max.as_secs()).unwrap_or(i64::MAX) {
+            return Err(TokenFault::LifetimeTooLong);
+        }
+    }
+    match &claims.aud {
+        Some(aud) if aud.contains_any(&rules.audiences) => Ok(()),
+        _ => Err(TokenFault::WrongAudience),
+    }
+}
+
+/// The token's scopes, from the configured claim.
+pub fn scopes(claims: &Claims, claim: ScopeClaim) -> Vec<String> {
+    let value = match claim {
+        ScopeClaim::Scope => &claims.scope,
+        ScopeClaim::Scp => &claims.scp,
+    };
+    match value {
+        Some(OneOrMany::One(s)) => s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        Some(OneOrMany::Many(v)) if claim == ScopeClaim::Scp => v.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// Seconds since the epoch; before 1970 counts as 0.
+pub fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(json: &str) -> String {
+        URL_SAFE_NO_PAD.encode(json)
+    }
+
+    fn token(header: &str, claims: &str) -> String {
+        format!("{}.{}.c2ln", b64(header), b64(claims))
+    }
+
+    const H: &str = r#"{"alg":"RS256","kid":"k1"}"#;
+
+    #[test]
+    fn shape_rules() {
+        let ok = token(H, r#"{"iss":"i"}"#);
+        assert!(parse(&ok, 8192).is_ok());
+        let cases = [
+            ("two parts", format!("{}.{}", b64(H), b64("{}"))),
+            ("four parts", format!("{ok}.x")),
+            ("five parts (JWE)", format!("{ok}.x.y")),
+            ("padding", ok.replacen('.', "=.", 1)),
+            ("standard alphabet", format!("{}+.{}.c2ln", b64(H), b64("{}"))),
+            ("empty signature", format!("{}.{}.", b64(H), b64("{}"))),
+            ("header not an object", token(r#"["RS256"]"#, "{}")),
+            ("claims not an object", token(H, "42")),
+            ("claims not JSON", format!("{}.{}.c2ln", b64(H), b64("{nope"))),
+            ("trailing garbage", format!("{ok} x")),
+        ];
+        for (name, t) in cases {
+            assert_eq!(parse(&t, 8192).err(), Some(TokenFault::Malformed), "{name}: {t}");
+        }
+        assert_eq!(parse(&ok, ok.len() - 1).err(), Some(TokenFault::Oversize));
+    }
+
+    #[test]
+    fn header_rules() {
+        let t = token(r#"{"alg":"RS256","crit":["exp"]}"#, "{}");
+        assert_eq!(parse(&t, 8192).err(), Some(TokenFault::CriticalHeader));
+        let t = token(r#"{"alg":"RS256","crit":[]}"#, "{}");
+        assert_eq!(parse(&t, 8192).err(), Some(TokenFault::CriticalHeader));
+        for alg in ["none", "None", "NONE", "nOnE", "rs256", ""] {
+            let t = token(&format!(r#"{{"alg":"{alg}"}}"#), "{}");
+            assert_eq!(parse(&t, 8192).err(), Some(TokenFault::AlgorithmNotAllowed), "{alg}");
+        }
+        let t = token(r#"{"alg":"RS256","alg":"HS256"}"#, "{}");
+        assert_eq!(parse(&t, 8192).err(), Some(TokenFault::Malformed), "duplicate header member");
+        let t = token(r#"{"alg":"RS256","jku":"http://127.0.0.1:1/keys","jwk":{"kty":"oct"}}"#, "{}");
+        assert!(parse(&t, 8192).is_ok(), "jku and jwk are ignored, not followed");
+    }
+
+    #[test]
+    fn duplicate_claims_and_claim_types_are_refused() {
+        for claims in [
+            r#"{"iss":"a","iss":"b"}"#,
+            r#"{"exp":1,"exp":99999999999}"#,
+            r#"{"aud":"x","aud":"y"}"#,
+            r#"{"exp":"99999999999"}"#,
+            r#"{"exp":true}"#,
+            r#"{"sub":1}"#,
+            r#"{"aud":[1]}"#,
+        ] {
+            assert_eq!(parse(&token(H, claims), 8192).err(), Some(TokenFault::Malformed), "{claims}");
+        }
+        let t = token(H, r#"{"exp":1.9e3,"nbf":-5,"iat":18446744073709551615}"#);
+        let c = parse(&t, 8192).unwrap().claims;
+        assert_eq!((c.exp, c.nbf, c.iat), (Some(NumericDate(1900)), Some(NumericDate(-5)), Some(NumericDate(i64::MAX))));
+    }
+
+    fn rules() -> ClaimRules {
+        ClaimRules {
+            audiences: vec!["api".into()],
+            leeway: Duration::from_secs(30),
+            require_typ: false,
+            scope_claim: ScopeClaim::Scope,
+            max_token_lifetime: None,
+        }
+    }
+
+    fn header(typ: Option<&str>) -> JoseHeader {
+        JoseHeader {
+            alg: "RS256".into(),
+            kid: None,
+            typ: typ.map(Into::into),
+            crit: None,
+        }
+    }
+
+    fn claims(exp: i64) -> Claims {
+        Claims {
+            aud: Some(OneOrMany::One("api".into())),
+            exp: Some(NumericDate(exp)),
+            ..Claims::default()
+        }
+    }
+
+    fn at(secs: i64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs as u64)
+    }
+
+    #[test]
+    fn time_boundaries_at_plus_minus_one_second_of_leeway() {
+        let (h, r) = (header(None), rules());
+        let exp = 1_000_000;
+        assert_eq!(check_claims(&h, &claims(exp), &r, at(exp + 29)), Ok(()));
+        assert_eq!(check_claims(&h, &claims(exp), &r, at(exp + 30)), Err(TokenFault::Expired));
+        assert_eq!(check_claims(&h, &claims(exp), &r, at(exp + 31)), Err(TokenFault::Expired));
+
+        let mut c = claims(exp + 3600);
+        c.nbf = Some(NumericDate(exp));
+        assert_eq!(check_claims(&h, &c, &r, at(exp - 31)), Err(TokenFault::NotYetValid));
+        assert_eq!(check_claims(&h, &c, &r, at(exp - 30)), Ok(()));
+        assert_eq!(check_claims(&h, &c, &r, at(exp - 29)), Ok(()));
+
+        let mut c = claims(exp + 3600);
+        c.iat = Some(NumericDate(exp));
+        assert_eq!(check_claims(&h, &c, &r, at(exp - 31)), Err(TokenFault::NotYetValid));
+        assert_eq!(check_claims(&h, &c, &r, at(exp - 30)), Ok(()));
+    }
+
+    #[test]
+    fn required_claims_audience_type_and_lifetime() {
+        let (h, r, now) = (header(None), rules(), at(1000));
+        let mut c = claims(2000);
+        c.exp = None;
+        assert_eq!(check_claims(&h, &c, &r, now), Err(TokenFault::MissingClaim));
+        let mut c = claims(2000);
+        c.aud = None;
+        assert_eq!(check_claims(&h, &c, &r, now), Err(TokenFault::WrongAudience));
+        c.aud = Some(OneOrMany::Many(vec!["other".into(), "api".into()]));
+        assert_eq!(check_claims(&h, &c, &r, now), Ok(()));
+        c.aud = Some(OneOrMany::Many(vec!["other".into()]));
+        assert_eq!(check_claims(&h, &c, &r, now), Err(TokenFault::WrongAudience));
+
+        let strict = ClaimRules { require_typ: true, ..rules() };
+        for (typ, ok) in [(Some("at+jwt"), true), (Some("AT+JWT"), true), (Some("application/at+jwt"), true), (Some("JWT"), false), (None, false)] {
+            assert_eq!(check_claims(&header(typ), &claims(2000), &strict, now).is_ok(), ok, "{typ:?}");
+        }
+
+        let short = ClaimRules { max_token_lifetime: Some(Duration::from_secs(600)), ..rules() };
+        let mut c = claims(1600);
+        assert_eq!(check_claims(&h, &c, &short, now), Err(TokenFault::MissingClaim), "lifetime needs iat");
+        c.iat = Some(NumericDate(1000));
+        assert_eq!(check_claims(&h, &c, &short, now), Ok(()));
+        c.exp = Some(NumericDate(1601));
+        assert_eq!(check_claims(&h, &c, &short, now), Err(TokenFault::LifetimeTooLong));
+    }
+
+    #[test]
+    fn scope_claims() {
+        let c = Claims {
+            scope: Some(OneOrMany::One("a  b c".into())),
+            scp: Some(OneOrMany::Many(vec!["x".into(), "y".into()])),
+            ..Claims::default()
+        };
+        assert_eq!(scopes(&c, ScopeClaim::Scope), ["a", "b", "c"]);
+        assert_eq!(scopes(&c, ScopeClaim::Scp), ["x", "y"]);
+        let c = Claims {
+            scope: Some(OneOrMany::Many(vec!["a".into()])),
+            ..Claims::default()
+        };
+        assert!(scopes(&c, ScopeClaim::Scope).is_empty(), "scope must be a string (RFC 9068)");
+    }
+}

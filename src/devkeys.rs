@@ -1,0 +1,146 @@
+//! Signing keys for the development issuer (`portcullis dev`), the tests and the benchmarks.
+//! DEVELOPMENT ONLY: keys live in memory and are generated fresh each run.
+//!
+//! Tokens are signed with aws-lc-rs directly, so a caller can sign any header it likes,
+//! including the hostile ones the tests need.
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::config::Algorithm;
+
+enum Signer {
+    Rsa(RsaKeyPair),
+    Ec(EcdsaKeyPair),
+    Ed(Ed25519KeyPair),
+    Hmac(aws_lc_rs::hmac::Key),
+}
+
+/// A private key bound to one algorithm, with its public JWK.
+pub struct DevKey {
+    pub kid: String,
+    pub alg: Algorithm,
+    signer: Signer,
+}
+
+impl DevKey {
+    /// A fresh key: RSA-2048 for RS*/PS*, P-256 / P-384 for ES256 / ES384, Ed25519 for EdDSA.
+    /// For HS* use [`DevKey::hmac`].
+    pub fn generate(alg: Algorithm, kid: &str) -> DevKey {
+        use Algorithm::*;
+        let signer = match alg {
+            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => {
+                Signer::Rsa(RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("RSA key generation"))
+            }
+            ES256 => Signer::Ec(EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).expect("P-256")),
+            ES384 => Signer::Ec(EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_FIXED_SIGNING).expect("P-384")),
+            EdDSA => Signer::Ed(Ed25519KeyPair::generate().expect("Ed25519")),
+            HS256 | HS384 | HS512 => panic!("use DevKey::hmac for {}", alg.name()),
+        };
+        DevKey {
+            kid: kid.to_owned(),
+            alg,
+            signer,
+        }
+    }
+
+    /// An HMAC key with a known secret.
+    pub fn hmac(alg: Algorithm, kid: &str, secret: &[u8]) -> DevKey {
+        let algorithm = match alg {
+            Algorithm::HS256 => aws_lc_rs::hmac::HMAC_SHA256,
+            Algorithm::HS384 => aws_lc_rs::hmac::HMAC_SHA384,
+            Algorithm::HS512 => aws_lc_rs::hmac::HMAC_SHA512,
+            other => panic!("{} is not an HMAC algorithm", other.name()),
+        };
+        DevKey {
+            kid: kid.to_owned(),
+            alg,
+            signer: Signer::Hmac(aws_lc_rs::hmac::Key::new(algorithm, secret)),
+        }
+    }
+
+    /// The public key as a JWK with `kid`, `alg` and `use: sig`.
+    pub fn jwk(&self) -> Value {
+        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        let mut jwk = match &self.signer {
+            Signer::Rsa(k) => {
+                let public = k.public_key();
+                json!({
+                    "kty": "RSA",
+                    "n": b64(public.modulus().big_endian_without_leading_zero()),
+                    "e": b64(public.exponent().big_endian_without_leading_zero()),
+                })
+            }
+            Signer::Ec(k) => {
+                let point = k.public_key().as_ref();
+                let half = (point.len() - 1) / 2;
+                let crv = if half == 32 { "P-256" } else { "P-384" };
+                json!({ "kty": "EC", "crv": crv, "x": b64(&point[1..1 + half]), "y": b64(&point[1 + half..]) })
+            }
+            Signer::Ed(k) => json!({ "kty": "OKP", "crv": "Ed25519", "x": b64(k.public_key().as_ref()) }),
+            Signer::Hmac(_) => panic!("an HMAC secret has no public JWK"),
+        };
+        jwk["kid"] = json!(self.kid);
+        jwk["alg"] = json!(self.alg.name());
+        jwk["use"] = json!("sig");
+        jwk
+    }
+
+    /// The DER SubjectPublicKeyInfo of an RSA or EC key: what an algorithm-confusion attacker
+    /// would use as an HMAC secret.
+    pub fn public_key_bytes(&self) -> Vec<u8> {
+        match &self.signer {
+            Signer::Rsa(k) => k.public_key().as_ref().to_vec(),
+            Signer::Ec(k) => k.public_key().as_ref().to_vec(),
+            Signer::Ed(k) => k.public_key().as_ref().to_vec(),
+            Signer::Hmac(_) => Vec::new(),
+        }
+    }
+
+    /// A compact JWS with header `{"alg", "kid", "typ": "at+jwt"}`.
+    pub fn sign(&self, claims: &Value) -> String {
+        self.sign_raw(&json!({ "alg": self.alg.name(), "kid": self.kid, "typ": "at+jwt" }), claims)
+    }
+
+    /// A compact JWS over exactly this header and these claims, signed with this key whatever
+    /// the header's `alg` says.
+    pub fn sign_raw(&self, header: &Value, claims: &Value) -> String {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = self.sign_bytes(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+
+    fn sign_bytes(&self, message: &[u8]) -> Vec<u8> {
+        let rng = SystemRandom::new();
+        match &self.signer {
+            Signer::Rsa(k) => {
+                let padding: &'static dyn signature::RsaEncoding = match self.alg {
+                    Algorithm::RS256 => &signature::RSA_PKCS1_SHA256,
+                    Algorithm::RS384 => &signature::RSA_PKCS1_SHA384,
+                    Algorithm::RS512 => &signature::RSA_PKCS1_SHA512,
+                    Algorithm::PS256 => &signature::RSA_PSS_SHA256,
+                    Algorithm::PS384 => &signature::RSA_PSS_SHA384,
+                    _ => &signature::RSA_PSS_SHA512,
+                };
+                let mut sig = vec![0; k.public_modulus_len()];
+                k.sign(padding, &rng, message, &mut sig).expect("RSA signing");
+                sig
+            }
+            Signer::Ec(k) => k.sign(&rng, message).expect("ECDSA signing").as_ref().to_vec(),
+            Signer::Ed(k) => k.sign(message).as_ref().to_vec(),
+            Signer::Hmac(k) => aws_lc_rs::hmac::sign(k, message).as_ref().to_vec(),
+        }
+    }
+}
+
+/// A JWKS document holding these keys.
+pub fn jwks(keys: &[&DevKey]) -> Value {
+    json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() })
+}
