@@ -9,24 +9,36 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::auth::Authenticator;
 use crate::metrics::Metrics;
 
-/// What must hold before `/readyz` answers 200. Each flag is set once by the part it names.
-#[derive(Debug, Default)]
+/// What must hold before `/readyz` answers 200: the proxy listener runs and every issuer's
+/// keys have loaded once.
 pub struct Readiness {
     proxy_listening: AtomicBool,
+    auth: Arc<Authenticator>,
 }
 
 impl Readiness {
+    pub fn new(auth: Arc<Authenticator>) -> Readiness {
+        Readiness {
+            proxy_listening: AtomicBool::new(false),
+            auth,
+        }
+    }
+
     pub fn set_proxy_listening(&self) {
         self.proxy_listening.store(true, Ordering::Release);
     }
 
-    /// The names of the conditions not met yet; empty when ready.
-    pub fn pending(&self) -> Vec<&'static str> {
+    /// The conditions not met yet; empty when ready.
+    pub fn pending(&self) -> Vec<String> {
         let mut pending = Vec::new();
         if !self.proxy_listening.load(Ordering::Acquire) {
-            pending.push("proxy listener not started");
+            pending.push("proxy listener not started".to_owned());
+        }
+        for issuer in self.auth.issuers_without_keys() {
+            pending.push(format!("no keys loaded yet for issuer {issuer}"));
         }
         pending
     }

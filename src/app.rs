@@ -20,7 +20,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{
     ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
 };
-use pingora::services::background::background_service;
+use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service as ListeningService;
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use prometheus::{IntGaugeVec, Registry};
@@ -71,7 +71,8 @@ impl App {
     /// Bind the listeners and assemble every service. Nothing runs until [`App::run`].
     pub fn build(config: &Config, registry: Registry) -> Result<App, StartupError> {
         let metrics = Metrics::new(registry)?;
-        let readiness = Arc::new(Readiness::default());
+        let auth = Arc::new(Authenticator::new(config, metrics.clone()));
+        let readiness = Arc::new(Readiness::new(auth.clone()));
         let (proxy_listener, proxy_addr) = bind("server.listen", config.server.listen)?;
         let (admin_listener, metrics_addr) = bind("metrics.listen", config.metrics.listen)?;
 
@@ -99,7 +100,7 @@ impl App {
         let proxy = Proxy {
             router: Router::new(&config.routes),
             pools,
-            auth: Authenticator::new(config.server.realm.clone()),
+            auth: auth.clone(),
             metrics: metrics.clone(),
             upstream: config.upstream.clone(),
             trust_forwarded_headers: config.server.trust_forwarded_headers,
@@ -124,6 +125,7 @@ impl App {
             threads: Some(1),
         });
         server.add_service(background_service("health check", health_service));
+        server.add_service(background_service("key refresh", KeyRefresh(auth)));
         Ok(App {
             server,
             proxy_addr,
@@ -249,6 +251,23 @@ fn populate(pool: &LoadBalancer<RoundRobin>) -> pingora::Result<()> {
         .join()
         .expect("pool update does not panic")
     })
+}
+
+/// Loads and refreshes every issuer's keys in the background.
+struct KeyRefresh(Arc<Authenticator>);
+
+#[async_trait]
+impl BackgroundService for KeyRefresh {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let tasks: Vec<_> = self
+            .0
+            .refresh_tasks()
+            .into_iter()
+            .map(tokio::spawn)
+            .collect();
+        let _ = shutdown.changed().await;
+        tasks.iter().for_each(|t| t.abort());
+    }
 }
 
 /// Mirrors health-check results into `portcullis_upstream_healthy`.

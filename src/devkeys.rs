@@ -16,7 +16,7 @@ enum Signer {
     Rsa(RsaKeyPair),
     Ec(EcdsaKeyPair),
     Ed(Ed25519KeyPair),
-    Hmac(aws_lc_rs::hmac::Key),
+    Hmac(Box<aws_lc_rs::hmac::Key>),
 }
 
 /// A private key bound to one algorithm, with its public JWK.
@@ -32,11 +32,15 @@ impl DevKey {
     pub fn generate(alg: Algorithm, kid: &str) -> DevKey {
         use Algorithm::*;
         let signer = match alg {
-            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => {
-                Signer::Rsa(RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("RSA key generation"))
-            }
-            ES256 => Signer::Ec(EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).expect("P-256")),
-            ES384 => Signer::Ec(EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_FIXED_SIGNING).expect("P-384")),
+            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => Signer::Rsa(
+                RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("RSA key generation"),
+            ),
+            ES256 => Signer::Ec(
+                EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).expect("P-256"),
+            ),
+            ES384 => Signer::Ec(
+                EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_FIXED_SIGNING).expect("P-384"),
+            ),
             EdDSA => Signer::Ed(Ed25519KeyPair::generate().expect("Ed25519")),
             HS256 | HS384 | HS512 => panic!("use DevKey::hmac for {}", alg.name()),
         };
@@ -58,7 +62,7 @@ impl DevKey {
         DevKey {
             kid: kid.to_owned(),
             alg,
-            signer: Signer::Hmac(aws_lc_rs::hmac::Key::new(algorithm, secret)),
+            signer: Signer::Hmac(Box::new(aws_lc_rs::hmac::Key::new(algorithm, secret))),
         }
     }
 
@@ -80,7 +84,9 @@ impl DevKey {
                 let crv = if half == 32 { "P-256" } else { "P-384" };
                 json!({ "kty": "EC", "crv": crv, "x": b64(&point[1..1 + half]), "y": b64(&point[1 + half..]) })
             }
-            Signer::Ed(k) => json!({ "kty": "OKP", "crv": "Ed25519", "x": b64(k.public_key().as_ref()) }),
+            Signer::Ed(k) => {
+                json!({ "kty": "OKP", "crv": "Ed25519", "x": b64(k.public_key().as_ref()) })
+            }
             Signer::Hmac(_) => panic!("an HMAC secret has no public JWK"),
         };
         jwk["kid"] = json!(self.kid);
@@ -102,16 +108,24 @@ impl DevKey {
 
     /// A compact JWS with header `{"alg", "kid", "typ": "at+jwt"}`.
     pub fn sign(&self, claims: &Value) -> String {
-        self.sign_raw(&json!({ "alg": self.alg.name(), "kid": self.kid, "typ": "at+jwt" }), claims)
+        self.sign_raw(
+            &json!({ "alg": self.alg.name(), "kid": self.kid, "typ": "at+jwt" }),
+            claims,
+        )
     }
 
     /// A compact JWS over exactly this header and these claims, signed with this key whatever
     /// the header's `alg` says.
     pub fn sign_raw(&self, header: &Value, claims: &Value) -> String {
+        self.sign_text(&header.to_string(), &claims.to_string())
+    }
+
+    /// A compact JWS over JSON text as given, e.g. with a member name repeated.
+    pub fn sign_text(&self, header: &str, claims: &str) -> String {
         let input = format!(
             "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
         );
         let sig = self.sign_bytes(input.as_bytes());
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
@@ -130,10 +144,15 @@ impl DevKey {
                     _ => &signature::RSA_PSS_SHA512,
                 };
                 let mut sig = vec![0; k.public_modulus_len()];
-                k.sign(padding, &rng, message, &mut sig).expect("RSA signing");
+                k.sign(padding, &rng, message, &mut sig)
+                    .expect("RSA signing");
                 sig
             }
-            Signer::Ec(k) => k.sign(&rng, message).expect("ECDSA signing").as_ref().to_vec(),
+            Signer::Ec(k) => k
+                .sign(&rng, message)
+                .expect("ECDSA signing")
+                .as_ref()
+                .to_vec(),
             Signer::Ed(k) => k.sign(message).as_ref().to_vec(),
             Signer::Hmac(k) => aws_lc_rs::hmac::sign(k, message).as_ref().to_vec(),
         }

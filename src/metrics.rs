@@ -5,7 +5,8 @@
 //! Never a token, a subject, or a request path.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The `route` label of a request that matched no route.
@@ -23,6 +24,18 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// `portcullis_upstream_healthy{upstream}`: 1 when the last health check passed.
     pub upstream_healthy: IntGaugeVec,
+    /// `portcullis_auth_decisions_total{route,outcome}`; outcome from `AuthError::kind` or `allowed`.
+    pub auth_decisions: IntCounterVec,
+    /// `portcullis_auth_duration_seconds`: time spent deciding, including any key refetch.
+    pub auth_duration: Histogram,
+    /// `portcullis_jwks_fetch_total{issuer,result}`.
+    pub jwks_fetches: IntCounterVec,
+    /// `portcullis_jwks_keys{issuer}`: usable keys in the current set.
+    pub jwks_keys: IntGaugeVec,
+    /// `portcullis_jwks_age_seconds{issuer}`: age of the current key set, set at each scrape.
+    pub jwks_age: GaugeVec,
+    /// `portcullis_token_cache_requests_total{result}`: `hit` or `miss`.
+    pub token_cache: IntCounterVec,
 }
 
 /// Why a request could not be served by its upstream: the `kind` label.
@@ -84,6 +97,57 @@ impl Metrics {
             ),
             &["upstream"],
         )?;
+        let auth_decisions = IntCounterVec::new(
+            Opts::new(
+                "portcullis_auth_decisions_total",
+                "Authorization decisions, by route and outcome.",
+            ),
+            &["route", "outcome"],
+        )?;
+        let auth_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "portcullis_auth_duration_seconds",
+                "Time spent deciding whether a request may pass, including key refetches.",
+            )
+            .buckets(vec![
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025, 0.1, 0.5,
+                2.5,
+            ]),
+        )?;
+        let jwks_fetches = IntCounterVec::new(
+            Opts::new(
+                "portcullis_jwks_fetch_total",
+                "Key set fetches, by issuer and result.",
+            ),
+            &["issuer", "result"],
+        )?;
+        let jwks_keys = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_jwks_keys",
+                "Usable keys in the issuer's current key set.",
+            ),
+            &["issuer"],
+        )?;
+        let jwks_age = GaugeVec::new(
+            Opts::new(
+                "portcullis_jwks_age_seconds",
+                "Age of the issuer's current key set.",
+            ),
+            &["issuer"],
+        )?;
+        let token_cache = IntCounterVec::new(
+            Opts::new(
+                "portcullis_token_cache_requests_total",
+                "Verified-token cache lookups, by result.",
+            ),
+            &["result"],
+        )?;
+        for metric in [&auth_decisions, &jwks_fetches, &token_cache] {
+            registry.register(Box::new(metric.clone()))?;
+        }
+        registry.register(Box::new(auth_duration.clone()))?;
+        registry.register(Box::new(jwks_keys.clone()))?;
+        registry.register(Box::new(jwks_age.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
@@ -94,6 +158,12 @@ impl Metrics {
             request_duration,
             upstream_errors,
             upstream_healthy,
+            auth_decisions,
+            auth_duration,
+            jwks_fetches,
+            jwks_keys,
+            jwks_age,
+            token_cache,
         })
     }
 

@@ -21,7 +21,7 @@ use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::PeerOptions;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::auth::{Authenticator, Challenge, RequestInfo};
+use crate::auth::{Authenticator, Challenge, Principal, RequestInfo};
 use crate::config::{AuthMode, UpstreamConfig};
 use crate::metrics::{status_class, Metrics, UpstreamErrorKind, NO_ROUTE};
 use crate::routing::{Route, RouteMatch, Router};
@@ -33,7 +33,7 @@ pub type Pools = Vec<Arc<LoadBalancer<RoundRobin>>>;
 pub struct Proxy {
     pub router: Router,
     pub pools: Pools,
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
     pub metrics: Metrics,
     pub upstream: UpstreamConfig,
     pub trust_forwarded_headers: bool,
@@ -46,6 +46,7 @@ pub struct RequestCtx {
     /// Upstreams already tried for this request, so a retry picks another.
     tried: Vec<PeerAddr>,
     upstream_error: Option<UpstreamErrorKind>,
+    principal: Option<Principal>,
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -63,6 +64,7 @@ impl ProxyHttp for Proxy {
             route: None,
             tried: Vec::new(),
             upstream_error: None,
+            principal: None,
         }
     }
 
@@ -94,13 +96,17 @@ impl ProxyHttp for Proxy {
         if route.auth == AuthMode::Required {
             let info = RequestInfo {
                 headers: &req.headers,
-                required_scopes: &route.scopes,
+                route: &route.name,
+                policy: &route.policy,
             };
-            if let Err(error) = self.auth.authorize(&info) {
-                tracing::debug!(route = %route.name, outcome = error.kind(), "request refused");
-                let challenge = self.auth.challenge(&error, &route.scopes);
-                respond_challenge(session, &challenge).await?;
-                return Ok(true);
+            match self.auth.authorize(&info).await {
+                Ok(principal) => ctx.principal = Some(principal),
+                Err(error) => {
+                    tracing::debug!(route = %route.name, outcome = error.kind(), "request refused");
+                    let challenge = self.auth.challenge(&error, &route.policy);
+                    respond_challenge(session, &challenge).await?;
+                    return Ok(true);
+                }
             }
         }
         Ok(false)
@@ -161,9 +167,19 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         strip_identity_headers(upstream);
+        if let Some(principal) = &ctx.principal {
+            set_identity_headers(upstream, principal);
+        }
+        if ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| r.auth == AuthMode::Required && !r.forward_token)
+        {
+            upstream.remove_header(&http::header::AUTHORIZATION);
+        }
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -314,6 +330,23 @@ fn strip_identity_headers(req: &mut RequestHeader) {
         .collect();
     for name in forged {
         req.remove_header(&name);
+    }
+}
+
+/// `X-Auth-Subject`, `-Client-Id`, `-Scopes` (space-separated), `-Issuer`: set only by the gateway.
+/// A claim that cannot be a header value (control characters) is left out rather than mangled.
+fn set_identity_headers(req: &mut RequestHeader, p: &Principal) {
+    let scopes = p.scopes.join(" ");
+    let values = [
+        ("x-auth-subject", p.subject.as_deref()),
+        ("x-auth-client-id", p.client_id.as_deref()),
+        ("x-auth-scopes", Some(scopes.as_str())),
+        ("x-auth-issuer", Some(p.issuer.as_str())),
+    ];
+    for (name, value) in values {
+        if let Some(v) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
+            let _ = req.insert_header(name, v);
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use http::Method;
 
+use crate::auth::ScopePolicy;
 use crate::config::{AuthMode, RouteConfig};
 
 /// A route, as the data plane uses it.
@@ -25,7 +26,9 @@ pub struct Route {
     pub path_prefix: String,
     pub methods: Option<Vec<Method>>,
     pub auth: AuthMode,
-    pub scopes: Vec<String>,
+    pub policy: ScopePolicy,
+    /// Keep `Authorization` on the forwarded request.
+    pub forward_token: bool,
 }
 
 /// The outcome of matching one request.
@@ -66,7 +69,8 @@ impl Router {
                     path_prefix: c.path_prefix.clone(),
                     methods: c.methods.clone(),
                     auth: c.auth,
-                    scopes: c.scopes.clone(),
+                    policy: ScopePolicy::new(c.scopes.clone(), c.scopes_any.clone()),
+                    forward_token: c.forward_token,
                 })
             })
             .collect();

@@ -107,7 +107,7 @@ fn every_config_rule_names_its_key_and_fix() {
         // Unknown keys: the typo that would leave a route open.
         (
             "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\nscope = [\"admin\"]\n",
-            "routes[0].scope: unknown field `scope`, expected one of `name`, `path_prefix`, `methods`, `upstreams`, `scopes`, `auth` (<config> line 5)",
+            "routes[0].scope: unknown field `scope`, expected one of `name`, `path_prefix`, `methods`, `upstreams`, `scopes`, `scopes_any`, `auth`, `forward_token` (<config> line 5)",
         ),
         ("[server]\nlisten_addr = \"x\"\n", "server.listen_addr: unknown field `listen_addr`"),
         ("[server]\nthreads = \"two\"\n", "server.threads: invalid type"),
@@ -167,6 +167,31 @@ fn every_config_rule_names_its_key_and_fix() {
             &format!("{ROUTE}[introspection]\nendpoint = \"https://id/introspect\"\nclient_id = \"gw\"\nclient_secret_env = \"not a name\"\n"),
             "introspection.client_secret_env: must name the environment variable",
         ),
+        (
+            &format!("{ROUTE}[[issuers]]\nissuer = \"https://id\"\nhmac_secret_env = \"S\"\naudiences = [\"a\"]\nalgorithms = [\"HS256\", \"RS256\"]\n"),
+            "issuers[0].algorithms: HS256/384/512 cannot be mixed with public-key algorithms",
+        ),
+        (
+            &format!("{ROUTE}[[issuers]]\nissuer = \"https://id\"\njwks_uri = \"https://id/jwks\"\naudiences = [\"a\"]\nalgorithms = [\"HS256\"]\n"),
+            "issuers[0].hmac_secret_env: HS256/384/512 need hmac_secret_env",
+        ),
+        (
+            &format!("{ROUTE}[[issuers]]\nissuer = \"https://id\"\njwks_uri = \"http://id.example/jwks\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\n"),
+            "issuers[0].jwks_uri: must be https://",
+        ),
+        (
+            &format!("{ROUTE}[[issuers]]\nissuer = \"http://id.example\"\ndiscovery = true\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\n"),
+            "issuers[0].issuer: with discovery = true, must be https://",
+        ),
+        (
+            &format!("{ROUTE}[[issuers]]\nissuer = \"https://id\"\ndiscovery = true\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\nscope_claim = \"roles\"\n"),
+            "issuers[0].scope_claim: must be \"scope\"",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\nauth = \"none\"\nscopes_any = [\"a\"]\n",
+            "routes[0].scopes: a route with auth = \"none\" checks no token",
+        ),
+        (&format!("[tokens]\nmax_size = 10\n{ROUTE}"), "tokens.max_size: must be at least 256 bytes"),
         (&format!("[server]\ntls_cert = \"/c.pem\"\n{ROUTE}"), "server.tls_cert: TLS termination is not supported yet"),
     ];
     for (text, want) in cases {

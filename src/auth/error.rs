@@ -67,7 +67,9 @@ impl TokenFault {
     pub fn kind(self) -> &'static str {
         match self {
             TokenFault::NoValidator => "no_validator",
-            TokenFault::Oversize | TokenFault::Malformed | TokenFault::CriticalHeader => "malformed",
+            TokenFault::Oversize | TokenFault::Malformed | TokenFault::CriticalHeader => {
+                "malformed"
+            }
             TokenFault::AlgorithmNotAllowed => "algorithm_not_allowed",
             TokenFault::UnknownIssuer => "wrong_issuer",
             TokenFault::UnknownKey | TokenFault::AmbiguousKey => "unknown_key",

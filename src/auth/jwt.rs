@@ -104,7 +104,11 @@ pub fn looks_like_jwt(token: &str) -> bool {
     let mut parts = 0;
     for part in token.split('.') {
         parts += 1;
-        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if part.is_empty()
+            || !part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return false;
         }
     }
@@ -138,7 +142,9 @@ pub fn parse(token: &str, max_size: usize) -> Result<Unverified<'_>, TokenFault>
 
 /// base64url without padding, then a JSON object (serde refuses anything else for a struct).
 fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, TokenFault> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| TokenFault::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| TokenFault::Malformed)?;
     if bytes.first() != Some(&b'{') {
         return Err(TokenFault::Malformed);
     }
@@ -160,7 +166,12 @@ pub struct ClaimRules {
 /// `exp` is required and must be after `now - leeway`; `nbf` must not be after `now + leeway`;
 /// an `iat` after `now + leeway` is refused; `aud` is required and must contain a configured
 /// audience (RFC 7519 §4.1); `typ` is `at+jwt` when required (RFC 9068 §4).
-pub fn check_claims(header: &JoseHeader, claims: &Claims, rules: &ClaimRules, now: SystemTime) -> Result<(), TokenFault> {
+pub fn check_claims(
+    header: &JoseHeader,
+    claims: &Claims,
+    rules: &ClaimRules,
+    now: SystemTime,
+) -> Result<(), TokenFault> {
     let now = unix_seconds(now);
     let leeway = i64::try_from(rules.leeway.as_secs()).unwrap_or(i64::MAX);
     if rules.require_typ {
@@ -202,7 +213,11 @@ pub fn scopes(claims: &Claims, claim: ScopeClaim) -> Vec<String> {
         ScopeClaim::Scp => &claims.scp,
     };
     match value {
-        Some(OneOrMany::One(s)) => s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        Some(OneOrMany::One(s)) => s
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
         Some(OneOrMany::Many(v)) if claim == ScopeClaim::Scp => v.clone(),
         _ => Vec::new(),
     }
@@ -237,15 +252,25 @@ mod tests {
             ("four parts", format!("{ok}.x")),
             ("five parts (JWE)", format!("{ok}.x.y")),
             ("padding", ok.replacen('.', "=.", 1)),
-            ("standard alphabet", format!("{}+.{}.c2ln", b64(H), b64("{}"))),
+            (
+                "standard alphabet",
+                format!("{}+.{}.c2ln", b64(H), b64("{}")),
+            ),
             ("empty signature", format!("{}.{}.", b64(H), b64("{}"))),
             ("header not an object", token(r#"["RS256"]"#, "{}")),
             ("claims not an object", token(H, "42")),
-            ("claims not JSON", format!("{}.{}.c2ln", b64(H), b64("{nope"))),
+            (
+                "claims not JSON",
+                format!("{}.{}.c2ln", b64(H), b64("{nope")),
+            ),
             ("trailing garbage", format!("{ok} x")),
         ];
         for (name, t) in cases {
-            assert_eq!(parse(&t, 8192).err(), Some(TokenFault::Malformed), "{name}: {t}");
+            assert_eq!(
+                parse(&t, 8192).err(),
+                Some(TokenFault::Malformed),
+                "{name}: {t}"
+            );
         }
         assert_eq!(parse(&ok, ok.len() - 1).err(), Some(TokenFault::Oversize));
     }
@@ -258,12 +283,26 @@ mod tests {
         assert_eq!(parse(&t, 8192).err(), Some(TokenFault::CriticalHeader));
         for alg in ["none", "None", "NONE", "nOnE", "rs256", ""] {
             let t = token(&format!(r#"{{"alg":"{alg}"}}"#), "{}");
-            assert_eq!(parse(&t, 8192).err(), Some(TokenFault::AlgorithmNotAllowed), "{alg}");
+            assert_eq!(
+                parse(&t, 8192).err(),
+                Some(TokenFault::AlgorithmNotAllowed),
+                "{alg}"
+            );
         }
         let t = token(r#"{"alg":"RS256","alg":"HS256"}"#, "{}");
-        assert_eq!(parse(&t, 8192).err(), Some(TokenFault::Malformed), "duplicate header member");
-        let t = token(r#"{"alg":"RS256","jku":"http://127.0.0.1:1/keys","jwk":{"kty":"oct"}}"#, "{}");
-        assert!(parse(&t, 8192).is_ok(), "jku and jwk are ignored, not followed");
+        assert_eq!(
+            parse(&t, 8192).err(),
+            Some(TokenFault::Malformed),
+            "duplicate header member"
+        );
+        let t = token(
+            r#"{"alg":"RS256","jku":"http://127.0.0.1:1/keys","jwk":{"kty":"oct"}}"#,
+            "{}",
+        );
+        assert!(
+            parse(&t, 8192).is_ok(),
+            "jku and jwk are ignored, not followed"
+        );
     }
 
     #[test]
@@ -277,11 +316,22 @@ mod tests {
             r#"{"sub":1}"#,
             r#"{"aud":[1]}"#,
         ] {
-            assert_eq!(parse(&token(H, claims), 8192).err(), Some(TokenFault::Malformed), "{claims}");
+            assert_eq!(
+                parse(&token(H, claims), 8192).err(),
+                Some(TokenFault::Malformed),
+                "{claims}"
+            );
         }
         let t = token(H, r#"{"exp":1.9e3,"nbf":-5,"iat":18446744073709551615}"#);
         let c = parse(&t, 8192).unwrap().claims;
-        assert_eq!((c.exp, c.nbf, c.iat), (Some(NumericDate(1900)), Some(NumericDate(-5)), Some(NumericDate(i64::MAX))));
+        assert_eq!(
+            (c.exp, c.nbf, c.iat),
+            (
+                Some(NumericDate(1900)),
+                Some(NumericDate(-5)),
+                Some(NumericDate(i64::MAX))
+            )
+        );
     }
 
     fn rules() -> ClaimRules {
@@ -320,18 +370,30 @@ mod tests {
         let (h, r) = (header(None), rules());
         let exp = 1_000_000;
         assert_eq!(check_claims(&h, &claims(exp), &r, at(exp + 29)), Ok(()));
-        assert_eq!(check_claims(&h, &claims(exp), &r, at(exp + 30)), Err(TokenFault::Expired));
-        assert_eq!(check_claims(&h, &claims(exp), &r, at(exp + 31)), Err(TokenFault::Expired));
+        assert_eq!(
+            check_claims(&h, &claims(exp), &r, at(exp + 30)),
+            Err(TokenFault::Expired)
+        );
+        assert_eq!(
+            check_claims(&h, &claims(exp), &r, at(exp + 31)),
+            Err(TokenFault::Expired)
+        );
 
         let mut c = claims(exp + 3600);
         c.nbf = Some(NumericDate(exp));
-        assert_eq!(check_claims(&h, &c, &r, at(exp - 31)), Err(TokenFault::NotYetValid));
+        assert_eq!(
+            check_claims(&h, &c, &r, at(exp - 31)),
+            Err(TokenFault::NotYetValid)
+        );
         assert_eq!(check_claims(&h, &c, &r, at(exp - 30)), Ok(()));
         assert_eq!(check_claims(&h, &c, &r, at(exp - 29)), Ok(()));
 
         let mut c = claims(exp + 3600);
         c.iat = Some(NumericDate(exp));
-        assert_eq!(check_claims(&h, &c, &r, at(exp - 31)), Err(TokenFault::NotYetValid));
+        assert_eq!(
+            check_claims(&h, &c, &r, at(exp - 31)),
+            Err(TokenFault::NotYetValid)
+        );
         assert_eq!(check_claims(&h, &c, &r, at(exp - 30)), Ok(()));
     }
 
@@ -343,24 +405,53 @@ mod tests {
         assert_eq!(check_claims(&h, &c, &r, now), Err(TokenFault::MissingClaim));
         let mut c = claims(2000);
         c.aud = None;
-        assert_eq!(check_claims(&h, &c, &r, now), Err(TokenFault::WrongAudience));
+        assert_eq!(
+            check_claims(&h, &c, &r, now),
+            Err(TokenFault::WrongAudience)
+        );
         c.aud = Some(OneOrMany::Many(vec!["other".into(), "api".into()]));
         assert_eq!(check_claims(&h, &c, &r, now), Ok(()));
         c.aud = Some(OneOrMany::Many(vec!["other".into()]));
-        assert_eq!(check_claims(&h, &c, &r, now), Err(TokenFault::WrongAudience));
+        assert_eq!(
+            check_claims(&h, &c, &r, now),
+            Err(TokenFault::WrongAudience)
+        );
 
-        let strict = ClaimRules { require_typ: true, ..rules() };
-        for (typ, ok) in [(Some("at+jwt"), true), (Some("AT+JWT"), true), (Some("application/at+jwt"), true), (Some("JWT"), false), (None, false)] {
-            assert_eq!(check_claims(&header(typ), &claims(2000), &strict, now).is_ok(), ok, "{typ:?}");
+        let strict = ClaimRules {
+            require_typ: true,
+            ..rules()
+        };
+        for (typ, ok) in [
+            (Some("at+jwt"), true),
+            (Some("AT+JWT"), true),
+            (Some("application/at+jwt"), true),
+            (Some("JWT"), false),
+            (None, false),
+        ] {
+            assert_eq!(
+                check_claims(&header(typ), &claims(2000), &strict, now).is_ok(),
+                ok,
+                "{typ:?}"
+            );
         }
 
-        let short = ClaimRules { max_token_lifetime: Some(Duration::from_secs(600)), ..rules() };
+        let short = ClaimRules {
+            max_token_lifetime: Some(Duration::from_secs(600)),
+            ..rules()
+        };
         let mut c = claims(1600);
-        assert_eq!(check_claims(&h, &c, &short, now), Err(TokenFault::MissingClaim), "lifetime needs iat");
+        assert_eq!(
+            check_claims(&h, &c, &short, now),
+            Err(TokenFault::MissingClaim),
+            "lifetime needs iat"
+        );
         c.iat = Some(NumericDate(1000));
         assert_eq!(check_claims(&h, &c, &short, now), Ok(()));
         c.exp = Some(NumericDate(1601));
-        assert_eq!(check_claims(&h, &c, &short, now), Err(TokenFault::LifetimeTooLong));
+        assert_eq!(
+            check_claims(&h, &c, &short, now),
+            Err(TokenFault::LifetimeTooLong)
+        );
     }
 
     #[test]
@@ -376,6 +467,9 @@ mod tests {
             scope: Some(OneOrMany::Many(vec!["a".into()])),
             ..Claims::default()
         };
-        assert!(scopes(&c, ScopeClaim::Scope).is_empty(), "scope must be a string (RFC 9068)");
+        assert!(
+            scopes(&c, ScopeClaim::Scope).is_empty(),
+            "scope must be a string (RFC 9068)"
+        );
     }
 }

@@ -124,7 +124,10 @@ impl KeySet {
         }
         let mut set = KeySet::default();
         for value in raw.keys {
-            match serde_json::from_value::<RawJwk>(value).ok().and_then(|jwk| bind(&jwk, allowed)) {
+            match serde_json::from_value::<RawJwk>(value)
+                .ok()
+                .and_then(|jwk| bind(&jwk, allowed))
+            {
                 Some(key) => set.insert(key),
                 None => set.skipped += 1,
             }
@@ -192,7 +195,13 @@ impl KeySet {
                 let keys: Vec<_> = self
                     .keys
                     .iter()
-                    .filter(|k| k.alg == alg && !k.kid.as_ref().is_some_and(|kid| self.ambiguous.contains(kid)))
+                    .filter(|k| {
+                        k.alg == alg
+                            && !k
+                                .kid
+                                .as_ref()
+                                .is_some_and(|kid| self.ambiguous.contains(kid))
+                    })
                     .take(MAX_KIDLESS_TRIES)
                     .collect();
                 if keys.is_empty() {
@@ -208,8 +217,13 @@ impl KeySet {
 /// Check a token's signature with one key. The key's bound algorithm must be the token's.
 pub fn verify(token: &Unverified<'_>, key: &VerifyingKey) -> bool {
     key.alg == token.alg
-        && jsonwebtoken::crypto::verify(token.signature, token.signing_input.as_bytes(), &key.key, jose_alg(key.alg))
-            .unwrap_or(false)
+        && jsonwebtoken::crypto::verify(
+            token.signature,
+            token.signing_input.as_bytes(),
+            &key.key,
+            jose_alg(key.alg),
+        )
+        .unwrap_or(false)
 }
 
 fn jose_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
@@ -233,18 +247,28 @@ fn jose_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
 fn is_rsa(alg: Algorithm) -> bool {
     matches!(
         alg,
-        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512
+        Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512
     )
 }
 
 /// Apply the key policy to one JWK: a key bound to one allowed algorithm, or `None` to skip it.
 fn bind(jwk: &RawJwk, allowed: &[Algorithm]) -> Option<VerifyingKey> {
     let private = jwk.d.is_some() || jwk.p.is_some() || jwk.q.is_some();
-    let private = private || jwk.dp.is_some() || jwk.dq.is_some() || jwk.qi.is_some() || jwk.oth.is_some();
+    let private =
+        private || jwk.dp.is_some() || jwk.dq.is_some() || jwk.qi.is_some() || jwk.oth.is_some();
     if private || jwk.use_.as_deref().is_some_and(|u| u != "sig") {
         return None;
     }
-    if jwk.key_ops.as_ref().is_some_and(|ops| !ops.iter().any(|o| o == "verify")) {
+    if jwk
+        .key_ops
+        .as_ref()
+        .is_some_and(|ops| !ops.iter().any(|o| o == "verify"))
+    {
         return None;
     }
     let named = match jwk.alg.as_deref() {
@@ -277,16 +301,27 @@ fn bind(jwk: &RawJwk, allowed: &[Algorithm]) -> Option<VerifyingKey> {
             (alg, DecodingKey::from_rsa_raw_components(&n, &e), [n, e])
         }
         ("EC", Some(crv @ ("P-256" | "P-384"))) => {
-            let (implied, len) = if crv == "P-256" { (Algorithm::ES256, 32) } else { (Algorithm::ES384, 48) };
+            let (implied, len) = if crv == "P-256" {
+                (Algorithm::ES256, 32)
+            } else {
+                (Algorithm::ES384, 48)
+            };
             if named.is_some_and(|a| a != implied) {
                 return None;
             }
             let (x, y) = (jwk.x.as_deref()?, jwk.y.as_deref()?);
-            let (xb, yb) = (URL_SAFE_NO_PAD.decode(x).ok()?, URL_SAFE_NO_PAD.decode(y).ok()?);
+            let (xb, yb) = (
+                URL_SAFE_NO_PAD.decode(x).ok()?,
+                URL_SAFE_NO_PAD.decode(y).ok()?,
+            );
             if xb.len() != len || yb.len() != len {
                 return None;
             }
-            (implied, DecodingKey::from_ec_components(x, y).ok()?, [xb, yb])
+            (
+                implied,
+                DecodingKey::from_ec_components(x, y).ok()?,
+                [xb, yb],
+            )
         }
         ("OKP", Some("Ed25519")) => {
             if named.is_some_and(|a| a != Algorithm::EdDSA) {
@@ -297,7 +332,11 @@ fn bind(jwk: &RawJwk, allowed: &[Algorithm]) -> Option<VerifyingKey> {
             if xb.len() != 32 {
                 return None;
             }
-            (Algorithm::EdDSA, DecodingKey::from_ed_components(x).ok()?, [xb, Vec::new()])
+            (
+                Algorithm::EdDSA,
+                DecodingKey::from_ed_components(x).ok()?,
+                [xb, Vec::new()],
+            )
         }
         // `oct` (shared secrets never come from a remote document), other types and curves.
         _ => return None,
@@ -320,7 +359,11 @@ fn fingerprint(parts: &[&[u8]]) -> u64 {
         ctx.update(part);
     }
     let digest = ctx.finish();
-    u64::from_be_bytes(digest.as_ref()[..8].try_into().expect("SHA-256 has 32 bytes"))
+    u64::from_be_bytes(
+        digest.as_ref()[..8]
+            .try_into()
+            .expect("SHA-256 has 32 bytes"),
+    )
 }
 
 #[cfg(test)]
@@ -355,7 +398,10 @@ mod tests {
 
     #[test]
     fn every_public_key_algorithm_verifies_side_by_side_in_one_set() {
-        let keys: Vec<DevKey> = ALL_PUBLIC.iter().map(|&a| DevKey::generate(a, a.name())).collect();
+        let keys: Vec<DevKey> = ALL_PUBLIC
+            .iter()
+            .map(|&a| DevKey::generate(a, a.name()))
+            .collect();
         let doc = jwks(&keys.iter().collect::<Vec<_>>());
         let s = set(&doc, ALL_PUBLIC).unwrap();
         assert_eq!(s.len(), 5);
@@ -365,7 +411,12 @@ mod tests {
             let parts: Vec<&str> = token.split('.').collect();
             let other_claims = URL_SAFE_NO_PAD.encode(json!({"iss": "j"}).to_string());
             let tampered = format!("{}.{other_claims}.{}", parts[0], parts[2]);
-            assert_eq!(check(&s, &tampered), Err("bad signature"), "{}", k.alg.name());
+            assert_eq!(
+                check(&s, &tampered),
+                Err("bad signature"),
+                "{}",
+                k.alg.name()
+            );
         }
     }
 
@@ -383,7 +434,11 @@ mod tests {
         // A JWK without alg: RSA is bound to RS256 when allowed.
         let mut jwk = rsa.jwk();
         jwk.as_object_mut().unwrap().remove("alg");
-        let s = set(&json!({"keys": [jwk]}), &[Algorithm::PS256, Algorithm::RS256]).unwrap();
+        let s = set(
+            &json!({"keys": [jwk]}),
+            &[Algorithm::PS256, Algorithm::RS256],
+        )
+        .unwrap();
         assert_eq!(check(&s, &rsa.sign(&json!({}))), Ok(()));
     }
 
@@ -415,17 +470,35 @@ mod tests {
         assert_eq!((s.len(), s.skipped), (1, skipped.len()));
         assert_eq!(check(&s, &good.sign(&json!({}))), Ok(()));
 
-        assert_eq!(set(&json!({ "keys": skipped }), ALL_PUBLIC).err(), Some(JwksError::NoUsableKeys));
-        assert_eq!(set(&json!({ "keys": [] }), ALL_PUBLIC).err(), Some(JwksError::NoUsableKeys));
-        assert_eq!(KeySet::from_jwks(b"<html>oops</html>", ALL_PUBLIC).err(), Some(JwksError::NotJwks));
-        assert_eq!(set(&json!({"keys": vec![good.jwk(); 101]}), ALL_PUBLIC).err(), Some(JwksError::TooManyKeys));
+        assert_eq!(
+            set(&json!({ "keys": skipped }), ALL_PUBLIC).err(),
+            Some(JwksError::NoUsableKeys)
+        );
+        assert_eq!(
+            set(&json!({ "keys": [] }), ALL_PUBLIC).err(),
+            Some(JwksError::NoUsableKeys)
+        );
+        assert_eq!(
+            KeySet::from_jwks(b"<html>oops</html>", ALL_PUBLIC).err(),
+            Some(JwksError::NotJwks)
+        );
+        assert_eq!(
+            set(&json!({"keys": vec![good.jwk(); 101]}), ALL_PUBLIC).err(),
+            Some(JwksError::TooManyKeys)
+        );
         let huge = format!("{{\"keys\":[],\"pad\":\"{}\"}}", "x".repeat(MAX_JWKS_BYTES));
-        assert_eq!(KeySet::from_jwks(huge.as_bytes(), ALL_PUBLIC).err(), Some(JwksError::TooLarge));
+        assert_eq!(
+            KeySet::from_jwks(huge.as_bytes(), ALL_PUBLIC).err(),
+            Some(JwksError::TooLarge)
+        );
     }
 
     #[test]
     fn a_kid_naming_two_keys_never_validates() {
-        let (a, b) = (DevKey::generate(Algorithm::ES256, "dup"), DevKey::generate(Algorithm::ES256, "dup"));
+        let (a, b) = (
+            DevKey::generate(Algorithm::ES256, "dup"),
+            DevKey::generate(Algorithm::ES256, "dup"),
+        );
         let s = set(&jwks(&[&a, &b]), ALL_PUBLIC).unwrap();
         assert_eq!(check(&s, &a.sign(&json!({}))), Err("ambiguous"));
         assert_eq!(check(&s, &b.sign(&json!({}))), Err("ambiguous"));
@@ -436,11 +509,17 @@ mod tests {
 
     #[test]
     fn a_token_without_kid_tries_keys_of_its_algorithm() {
-        let (a, b) = (DevKey::generate(Algorithm::ES256, "a"), DevKey::generate(Algorithm::ES256, "b"));
+        let (a, b) = (
+            DevKey::generate(Algorithm::ES256, "a"),
+            DevKey::generate(Algorithm::ES256, "b"),
+        );
         let s = set(&jwks(&[&a, &b]), ALL_PUBLIC).unwrap();
         let token = b.sign_raw(&json!({"alg": "ES256"}), &json!({}));
         assert_eq!(check(&s, &token), Ok(()));
-        assert!(matches!(s.lookup(Some("zzz"), Algorithm::ES256), Lookup::UnknownKid));
+        assert!(matches!(
+            s.lookup(Some("zzz"), Algorithm::ES256),
+            Lookup::UnknownKid
+        ));
     }
 
     #[test]
@@ -455,7 +534,11 @@ mod tests {
         let ec = DevKey::generate(Algorithm::ES256, "e");
         let s = set(&jwks(&[&ec]), ALL_PUBLIC).unwrap();
         let token = ec.sign(&json!({}));
-        let zeroed = format!("{}.{}", &token[..token.rfind('.').unwrap()], URL_SAFE_NO_PAD.encode([0u8; 64]));
+        let zeroed = format!(
+            "{}.{}",
+            &token[..token.rfind('.').unwrap()],
+            URL_SAFE_NO_PAD.encode([0u8; 64])
+        );
         assert_eq!(check(&s, &zeroed), Err("bad signature"));
         let truncated = &token[..token.len() - 4];
         assert_eq!(check(&s, truncated), Err("bad signature"));

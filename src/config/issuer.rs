@@ -15,7 +15,10 @@ pub(super) fn issuer(p: &mut Problems, key: &str, raw: &RawIssuer) -> Option<Iss
     let before = p.0.len();
     let issuer = match raw.issuer.as_deref() {
         None | Some("") => {
-            p.push(format!("{key}.issuer"), "is required: the exact `iss` value of its tokens");
+            p.push(
+                format!("{key}.issuer"),
+                "is required: the exact `iss` value of its tokens",
+            );
             None
         }
         Some(s) => http_url(p, &format!("{key}.issuer"), s).map(|_| s.to_owned()),
@@ -30,11 +33,18 @@ pub(super) fn issuer(p: &mut Problems, key: &str, raw: &RawIssuer) -> Option<Iss
     }
     let algorithms = algorithms(p, key, raw);
     let d = |p: &mut Problems, name: &str, value: &Option<String>, default: u64| {
-        p.duration(&format!("{key}.{name}"), value.as_deref(), Duration::from_secs(default))
+        p.duration(
+            &format!("{key}.{name}"),
+            value.as_deref(),
+            Duration::from_secs(default),
+        )
     };
     let leeway = d(p, "leeway", &raw.leeway, 30);
     if leeway > Duration::from_secs(300) {
-        p.push(format!("{key}.leeway"), "must be at most 5m; clock skew beyond that is a broken clock");
+        p.push(
+            format!("{key}.leeway"),
+            "must be at most 5m; clock skew beyond that is a broken clock",
+        );
     }
     let jwks_refresh = d(p, "jwks_refresh", &raw.jwks_refresh, 300);
     if jwks_refresh < Duration::from_secs(1) {
@@ -53,7 +63,10 @@ pub(super) fn issuer(p: &mut Problems, key: &str, raw: &RawIssuer) -> Option<Iss
             ScopeClaim::Scope
         }
     };
-    let max_token_lifetime = raw.max_token_lifetime.as_ref().map(|v| d(p, "max_token_lifetime", &Some(v.clone()), 0));
+    let max_token_lifetime = raw
+        .max_token_lifetime
+        .as_ref()
+        .map(|v| d(p, "max_token_lifetime", &Some(v.clone()), 0));
     if p.0.len() > before {
         return None;
     }
@@ -74,10 +87,22 @@ pub(super) fn issuer(p: &mut Problems, key: &str, raw: &RawIssuer) -> Option<Iss
 }
 
 /// Exactly one of `jwks_uri`, `discovery = true`, `hmac_secret_env`.
-fn key_source(p: &mut Problems, key: &str, raw: &RawIssuer, insecure_ok: bool) -> Option<KeySource> {
-    match (raw.jwks_uri.as_deref(), raw.discovery.unwrap_or(false), raw.hmac_secret_env.as_deref()) {
+fn key_source(
+    p: &mut Problems,
+    key: &str,
+    raw: &RawIssuer,
+    insecure_ok: bool,
+) -> Option<KeySource> {
+    match (
+        raw.jwks_uri.as_deref(),
+        raw.discovery.unwrap_or(false),
+        raw.hmac_secret_env.as_deref(),
+    ) {
         (Some(_), true, _) => {
-            p.push(format!("{key}.jwks_uri"), "set either jwks_uri or discovery = true, not both");
+            p.push(
+                format!("{key}.jwks_uri"),
+                "set either jwks_uri or discovery = true, not both",
+            );
             None
         }
         (Some(_), _, Some(_)) | (_, true, Some(_)) => {
@@ -98,11 +123,16 @@ fn key_source(p: &mut Problems, key: &str, raw: &RawIssuer, insecure_ok: bool) -
         (None, true, None) => {
             let issuer_url = raw.issuer.as_deref().and_then(|i| Url::parse(i).ok());
             if issuer_url.is_some_and(|u| !secure_enough(&u, insecure_ok)) {
-                p.push(format!("{key}.issuer"), format!("with discovery = true, {HTTPS_RULE}"));
+                p.push(
+                    format!("{key}.issuer"),
+                    format!("with discovery = true, {HTTPS_RULE}"),
+                );
             }
             Some(KeySource::Discovery)
         }
-        (None, false, Some(env)) if is_env_name(env) => Some(KeySource::HmacSecret { env: env.to_owned() }),
+        (None, false, Some(env)) if is_env_name(env) => Some(KeySource::HmacSecret {
+            env: env.to_owned(),
+        }),
         (None, false, Some(_)) => {
             p.push(
                 format!("{key}.hmac_secret_env"),
@@ -141,7 +171,10 @@ fn algorithms(p: &mut Problems, key: &str, raw: &RawIssuer) -> Vec<Algorithm> {
         }
     }
     if raw.algorithms.is_empty() {
-        p.push(format!("{key}.algorithms"), "must list at least one algorithm, e.g. [\"RS256\"]");
+        p.push(
+            format!("{key}.algorithms"),
+            "must list at least one algorithm, e.g. [\"RS256\"]",
+        );
     }
     let hmac = algorithms.iter().any(|a| a.is_hmac());
     if hmac && algorithms.iter().any(|a| !a.is_hmac()) {

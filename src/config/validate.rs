@@ -25,7 +25,12 @@ impl Problems {
     }
 
     /// A humantime duration ("30s", "5m"), or the default when the key is absent.
-    pub(super) fn duration(&mut self, key: &str, value: Option<&str>, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Duration {
         match value.map(humantime::parse_duration) {
             None => default,
             Some(Ok(d)) => d,
@@ -185,17 +190,27 @@ fn upstream(p: &mut Problems, u: &RawUpstream) -> UpstreamConfig {
 fn tokens(p: &mut Problems, t: &RawTokens) -> TokensConfig {
     let max_size = p.positive("tokens.max_size", t.max_size, 8192, 1 << 20);
     if max_size < 256 {
-        p.push("tokens.max_size", "must be at least 256 bytes; real access tokens are longer");
+        p.push(
+            "tokens.max_size",
+            "must be at least 256 bytes; real access tokens are longer",
+        );
     }
     let cache_capacity = match t.cache_capacity {
         None => 100_000,
         Some(n) if (0..=100_000_000).contains(&n) => n as u64,
         Some(_) => {
-            p.push("tokens.cache_capacity", "must be from 0 (cache off) to 100000000 entries");
+            p.push(
+                "tokens.cache_capacity",
+                "must be from 0 (cache off) to 100000000 entries",
+            );
             100_000
         }
     };
-    let cache_max_ttl = p.duration("tokens.cache_max_ttl", t.cache_max_ttl.as_deref(), Duration::from_secs(300));
+    let cache_max_ttl = p.duration(
+        "tokens.cache_max_ttl",
+        t.cache_max_ttl.as_deref(),
+        Duration::from_secs(300),
+    );
     TokensConfig {
         max_size,
         cache_capacity,

@@ -1,0 +1,102 @@
+//! The verified-token cache: claims of tokens whose signature checked out, keyed by the
+//! SHA-256 of the token (never the token), kept until `min(exp, cache_max_ttl)`.
+//! A hit skips the signature check only: scopes are still checked per route, and an entry
+//! whose signing key left the issuer's key set is dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::sync::Cache;
+
+use super::Principal;
+
+/// A token that verified, with what is needed to trust the entry later.
+#[derive(Debug)]
+pub struct Verified {
+    pub principal: Principal,
+    /// Index of the issuer in the authenticator.
+    pub issuer: usize,
+    /// Fingerprint of the key that verified the signature.
+    pub key: u64,
+    /// `exp` in seconds since the epoch.
+    pub exp: i64,
+    ttl: Duration,
+}
+
+struct ByEntry;
+
+impl moka::Expiry<[u8; 32], Arc<Verified>> for ByEntry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<Verified>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// `None` inside when the capacity is 0.
+pub struct TokenCache {
+    inner: Option<Cache<[u8; 32], Arc<Verified>>>,
+    max_ttl: Duration,
+}
+
+impl TokenCache {
+    pub fn new(capacity: u64, max_ttl: Duration) -> TokenCache {
+        let inner = (capacity > 0).then(|| {
+            Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(ByEntry)
+                .build()
+        });
+        TokenCache { inner, max_ttl }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    pub fn key(token: &str) -> [u8; 32] {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        digest.as_ref().try_into().expect("SHA-256 has 32 bytes")
+    }
+
+    pub fn get(&self, key: &[u8; 32]) -> Option<Arc<Verified>> {
+        self.inner.as_ref()?.get(key)
+    }
+
+    pub fn remove(&self, key: &[u8; 32]) {
+        if let Some(c) = &self.inner {
+            c.invalidate(key);
+        }
+    }
+
+    /// Cache until `min(exp, max_ttl)`; `now` in seconds since the epoch.
+    pub fn insert(
+        &self,
+        key: [u8; 32],
+        principal: Principal,
+        issuer: usize,
+        fingerprint: u64,
+        exp: i64,
+        now: i64,
+    ) {
+        let Some(c) = &self.inner else { return };
+        let left = Duration::from_secs(u64::try_from(exp.saturating_sub(now)).unwrap_or(0));
+        let ttl = left.min(self.max_ttl);
+        if ttl.is_zero() {
+            return;
+        }
+        c.insert(
+            key,
+            Arc::new(Verified {
+                principal,
+                issuer,
+                key: fingerprint,
+                exp,
+                ttl,
+            }),
+        );
+    }
+}

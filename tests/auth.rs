@@ -1,0 +1,479 @@
+//! Bearer token validation through the real gateway, against a mock identity provider.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{client, eventually, scrape, scrape_until, start_gateway, EchoUpstream, MockIdp};
+use portcullis::app::RunningApp;
+use portcullis::config::Algorithm;
+use portcullis::devkeys::DevKey;
+use serde_json::{json, Value};
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Claims valid for an hour, for audience `api`.
+fn claims(idp: &MockIdp, scope: &str) -> Value {
+    json!({ "iss": idp.issuer(), "sub": "user-7", "client_id": "app", "aud": "api",
+            "scope": scope, "iat": now(), "exp": now() + 3600 })
+}
+
+struct Setup {
+    gw: RunningApp,
+    idp: MockIdp,
+    up: EchoUpstream,
+    rsa: DevKey,
+    ec: DevKey,
+}
+
+impl Setup {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gw.proxy_addr)
+    }
+
+    async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        client()
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// An IdP with an RSA and an EC key, and a gateway that trusts it, ready (keys loaded).
+async fn setup(issuer_extra: &str) -> Setup {
+    let (rsa, ec) = (
+        DevKey::generate(Algorithm::RS256, "rsa-1"),
+        DevKey::generate(Algorithm::ES256, "ec-1"),
+    );
+    let idp = MockIdp::start(&[&rsa, &ec]).await;
+    let up = EchoUpstream::start("app").await;
+    let gw = start_gateway(&format!(
+        r#"
+[[issuers]]
+issuer = "{issuer}"
+discovery = true
+audiences = ["api"]
+algorithms = ["RS256", "ES256"]
+{issuer_extra}
+[[routes]]
+name = "orders-read"
+path_prefix = "/orders"
+methods = ["GET"]
+upstreams = ["{up}"]
+scopes = ["orders:read"]
+[[routes]]
+name = "orders-write"
+path_prefix = "/orders"
+methods = ["POST"]
+upstreams = ["{up}"]
+scopes = ["orders:write"]
+[[routes]]
+name = "either"
+path_prefix = "/either"
+upstreams = ["{up}"]
+scopes_any = ["a", "b"]
+[[routes]]
+name = "fwd"
+path_prefix = "/fwd"
+upstreams = ["{up}"]
+forward_token = true
+"#,
+        issuer = idp.issuer(),
+        up = up.addr
+    ));
+    let ready = eventually(Duration::from_secs(15), || async {
+        client()
+            .get(format!("http://{}/readyz", gw.metrics_addr))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    })
+    .await;
+    assert!(ready, "keys never loaded");
+    Setup {
+        gw,
+        idp,
+        up,
+        rsa,
+        ec,
+    }
+}
+
+fn challenge(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_valid_token_reaches_the_upstream_with_identity_headers_and_without_authorization() {
+    let s = setup("").await;
+    for key in [&s.rsa, &s.ec] {
+        let token = key.sign(&claims(&s.idp, "orders:read profile"));
+        let resp = client()
+            .get(s.url("/orders/1"))
+            .bearer_auth(&token)
+            .header("x-auth-subject", "admin")
+            .header("x_auth_scopes", "everything")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", key.alg.name());
+        let seen = s.up.seen().pop().unwrap();
+        let h = &seen.headers;
+        assert_eq!(h["x-auth-subject"], "user-7");
+        assert_eq!(h["x-auth-client-id"], "app");
+        assert_eq!(h["x-auth-scopes"], "orders:read profile");
+        assert_eq!(h["x-auth-issuer"], s.idp.issuer().as_str());
+        assert!(!h.contains_key("authorization"), "the token was forwarded");
+        assert!(
+            !h.contains_key("x_auth_scopes"),
+            "a forged identity header was forwarded"
+        );
+    }
+    let token = s.rsa.sign(&claims(&s.idp, ""));
+    assert_eq!(s.get("/fwd/x", &token).await.status(), 200);
+    let seen = s.up.seen().pop().unwrap();
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {token}").as_str(),
+        "forward_token keeps it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scopes_are_checked_per_route_even_for_cached_tokens() {
+    let s = setup("").await;
+    let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
+    assert_eq!(s.get("/orders/1", &token).await.status(), 200);
+    // The same token, now from the cache, on a route needing a scope it lacks.
+    let resp = client()
+        .post(s.url("/orders/1"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        challenge(&resp),
+        "Bearer realm=\"api\", error=\"insufficient_scope\", error_description=\"The token does not carry the scopes this resource requires.\", scope=\"orders:write\""
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "insufficient_scope");
+    // scopes_any: one of a / b.
+    assert_eq!(
+        s.get("/either", &s.rsa.sign(&claims(&s.idp, "b")))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        s.get("/either", &s.rsa.sign(&claims(&s.idp, "c")))
+            .await
+            .status(),
+        403
+    );
+    let m = scrape_until(s.gw.metrics_addr, |m| {
+        m.get("portcullis_auth_decisions_total", &[]) >= 4.0
+    })
+    .await;
+    assert!(
+        m.get(
+            "portcullis_token_cache_requests_total",
+            &[("result", "hit")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        m.get(
+            "portcullis_auth_decisions_total",
+            &[("route", "orders-write"), ("outcome", "insufficient_scope")]
+        ),
+        1.0
+    );
+    assert_eq!(s.up.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_malformed_and_doubled_credentials() {
+    let s = setup("").await;
+    let resp = client().get(s.url("/orders/1")).send().await.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), challenge(&resp)),
+        (401, "Bearer realm=\"api\"".to_owned())
+    );
+    let resp = client()
+        .get(s.url("/orders/1"))
+        .header("authorization", "Bearer a b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(challenge(&resp).contains("error=\"invalid_request\""));
+    let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
+    let resp = client()
+        .get(s.url("/orders/1"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400, "two Authorization headers");
+    assert_eq!(s.up.hits(), 0);
+}
+
+/// Every hostile token gets 401 invalid_token and the upstream sees nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_tokens_are_invalid_tokens() {
+    let s = setup("").await;
+    let jku_target = EchoUpstream::start("attacker").await;
+    let attacker = DevKey::generate(Algorithm::RS256, "rsa-1");
+    let base = claims(&s.idp, "orders:read");
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = base.clone();
+        f(&mut c);
+        c
+    };
+    let unsigned = |header: Value| {
+        use base64::Engine;
+        let e = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        format!("{}.{}.", e(&header), e(&base))
+    };
+    let confusion = DevKey::hmac(Algorithm::HS256, "rsa-1", &s.rsa.public_key_bytes());
+    let valid = s.rsa.sign(&base);
+    let (head, _) = valid.rsplit_once('.').unwrap();
+    let cases: Vec<(&str, String)> = vec![
+        ("alg none, empty signature", unsigned(json!({"alg": "none", "kid": "rsa-1"}))),
+        ("alg none with a signature", s.rsa.sign_raw(&json!({"alg": "none"}), &base)),
+        ("alg NoNe", s.rsa.sign_raw(&json!({"alg": "NoNe", "kid": "rsa-1"}), &base)),
+        ("HS256 with the RSA public key", confusion.sign_raw(&json!({"alg": "HS256", "kid": "rsa-1"}), &base)),
+        ("signed by another key with the same kid", attacker.sign(&base)),
+        (
+            "jku pointing at the attacker",
+            attacker.sign_raw(&json!({"alg": "RS256", "kid": "evil", "jku": format!("http://{}/jwks", jku_target.addr)}), &base),
+        ),
+        ("embedded jwk", attacker.sign_raw(&json!({"alg": "RS256", "jwk": attacker.jwk()}), &base)),
+        ("crit", s.rsa.sign_raw(&json!({"alg": "RS256", "kid": "rsa-1", "crit": ["exp"]}), &base)),
+        ("signature stripped", format!("{head}.")),
+        ("signature zeroed", format!("{head}.AAAA")),
+        ("expired", s.rsa.sign(&with(&|c| c["exp"] = json!(now() - 31)))),
+        ("not yet valid", s.rsa.sign(&with(&|c| c["nbf"] = json!(now() + 3600)))),
+        ("issued in the future", s.rsa.sign(&with(&|c| c["iat"] = json!(now() + 3600)))),
+        ("no exp", s.rsa.sign(&with(&|c| c.as_object_mut().unwrap().remove("exp").map(drop).unwrap()))),
+        ("wrong audience", s.rsa.sign(&with(&|c| c["aud"] = json!(["other"])))),
+        ("missing audience", s.rsa.sign(&with(&|c| c.as_object_mut().unwrap().remove("aud").map(drop).unwrap()))),
+        ("wrong issuer", s.rsa.sign(&with(&|c| c["iss"] = json!("https://evil.example")))),
+        ("exp as a string", s.rsa.sign(&with(&|c| c["exp"] = json!("99999999999")))),
+        ("oversize", s.rsa.sign(&with(&|c| c["pad"] = json!("x".repeat(9000))))),
+        ("opaque token", "abcdef0123456789".to_owned()),
+        ("four parts", format!("{valid}.x")),
+    ];
+    for (name, token) in &cases {
+        let resp = s.get("/orders/1", token).await;
+        assert_eq!(resp.status(), 401, "{name}");
+        assert!(
+            challenge(&resp).starts_with("Bearer realm=\"api\", error=\"invalid_token\""),
+            "{name}: {}",
+            challenge(&resp)
+        );
+    }
+    // Duplicate claims cannot be built with serde_json's map: sign the JSON text itself.
+    let duplicated = base.to_string().replacen('{', "{\"aud\":\"other\",", 1);
+    let dup = s.rsa.sign_text(
+        &json!({"alg": "RS256", "kid": "rsa-1"}).to_string(),
+        &duplicated,
+    );
+    assert_eq!(
+        s.get("/orders/1", &dup).await.status(),
+        401,
+        "duplicate claims"
+    );
+    assert_eq!(s.up.hits(), 0, "a hostile token reached the upstream");
+    assert_eq!(jku_target.hits(), 0, "the jku URL was fetched");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_rotation_is_picked_up_and_removed_keys_stop_at_once() {
+    let s = setup("").await;
+    let old = s.rsa.sign(&claims(&s.idp, "orders:read"));
+    assert_eq!(
+        s.get("/orders/1", &old).await.status(),
+        200,
+        "old key, now cached"
+    );
+    let fetches = s.idp.hits("/jwks");
+
+    let new_key = DevKey::generate(Algorithm::RS256, "rsa-2");
+    s.idp.set_keys(&[&new_key, &s.ec]);
+    let fresh = new_key.sign(&claims(&s.idp, "orders:read"));
+    assert_eq!(
+        s.get("/orders/1", &fresh).await.status(),
+        200,
+        "the new kid triggers a refetch"
+    );
+    assert_eq!(s.idp.hits("/jwks"), fetches + 1);
+
+    let resp = s.get("/orders/1", &old).await;
+    assert_eq!(
+        resp.status(),
+        401,
+        "a cached token signed by a removed key still passed"
+    );
+    assert_eq!(
+        s.idp.hits("/jwks"),
+        fetches + 1,
+        "a refetch within jwks_min_refetch"
+    );
+}
+
+/// 50 requests at once with a kid the gateway has not seen: exactly one JWKS fetch.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_unknown_kids_share_one_refetch() {
+    let s = setup("").await;
+    let fetches = s.idp.hits("/jwks");
+    let new_key = DevKey::generate(Algorithm::ES256, "ec-2");
+    s.idp.set_keys(&[&s.rsa, &s.ec, &new_key]);
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(50));
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let (barrier, url) = (barrier.clone(), s.url("/orders/1"));
+            let token = new_key.sign(
+                &json!({ "iss": s.idp.issuer(), "aud": "api", "scope": "orders:read",
+                                              "exp": now() + 3600, "jti": i }),
+            );
+            tokio::spawn(async move {
+                barrier.wait().await;
+                client()
+                    .get(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(s.idp.hits("/jwks"), fetches + 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwks_down_at_start_is_503_and_not_ready_then_recovers() {
+    let rsa = DevKey::generate(Algorithm::RS256, "k");
+    let idp = MockIdp::start(&[&rsa]).await;
+    idp.set_failing(true);
+    let up = EchoUpstream::start("app").await;
+    let gw = start_gateway(&format!(
+        "[[issuers]]\nissuer = \"{}\"\njwks_uri = \"{}/jwks\"\naudiences = [\"api\"]\nalgorithms = [\"RS256\"]\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\n",
+        idp.issuer(),
+        idp.issuer(),
+        up.addr
+    ));
+    let token = rsa.sign(&json!({ "iss": idp.issuer(), "aud": "api", "exp": now() + 3600 }));
+    let url = format!("http://{}/x", gw.proxy_addr);
+    let readyz = format!("http://{}/readyz", gw.metrics_addr);
+
+    let resp = client().get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "5");
+    assert!(
+        resp.headers().get("www-authenticate").is_none(),
+        "503 is not a challenge"
+    );
+    let not_ready = client().get(&readyz).send().await.unwrap();
+    assert_eq!(not_ready.status(), 503);
+    assert!(not_ready
+        .text()
+        .await
+        .unwrap()
+        .contains("no keys loaded yet"));
+
+    idp.set_failing(false);
+    let ready = eventually(Duration::from_secs(20), || async {
+        client().get(&readyz).send().await.unwrap().status() == 200
+    })
+    .await;
+    assert!(ready, "never recovered");
+    assert_eq!(
+        client()
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(up.hits(), 1);
+    let m = scrape(gw.metrics_addr).await;
+    assert!(m.get("portcullis_jwks_fetch_total", &[("result", "bad_status")]) >= 1.0);
+    assert!(m.get("portcullis_jwks_fetch_total", &[("result", "ok")]) >= 1.0);
+    assert_eq!(m.get("portcullis_jwks_keys", &[]), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwks_down_later_keeps_known_keys_working() {
+    let s = setup("jwks_min_refetch = \"1ms\"").await;
+    s.idp.set_failing(true);
+    let token = s.ec.sign(&claims(&s.idp, "orders:read"));
+    assert_eq!(
+        s.get("/orders/1", &token).await.status(),
+        200,
+        "known keys keep working"
+    );
+    // An unknown kid while the IdP is down cannot be checked: 503, not 401.
+    let stranger = DevKey::generate(Algorithm::ES256, "ec-9");
+    let resp = s
+        .get("/orders/1", &stranger.sign(&claims(&s.idp, "orders:read")))
+        .await;
+    assert_eq!(resp.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discovery_must_announce_the_configured_issuer() {
+    let rsa = DevKey::generate(Algorithm::RS256, "k");
+    let idp = MockIdp::start(&[&rsa]).await;
+    let real = idp.issuer();
+    idp.set_announced_issuer("https://someone-else.example");
+    let up = EchoUpstream::start("app").await;
+    let gw = start_gateway(&format!(
+        "[[issuers]]\nissuer = \"{real}\"\ndiscovery = true\naudiences = [\"api\"]\nalgorithms = [\"RS256\"]\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\n",
+        up.addr
+    ));
+    let token = rsa.sign(&json!({ "iss": real, "aud": "api", "exp": now() + 3600 }));
+    let resp = client()
+        .get(format!("http://{}/x", gw.proxy_addr))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503, "keys from a mixed-up issuer were used");
+    let m = scrape_until(gw.metrics_addr, |m| {
+        m.get(
+            "portcullis_jwks_fetch_total",
+            &[("result", "bad_discovery")],
+        ) >= 1.0
+    })
+    .await;
+    assert!(
+        m.get(
+            "portcullis_jwks_fetch_total",
+            &[("result", "bad_discovery")]
+        ) >= 1.0
+    );
+    assert_eq!(idp.hits("/jwks"), 0);
+}
