@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 
 use crate::admin::{AdminApp, Readiness};
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::{Config, KeySource};
 use crate::metrics::Metrics;
 use crate::proxy::{Pools, Proxy};
 use crate::routing::Router;
@@ -50,6 +50,8 @@ pub enum StartupError {
         #[source]
         source: io::Error,
     },
+    #[error("issuers[{issuer}].hmac_secret_env: the variable {env} must hold a secret of at least 32 bytes")]
+    Secret { issuer: usize, env: String },
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot build the upstream pool of routes[{route}]: {source}")]
@@ -70,6 +72,16 @@ pub struct App {
 impl App {
     /// Bind the listeners and assemble every service. Nothing runs until [`App::run`].
     pub fn build(config: &Config, registry: Registry) -> Result<App, StartupError> {
+        for (issuer, c) in config.issuers.iter().enumerate() {
+            if let KeySource::HmacSecret { env } = &c.keys {
+                if std::env::var(env).map_or(true, |s| s.len() < 32) {
+                    return Err(StartupError::Secret {
+                        issuer,
+                        env: env.clone(),
+                    });
+                }
+            }
+        }
         let metrics = Metrics::new(registry)?;
         let auth = Arc::new(Authenticator::new(config, metrics.clone()));
         let readiness = Arc::new(Readiness::new(auth.clone()));

@@ -48,6 +48,10 @@ impl Setup {
 
 /// An IdP with an RSA and an EC key, and a gateway that trusts it, ready (keys loaded).
 async fn setup(issuer_extra: &str) -> Setup {
+    setup_with("", issuer_extra).await
+}
+
+async fn setup_with(top: &str, issuer_extra: &str) -> Setup {
     let (rsa, ec) = (
         DevKey::generate(Algorithm::RS256, "rsa-1"),
         DevKey::generate(Algorithm::ES256, "ec-1"),
@@ -55,7 +59,7 @@ async fn setup(issuer_extra: &str) -> Setup {
     let idp = MockIdp::start(&[&rsa, &ec]).await;
     let up = EchoUpstream::start("app").await;
     let gw = start_gateway(&format!(
-        r#"
+        r#"{top}
 [[issuers]]
 issuer = "{issuer}"
 discovery = true
@@ -476,4 +480,29 @@ async fn discovery_must_announce_the_configured_issuer() {
         ) >= 1.0
     );
     assert_eq!(idp.hits("/jwks"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_cache_disabled_every_request_is_verified() {
+    let s = setup_with("[tokens]\ncache_capacity = 0\n", "").await;
+    let token = s.ec.sign(&claims(&s.idp, "orders:read"));
+    for _ in 0..3 {
+        assert_eq!(s.get("/orders/1", &token).await.status(), 200);
+    }
+    let m = scrape_until(s.gw.metrics_addr, |m| {
+        m.get("portcullis_auth_decisions_total", &[("outcome", "allowed")]) >= 3.0
+    })
+    .await;
+    assert_eq!(
+        m.get("portcullis_token_cache_requests_total", &[]),
+        0.0,
+        "a disabled cache was consulted"
+    );
+    assert_eq!(
+        m.get(
+            "portcullis_auth_decisions_total",
+            &[("route", "orders-read"), ("outcome", "allowed")]
+        ),
+        3.0
+    );
 }

@@ -394,6 +394,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keys_are_usable_until_max_stale_then_not() {
+        let issuer = IssuerConfig {
+            issuer: "https://id".into(),
+            keys: KeySource::HmacSecret {
+                env: "UNUSED".into(),
+            },
+            audiences: vec!["a".into()],
+            algorithms: vec![Algorithm::HS256],
+            leeway: Duration::from_secs(30),
+            jwks_refresh: Duration::from_secs(300),
+            jwks_max_stale: Duration::from_secs(3600),
+            jwks_min_refetch: Duration::from_secs(10),
+            require_typ: false,
+            scope_claim: crate::config::ScopeClaim::Scope,
+            max_token_lifetime: None,
+            allow_insecure_http: false,
+        };
+        let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
+        let keys = IssuerKeys::new(issuer, http_client(), metrics);
+        let t0 = Instant::now();
+        assert!(
+            keys.current(t0).is_none() && !keys.loaded(),
+            "nothing loaded yet"
+        );
+        keys.current.store(Some(Arc::new(Snapshot {
+            keys: KeySet::from_hmac_secret(&[7; 32], &[Algorithm::HS256]),
+            fetched_at: t0,
+        })));
+        assert!(keys.loaded());
+        assert!(
+            keys.current(t0 + Duration::from_secs(3600)).is_some(),
+            "at max_stale"
+        );
+        assert!(
+            keys.current(t0 + Duration::from_secs(3601)).is_none(),
+            "past max_stale: 503, not stale keys"
+        );
+        assert_eq!(
+            keys.age(t0 + Duration::from_secs(5)),
+            Some(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
     fn cache_control_max_age() {
         assert_eq!(
             max_age("public, max-age=120"),

@@ -1,5 +1,5 @@
 //! The auth core: one decision function, [`Authenticator::authorize`], that knows no web
-//! framework. The pingora adapter (and later the tower one) only translate requests in and
+//! framework. The proxy adapter (and later the middleware one) only translate requests in and
 //! [`Challenge`]s out.
 //!
 //! A request passes when it carries exactly one well-formed bearer token (RFC 6750 §2.1) that is
