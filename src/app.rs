@@ -145,6 +145,39 @@ impl App {
         })
     }
 
+    /// Serve `app` on an already bound listener, beside the gateway (`portcullis dev`).
+    pub fn add_http_service<A>(
+        &mut self,
+        name: &'static str,
+        listener: TcpListener,
+        app: A,
+    ) -> Result<SocketAddr, StartupError>
+    where
+        A: pingora::apps::http_app::ServeHttp + Send + Sync + 'static,
+    {
+        let addr = listener.local_addr().map_err(|source| StartupError::Bind {
+            key: name,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| StartupError::Bind {
+                key: name,
+                addr,
+                source,
+            })?;
+        let mut service = ListeningService::new(name.into(), app);
+        service.add_tcp(&addr.to_string());
+        self.server.add_service(Prebound {
+            inner: service,
+            fds: vec![(addr.to_string(), listener.into_raw_fd())],
+            on_start: None,
+            threads: Some(1),
+        });
+        Ok(addr)
+    }
+
     /// Where the proxy listens (the real port when the config said 0).
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy_addr

@@ -15,4 +15,6 @@ pub mod admin;
 #[cfg(feature = "proxy")]
 pub mod app;
 #[cfg(feature = "proxy")]
+pub mod dev;
+#[cfg(feature = "proxy")]
 pub mod proxy;

@@ -27,6 +27,15 @@ enum Command {
     Run,
     /// Validate a configuration file and exit; one line per problem.
     Check,
+    /// DEVELOPMENT ONLY: the gateway with a throwaway issuer and a demo upstream, on loopback.
+    Dev {
+        /// The gateway's address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// The metrics address.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        metrics_listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -34,6 +43,32 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(&cli.config),
         Command::Run => run(&cli.config),
+        Command::Dev {
+            listen,
+            metrics_listen,
+        } => dev(listen, metrics_listen),
+    }
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn dev(listen: std::net::SocketAddr, metrics_listen: std::net::SocketAddr) -> ExitCode {
+    init_logging();
+    match portcullis::dev::run(listen, metrics_listen) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -58,14 +93,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging();
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(e) => {

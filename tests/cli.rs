@@ -274,3 +274,111 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// `portcullis dev` does what its printed instructions say: token, then 200, 401 and 403.
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_mode_shows_a_200_a_401_and_a_403() {
+    let mut child = Command::new(BIN)
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (mut gateway, mut issuer, mut metrics) = (None, None, None);
+    while gateway.is_none() || issuer.is_none() || metrics.is_none() {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "dev mode exited before printing its addresses"
+        );
+        let url = line.split_whitespace().nth(1).map(str::to_owned);
+        match line.split_whitespace().next() {
+            Some("gateway") => gateway = url,
+            Some("issuer") => issuer = url,
+            Some("metrics") => metrics = url.map(|u| u.replace("/metrics", "")),
+            _ => {}
+        }
+    }
+    let (gateway, issuer, metrics) = (gateway.unwrap(), issuer.unwrap(), metrics.unwrap());
+    let c = client();
+    let ready = common::eventually(Duration::from_secs(20), || async {
+        c.get(format!("{metrics}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(ready, "dev mode never became ready");
+
+    let token: serde_json::Value = c
+        .post(format!("{issuer}/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "demo"),
+            ("client_secret", "demo-secret"),
+            ("scope", "orders:read"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().expect("a token").to_owned();
+
+    let ok = c
+        .get(format!("{gateway}/orders/1"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let echoed: serde_json::Value = ok.json().await.unwrap();
+    assert_eq!(echoed["x-auth-client-id"], "demo");
+    assert_eq!(echoed["x-auth-scopes"], "orders:read");
+    assert_eq!(
+        c.get(format!("{gateway}/orders/1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        c.post(format!("{gateway}/orders"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let bad_client = c
+        .post(format!("{issuer}/token"))
+        .basic_auth("demo", Some("wrong"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_client.status(), 401);
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
