@@ -1,19 +1,24 @@
 # The two commands of the README's quick start, and a few more.
-.PHONY: setup run test check bench
+.PHONY: setup run serve test check bench
 
 setup:
 	@./scripts/setup.sh
 
-# Run the gateway with the shipped gateway.toml.
+# Try it: the gateway with a development issuer and a demo upstream, on loopback (portcullis dev).
 run: setup
-	cargo run --release --locked -- run --config gateway.toml
+	cargo run --release --locked -- dev
+
+# Run the gateway with a configuration: make serve CONFIG=gateway.toml
+serve: setup
+	cargo run --release --locked -- run --config $(CONFIG)
 
 # Every test: unit, integration (real servers on 127.0.0.1:0) and doc tests.
 test: setup
 	cargo test --locked
 
-# Validate a configuration: make check CONFIG=path/to/gateway.toml
 CONFIG ?= gateway.toml
+
+# Validate a configuration: make check CONFIG=path/to/gateway.toml
 check: setup
 	cargo run --locked --quiet -- check --config $(CONFIG)
 
