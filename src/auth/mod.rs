@@ -269,7 +269,9 @@ impl Authenticator {
                 refetched = true;
                 snapshot = match issuer.keys.refetch().await {
                     Refetch::Done(s) => Some(s),
-                    Refetch::RateLimited | Refetch::Failed => return Err(unavailable),
+                    // Another request's fetch may have just stored keys.
+                    Refetch::RateLimited => issuer.keys.current(Instant::now()),
+                    Refetch::Failed => return Err(unavailable),
                 };
                 continue;
             };
@@ -285,9 +287,9 @@ impl Authenticator {
                     refetched = true;
                     snapshot = match issuer.keys.refetch().await {
                         Refetch::Done(s) => Some(s),
-                        Refetch::RateLimited => {
-                            return Err(AuthError::InvalidToken(TokenFault::UnknownKey))
-                        }
+                        // A refetch ran moments ago, perhaps after this request read its
+                        // snapshot: look again in the newest keys before refusing.
+                        Refetch::RateLimited => issuer.keys.current(Instant::now()),
                         Refetch::Failed => return Err(unavailable),
                     };
                 }
