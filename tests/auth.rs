@@ -506,3 +506,55 @@ async fn with_the_cache_disabled_every_request_is_verified() {
         3.0
     );
 }
+
+/// A JWKS redirect is followed within the same origin only.
+#[tokio::test(flavor = "multi_thread")]
+async fn jwks_redirects_stay_within_the_origin() {
+    let rsa = DevKey::generate(Algorithm::RS256, "k");
+    let (idp, elsewhere) = (MockIdp::start(&[&rsa]).await, MockIdp::start(&[&rsa]).await);
+    let up = EchoUpstream::start("app").await;
+    let config = |idp: &MockIdp| {
+        format!(
+            "[[issuers]]\nissuer = \"{0}\"\njwks_uri = \"{0}/moved\"\naudiences = [\"api\"]\nalgorithms = [\"RS256\"]\n\
+             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{1}\"]\n",
+            idp.issuer(),
+            up.addr
+        )
+    };
+    let token = rsa.sign(&json!({ "iss": idp.issuer(), "aud": "api", "exp": now() + 3600 }));
+
+    idp.set_redirect(&format!("{}/jwks", elsewhere.issuer()));
+    let gw = start_gateway(&config(&idp));
+    let resp = client()
+        .get(format!("http://{}/x", gw.proxy_addr))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        503,
+        "keys behind a cross-origin redirect were used"
+    );
+    assert_eq!(
+        elsewhere.hits("/jwks"),
+        0,
+        "a cross-origin redirect was followed"
+    );
+    drop(gw);
+
+    idp.set_redirect(&format!("{}/jwks", idp.issuer()));
+    let gw = start_gateway(&config(&idp));
+    let ok = eventually(Duration::from_secs(15), || async {
+        client()
+            .get(format!("http://{}/x", gw.proxy_addr))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    })
+    .await;
+    assert!(ok, "a same-origin redirect was not followed");
+}

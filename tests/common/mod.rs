@@ -306,6 +306,8 @@ struct IdpState {
     issuer: Mutex<String>,
     jwks: Mutex<String>,
     failing: std::sync::atomic::AtomicBool,
+    /// `/moved` answers 302 to this URL.
+    redirect_to: Mutex<String>,
     hits: Mutex<std::collections::HashMap<String, usize>>,
 }
 
@@ -358,6 +360,11 @@ impl MockIdp {
         *self.state.jwks.lock().unwrap() = body.to_owned();
     }
 
+    /// Make `/moved` redirect (302) to `url`.
+    pub fn set_redirect(&self, url: &str) {
+        *self.state.redirect_to.lock().unwrap() = url.to_owned();
+    }
+
     /// While failing, every path answers 500.
     pub fn set_failing(&self, failing: bool) {
         self.state.failing.store(failing, Ordering::SeqCst);
@@ -403,6 +410,11 @@ fn idp_answer(state: &IdpState, path: &str) -> Response<Body> {
             )
         }
         "/jwks" => reply(200, state.jwks.lock().unwrap().clone()),
+        "/moved" => Response::builder()
+            .status(302)
+            .header("location", state.redirect_to.lock().unwrap().clone())
+            .body(full(""))
+            .unwrap(),
         _ => reply(404, "{}".into()),
     }
 }
