@@ -4,7 +4,9 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{client, eventually, scrape, scrape_until, start_gateway, EchoUpstream, MockIdp};
+use common::{
+    became_ready, client, eventually, scrape, scrape_until, start_gateway, EchoUpstream, MockIdp,
+};
 use portcullis::app::RunningApp;
 use portcullis::config::Algorithm;
 use portcullis::devkeys::DevKey;
@@ -92,16 +94,7 @@ forward_token = true
         issuer = idp.issuer(),
         up = up.addr
     ));
-    let ready = eventually(Duration::from_secs(15), || async {
-        client()
-            .get(format!("http://{}/readyz", gw.metrics_addr))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-    })
-    .await;
+    let ready = became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(15)).await;
     assert!(ready, "keys never loaded");
     Setup {
         gw,
@@ -406,10 +399,7 @@ async fn jwks_down_at_start_is_503_and_not_ready_then_recovers() {
         .contains("no keys loaded yet"));
 
     idp.set_failing(false);
-    let ready = eventually(Duration::from_secs(20), || async {
-        client().get(&readyz).send().await.unwrap().status() == 200
-    })
-    .await;
+    let ready = became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(20)).await;
     assert!(ready, "never recovered");
     assert_eq!(
         client()

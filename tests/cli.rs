@@ -254,12 +254,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let arrived = up.arrived();
     let in_flight = tokio::spawn(client().get(format!("http://{proxy_addr}/gate")).send());
     arrived.await;
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    common::sigterm(&child);
     up.release();
     let resp = in_flight
         .await
@@ -268,11 +263,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "released");
 
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(common::exit_code(child).await, Some(0));
 }
 
 /// `portcullis dev` does what its printed instructions say: token, then 200, 401 and 403.
@@ -309,12 +300,10 @@ async fn dev_mode_shows_a_200_a_401_and_a_403() {
     }
     let (gateway, issuer, metrics) = (gateway.unwrap(), issuer.unwrap(), metrics.unwrap());
     let c = client();
-    let ready = common::eventually(Duration::from_secs(20), || async {
-        c.get(format!("{metrics}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
+    let ready = common::became_ready(
+        metrics.trim_start_matches("http://"),
+        Duration::from_secs(20),
+    )
     .await;
     assert!(ready, "dev mode never became ready");
 
@@ -370,15 +359,6 @@ async fn dev_mode_shows_a_200_a_401_and_a_403() {
         .unwrap();
     assert_eq!(bad_client.status(), 401);
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    common::sigterm(&child);
+    assert_eq!(common::exit_code(child).await, Some(0));
 }

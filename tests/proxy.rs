@@ -5,7 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    client, dead_addr, eventually, raw_request, scrape, scrape_until, start_gateway, EchoUpstream,
+    became_ready, client, dead_addr, eventually, raw_request, scrape, scrape_until, start_gateway,
+    EchoUpstream,
 };
 
 fn open_route(name: &str, prefix: &str, upstreams: &[std::net::SocketAddr]) -> String {
@@ -404,15 +405,7 @@ async fn metrics_parse_and_count_and_probes_answer() {
             .status(),
         200
     );
-    let ready = eventually(Duration::from_secs(10), || async {
-        c.get(format!("{admin}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-    })
-    .await;
+    let ready = became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(10)).await;
     assert!(ready, "/readyz never became ready");
     assert_eq!(
         c.get(format!("{admin}/nothing"))

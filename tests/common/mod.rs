@@ -273,6 +273,38 @@ impl Metrics {
     }
 }
 
+/// Wait (at most `deadline`) until `GET {admin}/readyz` answers 200; `admin` is `host:port`.
+pub async fn became_ready(admin: &str, deadline: Duration) -> bool {
+    let url = format!("http://{admin}/readyz");
+    eventually(deadline, || async {
+        client()
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await
+}
+
+/// Send SIGTERM to a child process (returns once the signal is sent).
+pub fn sigterm(child: &std::process::Child) {
+    let pid = child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -TERM {pid} failed");
+}
+
+/// Wait for a child process to exit; its exit code.
+pub async fn exit_code(mut child: std::process::Child) -> Option<i32> {
+    tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+        .code()
+}
+
 /// Poll `condition` until it holds, for at most `deadline`. For state that changes in the
 /// background (health checks); never a substitute for waiting on an event.
 pub async fn eventually<F, Fut>(deadline: Duration, mut condition: F) -> bool
