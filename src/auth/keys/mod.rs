@@ -10,14 +10,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use jsonwebtoken::DecodingKey;
-use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::jwt::Unverified;
 use crate::config::Algorithm;
+
+mod policy;
+use policy::{bind, fingerprint, RawJwk};
 
 /// Largest JWKS document accepted.
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -87,29 +87,6 @@ pub struct KeySet {
 #[derive(Deserialize)]
 struct RawJwks {
     keys: Vec<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct RawJwk {
-    kty: String,
-    #[serde(rename = "use")]
-    use_: Option<String>,
-    key_ops: Option<Vec<String>>,
-    alg: Option<String>,
-    kid: Option<String>,
-    crv: Option<String>,
-    n: Option<String>,
-    e: Option<String>,
-    x: Option<String>,
-    y: Option<String>,
-    // Private members: their presence disqualifies the key (RFC 7517 §9.2, RFC 7518 §6).
-    d: Option<IgnoredAny>,
-    p: Option<IgnoredAny>,
-    q: Option<IgnoredAny>,
-    dp: Option<IgnoredAny>,
-    dq: Option<IgnoredAny>,
-    qi: Option<IgnoredAny>,
-    oth: Option<IgnoredAny>,
 }
 
 impl KeySet {
@@ -244,133 +221,13 @@ fn jose_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
     }
 }
 
-fn is_rsa(alg: Algorithm) -> bool {
-    matches!(
-        alg,
-        Algorithm::RS256
-            | Algorithm::RS384
-            | Algorithm::RS512
-            | Algorithm::PS256
-            | Algorithm::PS384
-            | Algorithm::PS512
-    )
-}
-
-/// Apply the key policy to one JWK: a key bound to one allowed algorithm, or `None` to skip it.
-fn bind(jwk: &RawJwk, allowed: &[Algorithm]) -> Option<VerifyingKey> {
-    let private = jwk.d.is_some() || jwk.p.is_some() || jwk.q.is_some();
-    let private =
-        private || jwk.dp.is_some() || jwk.dq.is_some() || jwk.qi.is_some() || jwk.oth.is_some();
-    if private || jwk.use_.as_deref().is_some_and(|u| u != "sig") {
-        return None;
-    }
-    if jwk
-        .key_ops
-        .as_ref()
-        .is_some_and(|ops| !ops.iter().any(|o| o == "verify"))
-    {
-        return None;
-    }
-    let named = match jwk.alg.as_deref() {
-        Some(name) => Some(Algorithm::from_name(name)?),
-        None => None,
-    };
-    let b64 = |v: &Option<String>| v.as_deref().and_then(|s| URL_SAFE_NO_PAD.decode(s).ok());
-    let (alg, key, material) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
-        ("RSA", _) => {
-            let (n, e) = (b64(&jwk.n)?, b64(&jwk.e)?);
-            let n_bytes = n.iter().skip_while(|&&b| b == 0).count();
-            if n_bytes * 8 < 2048 || e.is_empty() || e.len() > 8 {
-                return None;
-            }
-            let alg = match named {
-                Some(a) => a,
-                // Only the type is known: RS256 when allowed, else the one allowed RSA algorithm.
-                None if allowed.contains(&Algorithm::RS256) => Algorithm::RS256,
-                None => {
-                    let mut rsa = allowed.iter().copied().filter(|&a| is_rsa(a));
-                    match (rsa.next(), rsa.next()) {
-                        (Some(a), None) => a,
-                        _ => return None,
-                    }
-                }
-            };
-            if !is_rsa(alg) {
-                return None;
-            }
-            (alg, DecodingKey::from_rsa_raw_components(&n, &e), [n, e])
-        }
-        ("EC", Some(crv @ ("P-256" | "P-384"))) => {
-            let (implied, len) = if crv == "P-256" {
-                (Algorithm::ES256, 32)
-            } else {
-                (Algorithm::ES384, 48)
-            };
-            if named.is_some_and(|a| a != implied) {
-                return None;
-            }
-            let (x, y) = (jwk.x.as_deref()?, jwk.y.as_deref()?);
-            let (xb, yb) = (
-                URL_SAFE_NO_PAD.decode(x).ok()?,
-                URL_SAFE_NO_PAD.decode(y).ok()?,
-            );
-            if xb.len() != len || yb.len() != len {
-                return None;
-            }
-            (
-                implied,
-                DecodingKey::from_ec_components(x, y).ok()?,
-                [xb, yb],
-            )
-        }
-        ("OKP", Some("Ed25519")) => {
-            if named.is_some_and(|a| a != Algorithm::EdDSA) {
-                return None;
-            }
-            let x = jwk.x.as_deref()?;
-            let xb = URL_SAFE_NO_PAD.decode(x).ok()?;
-            if xb.len() != 32 {
-                return None;
-            }
-            (
-                Algorithm::EdDSA,
-                DecodingKey::from_ed_components(x).ok()?,
-                [xb, Vec::new()],
-            )
-        }
-        // `oct` (shared secrets never come from a remote document), other types and curves.
-        _ => return None,
-    };
-    if !allowed.contains(&alg) {
-        return None;
-    }
-    Some(VerifyingKey {
-        kid: jwk.kid.clone(),
-        alg,
-        key,
-        fingerprint: fingerprint(&[alg.name().as_bytes(), &material[0], &material[1]]),
-    })
-}
-
-fn fingerprint(parts: &[&[u8]]) -> u64 {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for part in parts {
-        ctx.update(&(part.len() as u64).to_be_bytes());
-        ctx.update(part);
-    }
-    let digest = ctx.finish();
-    u64::from_be_bytes(
-        digest.as_ref()[..8]
-            .try_into()
-            .expect("SHA-256 has 32 bytes"),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::auth::jwt;
     use crate::devkeys::{jwks, DevKey};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
     use serde_json::json;
 
     const ALL_PUBLIC: &[Algorithm] = &[
