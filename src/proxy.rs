@@ -96,6 +96,7 @@ impl ProxyHttp for Proxy {
         if route.auth == AuthMode::Required {
             let info = RequestInfo {
                 headers: &req.headers,
+                query: req.uri.query(),
                 route: &route.name,
                 policy: &route.policy,
             };

@@ -225,6 +225,17 @@ async fn missing_malformed_and_doubled_credentials() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400, "two Authorization headers");
+    let resp = s
+        .get(&format!("/orders/1?access_token={token}"), &token)
+        .await;
+    assert_eq!(resp.status(), 400, "a token in the header and the query");
+    let resp = client()
+        .get(s.url(&format!("/orders/1?access_token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "the query form alone is not accepted");
+    assert_eq!(challenge(&resp), "Bearer realm=\"api\"");
     assert_eq!(s.up.hits(), 0);
 }
 

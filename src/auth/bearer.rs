@@ -14,11 +14,33 @@ use http::HeaderMap;
 pub enum BearerFault {
     /// `Authorization` appears more than once.
     MultipleAuthorization,
+    /// A token in the `Authorization` header and an `access_token` query parameter (RFC 6750 §2).
+    TokenInHeaderAndQuery,
     /// `Bearer` without a token, or a token that is not a b64token.
     Malformed,
 }
 
-/// The bearer token of a request: `Ok(None)` when there is none.
+/// The bearer token of a request: `Ok(None)` when there is none. The query-parameter form
+/// (RFC 6750 §2.3) is not accepted, since it leaks into logs, but a request that sends a token
+/// both ways is malformed all the same.
+pub fn extract_with_query<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<&'a str>, BearerFault> {
+    let token = extract(headers)?;
+    if token.is_some() && query.is_some_and(has_access_token_param) {
+        return Err(BearerFault::TokenInHeaderAndQuery);
+    }
+    Ok(token)
+}
+
+fn has_access_token_param(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|pair| pair.split('=').next() == Some("access_token"))
+}
+
+/// The bearer token of the `Authorization` header: `Ok(None)` when there is none.
 pub fn extract(headers: &HeaderMap) -> Result<Option<&str>, BearerFault> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
@@ -127,5 +149,35 @@ mod tests {
         assert_eq!(extract(&headers), Ok(Some("one")));
         headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer two"));
         assert_eq!(extract(&headers), Err(BearerFault::MultipleAuthorization));
+    }
+
+    #[test]
+    fn a_token_in_header_and_query_is_malformed() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            extract_with_query(&headers, Some("access_token=x")),
+            Ok(None),
+            "query form is off"
+        );
+        headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer one"));
+        for q in [
+            "access_token=x",
+            "a=1&access_token=x",
+            "access_token",
+            "access_token=",
+        ] {
+            assert_eq!(
+                extract_with_query(&headers, Some(q)),
+                Err(BearerFault::TokenInHeaderAndQuery),
+                "{q}"
+            );
+        }
+        for q in ["my_access_token=x", "a=access_token", ""] {
+            assert_eq!(
+                extract_with_query(&headers, Some(q)),
+                Ok(Some("one")),
+                "{q}"
+            );
+        }
     }
 }

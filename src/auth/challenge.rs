@@ -63,6 +63,11 @@ fn describe(error: &AuthError) -> (u16, Option<&'static str>, &'static str) {
             Some("invalid_request"),
             "The request carries more than one Authorization header.",
         ),
+        AuthError::InvalidRequest(BearerFault::TokenInHeaderAndQuery) => (
+            400,
+            Some("invalid_request"),
+            "The request carries a token in more than one place.",
+        ),
         AuthError::InvalidRequest(BearerFault::Malformed) => (
             400,
             Some("invalid_request"),

@@ -41,6 +41,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy)]
 pub struct RequestInfo<'a> {
     pub headers: &'a HeaderMap,
+    /// The request target's query, if any.
+    pub query: Option<&'a str>,
     /// The matched route's name: the `route` label of the decision metrics.
     pub route: &'a str,
     /// The matched route's scope policy.
@@ -170,7 +172,7 @@ impl Authenticator {
         request: &RequestInfo<'_>,
         now: SystemTime,
     ) -> Result<Principal, AuthError> {
-        let token = match bearer::extract(request.headers) {
+        let token = match bearer::extract_with_query(request.headers, request.query) {
             Ok(Some(token)) => token,
             Ok(None) => return Err(AuthError::MissingToken),
             Err(fault) => return Err(AuthError::InvalidRequest(fault)),
