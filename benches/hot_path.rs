@@ -1,12 +1,17 @@
-//! Micro-benchmarks of the per-request work that exists so far: route matching over 200 routes,
-//! bearer extraction, and challenge rendering. Run with `make bench`.
+//! Micro-benchmarks of the per-request work: route matching over 200 routes, bearer extraction,
+//! JWT validation (parse, key lookup, signature, claims) per algorithm, a verified-token cache
+//! hit, and challenge rendering. Run with `make bench`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
-use portcullis::auth::{bearer, AuthError, Challenge};
-use portcullis::config::{AuthMode, RouteConfig};
+use portcullis::auth::jwt::{self, ClaimRules};
+use portcullis::auth::keys::{self, KeySet, Lookup};
+use portcullis::auth::{bearer, AuthError, Challenge, Principal, TokenCache};
+use portcullis::config::{Algorithm, AuthMode, RouteConfig, ScopeClaim};
+use portcullis::devkeys::{jwks, DevKey};
 use portcullis::routing::{RouteMatch, Router};
 use std::hint::black_box;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn routes(n: usize) -> Vec<RouteConfig> {
     (0..n)
@@ -62,5 +67,70 @@ fn challenge_rendering(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_match, bearer_extraction, challenge_rendering);
+/// Parse, pick the key, verify the signature, check the claims: what a cache miss costs.
+fn jwt_validation(c: &mut Criterion) {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({ "iss": "https://id.example", "sub": "user", "aud": "api",
+        "scope": "orders:read orders:write", "iat": secs, "exp": secs + 3600 });
+    let rules = ClaimRules {
+        audiences: vec!["api".into()],
+        leeway: Duration::from_secs(30),
+        require_typ: true,
+        scope_claim: ScopeClaim::Scope,
+        max_token_lifetime: None,
+    };
+    let mut g = c.benchmark_group("jwt_validate_cold");
+    for alg in [
+        Algorithm::RS256,
+        Algorithm::PS256,
+        Algorithm::ES256,
+        Algorithm::EdDSA,
+    ] {
+        let key = DevKey::generate(alg, "k1");
+        let set = KeySet::from_jwks(jwks(&[&key]).to_string().as_bytes(), &[alg]).unwrap();
+        let token = key.sign(&claims);
+        g.bench_function(alg.name(), |b| {
+            b.iter(|| {
+                let t = jwt::parse(black_box(&token), 8192).unwrap();
+                let Lookup::Candidates(keys) = set.lookup(t.header.kid.as_deref(), t.alg) else {
+                    panic!()
+                };
+                assert!(keys::verify(&t, keys[0]));
+                jwt::check_claims(&t.header, &t.claims, &rules, now).unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+/// What a cache hit costs: hashing the token and the lookup.
+fn token_cache_hit(c: &mut Criterion) {
+    let cache = TokenCache::new(100_000, Duration::from_secs(300));
+    let token = format!("{}.{}.{}", "e".repeat(36), "p".repeat(300), "s".repeat(342));
+    let principal = Principal {
+        subject: Some("user".into()),
+        client_id: None,
+        scopes: vec!["orders:read".into()],
+        issuer: "https://id.example".into(),
+        expires_at: SystemTime::now() + Duration::from_secs(3600),
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    cache.insert(TokenCache::key(&token), principal, 0, 1, now + 3600, now);
+    c.bench_function("token_cache_hit_700_byte_token", |b| {
+        b.iter(|| assert!(cache.get(&TokenCache::key(black_box(&token))).is_some()))
+    });
+}
+
+criterion_group!(
+    benches,
+    route_match,
+    bearer_extraction,
+    jwt_validation,
+    token_cache_hit,
+    challenge_rendering
+);
 criterion_main!(benches);

@@ -62,11 +62,14 @@ impl ServeHttp for AdminApp {
             );
         }
         match req.uri.path() {
-            "/metrics" => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.metrics.render(),
-            ),
+            "/metrics" => {
+                self.readiness.auth.update_gauges();
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.metrics.render(),
+                )
+            }
             "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => match self.readiness.pending() {
                 pending if pending.is_empty() => {

@@ -427,6 +427,8 @@ async fn jwks_down_at_start_is_503_and_not_ready_then_recovers() {
     assert!(m.get("portcullis_jwks_fetch_total", &[("result", "bad_status")]) >= 1.0);
     assert!(m.get("portcullis_jwks_fetch_total", &[("result", "ok")]) >= 1.0);
     assert_eq!(m.get("portcullis_jwks_keys", &[]), 1.0);
+    assert!(m.has("portcullis_jwks_age_seconds", &[("issuer", &idp.issuer())]));
+    assert!(m.get("portcullis_jwks_age_seconds", &[]) < 60.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -558,4 +560,65 @@ async fn jwks_redirects_stay_within_the_origin() {
     })
     .await;
     assert!(ok, "a same-origin redirect was not followed");
+}
+
+/// An HS256 issuer: the secret comes from the environment variable the config names, and a
+/// short or missing secret stops start-up with the key that names it.
+#[tokio::test(flavor = "multi_thread")]
+async fn hmac_issuers_take_their_secret_from_the_environment() {
+    let secret = "an hmac secret of at least thirty-two bytes";
+    // Variable names unique to this test: nothing else in the process reads them.
+    std::env::set_var("PORTCULLIS_TEST_HMAC_GOOD", secret);
+    std::env::set_var("PORTCULLIS_TEST_HMAC_SHORT", "too short");
+    let up = EchoUpstream::start("app").await;
+    let config = |env: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [[issuers]]\nissuer = \"https://hs.example\"\nhmac_secret_env = \"{env}\"\naudiences = [\"api\"]\nalgorithms = [\"HS256\"]\n\
+             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\n",
+            up.addr
+        )
+    };
+    let short = portcullis::config::Config::parse(&config("PORTCULLIS_TEST_HMAC_SHORT")).unwrap();
+    let error = portcullis::app::App::build(&short, prometheus::Registry::new())
+        .err()
+        .expect("a short secret is refused");
+    assert_eq!(
+        error.to_string(),
+        "issuers[0].hmac_secret_env: the variable PORTCULLIS_TEST_HMAC_SHORT must hold a secret of at least 32 bytes"
+    );
+
+    let good = portcullis::config::Config::parse(&config("PORTCULLIS_TEST_HMAC_GOOD")).unwrap();
+    let gw = portcullis::app::App::build(&good, prometheus::Registry::new())
+        .unwrap()
+        .spawn();
+    assert!(became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(15)).await);
+    let claims = json!({ "iss": "https://hs.example", "aud": "api", "exp": now() + 60 });
+    let key = DevKey::hmac(Algorithm::HS256, "any", secret.as_bytes());
+    let url = format!("http://{}/x", gw.proxy_addr);
+    assert_eq!(
+        client()
+            .get(&url)
+            .bearer_auth(key.sign(&claims))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let wrong = DevKey::hmac(
+        Algorithm::HS256,
+        "any",
+        b"another secret, also thirty-two bytes long",
+    );
+    assert_eq!(
+        client()
+            .get(&url)
+            .bearer_auth(wrong.sign(&claims))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
 }

@@ -258,6 +258,16 @@ pub async fn scrape_until(
 pub struct Metrics(Vec<(String, f64)>);
 
 impl Metrics {
+    /// Whether a series with this name and these labels was exported at all.
+    pub fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.0.iter().any(|(series, _)| {
+            series.starts_with(&format!("{name}{{"))
+                && labels
+                    .iter()
+                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        })
+    }
+
     /// The value of the series whose name is `name` and whose labels include every `labels` pair.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.0
