@@ -1,6 +1,8 @@
 //! Test harness: real servers on 127.0.0.1:0 and the real gateway in front of them.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod idp;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -96,9 +98,9 @@ impl EchoUpstream {
     }
 }
 
-type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, hyper::Error>;
 
-fn full(text: impl Into<Bytes>) -> Body {
+pub fn full(text: impl Into<Bytes>) -> Body {
     Full::new(text.into())
         .map_err(|never| match never {})
         .boxed()
@@ -331,132 +333,5 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A mock identity provider on 127.0.0.1:0: OpenID discovery at
-/// `/.well-known/openid-configuration` and the JWKS at `/jwks`, with per-path hit counters and
-/// switches for the JWKS content and for failure.
-#[derive(Clone)]
-pub struct MockIdp {
-    pub addr: SocketAddr,
-    state: Arc<IdpState>,
-}
-
-#[derive(Default)]
-struct IdpState {
-    issuer: Mutex<String>,
-    jwks: Mutex<String>,
-    failing: std::sync::atomic::AtomicBool,
-    /// `/moved` answers 302 to this URL.
-    redirect_to: Mutex<String>,
-    hits: Mutex<std::collections::HashMap<String, usize>>,
-}
-
-impl MockIdp {
-    pub async fn start(keys: &[&portcullis::devkeys::DevKey]) -> MockIdp {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(IdpState::default());
-        *state.issuer.lock().unwrap() = format!("http://{addr}");
-        let idp = MockIdp {
-            addr,
-            state: state.clone(),
-        };
-        idp.set_keys(keys);
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(idp_answer(&state, req.uri().path())) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        idp
-    }
-
-    /// The issuer identifier, `http://127.0.0.1:PORT`.
-    pub fn issuer(&self) -> String {
-        self.state.issuer.lock().unwrap().clone()
-    }
-
-    /// Make discovery announce another issuer (a mix-up attack).
-    pub fn set_announced_issuer(&self, issuer: &str) {
-        *self.state.issuer.lock().unwrap() = issuer.to_owned();
-    }
-
-    pub fn set_keys(&self, keys: &[&portcullis::devkeys::DevKey]) {
-        self.set_jwks_body(&portcullis::devkeys::jwks(keys).to_string());
-    }
-
-    pub fn set_jwks_body(&self, body: &str) {
-        *self.state.jwks.lock().unwrap() = body.to_owned();
-    }
-
-    /// Make `/moved` redirect (302) to `url`.
-    pub fn set_redirect(&self, url: &str) {
-        *self.state.redirect_to.lock().unwrap() = url.to_owned();
-    }
-
-    /// While failing, every path answers 500.
-    pub fn set_failing(&self, failing: bool) {
-        self.state.failing.store(failing, Ordering::SeqCst);
-    }
-
-    pub fn hits(&self, path: &str) -> usize {
-        self.state
-            .hits
-            .lock()
-            .unwrap()
-            .get(path)
-            .copied()
-            .unwrap_or(0)
-    }
-}
-
-fn idp_answer(state: &IdpState, path: &str) -> Response<Body> {
-    *state
-        .hits
-        .lock()
-        .unwrap()
-        .entry(path.to_owned())
-        .or_default() += 1;
-    let reply = |status: u16, body: String| {
-        Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(full(body))
-            .unwrap()
-    };
-    if state.failing.load(Ordering::SeqCst) {
-        return reply(500, "{}".into());
-    }
-    let issuer = state.issuer.lock().unwrap().clone();
-    match path {
-        "/.well-known/openid-configuration" => {
-            // jwks_uri is built from the listener's own address, whatever issuer is announced.
-            let base = issuer.clone();
-            reply(
-                200,
-                serde_json::json!({ "issuer": issuer, "jwks_uri": format!("{base}/jwks") })
-                    .to_string(),
-            )
-        }
-        "/jwks" => reply(200, state.jwks.lock().unwrap().clone()),
-        "/moved" => Response::builder()
-            .status(302)
-            .header("location", state.redirect_to.lock().unwrap().clone())
-            .body(full(""))
-            .unwrap(),
-        _ => reply(404, "{}".into()),
     }
 }
