@@ -24,7 +24,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use crate::auth::{Authenticator, Challenge, Principal, RequestInfo};
 use crate::config::{AuthMode, UpstreamConfig};
 use crate::metrics::{status_class, Metrics, UpstreamErrorKind, NO_ROUTE};
-use crate::routing::{Route, RouteMatch, Router};
+use crate::routing::{is_canonical_path, Route, RouteMatch, Router};
 
 /// The upstream pool of each route, indexed by [`Route::index`].
 pub type Pools = Vec<Arc<LoadBalancer<RoundRobin>>>;
@@ -75,6 +75,11 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         }
         let req = session.req_header();
+        if !is_canonical_path(req.uri.path()) {
+            let body = error_body("bad_request", "The request path is not in canonical form.");
+            respond(session, 400, &[], body).await?;
+            return Ok(true);
+        }
         let route = match self.router.find(&req.method, req.uri.path()) {
             RouteMatch::Found(route) => route.clone(),
             RouteMatch::NotFound => {

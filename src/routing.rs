@@ -129,6 +129,25 @@ impl Router {
     }
 }
 
+/// Whether a request path is canonical: no empty segments (`//`), no dot segments (`.`, `..`,
+/// also percent-encoded), no encoded `/`, `\\` or NUL, no backslash. Routing decides on the raw
+/// path and forwards that same path, so a path that an upstream would normalise into another
+/// route's path (`/public/../admin`, `//admin`, `/public/%2e%2e/admin`) is refused rather than
+/// matched (RFC 3986 §5.2.4, §6.2.2).
+pub fn is_canonical_path(path: &str) -> bool {
+    if !path.starts_with('/') || path.contains("//") || path.contains('\\') {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") {
+        return false;
+    }
+    lower.split('/').all(|segment| {
+        let decoded = segment.replace("%2e", ".");
+        decoded != "." && decoded != ".."
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +200,41 @@ mod tests {
         for (method, path, want) in cases {
             let got = name(router.find(&method.parse().unwrap(), path));
             assert_eq!(got, want, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn only_canonical_paths_are_routed() {
+        for ok in [
+            "/",
+            "/orders",
+            "/orders/7",
+            "/orders/",
+            "/a.b/c..d/.e",
+            "/%41bc",
+            "/x?y=../z",
+        ] {
+            assert!(is_canonical_path(ok.split('?').next().unwrap()), "{ok}");
+        }
+        for bad in [
+            "/public/../admin",
+            "/public/./admin",
+            "/..",
+            "/.",
+            "//admin",
+            "/public//admin",
+            "/public/%2e%2e/admin",
+            "/public/%2E%2e/admin",
+            "/public/.%2e/admin",
+            "/public%2fadmin",
+            "/public%2F..%2Fadmin",
+            "/public\\..\\admin",
+            "/public%5cadmin",
+            "/a%00b",
+            "orders",
+            "",
+        ] {
+            assert!(!is_canonical_path(bad), "{bad}");
         }
     }
 

@@ -513,3 +513,33 @@ async fn a_refused_request_body_is_never_parsed_as_a_second_request() {
         "the body was parsed as a request and forwarded"
     );
 }
+
+/// A path an upstream would normalise into another route's path is refused, never matched.
+#[tokio::test(flavor = "multi_thread")]
+async fn path_tricks_cannot_reach_a_protected_route_through_an_open_one() {
+    let up = EchoUpstream::start("a").await;
+    let gw = start_gateway(&format!(
+        "{}[[routes]]\nname = \"admin\"\npath_prefix = \"/admin\"\nupstreams = [\"{}\"]\n",
+        open_route("public", "/public", &[up.addr]),
+        up.addr
+    ));
+    for path in [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/public/.%2E/admin",
+        "//admin",
+        "/public%2f..%2fadmin",
+        "/public/./admin",
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let answer = raw_request(gw.proxy_addr, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+    }
+    assert_eq!(up.hits(), 0, "a path trick reached the upstream");
+    let ok = client()
+        .get(format!("http://{}/public/page", gw.proxy_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
