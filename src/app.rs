@@ -114,7 +114,7 @@ impl App {
             pools,
             auth: auth.clone(),
             metrics: metrics.clone(),
-            upstream: config.upstream.clone(),
+            peer_options: crate::proxy::peer_options(&config.upstream),
             trust_forwarded_headers: config.server.trust_forwarded_headers,
         };
         let mut proxy_service = pingora::proxy::http_proxy_service(&server.configuration, proxy);

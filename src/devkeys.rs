@@ -95,7 +95,8 @@ impl DevKey {
         jwk
     }
 
-    /// The DER SubjectPublicKeyInfo of an RSA or EC key: what an algorithm-confusion attacker
+    /// The public key bytes as aws-lc-rs gives them (PKCS#1 `RSAPublicKey` DER for RSA, the
+    /// uncompressed point for EC, the raw key for Ed25519): what an algorithm-confusion attacker
     /// would use as an HMAC secret.
     pub fn public_key_bytes(&self) -> Vec<u8> {
         match &self.signer {

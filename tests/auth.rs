@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::idp::{claims, now, setup, setup_with, MockIdp};
-use common::{became_ready, client, eventually, scrape, scrape_until, start_gateway, EchoUpstream};
+use common::idp::{claims, gateway_for, now, setup, setup_with, status_with, MockIdp};
+use common::{became_ready, client, eventually, scrape, scrape_until, EchoUpstream};
 use portcullis::config::Algorithm;
 use portcullis::devkeys::DevKey;
 use serde_json::json;
@@ -85,13 +85,11 @@ async fn jwks_down_at_start_is_503_and_not_ready_then_recovers() {
     let idp = MockIdp::start(&[&rsa]).await;
     idp.set_failing(true);
     let up = EchoUpstream::start("app").await;
-    let gw = start_gateway(&format!(
-        "[[issuers]]\nissuer = \"{}\"\njwks_uri = \"{}/jwks\"\naudiences = [\"api\"]\nalgorithms = [\"RS256\"]\n\
-         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\n",
-        idp.issuer(),
-        idp.issuer(),
-        up.addr
-    ));
+    let gw = gateway_for(
+        &idp.issuer(),
+        &format!("jwks_uri = \"{}/jwks\"", idp.issuer()),
+        up.addr,
+    );
     let token = rsa.sign(&json!({ "iss": idp.issuer(), "aud": "api", "exp": now() + 3600 }));
     let url = format!("http://{}/x", gw.proxy_addr);
     let readyz = format!("http://{}/readyz", gw.metrics_addr);
@@ -114,16 +112,7 @@ async fn jwks_down_at_start_is_503_and_not_ready_then_recovers() {
     idp.set_failing(false);
     let ready = became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(20)).await;
     assert!(ready, "never recovered");
-    assert_eq!(
-        client()
-            .get(&url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_with(&gw, "/x", &token).await, 200);
     assert_eq!(up.hits(), 1);
     let m = scrape(gw.metrics_addr).await;
     assert!(m.get("portcullis_jwks_fetch_total", &[("result", "bad_status")]) >= 1.0);
@@ -158,19 +147,13 @@ async fn discovery_must_announce_the_configured_issuer() {
     let real = idp.issuer();
     idp.set_announced_issuer("https://someone-else.example");
     let up = EchoUpstream::start("app").await;
-    let gw = start_gateway(&format!(
-        "[[issuers]]\nissuer = \"{real}\"\ndiscovery = true\naudiences = [\"api\"]\nalgorithms = [\"RS256\"]\n\
-         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\n",
-        up.addr
-    ));
+    let gw = gateway_for(&real, "discovery = true", up.addr);
     let token = rsa.sign(&json!({ "iss": real, "aud": "api", "exp": now() + 3600 }));
-    let resp = client()
-        .get(format!("http://{}/x", gw.proxy_addr))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 503, "keys from a mixed-up issuer were used");
+    assert_eq!(
+        status_with(&gw, "/x", &token).await,
+        503,
+        "keys from a mixed-up issuer were used"
+    );
     let m = scrape_until(gw.metrics_addr, |m| {
         m.get(
             "portcullis_jwks_fetch_total",
@@ -218,26 +201,13 @@ async fn jwks_redirects_stay_within_the_origin() {
     let rsa = DevKey::generate(Algorithm::RS256, "k");
     let (idp, elsewhere) = (MockIdp::start(&[&rsa]).await, MockIdp::start(&[&rsa]).await);
     let up = EchoUpstream::start("app").await;
-    let config = |idp: &MockIdp| {
-        format!(
-            "[[issuers]]\nissuer = \"{0}\"\njwks_uri = \"{0}/moved\"\naudiences = [\"api\"]\nalgorithms = [\"RS256\"]\n\
-             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{1}\"]\n",
-            idp.issuer(),
-            up.addr
-        )
-    };
+    let moved = format!("jwks_uri = \"{}/moved\"", idp.issuer());
     let token = rsa.sign(&json!({ "iss": idp.issuer(), "aud": "api", "exp": now() + 3600 }));
 
     idp.set_redirect(&format!("{}/jwks", elsewhere.issuer()));
-    let gw = start_gateway(&config(&idp));
-    let resp = client()
-        .get(format!("http://{}/x", gw.proxy_addr))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let gw = gateway_for(&idp.issuer(), &moved, up.addr);
     assert_eq!(
-        resp.status(),
+        status_with(&gw, "/x", &token).await,
         503,
         "keys behind a cross-origin redirect were used"
     );
@@ -249,16 +219,9 @@ async fn jwks_redirects_stay_within_the_origin() {
     drop(gw);
 
     idp.set_redirect(&format!("{}/jwks", idp.issuer()));
-    let gw = start_gateway(&config(&idp));
+    let gw = gateway_for(&idp.issuer(), &moved, up.addr);
     let ok = eventually(Duration::from_secs(15), || async {
-        client()
-            .get(format!("http://{}/x", gw.proxy_addr))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
+        status_with(&gw, "/x", &token).await == 200
     })
     .await;
     assert!(ok, "a same-origin redirect was not followed");

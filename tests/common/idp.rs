@@ -244,3 +244,25 @@ pub fn challenge(resp: &reqwest::Response) -> String {
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default()
 }
+
+/// A gateway trusting one RS256 issuer, with audience `api` and one catch-all route to
+/// `upstream`. `keys` is the issuer's key line, e.g. `discovery = true`.
+pub fn gateway_for(issuer: &str, keys: &str, upstream: SocketAddr) -> RunningApp {
+    start_gateway(&format!(
+        "[[issuers]]\nissuer = \"{issuer}\"\n{keys}\naudiences = [\"api\"]\nalgorithms = [\"RS256\"]\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{upstream}\"]\n"
+    ))
+}
+
+/// The status of `GET path` on the gateway with this bearer token.
+pub async fn status_with(gw: &RunningApp, path: &str, token: &str) -> u16 {
+    let url = format!("http://{}{path}", gw.proxy_addr);
+    client()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
