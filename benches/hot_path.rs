@@ -6,7 +6,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
 use portcullis::auth::jwt::{self, ClaimRules};
 use portcullis::auth::keys::{self, KeySet, Lookup};
-use portcullis::auth::{bearer, AuthError, Challenge, Principal, TokenCache};
+use portcullis::auth::{bearer, AuthError, Challenge, Principal, TokenCache, TokenSource};
 use portcullis::config::{Algorithm, AuthMode, RouteConfig, ScopeClaim};
 use portcullis::devkeys::{jwks, DevKey};
 use portcullis::routing::{RouteMatch, Router};
@@ -23,6 +23,7 @@ fn routes(n: usize) -> Vec<RouteConfig> {
             scopes: vec![format!("svc{i}:read")],
             scopes_any: vec![],
             auth: AuthMode::Required,
+            token_types: Default::default(),
             forward_token: false,
         })
         .collect()
@@ -113,7 +114,8 @@ fn token_cache_hit(c: &mut Criterion) {
         client_id: None,
         scopes: vec!["orders:read".into()],
         issuer: "https://id.example".into(),
-        expires_at: SystemTime::now() + Duration::from_secs(3600),
+        expires_at: Some(SystemTime::now() + Duration::from_secs(3600)),
+        source: TokenSource::Jwt,
     };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

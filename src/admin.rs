@@ -12,8 +12,8 @@ use pingora::protocols::http::ServerSession;
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
 
-/// What must hold before `/readyz` answers 200: the proxy listener runs and every issuer's
-/// keys have loaded once.
+/// What must hold before `/readyz` answers 200: the proxy listener runs, every issuer's keys
+/// have loaded once, and the introspection endpoint (when discovered) is known.
 pub struct Readiness {
     proxy_listening: AtomicBool,
     auth: Arc<Authenticator>,
@@ -40,6 +40,13 @@ impl Readiness {
         for issuer in self.auth.issuers_without_keys() {
             pending.push(format!("no keys loaded yet for issuer {issuer}"));
         }
+        if self
+            .auth
+            .introspection()
+            .is_some_and(|i| !i.endpoint_known())
+        {
+            pending.push("introspection endpoint not discovered yet".to_owned());
+        }
         pending
     }
 }
@@ -63,7 +70,7 @@ impl ServeHttp for AdminApp {
         }
         match req.uri.path() {
             "/metrics" => {
-                self.readiness.auth.update_gauges();
+                self.readiness.auth.update_gauges().await;
                 reply(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",

@@ -52,6 +52,8 @@ pub enum StartupError {
     },
     #[error("issuers[{issuer}].hmac_secret_env: the variable {env} must hold a secret of at least 32 bytes")]
     Secret { issuer: usize, env: String },
+    #[error("introspection.client_secret_env: the variable {env} is unset or empty; set it to the gateway's client secret")]
+    IntrospectionSecret { env: String },
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot build the upstream pool of routes[{route}]: {source}")]
@@ -80,6 +82,13 @@ impl App {
                         env: env.clone(),
                     });
                 }
+            }
+        }
+        if let Some(i) = &config.introspection {
+            if std::env::var(&i.client_secret_env).map_or(true, |s| s.is_empty()) {
+                return Err(StartupError::IntrospectionSecret {
+                    env: i.client_secret_env.clone(),
+                });
             }
         }
         let metrics = Metrics::new(registry)?;

@@ -5,8 +5,8 @@
 //! Never a token, a subject, or a request path.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The `route` label of a request that matched no route.
@@ -36,6 +36,16 @@ pub struct Metrics {
     pub jwks_age: GaugeVec,
     /// `portcullis_token_cache_requests_total{result}`: `hit` or `miss`.
     pub token_cache: IntCounterVec,
+    /// `portcullis_introspection_requests_total{result}`: `active`, `inactive`, or an error kind.
+    pub introspection_requests: IntCounterVec,
+    /// `portcullis_introspection_duration_seconds`: one call to the endpoint.
+    pub introspection_duration: Histogram,
+    /// `portcullis_introspection_cache_requests_total{result}`: `hit`, `negative_hit`, `miss`.
+    pub introspection_cache: IntCounterVec,
+    /// `portcullis_introspection_cache_entries`: set at each scrape.
+    pub introspection_cache_entries: IntGauge,
+    /// `portcullis_introspection_in_flight`: calls to the endpoint outstanding now.
+    pub introspection_in_flight: IntGauge,
 }
 
 /// Why a request could not be served by its upstream: the `kind` label.
@@ -142,7 +152,47 @@ impl Metrics {
             ),
             &["result"],
         )?;
-        for metric in [&auth_decisions, &jwks_fetches, &token_cache] {
+        let introspection_requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_introspection_requests_total",
+                "Token introspection calls, by result: active, inactive or the error kind.",
+            ),
+            &["result"],
+        )?;
+        let introspection_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "portcullis_introspection_duration_seconds",
+                "Duration of one call to the introspection endpoint.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )?;
+        let introspection_cache = IntCounterVec::new(
+            Opts::new(
+                "portcullis_introspection_cache_requests_total",
+                "Introspection cache lookups, by result: hit, negative_hit or miss.",
+            ),
+            &["result"],
+        )?;
+        let introspection_cache_entries = IntGauge::new(
+            "portcullis_introspection_cache_entries",
+            "Entries in the introspection cache.",
+        )?;
+        let introspection_in_flight = IntGauge::new(
+            "portcullis_introspection_in_flight",
+            "Calls to the introspection endpoint outstanding now.",
+        )?;
+        registry.register(Box::new(introspection_duration.clone()))?;
+        registry.register(Box::new(introspection_cache_entries.clone()))?;
+        registry.register(Box::new(introspection_in_flight.clone()))?;
+        for metric in [
+            &auth_decisions,
+            &jwks_fetches,
+            &token_cache,
+            &introspection_requests,
+            &introspection_cache,
+        ] {
             registry.register(Box::new(metric.clone()))?;
         }
         registry.register(Box::new(auth_duration.clone()))?;
@@ -164,6 +214,11 @@ impl Metrics {
             jwks_keys,
             jwks_age,
             token_cache,
+            introspection_requests,
+            introspection_duration,
+            introspection_cache,
+            introspection_cache_entries,
+            introspection_in_flight,
         })
     }
 

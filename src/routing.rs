@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use http::Method;
 
-use crate::auth::ScopePolicy;
+use crate::auth::RoutePolicy;
 use crate::config::{AuthMode, RouteConfig};
 
 /// A route, as the data plane uses it.
@@ -26,7 +26,7 @@ pub struct Route {
     pub path_prefix: String,
     pub methods: Option<Vec<Method>>,
     pub auth: AuthMode,
-    pub policy: ScopePolicy,
+    pub policy: RoutePolicy,
     /// Keep `Authorization` on the forwarded request.
     pub forward_token: bool,
 }
@@ -69,7 +69,8 @@ impl Router {
                     path_prefix: c.path_prefix.clone(),
                     methods: c.methods.clone(),
                     auth: c.auth,
-                    policy: ScopePolicy::new(c.scopes.clone(), c.scopes_any.clone()),
+                    policy: RoutePolicy::new(c.scopes.clone(), c.scopes_any.clone())
+                        .with_token_types(c.token_types),
                     forward_token: c.forward_token,
                 })
             })
@@ -161,6 +162,7 @@ mod tests {
             scopes: vec![],
             scopes_any: vec![],
             auth: AuthMode::None,
+            token_types: Default::default(),
             forward_token: false,
         }
     }

@@ -38,6 +38,8 @@ mod tempfile_path {
 const ROUTE: &str =
     "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\n";
 
+const INTROSPECTION: &str = "[introspection]\nendpoint = \"https://id/introspect\"\nclient_id = \"gw\"\nclient_secret_env = \"GW_SECRET\"\n";
+
 /// The problems `Config::parse` reports for `text`, one string each.
 fn problems(text: &str) -> Vec<String> {
     match Config::parse(text) {
@@ -107,7 +109,7 @@ fn every_config_rule_names_its_key_and_fix() {
         // Unknown keys: the typo that would leave a route open.
         (
             "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\nscope = [\"admin\"]\n",
-            "routes[0].scope: unknown field `scope`, expected one of `name`, `path_prefix`, `methods`, `upstreams`, `scopes`, `scopes_any`, `auth`, `forward_token` (<config> line 5)",
+            "routes[0].scope: unknown field `scope`, expected one of `name`, `path_prefix`, `methods`, `upstreams`, `scopes`, `scopes_any`, `auth`, `token_types`, `forward_token` (<config> line 5)",
         ),
         ("[server]\nlisten_addr = \"x\"\n", "server.listen_addr: unknown field `listen_addr`"),
         ("[server]\nthreads = \"two\"\n", "server.threads: invalid type"),
@@ -192,6 +194,36 @@ fn every_config_rule_names_its_key_and_fix() {
             "routes[0].scopes: a route with auth = \"none\" checks no token",
         ),
         (&format!("[tokens]\nmax_size = 10\n{ROUTE}"), "tokens.max_size: must be at least 256 bytes"),
+        (ROUTE, "routes[0].auth: this route requires a token that nothing can validate"),
+        (
+            &format!("{ROUTE}token_types = [\"opaque\"]\n[[issuers]]\nissuer = \"https://id\"\njwks_uri = \"https://id/jwks\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\n"),
+            "routes[0].auth: this route requires a token that nothing can validate: it accepts only opaque tokens but [introspection] is not configured",
+        ),
+        (
+            &format!("{ROUTE}token_types = [\"jwt\"]\n{INTROSPECTION}"),
+            "routes[0].auth: this route requires a token that nothing can validate: it accepts only JWTs",
+        ),
+        (&format!("{ROUTE}token_types = [\"JWT\"]\n{INTROSPECTION}"), "routes[0].token_types[0]: \"JWT\" is not a token type"),
+        (&format!("{ROUTE}token_types = []\n{INTROSPECTION}"), "routes[0].token_types: must not be empty"),
+        (
+            &format!("{ROUTE}{INTROSPECTION}auth_method = \"private_key_jwt\"\n"),
+            "introspection.auth_method: \"private_key_jwt\" is not supported",
+        ),
+        (&format!("{ROUTE}{INTROSPECTION}max_in_flight = 0\n"), "introspection.max_in_flight: must be a whole number from 1"),
+        (&format!("{ROUTE}{INTROSPECTION}cache_ttl = \"0s\"\n"), "introspection.cache_ttl: must be longer than zero"),
+        (&format!("{ROUTE}{INTROSPECTION}cache_capacity = -1\n"), "introspection.cache_capacity: must be from 0"),
+        (
+            &format!("{ROUTE}[introspection]\nendpoint = \"http://as.example/introspect\"\nclient_id = \"gw\"\nclient_secret_env = \"S\"\n"),
+            "introspection.endpoint: must be https://",
+        ),
+        (
+            &format!("{ROUTE}[introspection]\nclient_id = \"gw\"\nclient_secret_env = \"S\"\n"),
+            "introspection.endpoint: is required (the RFC 7662 introspection URL), unless `issuer` is set",
+        ),
+        (
+            &format!("{ROUTE}{INTROSPECTION}cache_tll = \"1m\"\n"),
+            "introspection.cache_tll: unknown field `cache_tll`",
+        ),
         (&format!("[server]\ntls_cert = \"/c.pem\"\n{ROUTE}"), "server.tls_cert: TLS termination is not supported yet"),
     ];
     for (text, want) in cases {
@@ -205,7 +237,7 @@ fn every_config_rule_names_its_key_and_fix() {
 
 #[test]
 fn defaults_fill_what_the_file_leaves_out() {
-    let config = Config::parse(ROUTE).unwrap();
+    let config = Config::parse(&format!("{ROUTE}{INTROSPECTION}")).unwrap();
     assert_eq!(config.server.listen.to_string(), "0.0.0.0:8080");
     assert_eq!(config.metrics.listen.to_string(), "127.0.0.1:9090");
     assert_eq!(config.server.realm, "portcullis");
@@ -215,6 +247,16 @@ fn defaults_fill_what_the_file_leaves_out() {
         portcullis::config::AuthMode::Required
     );
     assert!(config.routes[0].methods.is_none());
+    let tt = config.routes[0].token_types;
+    assert!(tt.jwt && tt.opaque, "both token types by default");
+    let i = config.introspection.unwrap();
+    assert_eq!(i.auth_method, portcullis::config::ClientAuth::Basic);
+    assert_eq!(i.timeout, Duration::from_secs(2));
+    assert_eq!(i.cache_ttl, Duration::from_secs(300));
+    assert_eq!(i.negative_cache_ttl, Duration::from_secs(10));
+    assert_eq!(i.cache_capacity, 100_000);
+    assert_eq!(i.max_in_flight, 64);
+    assert!(i.audiences.is_empty() && i.issuer.is_none());
 }
 
 /// SIGTERM while a request is in flight: the request completes, the process exits 0.

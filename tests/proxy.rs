@@ -18,6 +18,14 @@ fn open_route(name: &str, prefix: &str, upstreams: &[std::net::SocketAddr]) -> S
     format!("[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstreams = [{list}]\nauth = \"none\"\n")
 }
 
+/// An issuer whose keys can never load: the protected routes of these tests refuse everything.
+fn issuer_nowhere() -> String {
+    format!(
+        "[[issuers]]\nissuer = \"https://id.invalid\"\njwks_uri = \"http://{}/jwks\"\naudiences = [\"api\"]\nalgorithms = [\"ES256\"]\n",
+        dead_addr()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn get_and_post_stream_a_mebibyte_both_ways() {
     let up = EchoUpstream::start("a").await;
@@ -360,8 +368,9 @@ async fn a_connect_failure_retries_on_the_next_upstream() {
 async fn a_route_requiring_auth_never_reaches_the_upstream_without_validation() {
     let up = EchoUpstream::start("a").await;
     let gw = start_gateway(&format!(
-        "[[routes]]\nname = \"orders\"\npath_prefix = \"/orders\"\nupstreams = [\"{}\"]\nscopes = [\"orders:read\"]\n",
-        up.addr
+        "[[routes]]\nname = \"orders\"\npath_prefix = \"/orders\"\nupstreams = [\"{}\"]\nscopes = [\"orders:read\"]\n{}",
+        up.addr,
+        issuer_nowhere()
     ));
     let url = format!("http://{}/orders/1", gw.proxy_addr);
     let c = client();
@@ -514,9 +523,10 @@ async fn websocket_tunnels_carry_data_both_ways() {
 async fn a_refused_request_body_is_never_parsed_as_a_second_request() {
     let up = EchoUpstream::start("a").await;
     let gw = start_gateway(&format!(
-        "{}[[routes]]\nname = \"orders\"\npath_prefix = \"/orders\"\nupstreams = [\"{}\"]\n",
+        "{}[[routes]]\nname = \"orders\"\npath_prefix = \"/orders\"\nupstreams = [\"{}\"]\n{}",
         open_route("public", "/public", &[up.addr]),
-        up.addr
+        up.addr,
+        issuer_nowhere()
     ));
     let inner = "GET /public/smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
     let request = format!(
@@ -543,9 +553,10 @@ async fn a_refused_request_body_is_never_parsed_as_a_second_request() {
 async fn path_tricks_cannot_reach_a_protected_route_through_an_open_one() {
     let up = EchoUpstream::start("a").await;
     let gw = start_gateway(&format!(
-        "{}[[routes]]\nname = \"admin\"\npath_prefix = \"/admin\"\nupstreams = [\"{}\"]\n",
+        "{}[[routes]]\nname = \"admin\"\npath_prefix = \"/admin\"\nupstreams = [\"{}\"]\n{}",
         open_route("public", "/public", &[up.addr]),
-        up.addr
+        up.addr,
+        issuer_nowhere()
     ));
     for path in [
         "/public/../admin",

@@ -95,6 +95,8 @@ fn token_description(fault: TokenFault) -> &'static str {
         TokenFault::WrongAudience => "The access token is not meant for this resource.",
         TokenFault::WrongType => "The token is not an access token.",
         TokenFault::UnknownIssuer => "The access token comes from an untrusted issuer.",
+        TokenFault::Inactive => "The access token is not active.",
+        TokenFault::TypeNotAccepted => "This resource does not accept this kind of access token.",
         _ => "The access token is invalid.",
     }
 }

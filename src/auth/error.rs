@@ -60,6 +60,11 @@ pub enum TokenFault {
     WrongType,
     /// `exp - iat` exceeds the issuer's `max_token_lifetime`.
     LifetimeTooLong,
+    /// The authorization server says the token is not active (RFC 7662 §2.2): expired, revoked,
+    /// or never issued.
+    Inactive,
+    /// The route does not accept this kind of token (`token_types`).
+    TypeNotAccepted,
 }
 
 impl TokenFault {
@@ -80,6 +85,8 @@ impl TokenFault {
             TokenFault::WrongAudience => "wrong_audience",
             TokenFault::WrongType => "wrong_type",
             TokenFault::LifetimeTooLong => "lifetime_too_long",
+            TokenFault::Inactive => "inactive",
+            TokenFault::TypeNotAccepted => "token_type_not_accepted",
         }
     }
 }

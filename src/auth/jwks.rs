@@ -17,7 +17,8 @@ use arc_swap::ArcSwapOption;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use url::Url;
 
-use super::keys::{JwksError, KeySet, MAX_JWKS_BYTES};
+use super::fetch::{self, FetchError};
+use super::keys::{KeySet, MAX_JWKS_BYTES};
 use crate::config::{Algorithm, IssuerConfig, KeySource};
 use crate::metrics::Metrics;
 
@@ -26,38 +27,6 @@ use crate::metrics::Metrics;
 pub struct Snapshot {
     pub keys: KeySet,
     pub fetched_at: Instant,
-}
-
-/// Why keys could not be fetched. Never shown to clients; logged and counted.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum FetchError {
-    #[error("request to {url} failed: {reason}")]
-    Http { url: String, reason: String },
-    #[error("{url} answered {status}")]
-    Status { url: String, status: u16 },
-    #[error("{url}: {source}")]
-    Jwks {
-        url: String,
-        #[source]
-        source: JwksError,
-    },
-    #[error("discovery metadata at {url} is invalid: {reason}")]
-    Discovery { url: String, reason: &'static str },
-    #[error("the HMAC secret variable {env} is unset or shorter than 32 bytes")]
-    Secret { env: String },
-}
-
-impl FetchError {
-    /// The bounded `result` label of `portcullis_jwks_fetch_total`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            FetchError::Http { .. } => "unreachable",
-            FetchError::Status { .. } => "bad_status",
-            FetchError::Jwks { .. } => "bad_jwks",
-            FetchError::Discovery { .. } => "bad_discovery",
-            FetchError::Secret { .. } => "bad_secret",
-        }
-    }
 }
 
 /// The outcome of asking for a refetch.
@@ -237,12 +206,22 @@ impl IssuerKeys {
         let url = match self.jwks_uri.load_full() {
             Some(url) => url,
             None => {
-                let url = Arc::new(self.discover().await?);
+                let metadata = fetch::discover(
+                    &self.http,
+                    &self.config.issuer,
+                    self.config.allow_insecure_http,
+                )
+                .await?;
+                let url = metadata.jwks_uri.ok_or(FetchError::Discovery {
+                    url: self.config.issuer.clone(),
+                    reason: "no `jwks_uri`",
+                })?;
+                let url = Arc::new(url);
                 self.jwks_uri.store(Some(url.clone()));
                 url
             }
         };
-        let (body, max_age) = self.get(&url).await?;
+        let (body, max_age) = fetch::get(&self.http, &url, MAX_JWKS_BYTES).await?;
         let keys = KeySet::from_jwks(&body, &self.config.algorithms).map_err(|source| {
             FetchError::Jwks {
                 url: url.to_string(),
@@ -254,139 +233,6 @@ impl IssuerKeys {
         });
         Ok((keys, next))
     }
-
-    /// OpenID Connect Discovery first, then RFC 8414 metadata.
-    async fn discover(&self) -> Result<Url, FetchError> {
-        let issuer = &self.config.issuer;
-        let parsed = Url::parse(issuer).map_err(|_| FetchError::Discovery {
-            url: issuer.clone(),
-            reason: "the issuer is not a URL",
-        })?;
-        let oidc = format!(
-            "{}/.well-known/openid-configuration",
-            issuer.trim_end_matches('/')
-        );
-        let path = parsed.path().trim_end_matches('/');
-        let rfc8414 = format!(
-            "{}/.well-known/oauth-authorization-server{path}",
-            parsed.origin().ascii_serialization()
-        );
-        let mut last = None;
-        for candidate in [oidc, rfc8414] {
-            let url = Url::parse(&candidate).expect("built from a valid URL");
-            match self.get(&url).await {
-                Ok((body, _)) => return self.read_metadata(&url, &body),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.expect("two candidates were tried"))
-    }
-
-    fn read_metadata(&self, url: &Url, body: &[u8]) -> Result<Url, FetchError> {
-        #[derive(serde::Deserialize)]
-        struct Metadata {
-            issuer: String,
-            jwks_uri: Option<String>,
-        }
-        let bad = |reason| FetchError::Discovery {
-            url: url.to_string(),
-            reason,
-        };
-        let m: Metadata =
-            serde_json::from_slice(body).map_err(|_| bad("not a JSON object with `issuer`"))?;
-        if m.issuer != self.config.issuer {
-            return Err(bad("its `issuer` differs from the configured issuer"));
-        }
-        let jwks = m
-            .jwks_uri
-            .and_then(|u| Url::parse(&u).ok())
-            .ok_or(bad("no valid `jwks_uri`"))?;
-        let loopback = jwks.host().is_some_and(|h| match h {
-            url::Host::Ipv4(ip) => ip.is_loopback(),
-            url::Host::Ipv6(ip) => ip.is_loopback(),
-            url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
-        });
-        let secure = jwks.scheme() == "https"
-            || (jwks.scheme() == "http" && (loopback || self.config.allow_insecure_http));
-        if !secure {
-            return Err(bad("its `jwks_uri` is not https"));
-        }
-        Ok(jwks)
-    }
-
-    /// GET with a body cap; returns the body and the response's `Cache-Control: max-age`.
-    async fn get(&self, url: &Url) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
-        let http_error = |e: reqwest::Error| FetchError::Http {
-            url: url.to_string(),
-            reason: e.without_url().to_string(),
-        };
-        let mut resp = self
-            .http
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(http_error)?;
-        if resp.status() != reqwest::StatusCode::OK {
-            return Err(FetchError::Status {
-                url: url.to_string(),
-                status: resp.status().as_u16(),
-            });
-        }
-        let too_large = || FetchError::Jwks {
-            url: url.to_string(),
-            source: JwksError::TooLarge,
-        };
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
-        {
-            return Err(too_large());
-        }
-        let max_age = resp
-            .headers()
-            .get(reqwest::header::CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok())
-            .and_then(max_age);
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(http_error)? {
-            if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok((body, max_age))
-    }
-}
-
-/// `max-age=N` from a Cache-Control value.
-fn max_age(value: &str) -> Option<Duration> {
-    value
-        .split(',')
-        .filter_map(|d| d.trim().strip_prefix("max-age="))
-        .find_map(|n| n.trim_matches('"').parse().ok())
-        .map(Duration::from_secs)
-}
-
-/// The shared HTTP client for key, discovery and introspection requests: bounded timeouts,
-/// redirects only within the same origin.
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::custom(|attempt| {
-            let same_origin = attempt
-                .previous()
-                .first()
-                .is_some_and(|first| first.origin() == attempt.url().origin());
-            if same_origin && attempt.previous().len() < 3 {
-                attempt.follow()
-            } else {
-                attempt.stop()
-            }
-        }))
-        .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("a TLS backend is compiled in")
 }
 
 #[cfg(test)]
@@ -412,7 +258,7 @@ mod tests {
             allow_insecure_http: false,
         };
         let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
-        let keys = IssuerKeys::new(issuer, http_client(), metrics);
+        let keys = IssuerKeys::new(issuer, fetch::http_client(), metrics);
         let t0 = Instant::now();
         assert!(
             keys.current(t0).is_none() && !keys.loaded(),
@@ -435,19 +281,5 @@ mod tests {
             keys.age(t0 + Duration::from_secs(5)),
             Some(Duration::from_secs(5))
         );
-    }
-
-    #[test]
-    fn cache_control_max_age() {
-        assert_eq!(
-            max_age("public, max-age=120"),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            max_age("max-age=\"60\", must-revalidate"),
-            Some(Duration::from_secs(60))
-        );
-        assert_eq!(max_age("no-cache"), None);
-        assert_eq!(max_age("max-age=soon"), None);
     }
 }

@@ -2,15 +2,23 @@
 //! framework. The proxy adapter (and later the middleware one) only translate requests in and
 //! [`Challenge`]s out.
 //!
-//! A request passes when it carries exactly one well-formed bearer token (RFC 6750 §2.1) that is
-//! a JWT from a configured issuer, signed by one of that issuer's keys with an allowed algorithm,
-//! whose claims hold (RFC 7519, RFC 9068), and whose scopes satisfy the route. When the issuer's
-//! keys cannot be had, the answer is 503, never 401 and never a pass.
+//! A request passes when it carries exactly one well-formed bearer token (RFC 6750 §2.1) that
+//! the route accepts and whose scopes satisfy the route. Which check a token gets:
+//!
+//! - a JWT whose `iss` is a configured issuer is validated locally: signed by one of that
+//!   issuer's keys with an allowed algorithm, claims holding (RFC 7519, RFC 9068);
+//! - any other token goes to RFC 7662 introspection when `[introspection]` is configured, and is
+//!   `invalid_token` otherwise. A route's `token_types` may allow only one of the two.
+//!
+//! When the identity provider cannot be reached (keys or introspection), the answer is 503,
+//! never 401 and never a pass.
 
 pub mod bearer;
 pub mod cache;
 pub mod challenge;
 pub mod error;
+pub mod fetch;
+pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
@@ -18,6 +26,8 @@ pub mod scope;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+use futures_util::future::{BoxFuture, FutureExt};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
@@ -25,8 +35,9 @@ use http::HeaderMap;
 pub use cache::TokenCache;
 pub use challenge::Challenge;
 pub use error::{AuthError, TokenFault};
+pub use introspection::Introspector;
 pub use jwks::IssuerKeys;
-pub use scope::ScopePolicy;
+pub use scope::{RoutePolicy, TokenTypes};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -45,8 +56,8 @@ pub struct RequestInfo<'a> {
     pub query: Option<&'a str>,
     /// The matched route's name: the `route` label of the decision metrics.
     pub route: &'a str,
-    /// The matched route's scope policy.
-    pub policy: &'a ScopePolicy,
+    /// The matched route's policy: token kinds and scopes.
+    pub policy: &'a RoutePolicy,
 }
 
 /// Who a request acts for: the permit an authorized request carries to the upstream.
@@ -59,7 +70,19 @@ pub struct Principal {
     pub scopes: Vec<String>,
     /// The configured issuer that vouched for the token.
     pub issuer: String,
-    pub expires_at: SystemTime,
+    /// `exp`; an introspection answer may lack it.
+    pub expires_at: Option<SystemTime>,
+    /// How the token was validated.
+    pub source: TokenSource,
+}
+
+/// How a token was validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A JWT, checked locally against its issuer's keys.
+    Jwt,
+    /// An opaque token (or a JWT from no configured issuer), checked by RFC 7662 introspection.
+    Introspection,
 }
 
 struct Issuer {
@@ -73,6 +96,7 @@ pub struct Authenticator {
     issuers: Vec<Issuer>,
     by_iss: HashMap<String, usize>,
     cache: TokenCache,
+    introspection: Option<Arc<Introspector>>,
     max_token_size: usize,
     metrics: Metrics,
 }
@@ -81,7 +105,7 @@ impl Authenticator {
     /// Build from a validated config. Keys are not fetched until [`Authenticator::refresh_tasks`]
     /// run (or a token with an unknown `kid` arrives).
     pub fn new(config: &Config, metrics: Metrics) -> Authenticator {
-        let http = jwks::http_client();
+        let http = fetch::http_client();
         let issuers: Vec<Issuer> = config
             .issuers
             .iter()
@@ -106,6 +130,10 @@ impl Authenticator {
             issuers,
             by_iss,
             cache: TokenCache::new(config.tokens.cache_capacity, config.tokens.cache_max_ttl),
+            introspection: config
+                .introspection
+                .clone()
+                .map(|c| Arc::new(Introspector::new(c, http.clone(), metrics.clone()))),
             max_token_size: config.tokens.max_size,
             metrics,
         }
@@ -116,13 +144,24 @@ impl Authenticator {
         &self.realm
     }
 
-    /// One future per issuer that loads and refreshes its keys; spawn them on a runtime. Each
-    /// ends when the authenticator is dropped.
-    pub fn refresh_tasks(&self) -> Vec<impl std::future::Future<Output = ()> + Send + 'static> {
-        self.issuers
+    /// The background work to spawn on a runtime: one future per issuer that loads and
+    /// refreshes its keys, and one that discovers the introspection endpoint when it is not
+    /// configured. Each ends when the authenticator is dropped.
+    pub fn refresh_tasks(&self) -> Vec<BoxFuture<'static, ()>> {
+        let keys = self
+            .issuers
             .iter()
-            .map(|i| IssuerKeys::refresh_loop(Arc::downgrade(&i.keys)))
-            .collect()
+            .map(|i| IssuerKeys::refresh_loop(Arc::downgrade(&i.keys)).boxed());
+        let endpoint = self
+            .introspection
+            .iter()
+            .map(|i| Introspector::discover_loop(Arc::downgrade(i)).boxed());
+        keys.chain(endpoint).collect()
+    }
+
+    /// The introspection client, when `[introspection]` is configured.
+    pub fn introspection(&self) -> Option<&Introspector> {
+        self.introspection.as_deref()
     }
 
     /// Issuers whose keys have not loaded yet (readiness).
@@ -134,8 +173,12 @@ impl Authenticator {
             .collect()
     }
 
-    /// Set the gauges that change with time alone (key-set ages); called before each scrape.
-    pub fn update_gauges(&self) {
+    /// Set the gauges that change without requests (key-set ages, cache sizes); called before
+    /// each scrape.
+    pub async fn update_gauges(&self) {
+        if let Some(i) = &self.introspection {
+            i.update_gauges().await;
+        }
         let now = Instant::now();
         for i in &self.issuers {
             if let Some(age) = i.keys.age(now) {
@@ -163,7 +206,7 @@ impl Authenticator {
     }
 
     /// The answer to a refused request on a route with this policy.
-    pub fn challenge(&self, error: &AuthError, policy: &ScopePolicy) -> Challenge {
+    pub fn challenge(&self, error: &AuthError, policy: &RoutePolicy) -> Challenge {
         Challenge::new(error, &self.realm, &policy.named())
     }
 
@@ -177,39 +220,74 @@ impl Authenticator {
             Ok(None) => return Err(AuthError::MissingToken),
             Err(fault) => return Err(AuthError::InvalidRequest(fault)),
         };
-        let principal = self.validate(token, now).await?;
+        let principal = self
+            .validate(token, request.policy.token_types, now)
+            .await?;
         if !request.policy.allows(&principal.scopes) {
             return Err(AuthError::InsufficientScope);
         }
         Ok(principal)
     }
 
-    /// The token's principal, from the cache or by full validation.
-    async fn validate(&self, token: &str, now: SystemTime) -> Result<Principal, AuthError> {
+    /// The token's principal: a JWT from a configured issuer locally (cache, then signature and
+    /// claims), any other token by introspection; `accept` says which the route takes.
+    async fn validate(
+        &self,
+        token: &str,
+        accept: TokenTypes,
+        now: SystemTime,
+    ) -> Result<Principal, AuthError> {
         if token.len() > self.max_token_size {
             return Err(AuthError::InvalidToken(TokenFault::Oversize));
         }
-        let key = self.cache.enabled().then(|| TokenCache::key(token));
-        if let Some(key) = &key {
-            if let Some(hit) = self.cached(key, now) {
-                self.metrics.token_cache.with_label_values(&["hit"]).inc();
-                return Ok(hit);
+        let key = TokenCache::key(token);
+        let introspection = self.introspection.as_deref().filter(|_| accept.opaque);
+        if jwt::looks_like_jwt(token) {
+            if accept.jwt && self.cache.enabled() {
+                if let Some(hit) = self.cached(&key, now) {
+                    self.metrics.token_cache.with_label_values(&["hit"]).inc();
+                    return Ok(hit);
+                }
+                self.metrics.token_cache.with_label_values(&["miss"]).inc();
             }
-            self.metrics.token_cache.with_label_values(&["miss"]).inc();
+            match self.local_issuer(token) {
+                Ok(_) if !accept.jwt => {
+                    return Err(AuthError::InvalidToken(TokenFault::TypeNotAccepted))
+                }
+                Ok((parsed, index)) => return self.validate_jwt(parsed, index, key, now).await,
+                Err(fault) if introspection.is_none() => {
+                    return Err(AuthError::InvalidToken(fault))
+                }
+                Err(_) => {}
+            }
         }
-        if !jwt::looks_like_jwt(token) {
-            return Err(AuthError::InvalidToken(TokenFault::NoValidator));
+        match (introspection, &self.introspection) {
+            (Some(i), _) => i.validate(token, &key, now).await,
+            (None, Some(_)) => Err(AuthError::InvalidToken(TokenFault::TypeNotAccepted)),
+            (None, None) => Err(AuthError::InvalidToken(TokenFault::NoValidator)),
         }
-        let parsed = jwt::parse(token, self.max_token_size).map_err(AuthError::InvalidToken)?;
+    }
+
+    /// The parsed token and the index of its configured issuer, or why it has none.
+    fn local_issuer<'t>(&self, token: &'t str) -> Result<(jwt::Unverified<'t>, usize), TokenFault> {
+        let parsed = jwt::parse(token, self.max_token_size)?;
         let iss = parsed
             .claims
             .iss
             .as_deref()
-            .ok_or(AuthError::InvalidToken(TokenFault::UnknownIssuer))?;
-        let index = *self
-            .by_iss
-            .get(iss)
-            .ok_or(AuthError::InvalidToken(TokenFault::UnknownIssuer))?;
+            .ok_or(TokenFault::UnknownIssuer)?;
+        let index = *self.by_iss.get(iss).ok_or(TokenFault::UnknownIssuer)?;
+        Ok((parsed, index))
+    }
+
+    /// Signature, then claims; a valid token goes into the verified-token cache.
+    async fn validate_jwt(
+        &self,
+        parsed: jwt::Unverified<'_>,
+        index: usize,
+        key: [u8; 32],
+        now: SystemTime,
+    ) -> Result<Principal, AuthError> {
         let issuer = &self.issuers[index];
         if !issuer.keys.algorithms().contains(&parsed.alg) {
             return Err(AuthError::InvalidToken(TokenFault::AlgorithmNotAllowed));
@@ -223,18 +301,17 @@ impl Authenticator {
             client_id: parsed.claims.client_id.clone(),
             scopes: jwt::scopes(&parsed.claims, issuer.rules.scope_claim),
             issuer: issuer.keys.issuer().to_owned(),
-            expires_at: UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0)),
+            expires_at: Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0))),
+            source: TokenSource::Jwt,
         };
-        if let Some(key) = key {
-            self.cache.insert(
-                key,
-                principal.clone(),
-                index,
-                fingerprint,
-                exp,
-                jwt::unix_seconds(now),
-            );
-        }
+        self.cache.insert(
+            key,
+            principal.clone(),
+            index,
+            fingerprint,
+            exp,
+            jwt::unix_seconds(now),
+        );
         Ok(principal)
     }
 

@@ -1,18 +1,34 @@
-//! Route scope policies, checked on every request, cached token or not (RFC 6750 §3.1
-//! `insufficient_scope`). A cache holds claims, never decisions.
+//! Route policies: which kinds of token a route accepts and the scopes it requires, checked on
+//! every request, cached token or not (RFC 6750 §3.1 `insufficient_scope`). A cache holds
+//! claims, never decisions.
 
-/// What a route requires of a token's scopes.
+pub use crate::config::TokenTypes;
+
+/// What a route requires of a token.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ScopePolicy {
+pub struct RoutePolicy {
     /// Every one of these (`scopes`).
     pub all: Vec<String>,
     /// At least one of these, when not empty (`scopes_any`).
     pub any: Vec<String>,
+    /// JWTs from configured issuers, opaque tokens by introspection, or both (`token_types`).
+    pub token_types: TokenTypes,
 }
 
-impl ScopePolicy {
-    pub fn new(all: Vec<String>, any: Vec<String>) -> ScopePolicy {
-        ScopePolicy { all, any }
+impl RoutePolicy {
+    /// A policy accepting both kinds of token.
+    pub fn new(all: Vec<String>, any: Vec<String>) -> RoutePolicy {
+        RoutePolicy {
+            all,
+            any,
+            token_types: TokenTypes::default(),
+        }
+    }
+
+    /// Restrict the kinds of token accepted.
+    pub fn with_token_types(mut self, token_types: TokenTypes) -> RoutePolicy {
+        self.token_types = token_types;
+        self
     }
 
     pub fn allows(&self, granted: &[String]) -> bool {
@@ -36,13 +52,13 @@ mod tests {
 
     #[test]
     fn all_and_any() {
-        let p = ScopePolicy::new(v(&["read"]), v(&["eu", "us"]));
+        let p = RoutePolicy::new(v(&["read"]), v(&["eu", "us"]));
         assert!(p.allows(&v(&["read", "us"])));
         assert!(!p.allows(&v(&["read"])));
         assert!(!p.allows(&v(&["us", "eu"])));
-        assert!(ScopePolicy::default().allows(&[]));
-        assert!(ScopePolicy::new(v(&["a", "b"]), vec![]).allows(&v(&["b", "c", "a"])));
-        assert!(!ScopePolicy::new(v(&["a", "b"]), vec![]).allows(&v(&["a"])));
+        assert!(RoutePolicy::default().allows(&[]));
+        assert!(RoutePolicy::new(v(&["a", "b"]), vec![]).allows(&v(&["b", "c", "a"])));
+        assert!(!RoutePolicy::new(v(&["a", "b"]), vec![]).allows(&v(&["a"])));
         assert_eq!(p.named(), v(&["read", "eu", "us"]));
     }
 }

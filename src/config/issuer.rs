@@ -8,7 +8,7 @@ use super::raw::RawIssuer;
 use super::validate::{http_url, is_env_name, Problems};
 use super::{Algorithm, IssuerConfig, KeySource, ScopeClaim};
 
-const HTTPS_RULE: &str =
+pub(super) const HTTPS_RULE: &str =
     "must be https:// (plain http only on a loopback address, or with allow_insecure_http = true)";
 
 pub(super) fn issuer(p: &mut Problems, key: &str, raw: &RawIssuer) -> Option<IssuerConfig> {
@@ -197,7 +197,7 @@ fn algorithms(p: &mut Problems, key: &str, raw: &RawIssuer) -> Vec<Algorithm> {
 
 /// Keys and metadata come over https, except from a loopback address (a sidecar identity
 /// provider, tests) or when the issuer explicitly allows plain http.
-fn secure_enough(url: &Url, allow_insecure_http: bool) -> bool {
+pub(super) fn secure_enough(url: &Url, allow_insecure_http: bool) -> bool {
     let loopback = match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),

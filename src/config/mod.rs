@@ -196,13 +196,65 @@ pub struct IssuerConfig {
     pub allow_insecure_http: bool,
 }
 
-/// `[introspection]` (RFC 7662).
+/// `[introspection]`: opaque tokens checked at the authorization server (RFC 7662).
 #[derive(Debug, Clone)]
 pub struct IntrospectionConfig {
-    pub endpoint: Url,
+    /// `endpoint`: the introspection URL. `None` when it comes from the discovery metadata
+    /// (`introspection_endpoint`, RFC 8414 §2) of `issuer`.
+    pub endpoint: Option<Url>,
+    /// `issuer`, optional: an answer's `iss`, when present, must equal it; also where the
+    /// endpoint is discovered when `endpoint` is absent.
+    pub issuer: Option<String>,
+    /// `client_id`: the gateway's own client at the authorization server.
     pub client_id: String,
-    /// The name of the environment variable that holds the client secret.
+    /// `client_secret_env`: the name of the environment variable that holds the client secret.
     pub client_secret_env: String,
+    /// `auth_method`, default `client_secret_basic`.
+    pub auth_method: ClientAuth,
+    /// `timeout`, default `2s`: the whole miss (waiting for a slot, the call, the answer).
+    pub timeout: Duration,
+    /// `cache_ttl`, default `5m`: an active answer is cached until `min(exp, cache_ttl)`. This
+    /// bounds how long a token revoked at the authorization server keeps working.
+    pub cache_ttl: Duration,
+    /// `negative_cache_ttl`, default `10s`: how long an inactive answer is cached.
+    pub negative_cache_ttl: Duration,
+    /// `cache_capacity`, default `100000` entries; 0 turns the cache off.
+    pub cache_capacity: u64,
+    /// `max_in_flight`, default `64`: concurrent calls to the endpoint.
+    pub max_in_flight: usize,
+    /// `audiences`, optional: when set, an answer's `aud` must contain one of them.
+    pub audiences: Vec<String>,
+    /// `leeway`, default `30s`: clock skew allowed on an answer's `nbf`.
+    pub leeway: Duration,
+    /// `allow_insecure_http`, default `false`: permit a plain-http endpoint off loopback.
+    pub allow_insecure_http: bool,
+}
+
+/// How the gateway authenticates to the introspection endpoint (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_secret_basic`: HTTP Basic with the form-url-encoded id and secret.
+    Basic,
+    /// `client_secret_post`: `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+/// Which kinds of token a route accepts (`token_types`, default both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenTypes {
+    /// `"jwt"`: a JWT whose `iss` is a configured issuer, validated locally.
+    pub jwt: bool,
+    /// `"opaque"`: any other token, validated by introspection.
+    pub opaque: bool,
+}
+
+impl Default for TokenTypes {
+    fn default() -> TokenTypes {
+        TokenTypes {
+            jwt: true,
+            opaque: true,
+        }
+    }
 }
 
 /// Whether a route checks tokens.
@@ -231,6 +283,8 @@ pub struct RouteConfig {
     pub scopes_any: Vec<String>,
     /// `auth`, default `required`.
     pub auth: AuthMode,
+    /// `token_types`, default `["jwt", "opaque"]`.
+    pub token_types: TokenTypes,
     /// `forward_token`, default `false`: keep `Authorization` on the forwarded request.
     pub forward_token: bool,
 }

@@ -101,8 +101,19 @@ pub struct RawIssuer {
 #[serde(deny_unknown_fields)]
 pub struct RawIntrospection {
     pub endpoint: Option<String>,
+    pub issuer: Option<String>,
     pub client_id: Option<String>,
     pub client_secret_env: Option<String>,
+    pub auth_method: Option<String>,
+    pub timeout: Option<String>,
+    pub cache_ttl: Option<String>,
+    pub negative_cache_ttl: Option<String>,
+    pub cache_capacity: Option<i64>,
+    pub max_in_flight: Option<i64>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub leeway: Option<String>,
+    pub allow_insecure_http: Option<bool>,
 }
 
 /// One `[[routes]]` entry.
@@ -119,5 +130,6 @@ pub struct RawRoute {
     #[serde(default)]
     pub scopes_any: Vec<String>,
     pub auth: Option<String>,
+    pub token_types: Option<Vec<String>>,
     pub forward_token: Option<bool>,
 }

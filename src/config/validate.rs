@@ -7,10 +7,11 @@ use std::time::Duration;
 use http::Method;
 use url::Url;
 
+use super::issuer::{secure_enough, HTTPS_RULE};
 use super::raw::{RawConfig, RawIntrospection, RawRoute, RawTokens, RawUpstream};
 use super::{
-    AuthMode, Config, ConfigError, IntrospectionConfig, MetricsConfig, Problem, RouteConfig,
-    ServerConfig, TokensConfig, UpstreamConfig,
+    AuthMode, ClientAuth, Config, ConfigError, IntrospectionConfig, MetricsConfig, Problem,
+    RouteConfig, ServerConfig, TokenTypes, TokensConfig, UpstreamConfig,
 };
 
 #[derive(Default)]
@@ -142,6 +143,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         p.push("routes", "must list at least one [[routes]] entry");
     }
     check_route_set(&mut p, &routes);
+    check_validators(
+        &mut p,
+        &routes,
+        !issuers.is_empty() || !raw.issuers.is_empty(),
+        raw.introspection.is_some(),
+    );
 
     if p.0.is_empty() {
         Ok(Config {
@@ -232,12 +239,28 @@ pub(super) fn http_url(p: &mut Problems, key: &str, value: &str) -> Option<Url> 
 }
 
 fn introspection(p: &mut Problems, raw: &RawIntrospection) -> Option<IntrospectionConfig> {
+    let before = p.0.len();
+    let insecure_ok = raw.allow_insecure_http.unwrap_or(false);
+    let issuer = raw.issuer.as_deref().and_then(|s| {
+        let url = http_url(p, "introspection.issuer", s)?;
+        if raw.endpoint.is_none() && !secure_enough(&url, insecure_ok) {
+            p.push("introspection.issuer", HTTPS_RULE);
+        }
+        Some(s.to_owned())
+    });
     let endpoint = match raw.endpoint.as_deref() {
-        Some(e) => http_url(p, "introspection.endpoint", e),
+        Some(e) => {
+            let url = http_url(p, "introspection.endpoint", e);
+            if url.as_ref().is_some_and(|u| !secure_enough(u, insecure_ok)) {
+                p.push("introspection.endpoint", HTTPS_RULE);
+            }
+            url
+        }
+        None if raw.issuer.is_some() => None,
         None => {
             p.push(
                 "introspection.endpoint",
-                "is required: the RFC 7662 introspection URL",
+                "is required (the RFC 7662 introspection URL), unless `issuer` is set and its discovery metadata names it",
             );
             None
         }
@@ -256,11 +279,103 @@ fn introspection(p: &mut Problems, raw: &RawIntrospection) -> Option<Introspecti
             "must name the environment variable holding the secret (letters, digits, _); secrets are never written in the file",
         );
     }
+    let auth_method = match raw.auth_method.as_deref() {
+        None | Some("client_secret_basic") => ClientAuth::Basic,
+        Some("client_secret_post") => ClientAuth::Post,
+        Some(other) => {
+            p.push(
+                "introspection.auth_method",
+                format!("{other:?} is not supported; use \"client_secret_basic\" or \"client_secret_post\""),
+            );
+            ClientAuth::Basic
+        }
+    };
+    let secs = Duration::from_secs;
+    let mut d = |key: &str, value: &Option<String>, default: Duration| {
+        let key = format!("introspection.{key}");
+        let v = p.duration(&key, value.as_deref(), default);
+        if v.is_zero() {
+            p.push(key, "must be longer than zero");
+        }
+        v
+    };
+    let timeout = d("timeout", &raw.timeout, secs(2));
+    let cache_ttl = d("cache_ttl", &raw.cache_ttl, secs(300));
+    let negative_cache_ttl = d("negative_cache_ttl", &raw.negative_cache_ttl, secs(10));
+    let leeway = p.duration("introspection.leeway", raw.leeway.as_deref(), secs(30));
+    if timeout > secs(60) {
+        p.push("introspection.timeout", "must be at most 60s");
+    }
+    if leeway > secs(300) {
+        p.push(
+            "introspection.leeway",
+            "must be at most 5m; clock skew beyond that is a broken clock",
+        );
+    }
+    let cache_capacity = match raw.cache_capacity {
+        None => 100_000,
+        Some(n) if (0..=100_000_000).contains(&n) => n as u64,
+        Some(_) => {
+            p.push(
+                "introspection.cache_capacity",
+                "must be from 0 (cache off) to 100000000 entries",
+            );
+            100_000
+        }
+    };
+    let max_in_flight = p.positive("introspection.max_in_flight", raw.max_in_flight, 64, 4096);
+    if raw.audiences.iter().any(String::is_empty) {
+        p.push(
+            "introspection.audiences",
+            "must not contain an empty audience",
+        );
+    }
+    if p.0.len() > before {
+        return None;
+    }
     Some(IntrospectionConfig {
-        endpoint: endpoint?,
+        endpoint,
+        issuer,
         client_id: client_id?,
         client_secret_env: env?,
+        auth_method,
+        timeout,
+        cache_ttl,
+        negative_cache_ttl,
+        cache_capacity,
+        max_in_flight,
+        audiences: raw.audiences.clone(),
+        leeway,
+        allow_insecure_http: insecure_ok,
     })
+}
+
+/// `token_types`: a non-empty subset of `jwt` and `opaque`.
+fn token_types(p: &mut Problems, key: &str, raw: Option<&[String]>) -> TokenTypes {
+    let Some(list) = raw else {
+        return TokenTypes::default();
+    };
+    let mut types = TokenTypes {
+        jwt: false,
+        opaque: false,
+    };
+    for (i, t) in list.iter().enumerate() {
+        match t.as_str() {
+            "jwt" => types.jwt = true,
+            "opaque" => types.opaque = true,
+            other => p.push(
+                format!("{key}.token_types[{i}]"),
+                format!("{other:?} is not a token type; use \"jwt\" or \"opaque\""),
+            ),
+        }
+    }
+    if list.is_empty() {
+        p.push(
+            format!("{key}.token_types"),
+            "must not be empty; omit the key to accept both \"jwt\" and \"opaque\"",
+        );
+    }
+    types
 }
 
 pub(super) fn is_env_name(s: &str) -> bool {
@@ -371,6 +486,13 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
             "a route with auth = \"none\" checks no token, so it cannot require scopes; remove scopes or set auth = \"required\"",
         );
     }
+    let token_types = token_types(p, key, raw.token_types.as_deref());
+    if auth == AuthMode::None && raw.token_types.is_some() {
+        p.push(
+            format!("{key}.token_types"),
+            "a route with auth = \"none\" checks no token; remove token_types or set auth = \"required\"",
+        );
+    }
     if p.0.len() > before {
         return None;
     }
@@ -382,6 +504,7 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
         scopes: raw.scopes.clone(),
         scopes_any: raw.scopes_any.clone(),
         auth,
+        token_types,
         forward_token: raw.forward_token.unwrap_or(false),
     })
 }
@@ -423,6 +546,30 @@ fn is_host_port(s: &str) -> bool {
                 .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
     };
     port_ok && host_ok
+}
+
+/// Every route that checks tokens has something to check them with.
+fn check_validators(p: &mut Problems, routes: &[RouteConfig], issuers: bool, introspection: bool) {
+    for (i, r) in routes.iter().enumerate() {
+        if r.auth != AuthMode::Required {
+            continue;
+        }
+        let jwt = r.token_types.jwt && issuers;
+        let opaque = r.token_types.opaque && introspection;
+        if !jwt && !opaque {
+            let fix = match (r.token_types.jwt, r.token_types.opaque) {
+                (true, false) => "it accepts only JWTs but no [[issuers]] entry is configured",
+                (false, true) => {
+                    "it accepts only opaque tokens but [introspection] is not configured"
+                }
+                _ => "configure an [[issuers]] entry or [introspection], or set auth = \"none\"",
+            };
+            p.push(
+                format!("routes[{i}].auth"),
+                format!("this route requires a token that nothing can validate: {fix}"),
+            );
+        }
+    }
 }
 
 /// Cross-route rules: unique names, and no two routes claiming the same prefix and method.
