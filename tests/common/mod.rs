@@ -1,6 +1,7 @@
 //! Test harness: real servers on 127.0.0.1:0 and the real gateway in front of them.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod authz;
 pub mod idp;
 
 use std::convert::Infallible;

@@ -327,7 +327,10 @@ impl Introspector {
             .request(endpoint, token, secret)
             .send()
             .await
-            .map_err(|e| CallError::Fetch(fetch::http_error(endpoint, e)))?;
+            .map_err(|e| match e.is_timeout() {
+                true => CallError::Timeout,
+                false => CallError::Fetch(fetch::http_error(endpoint, e)),
+            })?;
         match response.status().as_u16() {
             200 => {}
             400 => return Ok(Answer::Inactive),
