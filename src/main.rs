@@ -76,10 +76,15 @@ fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
             println!(
-                "{}: ok ({} routes, {} issuers)",
+                "{}: ok ({} routes, {} issuers, introspection {})",
                 path.display(),
                 config.routes.len(),
-                config.issuers.len()
+                config.issuers.len(),
+                if config.introspection.is_some() {
+                    "on"
+                } else {
+                    "off"
+                }
             );
             ExitCode::SUCCESS
         }

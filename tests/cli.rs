@@ -60,7 +60,8 @@ fn the_shipped_config_passes_check() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 routes, 1 issuers)"));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("ok (2 routes, 1 issuers, introspection off)"));
 }
 
 #[test]
