@@ -92,7 +92,7 @@ impl App {
             }
         }
         let metrics = Metrics::new(registry)?;
-        let auth = Arc::new(Authenticator::new(config, metrics.clone()));
+        let auth = Arc::new(Authenticator::new(&config.auth(), metrics.clone()));
         let readiness = Arc::new(Readiness::new(auth.clone()));
         let (proxy_listener, proxy_addr) = bind("server.listen", config.server.listen)?;
         let (admin_listener, metrics_addr) = bind("metrics.listen", config.metrics.listen)?;

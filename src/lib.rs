@@ -2,7 +2,8 @@
 //!
 //! The library holds the transport-neutral auth core ([`auth`]), configuration ([`config`]),
 //! routing ([`routing`]) and metrics ([`metrics`]); with the default `proxy` feature it adds the
-//! pingora data plane ([`proxy`], [`admin`]) and its assembly ([`app`]).
+//! pingora data plane ([`proxy`], [`admin`]) and its assembly ([`app`]); with the default `tower`
+//! feature, the same auth core as tower middleware ([`tower_layer`]).
 
 pub mod auth;
 pub mod config;
@@ -18,3 +19,5 @@ pub mod app;
 pub mod dev;
 #[cfg(feature = "proxy")]
 pub mod proxy;
+#[cfg(feature = "tower")]
+pub mod tower_layer;

@@ -339,20 +339,10 @@ fn strip_identity_headers(req: &mut RequestHeader) {
     }
 }
 
-/// `X-Auth-Subject`, `-Client-Id`, `-Scopes` (space-separated), `-Issuer`: set only by the gateway.
-/// A claim that cannot be a header value (control characters) is left out rather than mangled.
+/// The identity headers of [`Principal::identity_headers`]: set only by the gateway.
 fn set_identity_headers(req: &mut RequestHeader, p: &Principal) {
-    let scopes = p.scopes.join(" ");
-    let values = [
-        ("x-auth-subject", p.subject.as_deref()),
-        ("x-auth-client-id", p.client_id.as_deref()),
-        ("x-auth-scopes", Some(scopes.as_str())),
-        ("x-auth-issuer", Some(p.issuer.as_str())),
-    ];
-    for (name, value) in values {
-        if let Some(v) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
-            let _ = req.insert_header(name, v);
-        }
+    for (name, value) in p.identity_headers() {
+        let _ = req.insert_header(name, value);
     }
 }
 

@@ -39,7 +39,7 @@ pub use introspection::Introspector;
 pub use jwks::IssuerKeys;
 pub use scope::{RoutePolicy, TokenTypes};
 
-use crate::config::Config;
+use crate::config::AuthConfig;
 use crate::metrics::Metrics;
 use jwks::Refetch;
 use jwt::ClaimRules;
@@ -76,6 +76,24 @@ pub struct Principal {
     pub source: TokenSource,
 }
 
+impl Principal {
+    /// `X-Auth-Subject`, `-Client-Id`, `-Scopes` (space-separated), `-Issuer`: what the
+    /// upstream (or a proxy asking the decision endpoint) learns about the caller. A claim that
+    /// cannot be a header value (control characters) is left out rather than mangled.
+    pub fn identity_headers(&self) -> Vec<(&'static str, http::HeaderValue)> {
+        let scopes = self.scopes.join(" ");
+        [
+            ("x-auth-subject", self.subject.as_deref()),
+            ("x-auth-client-id", self.client_id.as_deref()),
+            ("x-auth-scopes", Some(scopes.as_str())),
+            ("x-auth-issuer", Some(self.issuer.as_str())),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, http::HeaderValue::from_str(value?).ok()?)))
+        .collect()
+    }
+}
+
 /// How a token was validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenSource {
@@ -104,7 +122,7 @@ pub struct Authenticator {
 impl Authenticator {
     /// Build from a validated config. Keys are not fetched until [`Authenticator::refresh_tasks`]
     /// run (or a token with an unknown `kid` arrives).
-    pub fn new(config: &Config, metrics: Metrics) -> Authenticator {
+    pub fn new(config: &AuthConfig, metrics: Metrics) -> Authenticator {
         let http = fetch::http_client();
         let issuers: Vec<Issuer> = config
             .issuers
@@ -126,7 +144,7 @@ impl Authenticator {
             .map(|(i, is)| (is.keys.issuer().to_owned(), i))
             .collect();
         Authenticator {
-            realm: config.server.realm.clone(),
+            realm: config.realm.clone(),
             issuers,
             by_iss,
             cache: TokenCache::new(config.tokens.cache_capacity, config.tokens.cache_max_ttl),

@@ -30,6 +30,24 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
+/// What the auth core needs: the gateway's `server.realm`, `[tokens]`, `[[issuers]]` and
+/// `[introspection]`; or the same sections alone (with a top-level `realm`) for middleware.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub realm: String,
+    pub tokens: TokensConfig,
+    pub issuers: Vec<IssuerConfig>,
+    pub introspection: Option<IntrospectionConfig>,
+}
+
+impl AuthConfig {
+    /// Parse and validate TOML holding only `realm`, `[tokens]`, `[[issuers]]` and
+    /// `[introspection]` (the middleware's config; unknown keys are errors as everywhere).
+    pub fn parse(text: &str) -> Result<AuthConfig, ConfigError> {
+        validate::validate_auth(parse_toml(text)?)
+    }
+}
+
 /// `[server]`.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -356,6 +374,23 @@ impl Config {
 
     /// Parse and validate TOML text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::try_from(parse_toml::<RawConfig>(text)?)
+    }
+
+    /// The sections the auth core is built from.
+    pub fn auth(&self) -> AuthConfig {
+        AuthConfig {
+            realm: self.server.realm.clone(),
+            tokens: self.tokens.clone(),
+            issuers: self.issuers.clone(),
+            introspection: self.introspection.clone(),
+        }
+    }
+}
+
+/// TOML text into raw structs; an unknown or mistyped key is named with its path and line.
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    {
         let parse_error = |key: String, e: &toml::de::Error| ConfigError::Parse {
             path: PathBuf::from("<config>"),
             key,
@@ -365,12 +400,11 @@ impl Config {
             }),
         };
         let de = toml::Deserializer::parse(text).map_err(|e| parse_error("(syntax)".into(), &e))?;
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { "(file)".into() } else { key };
             parse_error(key, e.inner())
-        })?;
-        Config::try_from(raw)
+        })
     }
 }
 

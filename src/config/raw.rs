@@ -25,6 +25,19 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
 }
 
+/// The auth sections alone (`realm`, `[tokens]`, `[[issuers]]`, `[introspection]`), for services
+/// that embed the auth core as middleware.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthConfig {
+    pub realm: Option<String>,
+    #[serde(default)]
+    pub tokens: RawTokens,
+    #[serde(default)]
+    pub issuers: Vec<RawIssuer>,
+    pub introspection: Option<RawIntrospection>,
+}
+
 /// `[server]`: the proxy listener.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,10 +8,12 @@ use http::Method;
 use url::Url;
 
 use super::issuer::{secure_enough, HTTPS_RULE};
-use super::raw::{RawConfig, RawIntrospection, RawRoute, RawTokens, RawUpstream};
+use super::raw::{
+    RawAuthConfig, RawConfig, RawIntrospection, RawIssuer, RawRoute, RawTokens, RawUpstream,
+};
 use super::{
-    AuthMode, ClientAuth, Config, ConfigError, IntrospectionConfig, MetricsConfig, Problem,
-    RouteConfig, ServerConfig, TokenTypes, TokensConfig, UpstreamConfig,
+    AuthConfig, AuthMode, ClientAuth, Config, ConfigError, IntrospectionConfig, MetricsConfig,
+    Problem, RouteConfig, ServerConfig, TokenTypes, TokensConfig, UpstreamConfig,
 };
 
 #[derive(Default)]
@@ -73,26 +75,23 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     let s = &raw.server;
-    let realm = s.realm.clone().unwrap_or_else(|| "portcullis".into());
-    if realm.is_empty()
-        || !realm
-            .bytes()
-            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
-        p.push(
-            "server.realm",
-            "must be non-empty printable ASCII without quotes or backslashes (RFC 6750 §3)",
-        );
-    }
     if s.tls_cert.is_some() || s.tls_key.is_some() {
         p.push(
             "server.tls_cert",
             "TLS termination is not supported yet; terminate TLS in front of Portcullis and remove tls_cert / tls_key",
         );
     }
+    let auth = auth_sections(
+        &mut p,
+        "server.realm",
+        s.realm.as_deref(),
+        &raw.tokens,
+        &raw.issuers,
+        raw.introspection.as_ref(),
+    );
     let server = ServerConfig {
         listen: p.socket_addr("server.listen", s.listen.as_deref(), "0.0.0.0:8080"),
-        realm,
+        realm: auth.realm.clone(),
         threads: p.positive("server.threads", s.threads, cores, 1024),
         shutdown_grace: p.duration(
             "server.shutdown_grace",
@@ -113,26 +112,6 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
 
     let upstream = upstream(&mut p, &raw.upstream);
-    let tokens = tokens(&mut p, &raw.tokens);
-    let issuers = raw
-        .issuers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, issuer)| super::issuer::issuer(&mut p, &format!("issuers[{i}]"), issuer))
-        .collect::<Vec<_>>();
-    let mut seen_issuers = HashSet::new();
-    for (i, issuer) in issuers.iter().enumerate() {
-        if !seen_issuers.insert(issuer.issuer.clone()) {
-            p.push(
-                format!("issuers[{i}].issuer"),
-                "appears twice; list each issuer once",
-            );
-        }
-    }
-    let introspection = raw
-        .introspection
-        .as_ref()
-        .and_then(|i| self::introspection(&mut p, i));
     let routes = raw
         .routes
         .iter()
@@ -146,7 +125,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     check_validators(
         &mut p,
         &routes,
-        !issuers.is_empty() || !raw.issuers.is_empty(),
+        !raw.issuers.is_empty(),
         raw.introspection.is_some(),
     );
 
@@ -155,13 +134,81 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             server,
             metrics,
             upstream,
-            tokens,
-            issuers,
-            introspection,
+            tokens: auth.tokens,
+            issuers: auth.issuers,
+            introspection: auth.introspection,
             routes,
         })
     } else {
         Err(ConfigError::Invalid { problems: p.0 })
+    }
+}
+
+/// The auth sections alone, for the middleware; at least one validator must be configured.
+pub(super) fn validate_auth(raw: RawAuthConfig) -> Result<AuthConfig, ConfigError> {
+    let mut p = Problems::default();
+    let auth = auth_sections(
+        &mut p,
+        "realm",
+        raw.realm.as_deref(),
+        &raw.tokens,
+        &raw.issuers,
+        raw.introspection.as_ref(),
+    );
+    if raw.issuers.is_empty() && raw.introspection.is_none() {
+        p.push(
+            "issuers",
+            "configure at least one [[issuers]] entry or [introspection] to validate tokens with",
+        );
+    }
+    if p.0.is_empty() {
+        Ok(auth)
+    } else {
+        Err(ConfigError::Invalid { problems: p.0 })
+    }
+}
+
+/// `realm`, `[tokens]`, `[[issuers]]`, `[introspection]`: shared by the gateway file and the
+/// middleware's config. `realm_key` names the realm's key in its file.
+fn auth_sections(
+    p: &mut Problems,
+    realm_key: &str,
+    realm: Option<&str>,
+    tokens: &RawTokens,
+    issuers: &[RawIssuer],
+    introspection: Option<&RawIntrospection>,
+) -> AuthConfig {
+    let realm = realm.unwrap_or("portcullis").to_owned();
+    if realm.is_empty()
+        || !realm
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        p.push(
+            realm_key,
+            "must be non-empty printable ASCII without quotes or backslashes (RFC 6750 §3)",
+        );
+    }
+    let tokens = self::tokens(p, tokens);
+    let valid_issuers = issuers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, issuer)| super::issuer::issuer(p, &format!("issuers[{i}]"), issuer))
+        .collect::<Vec<_>>();
+    let mut seen = HashSet::new();
+    for (i, issuer) in valid_issuers.iter().enumerate() {
+        if !seen.insert(issuer.issuer.clone()) {
+            p.push(
+                format!("issuers[{i}].issuer"),
+                "appears twice; list each issuer once",
+            );
+        }
+    }
+    AuthConfig {
+        realm,
+        tokens,
+        issuers: valid_issuers,
+        introspection: introspection.and_then(|i| self::introspection(p, i)),
     }
 }
 
