@@ -13,7 +13,8 @@ serve: setup
 	cargo run --release --locked -- run --config $(CONFIG)
 
 # Every test: unit, integration (real servers on 127.0.0.1:0) and doc tests.
-test: setup
+test:
+	@./scripts/setup.sh test
 	cargo test --locked
 
 CONFIG ?= gateway.toml

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what building Portcullis needs and a fresh machine may lack.
 # pingora's libz-ng-sys builds with cmake; its C parts need a C compiler.
+# `setup.sh test` also installs what the tests drive: nginx (the forward-auth end-to-end test).
 # As root, missing Debian packages are installed with apt-get; otherwise the exact command is
 # printed and the script fails, so nothing is silently assumed.
 set -euo pipefail
@@ -9,6 +10,9 @@ need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v make >/dev/null 2>&1 || need+=(make)
+if [ "${1:-}" = test ]; then
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

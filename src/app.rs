@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 use crate::admin::{AdminApp, Readiness};
 use crate::auth::Authenticator;
 use crate::config::{Config, KeySource};
+use crate::decision::DecisionApp;
 use crate::metrics::Metrics;
 use crate::proxy::{Pools, Proxy};
 use crate::routing::Router;
@@ -69,6 +70,7 @@ pub struct App {
     server: Server,
     proxy_addr: SocketAddr,
     metrics_addr: SocketAddr,
+    decision_addr: Option<SocketAddr>,
 }
 
 impl App {
@@ -145,12 +147,33 @@ impl App {
             on_start: None,
             threads: Some(1),
         });
+        let decision_addr = match &config.decision {
+            None => None,
+            Some(d) => {
+                let (listener, addr) = bind("decision.listen", d.listen)?;
+                let app = DecisionApp {
+                    auth: auth.clone(),
+                    router: Router::new(&config.routes),
+                    convention: d.convention,
+                };
+                let mut service = ListeningService::new("decision".into(), app);
+                service.add_tcp(&addr.to_string());
+                server.add_service(Prebound {
+                    inner: service,
+                    fds: vec![(addr.to_string(), listener)],
+                    on_start: None,
+                    threads: Some(config.server.threads),
+                });
+                Some(addr)
+            }
+        };
         server.add_service(background_service("health check", health_service));
         server.add_service(background_service("key refresh", KeyRefresh(auth)));
         Ok(App {
             server,
             proxy_addr,
             metrics_addr,
+            decision_addr,
         })
     }
 
@@ -192,6 +215,11 @@ impl App {
         self.proxy_addr
     }
 
+    /// Where the decision endpoint listens, when `[decision]` is configured.
+    pub fn decision_addr(&self) -> Option<SocketAddr> {
+        self.decision_addr
+    }
+
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
@@ -209,7 +237,8 @@ impl App {
     /// for `portcullis dev`.
     pub fn spawn(self) -> RunningApp {
         let (stop, stopped) = oneshot::channel();
-        let (proxy_addr, metrics_addr) = (self.proxy_addr, self.metrics_addr);
+        let (proxy_addr, metrics_addr, decision_addr) =
+            (self.proxy_addr, self.metrics_addr, self.decision_addr);
         let thread = std::thread::spawn(move || {
             self.server.run(RunArgs {
                 shutdown_signal: Box::new(ChannelSignal(Mutex::new(Some(stopped)))),
@@ -218,6 +247,7 @@ impl App {
         RunningApp {
             proxy_addr,
             metrics_addr,
+            decision_addr,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -228,6 +258,8 @@ impl App {
 pub struct RunningApp {
     pub proxy_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// Where the decision endpoint listens, when `[decision]` is configured.
+    pub decision_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<ShutdownSignal>>,
     thread: Option<JoinHandle<()>>,
 }

@@ -16,6 +16,8 @@ pub mod admin;
 #[cfg(feature = "proxy")]
 pub mod app;
 #[cfg(feature = "proxy")]
+pub mod decision;
+#[cfg(feature = "proxy")]
 pub mod dev;
 #[cfg(feature = "proxy")]
 pub mod proxy;

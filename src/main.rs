@@ -115,7 +115,14 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing::info!(proxy = %app.proxy_addr(), metrics = %app.metrics_addr(), "listening");
+    match app.decision_addr() {
+        Some(decision) => {
+            tracing::info!(proxy = %app.proxy_addr(), metrics = %app.metrics_addr(), %decision, "listening")
+        }
+        None => {
+            tracing::info!(proxy = %app.proxy_addr(), metrics = %app.metrics_addr(), "listening")
+        }
+    }
     app.run_until_signal();
     tracing::info!("stopped");
     ExitCode::SUCCESS

@@ -197,6 +197,18 @@ fn every_config_rule_names_its_key_and_fix() {
         (&format!("[tokens]\nmax_size = 10\n{ROUTE}"), "tokens.max_size: must be at least 256 bytes"),
         (ROUTE, "routes[0].auth: this route requires a token that nothing can validate"),
         (
+            &format!("{ROUTE}{INTROSPECTION}[decision]\nlisten = \"127.0.0.1:9191\"\nconvention = \"haproxy\"\n"),
+            "decision.convention: must be \"nginx\"",
+        ),
+        (
+            &format!("{ROUTE}{INTROSPECTION}[decision]\nconvention = \"nginx\"\n"),
+            "decision.listen: is required",
+        ),
+        (
+            &format!("{ROUTE}{INTROSPECTION}[decision]\nlisten = \"127.0.0.1:9191\"\nconvention = \"nginx\"\ntrust = true\n"),
+            "decision.trust: unknown field `trust`",
+        ),
+        (
             &format!("{ROUTE}token_types = [\"opaque\"]\n[[issuers]]\nissuer = \"https://id\"\njwks_uri = \"https://id/jwks\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\n"),
             "routes[0].auth: this route requires a token that nothing can validate: it accepts only opaque tokens but [introspection] is not configured",
         ),

@@ -27,7 +27,29 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub issuers: Vec<IssuerConfig>,
     pub introspection: Option<IntrospectionConfig>,
+    pub decision: Option<DecisionConfig>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[decision]`: a listener answering forward-auth checks for other proxies.
+#[derive(Debug, Clone)]
+pub struct DecisionConfig {
+    /// `listen`: required; keep it private to the proxy that asks (loopback or a private network).
+    pub listen: SocketAddr,
+    /// `convention`: where the original request's method and URI are read from.
+    pub convention: Convention,
+}
+
+/// Which headers carry the original request to the decision endpoint. Only the decision
+/// listener reads them; the proxy listener never does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Convention {
+    /// `"nginx"`: `X-Original-Method` and `X-Original-URI` (nginx `auth_request`).
+    Nginx,
+    /// `"traefik"`: `X-Forwarded-Method` and `X-Forwarded-Uri` (Traefik `forwardAuth`).
+    Traefik,
+    /// `"envoy"`: the check request's own method and path (Envoy `ext_authz` HTTP service).
+    Envoy,
 }
 
 /// What the auth core needs: the gateway's `server.realm`, `[tokens]`, `[[issuers]]` and

@@ -21,8 +21,17 @@ pub struct RawConfig {
     #[serde(default)]
     pub issuers: Vec<RawIssuer>,
     pub introspection: Option<RawIntrospection>,
+    pub decision: Option<RawDecision>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+/// `[decision]`: the forward-auth listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDecision {
+    pub listen: Option<String>,
+    pub convention: Option<String>,
 }
 
 /// The auth sections alone (`realm`, `[tokens]`, `[[issuers]]`, `[introspection]`), for services

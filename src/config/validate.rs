@@ -12,8 +12,9 @@ use super::raw::{
     RawAuthConfig, RawConfig, RawIntrospection, RawIssuer, RawRoute, RawTokens, RawUpstream,
 };
 use super::{
-    AuthConfig, AuthMode, ClientAuth, Config, ConfigError, IntrospectionConfig, MetricsConfig,
-    Problem, RouteConfig, ServerConfig, TokenTypes, TokensConfig, UpstreamConfig,
+    AuthConfig, AuthMode, ClientAuth, Config, ConfigError, Convention, DecisionConfig,
+    IntrospectionConfig, MetricsConfig, Problem, RouteConfig, ServerConfig, TokenTypes,
+    TokensConfig, UpstreamConfig,
 };
 
 #[derive(Default)]
@@ -112,6 +113,34 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
 
     let upstream = upstream(&mut p, &raw.upstream);
+    let decision = raw.decision.as_ref().and_then(|d| {
+        let listen = p.socket_addr("decision.listen", d.listen.as_deref(), "127.0.0.1:0");
+        if d.listen.is_none() {
+            p.push(
+                "decision.listen",
+                "is required, e.g. \"127.0.0.1:9191\"; keep it reachable only by the proxy that asks",
+            );
+        }
+        if listen.port() != 0 && (listen == server.listen || listen == metrics.listen) {
+            p.push("decision.listen", "must differ from server.listen and metrics.listen");
+        }
+        let convention = match d.convention.as_deref() {
+            Some("nginx") => Some(Convention::Nginx),
+            Some("traefik") => Some(Convention::Traefik),
+            Some("envoy") => Some(Convention::Envoy),
+            _ => {
+                p.push(
+                    "decision.convention",
+                    "must be \"nginx\" (X-Original-Method / X-Original-URI), \"traefik\" (X-Forwarded-Method / X-Forwarded-Uri) or \"envoy\" (the request itself)",
+                );
+                None
+            }
+        };
+        Some(DecisionConfig {
+            listen,
+            convention: convention?,
+        })
+    });
     let routes = raw
         .routes
         .iter()
@@ -137,6 +166,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             tokens: auth.tokens,
             issuers: auth.issuers,
             introspection: auth.introspection,
+            decision,
             routes,
         })
     } else {

@@ -1,0 +1,294 @@
+//! The forward-auth decision endpoint: each header convention, against the real gateway and a
+//! mock identity provider; and end to end behind a real nginx `auth_request`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::idp::{challenge, claims, setup_with, Setup};
+use common::{client, dead_addr, eventually};
+use serde_json::json;
+
+async fn setup(convention: &str) -> Setup {
+    setup_with(
+        &format!("[decision]\nlisten = \"127.0.0.1:0\"\nconvention = \"{convention}\"\n"),
+        "",
+    )
+    .await
+}
+
+/// Ask the decision endpoint about `method path` carried the way `convention` carries it.
+async fn ask(
+    s: &Setup,
+    convention: &str,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+) -> reqwest::Response {
+    let decision = s.gw.decision_addr.expect("decision listener");
+    let c = client();
+    let req = match convention {
+        "nginx" => c
+            .get(format!("http://{decision}/auth"))
+            .header("x-original-method", method)
+            .header("x-original-uri", uri),
+        "traefik" => c
+            .get(format!("http://{decision}/"))
+            .header("x-forwarded-method", method)
+            .header("x-forwarded-uri", uri),
+        _ => c.request(method.parse().unwrap(), format!("http://{decision}{uri}")),
+    };
+    let req = match token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    };
+    req.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_convention_gets_the_gateways_decisions() {
+    for convention in ["nginx", "traefik", "envoy"] {
+        let s = setup(convention).await;
+        let reader = s.ec.sign(&claims(&s.idp, "orders:read"));
+
+        let resp = ask(&s, convention, "GET", "/orders/7?page=2", Some(&reader)).await;
+        assert_eq!(resp.status(), 200, "{convention}");
+        assert_eq!(resp.headers()["x-auth-subject"], "user-7", "{convention}");
+        assert_eq!(
+            resp.headers()["x-auth-scopes"],
+            "orders:read",
+            "{convention}"
+        );
+        assert_eq!(resp.headers()["x-auth-client-id"], "app", "{convention}");
+
+        let resp = ask(&s, convention, "GET", "/orders/7", None).await;
+        assert_eq!(resp.status(), 401, "{convention}");
+        assert_eq!(challenge(&resp), "Bearer realm=\"api\"", "{convention}");
+
+        let resp = ask(&s, convention, "POST", "/orders", Some(&reader)).await;
+        assert_eq!(resp.status(), 403, "{convention}");
+        assert!(
+            challenge(&resp).contains("scope=\"orders:write\""),
+            "{convention}"
+        );
+        assert!(!resp.headers().contains_key("x-auth-subject"));
+
+        let resp = ask(&s, convention, "GET", "/orders/7", Some("not-a-token")).await;
+        assert_eq!(resp.status(), 401, "{convention}");
+        assert!(challenge(&resp).contains("error=\"invalid_token\""));
+
+        let resp = ask(&s, convention, "GET", "/nowhere", Some(&reader)).await;
+        assert_eq!(resp.status(), 403, "{convention}: a path no route claims");
+
+        if convention != "envoy" {
+            // The HTTP client would normalise these; header values are sent as they are.
+            for tricky in ["/public/../orders/7", "/orders/%2e%2e/admin", "//orders"] {
+                let resp = ask(&s, convention, "GET", tricky, Some(&reader)).await;
+                assert_eq!(resp.status(), 400, "{convention} {tricky}");
+            }
+        }
+        assert_eq!(s.up.hits(), 0, "the decision endpoint forwards nothing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_or_doubled_original_request_headers_are_400_and_the_proxy_never_trusts_them() {
+    let s = setup("nginx").await;
+    let decision = s.gw.decision_addr.unwrap();
+    let reader = s.ec.sign(&claims(&s.idp, "orders:read"));
+    let resp = client()
+        .get(format!("http://{decision}/auth"))
+        .bearer_auth(&reader)
+        .header("x-original-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+
+    // On the proxy listener the headers mean nothing: the request's own path decides.
+    let resp = client()
+        .post(s.url("/orders"))
+        .bearer_auth(&reader)
+        .header("x-original-method", "GET")
+        .header("x-original-uri", "/orders/1")
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/orders/1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(s.up.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_identity_provider_is_503_at_the_decision_endpoint() {
+    let s = setup("traefik").await;
+    s.idp.set_failing(true);
+    // A kid the gateway has never seen forces a refetch, which fails.
+    let stranger =
+        portcullis::devkeys::DevKey::generate(portcullis::config::Algorithm::ES256, "new-kid");
+    let token = stranger.sign(&claims(&s.idp, "orders:read"));
+    let resp = ask(&s, "traefik", "GET", "/orders/1", Some(&token)).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "5");
+}
+
+/// nginx, started on loopback from a config written for the test; killed on drop.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn nginx_binary() -> String {
+    ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .map(str::to_owned)
+        .or_else(|| {
+            let out = Command::new("sh").args(["-c", "command -v nginx"]).output().ok()?;
+            let path = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+            (!path.is_empty()).then_some(path)
+        })
+        .expect("nginx is not installed: run `scripts/setup.sh test` (or `make test`), which installs nginx-light")
+}
+
+async fn start_nginx(decision: SocketAddr, upstream: SocketAddr) -> Nginx {
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-nginx-{}-{}",
+        std::process::id(),
+        decision.port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let addr = dead_addr();
+    let d = dir.display();
+    let conf = format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen {addr};
+        location / {{
+            auth_request /_portcullis;
+            auth_request_set $auth_subject $upstream_http_x_auth_subject;
+            auth_request_set $auth_scopes $upstream_http_x_auth_scopes;
+            auth_request_set $auth_challenge $upstream_http_www_authenticate;
+            add_header WWW-Authenticate $auth_challenge always;
+            proxy_set_header X-Auth-Subject $auth_subject;
+            proxy_set_header X-Auth-Scopes $auth_scopes;
+            proxy_pass http://{upstream};
+        }}
+        location = /_portcullis {{
+            internal;
+            proxy_pass http://{decision}/auth;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Original-URI $request_uri;
+        }}
+    }}
+}}
+"#
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new(nginx_binary())
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("nginx starts");
+    let nginx = Nginx {
+        child,
+        addr,
+        _dir: TempDir(dir),
+    };
+    let up = eventually(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    assert!(up, "nginx did not start listening on {addr}");
+    nginx
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_auth_request_in_front_of_the_decision_endpoint() {
+    let s = setup("nginx").await;
+    let nginx = start_nginx(s.gw.decision_addr.unwrap(), s.up.addr).await;
+    let url = format!("http://{}/orders/1", nginx.addr);
+    let reader = s.ec.sign(&claims(&s.idp, "orders:read"));
+
+    let resp = client()
+        .get(&url)
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = s.up.seen().pop().expect("nginx forwarded the request");
+    assert_eq!(seen.headers["x-auth-subject"], "user-7");
+    assert_eq!(seen.headers["x-auth-scopes"], "orders:read");
+
+    let resp = client().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(challenge(&resp), "Bearer realm=\"api\"");
+
+    let expired = s
+        .ec
+        .sign(&json!({ "iss": s.idp.issuer(), "aud": "api", "exp": 1000, "scope": "orders:read" }));
+    let resp = client()
+        .get(&url)
+        .bearer_auth(&expired)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(
+        challenge(&resp).contains("error=\"invalid_token\""),
+        "{}",
+        challenge(&resp)
+    );
+
+    let resp = client()
+        .post(format!("http://{}/orders", nginx.addr))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        s.up.hits(),
+        1,
+        "only the allowed request reached the upstream"
+    );
+}
