@@ -35,22 +35,11 @@ client_id = "gateway client"
 client_secret_env = "{SECRET_ENV}"
 audiences = ["api"]
 {settings}
-[[routes]]
-name = "orders-read"
-path_prefix = "/orders"
-methods = ["GET"]
-upstreams = ["{up}"]
-scopes = ["orders:read"]
-[[routes]]
-name = "orders-write"
-path_prefix = "/orders"
-methods = ["POST"]
-upstreams = ["{up}"]
-scopes = ["orders:write"]
+{orders}
 {more}"#,
         endpoint = az.endpoint(),
         issuer = az.issuer(),
-        up = up.addr
+        orders = common::orders_routes(up.addr),
     ))
 }
 

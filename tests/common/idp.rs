@@ -201,18 +201,7 @@ discovery = true
 audiences = ["api"]
 algorithms = ["RS256", "ES256"]
 {issuer_extra}
-[[routes]]
-name = "orders-read"
-path_prefix = "/orders"
-methods = ["GET"]
-upstreams = ["{up}"]
-scopes = ["orders:read"]
-[[routes]]
-name = "orders-write"
-path_prefix = "/orders"
-methods = ["POST"]
-upstreams = ["{up}"]
-scopes = ["orders:write"]
+{orders}
 [[routes]]
 name = "either"
 path_prefix = "/either"
@@ -225,6 +214,7 @@ upstreams = ["{up}"]
 forward_token = true
 "#,
         issuer = idp.issuer(),
+        orders = super::orders_routes(up.addr),
         up = up.addr
     ));
     let ready = became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(15)).await;

@@ -167,6 +167,26 @@ async fn handle(
     }
 }
 
+/// The two routes most tests use: `GET /orders` needs `orders:read` (route `orders-read`),
+/// `POST /orders` needs `orders:write` (route `orders-write`), both to `up`.
+pub fn orders_routes(up: SocketAddr) -> String {
+    format!(
+        r#"[[routes]]
+name = "orders-read"
+path_prefix = "/orders"
+methods = ["GET"]
+upstreams = ["{up}"]
+scopes = ["orders:read"]
+[[routes]]
+name = "orders-write"
+path_prefix = "/orders"
+methods = ["POST"]
+upstreams = ["{up}"]
+scopes = ["orders:write"]
+"#
+    )
+}
+
 /// A port on which nothing listens: bound, then released.
 pub fn dead_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
