@@ -453,9 +453,8 @@ async fn tokens_reach_the_endpoint_intact() {
     );
     let hostile = "tok&token_type_hint=x&token=other%41=+ =";
     az.activate(hostile, "orders:read");
-    let key = portcullis::auth::TokenCache::key(hostile);
     let principal = introspector
-        .validate(hostile, &key, std::time::SystemTime::now())
+        .validate(hostile, None, std::time::SystemTime::now())
         .await
         .expect("active");
     assert_eq!(principal.scopes, vec!["orders:read"]);

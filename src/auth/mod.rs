@@ -258,11 +258,13 @@ impl Authenticator {
         if token.len() > self.max_token_size {
             return Err(AuthError::InvalidToken(TokenFault::Oversize));
         }
-        let key = TokenCache::key(token);
+        // Hashed once, and only when the verified-token cache will use it.
+        let key = self.cache.enabled().then(|| TokenCache::key(token));
         let introspection = self.introspection.as_deref().filter(|_| accept.opaque);
         if jwt::looks_like_jwt(token) {
             if accept.jwt && self.cache.enabled() {
-                if let Some(hit) = self.cached(&key, now) {
+                let key = key.as_ref().expect("hashed when the cache is enabled");
+                if let Some(hit) = self.cached(key, now) {
                     self.metrics.token_cache.with_label_values(&["hit"]).inc();
                     return Ok(hit);
                 }
@@ -280,7 +282,7 @@ impl Authenticator {
             }
         }
         match (introspection, &self.introspection) {
-            (Some(i), _) => i.validate(token, &key, now).await,
+            (Some(i), _) => i.validate(token, key, now).await,
             (None, Some(_)) => Err(AuthError::InvalidToken(TokenFault::TypeNotAccepted)),
             (None, None) => Err(AuthError::InvalidToken(TokenFault::NoValidator)),
         }
@@ -303,7 +305,7 @@ impl Authenticator {
         &self,
         parsed: jwt::Unverified<'_>,
         index: usize,
-        key: [u8; 32],
+        key: Option<[u8; 32]>,
         now: SystemTime,
     ) -> Result<Principal, AuthError> {
         let issuer = &self.issuers[index];
@@ -322,14 +324,16 @@ impl Authenticator {
             expires_at: Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0))),
             source: TokenSource::Jwt,
         };
-        self.cache.insert(
-            key,
-            principal.clone(),
-            index,
-            fingerprint,
-            exp,
-            jwt::unix_seconds(now),
-        );
+        if let Some(key) = key {
+            self.cache.insert(
+                key,
+                principal.clone(),
+                index,
+                fingerprint,
+                exp,
+                jwt::unix_seconds(now),
+            );
+        }
         Ok(principal)
     }
 

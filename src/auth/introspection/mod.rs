@@ -177,11 +177,12 @@ impl Introspector {
     }
 
     /// The principal of an opaque token, from the cache or the endpoint. `key` is the SHA-256
-    /// of the token; `now` decides `exp` / `nbf` on every use, cached or not.
+    /// of the token when the caller has it already; `now` decides `exp` / `nbf` on every use,
+    /// cached or not.
     pub async fn validate(
         &self,
         token: &str,
-        key: &[u8; 32],
+        key: Option<[u8; 32]>,
         now: SystemTime,
     ) -> Result<Principal, AuthError> {
         let answer = self.answer(token, key).await.map_err(|e| {
@@ -239,13 +240,18 @@ impl Introspector {
         }
     }
 
-    async fn answer(&self, token: &str, key: &[u8; 32]) -> Result<Arc<Entry>, Arc<CallError>> {
+    async fn answer(
+        &self,
+        token: &str,
+        key: Option<[u8; 32]>,
+    ) -> Result<Arc<Entry>, Arc<CallError>> {
         let requests = &self.metrics.introspection_cache;
         let Some(cache) = &self.cache else {
             requests.with_label_values(&["miss"]).inc();
             return self.call(token).await.map(Arc::new).map_err(Arc::new);
         };
-        if let Some(hit) = cache.get(key).await {
+        let key = key.unwrap_or_else(|| super::TokenCache::key(token));
+        if let Some(hit) = cache.get(&key).await {
             let label = match hit.answer {
                 Answer::Active(_) => "hit",
                 Answer::Inactive => "negative_hit",
@@ -256,7 +262,7 @@ impl Introspector {
         requests.with_label_values(&["miss"]).inc();
         // Concurrent misses for one key wait for the first one's call; errors are not cached.
         cache
-            .try_get_with(*key, async { self.call(token).await.map(Arc::new) })
+            .try_get_with(key, async { self.call(token).await.map(Arc::new) })
             .await
     }
 
