@@ -8,37 +8,6 @@
 //!   kept (as tower-http's `AsyncRequireAuthorization` does).
 //! - [`AuthLayer::new`] spawns the key refresh (and introspection endpoint discovery) on the
 //!   current tokio runtime; the tasks stop when the last layer or service clone is dropped.
-//!
-//! ```no_run
-//! use portcullis::auth::{Authenticator, Principal};
-//! use portcullis::config::AuthConfig;
-//! use portcullis::metrics::Metrics;
-//! use portcullis::tower_layer::AuthLayer;
-//!
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = AuthConfig::parse(r#"
-//!     realm = "orders"
-//!     [[issuers]]
-//!     issuer = "https://id.example.com"
-//!     discovery = true
-//!     audiences = ["orders-api"]
-//!     algorithms = ["RS256"]
-//! "#)?;
-//! let metrics = Metrics::new(prometheus::Registry::new())?;
-//! let auth = AuthLayer::new(Authenticator::new(&config, metrics));
-//! let read = auth.clone().require_scopes(["orders:read"]);
-//! let write = auth.require_scopes(["orders:write"]).route_name("orders-write");
-//!
-//! // Any tower service of `http::Request` works; here a plain function.
-//! let service = read.layer(tower::service_fn(|req: http::Request<String>| async move {
-//!     let who = req.extensions().get::<Principal>().and_then(|p| p.subject.clone());
-//!     Ok::<_, std::convert::Infallible>(http::Response::new(format!("hello {who:?}")))
-//! }));
-//! # let _ = (service, write);
-//! # Ok(())
-//! # }
-//! # use tower_layer::Layer as _;
-//! ```
 
 use std::future::Future;
 use std::pin::Pin;
@@ -68,6 +37,37 @@ impl Drop for Shared {
 }
 
 /// Applies [`Auth`] to a service: a policy (scopes, token types) over a shared authenticator.
+///
+/// ```no_run
+/// use portcullis::auth::{Authenticator, Principal};
+/// use portcullis::config::AuthConfig;
+/// use portcullis::metrics::Metrics;
+/// use portcullis::tower_layer::AuthLayer;
+///
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = AuthConfig::parse(r#"
+///     realm = "orders"
+///     [[issuers]]
+///     issuer = "https://id.example.com"
+///     discovery = true
+///     audiences = ["orders-api"]
+///     algorithms = ["RS256"]
+/// "#)?;
+/// let metrics = Metrics::new(prometheus::Registry::new())?;
+/// let auth = AuthLayer::new(Authenticator::new(&config, metrics));
+/// let read = auth.clone().require_scopes(["orders:read"]);
+/// let write = auth.require_scopes(["orders:write"]).route_name("orders-write");
+///
+/// // Any tower service of `http::Request` works; here a plain function.
+/// let service = read.layer(tower::service_fn(|req: http::Request<String>| async move {
+///     let who = req.extensions().get::<Principal>().and_then(|p| p.subject.clone());
+///     Ok::<_, std::convert::Infallible>(http::Response::new(format!("hello {who:?}")))
+/// }));
+/// # let _ = (service, write);
+/// # Ok(())
+/// # }
+/// # use tower_layer::Layer as _;
+/// ```
 #[derive(Clone)]
 pub struct AuthLayer {
     shared: Arc<Shared>,
