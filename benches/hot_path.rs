@@ -105,6 +105,50 @@ fn jwt_validation(c: &mut Criterion) {
     g.finish();
 }
 
+/// Signature verification alone, side by side in one run: our keys (parsed once when the key
+/// set loads) against jsonwebtoken 10 with its aws-lc backend (key material rebuilt per call),
+/// the backend Portcullis used before. Read the ratio of the two lines of each algorithm.
+fn verify_backends(c: &mut Criterion) {
+    let mut g = c.benchmark_group("verify_same_run");
+    for alg in [
+        Algorithm::RS256,
+        Algorithm::PS256,
+        Algorithm::ES256,
+        Algorithm::EdDSA,
+    ] {
+        let key = DevKey::generate(alg, "k1");
+        let set = KeySet::from_jwks(jwks(&[&key]).to_string().as_bytes(), &[alg]).unwrap();
+        let token = key.sign(&serde_json::json!({ "iss": "i" }));
+        let t = jwt::parse(&token, 8192).unwrap();
+        let Lookup::Candidates(ours) = set.lookup(t.header.kid.as_deref(), t.alg) else {
+            panic!()
+        };
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.jwk()).unwrap();
+        let theirs = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+        let jose = match alg {
+            Algorithm::RS256 => jsonwebtoken::Algorithm::RS256,
+            Algorithm::PS256 => jsonwebtoken::Algorithm::PS256,
+            Algorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+            _ => jsonwebtoken::Algorithm::EdDSA,
+        };
+        g.bench_function(format!("{}/pre_parsed", alg.name()), |b| {
+            b.iter(|| assert!(keys::verify(black_box(&t), ours[0])))
+        });
+        g.bench_function(format!("{}/jsonwebtoken", alg.name()), |b| {
+            b.iter(|| {
+                assert!(jsonwebtoken::crypto::verify(
+                    black_box(t.signature),
+                    t.signing_input.as_bytes(),
+                    &theirs,
+                    jose
+                )
+                .unwrap())
+            })
+        });
+    }
+    g.finish();
+}
+
 /// What a cache hit costs: hashing the token and the lookup.
 fn token_cache_hit(c: &mut Criterion) {
     let cache = TokenCache::new(100_000, Duration::from_secs(300));
@@ -132,6 +176,7 @@ criterion_group!(
     route_match,
     bearer_extraction,
     jwt_validation,
+    verify_backends,
     token_cache_hit,
     challenge_rendering
 );

@@ -3,12 +3,12 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::DecodingKey;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::VerifyingKey;
+use super::{public_algorithm, rsa_parameters, Verifier, VerifyingKey};
 use crate::config::Algorithm;
+use aws_lc_rs::signature::{ParsedPublicKey, RsaPublicKeyComponents};
 
 #[derive(Deserialize)]
 pub(super) struct RawJwk {
@@ -87,7 +87,10 @@ pub(super) fn bind(jwk: &RawJwk, allowed: &[Algorithm]) -> Option<VerifyingKey> 
             if !is_rsa(alg) {
                 return None;
             }
-            (alg, DecodingKey::from_rsa_raw_components(&n, &e), [n, e])
+            let key = RsaPublicKeyComponents { n: &n, e: &e }
+                .to_parsed_public_key(rsa_parameters(alg)?)
+                .ok()?;
+            (alg, Verifier::Public(key), [n, e])
         }
         ("EC", Some(crv @ ("P-256" | "P-384"))) => {
             let (implied, len) = if crv == "P-256" {
@@ -106,11 +109,10 @@ pub(super) fn bind(jwk: &RawJwk, allowed: &[Algorithm]) -> Option<VerifyingKey> 
             if xb.len() != len || yb.len() != len {
                 return None;
             }
-            (
-                implied,
-                DecodingKey::from_ec_components(x, y).ok()?,
-                [xb, yb],
-            )
+            // The uncompressed point (SEC 1 §2.3.3); parsing checks it is on the curve.
+            let point = [&[4u8][..], &xb, &yb].concat();
+            let key = ParsedPublicKey::new(public_algorithm(implied)?, point).ok()?;
+            (implied, Verifier::Public(key), [xb, yb])
         }
         ("OKP", Some("Ed25519")) => {
             if named.is_some_and(|a| a != Algorithm::EdDSA) {
@@ -121,11 +123,8 @@ pub(super) fn bind(jwk: &RawJwk, allowed: &[Algorithm]) -> Option<VerifyingKey> 
             if xb.len() != 32 {
                 return None;
             }
-            (
-                Algorithm::EdDSA,
-                DecodingKey::from_ed_components(x).ok()?,
-                [xb, Vec::new()],
-            )
+            let key = Verifier::Ed25519(xb.as_slice().try_into().ok()?);
+            (Algorithm::EdDSA, key, [xb, Vec::new()])
         }
         // `oct` (shared secrets never come from a remote document), other types and curves.
         _ => return None,
@@ -136,7 +135,7 @@ pub(super) fn bind(jwk: &RawJwk, allowed: &[Algorithm]) -> Option<VerifyingKey> 
     Some(VerifyingKey {
         kid: jwk.kid.clone(),
         alg,
-        key,
+        verifier: key,
         fingerprint: fingerprint(&[alg.name().as_bytes(), &material[0], &material[1]]),
     })
 }
