@@ -233,20 +233,13 @@ fn hmac_algorithm(alg: Algorithm) -> hmac::Algorithm {
     }
 }
 
-/// The verification algorithm of an asymmetric JOSE algorithm (RFC 7518 §3).
-fn public_algorithm(alg: Algorithm) -> Option<&'static dyn signature::VerificationAlgorithm> {
-    Some(match alg {
-        Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-        Algorithm::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
-        Algorithm::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
-        Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
-        Algorithm::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
-        Algorithm::PS512 => &signature::RSA_PSS_2048_8192_SHA512,
-        Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
-        Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
-        Algorithm::EdDSA => &signature::ED25519,
-        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => return None,
-    })
+/// The verification algorithm of ES256 / ES384: fixed-length `r || s` (RFC 7518 §3.4).
+fn ecdsa_algorithm(alg: Algorithm) -> Option<&'static signature::EcdsaVerificationAlgorithm> {
+    match alg {
+        Algorithm::ES256 => Some(&signature::ECDSA_P256_SHA256_FIXED),
+        Algorithm::ES384 => Some(&signature::ECDSA_P384_SHA384_FIXED),
+        _ => None,
+    }
 }
 
 /// The RSA parameters of an RS/PS algorithm.

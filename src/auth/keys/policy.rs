@@ -6,7 +6,7 @@ use base64::Engine;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::{public_algorithm, rsa_parameters, Verifier, VerifyingKey};
+use super::{ecdsa_algorithm, rsa_parameters, Verifier, VerifyingKey};
 use crate::config::Algorithm;
 use aws_lc_rs::signature::{ParsedPublicKey, RsaPublicKeyComponents};
 
@@ -111,7 +111,7 @@ pub(super) fn bind(jwk: &RawJwk, allowed: &[Algorithm]) -> Option<VerifyingKey> 
             }
             // The uncompressed point (SEC 1 §2.3.3); parsing checks it is on the curve.
             let point = [&[4u8][..], &xb, &yb].concat();
-            let key = ParsedPublicKey::new(public_algorithm(implied)?, point).ok()?;
+            let key = ParsedPublicKey::new(ecdsa_algorithm(implied)?, point).ok()?;
             (implied, Verifier::Public(key), [xb, yb])
         }
         ("OKP", Some("Ed25519")) => {
