@@ -2,6 +2,7 @@
 # Install what building Portcullis needs and a fresh machine may lack.
 # pingora's libz-ng-sys builds with cmake; its C parts need a C compiler.
 # `setup.sh test` also installs what the tests drive: nginx (the forward-auth end-to-end test).
+# `setup.sh bench` installs what the load benchmark drives: nginx, wrk, openssl, taskset, python3.
 # As root, missing Debian packages are installed with apt-get; otherwise the exact command is
 # printed and the script fails, so nothing is silently assumed.
 set -euo pipefail
@@ -10,8 +11,14 @@ need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v make >/dev/null 2>&1 || need+=(make)
-if [ "${1:-}" = test ]; then
+if [ "${1:-}" = test ] || [ "${1:-}" = bench ]; then
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+fi
+if [ "${1:-}" = bench ]; then
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
+  command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,0 +1,407 @@
+#!/usr/bin/env python3
+"""The load benchmark: Portcullis beside nginx and the bare upstream, in one run, on loopback.
+
+    benches/load/run.py [--rounds 3] [--duration 10] [--warmup 3] [--connections 256]
+
+It installs what it lacks (scripts/setup.sh bench: nginx, wrk, openssl, taskset), builds the
+release binary and the benchmark's identity provider (benches/load/idp.rs), starts everything
+itself on 127.0.0.1, and prints a markdown report (also written to target/load-report.md).
+
+Fairness on a 2-core machine: the proxy under test (nginx, or Portcullis with every one of its
+threads) is pinned to core 0; the load generator (wrk, one thread), the upstream (nginx
+`return 200`, one process) and the identity provider share core 1. Every proxy runs one worker.
+Each round runs every scenario once, in alternating order, and the report gives medians over the
+rounds. The crypto ceilings come from `openssl speed` on core 0 in the same run.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROXY_CORE = "0"
+LOAD_CORE = "1"
+SECRET_ENV = "PORTCULLIS_BENCH_INTROSPECTION_SECRET"
+
+# (name, process under test, path, token file or None, expected status class)
+SCENARIOS = [
+    ("upstream direct", "upstream", "/", None, "2xx"),
+    ("nginx proxy, no auth", "nginx", "/", None, "2xx"),
+    ("portcullis, auth = none", "cached", "/none", None, "2xx"),
+    ("portcullis, JWT, one reused token", "cached", "/jwt", "reused.txt", "2xx"),
+    ("portcullis, 10k RS256 tokens, no cache", "nocache", "/jwt", "rs256.txt", "2xx"),
+    ("portcullis, 10k ES256 tokens, no cache", "nocache", "/jwt", "es256.txt", "2xx"),
+    ("portcullis, 10k forged RS256 tokens", "nocache", "/jwt", "forged.txt", "401"),
+    ("portcullis, 1k opaque tokens, cached", "cached", "/opaque", "opaque.txt", "2xx"),
+]
+
+WRK_DYNAMIC = r"""
+local reqs, i = {}, 0
+init = function(args)
+  for line in io.lines(args[1]) do
+    if #line > 0 then
+      reqs[#reqs + 1] = wrk.format(nil, nil, { ["Authorization"] = "Bearer " .. line })
+    end
+  end
+end
+request = function()
+  i = i % #reqs + 1
+  return reqs[i]
+end
+"""
+
+WRK_DONE = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout + e.status))
+end
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds measured per scenario and round")
+    ap.add_argument("--warmup", type=int, default=3, help="seconds of unmeasured load before each")
+    ap.add_argument("--connections", type=int, default=256)
+    ap.add_argument("--tokens", type=int, default=10000, help="distinct tokens per scenario")
+    ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
+    args = ap.parse_args()
+    if os.cpu_count() < 2:
+        sys.exit("the load benchmark needs two cores: one for the proxy, one for the load")
+
+    subprocess.run([os.path.join(ROOT, "scripts/setup.sh"), "bench"], check=True)
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "portcullis",
+                        "--example", "load_idp"], cwd=ROOT, check=True)
+    work = tempfile.mkdtemp(prefix="portcullis-load-")
+    procs = []
+    try:
+        report = run(args, work, procs)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    shutil.rmtree(work, ignore_errors=True)
+    print(report)
+    out = os.path.join(ROOT, "target", "load-report.md")
+    with open(out, "w") as f:
+        f.write(report)
+    print(f"(written to {out})", file=sys.stderr)
+
+
+def run(args, work, procs):
+    log("openssl speed on core %s" % PROXY_CORE)
+    rsa_verify = openssl_verify_rate("rsa2048", "rsa 2048 bits")
+    p256_verify = openssl_verify_rate("ecdsap256", "nistp256")
+
+    log("minting tokens and starting the identity provider")
+    idp = spawn(procs, [LOAD_CORE], [binary("examples/load_idp"), work, str(args.tokens)],
+                work, "idp", stdout=subprocess.PIPE)
+    line = idp.stdout.readline().decode()
+    if not line.startswith("ready "):
+        sys.exit(f"load_idp did not start: {line!r}")
+    issuer = line.split()[1]
+
+    upstream_port = free_port()
+    upstream = spawn(procs, [LOAD_CORE], nginx_cmd(work, "upstream", upstream_config(upstream_port)),
+                     work, "upstream")
+    nginx_port = free_port()
+    nginx = spawn(procs, [PROXY_CORE], nginx_cmd(work, "proxy", proxy_config(nginx_port, upstream_port)),
+                  work, "nginx")
+    gateways = {}
+    for name, cache in (("cached", True), ("nocache", False)):
+        port, admin = free_port(), free_port()
+        conf = write(work, f"{name}.toml", gateway_config(port, admin, issuer, upstream_port, cache))
+        proc = spawn(procs, [PROXY_CORE], [binary("portcullis"), "run", "--config", conf], work, name)
+        gateways[name] = (proc, port, admin)
+    for name, (_, _, admin) in gateways.items():
+        wait_ready(f"http://127.0.0.1:{admin}/readyz", 30)
+    for port in (upstream_port, nginx_port):
+        wait_ready(f"http://127.0.0.1:{port}/", 30)
+
+    targets = {"upstream": (upstream, upstream_port), "nginx": (nginx, nginx_port)}
+    targets.update({k: (p, port) for k, (p, port, _) in gateways.items()})
+    static = write(work, "static.lua", WRK_DONE)
+    dynamic = write(work, "dynamic.lua", WRK_DYNAMIC + WRK_DONE)
+    results = {s[0]: [] for s in SCENARIOS}
+    for r in range(args.rounds):
+        order = SCENARIOS if r % 2 == 0 else list(reversed(SCENARIOS))
+        for name, target, path, tokens, expect in order:
+            proc, port = targets[target]
+            url = f"http://127.0.0.1:{port}{path}"
+            script = [dynamic, os.path.join(work, tokens)] if tokens else [static]
+            log(f"round {r + 1}/{args.rounds}: {name}")
+            reset_peak_rss(proc.pid)
+            wrk(args, url, script, args.warmup)
+            m = wrk(args, url, script, args.duration)
+            m["rss"] = peak_rss_mib(proc.pid)
+            if expect == "2xx" and m["errors"]:
+                sys.exit(f"{name}: {m['errors']} errors or non-2xx answers; see {work}")
+            if expect == "401" and m["errors"] < m["requests"]:
+                sys.exit(f"{name}: some forged tokens were not refused")
+            results[name].append(m)
+
+    stats = json.loads(urllib.request.urlopen(issuer + "/stats").read())
+    starts = [start_to_ready(work, issuer, upstream_port) for _ in range(5)]
+    return render(args, results, rsa_verify, p256_verify, stats, starts)
+
+
+def render(args, results, rsa_verify, p256_verify, stats, starts):
+    med = {name: {k: statistics.median(m[k] for m in runs) for k in ("rps", "p50", "p99")}
+           for name, runs in results.items()}
+    for name, runs in results.items():
+        med[name]["rss"] = max(m["rss"] for m in runs)
+    direct = med["upstream direct"]
+    nginx = med["nginx proxy, no auth"]
+    lines = [
+        "# Portcullis load benchmark",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M')}; {args.rounds} rounds of {args.duration} s per scenario "
+        f"after {args.warmup} s of warm-up; {args.connections} connections, wrk with one thread; "
+        f"proxy pinned to core {PROXY_CORE}, wrk, upstream and identity provider to core {LOAD_CORE}. "
+        "Medians over rounds; peak RSS is the highest VmHWM of any round.",
+        "",
+        "| scenario | req/s | × nginx | × direct | p50 ms | p99 ms | p99 × nginx | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, *_ in SCENARIOS:
+        m = med[name]
+        lines.append(
+            f"| {name} | {m['rps']:,.0f} | {m['rps'] / nginx['rps']:.2f} | {m['rps'] / direct['rps']:.2f} "
+            f"| {m['p50'] / 1000:.2f} | {m['p99'] / 1000:.2f} | {m['p99'] / nginx['p99']:.2f} | {m['rss']:.1f} |")
+
+    def ceiling(v):
+        return 1 / (1 / v + 1 / nginx["rps"])
+
+    rs_ceiling, es_ceiling = ceiling(rsa_verify), ceiling(p256_verify)
+    jwt = med["portcullis, JWT, one reused token"]
+    rs = med["portcullis, 10k RS256 tokens, no cache"]
+    es = med["portcullis, 10k ES256 tokens, no cache"]
+    forged = med["portcullis, 10k forged RS256 tokens"]
+    gw_rss = max(m["rss"] for name, m in med.items() if name.startswith("portcullis"))
+    start_ms = statistics.median(starts) * 1000
+    checks = [
+        ("JWT route (reused token) vs nginx plain proxy, req/s", jwt["rps"] / nginx["rps"], ">=", 1.0),
+        ("JWT route (reused token) vs nginx plain proxy, p99", jwt["p99"] / nginx["p99"], "<=", 1.2),
+        ("JWT route vs Portcullis auth = none, req/s", jwt["rps"] / med["portcullis, auth = none"]["rps"], ">=", 0.95),
+        (f"10k RS256 vs ceiling {rs_ceiling:,.0f} req/s", rs["rps"] / rs_ceiling, ">=", 0.9),
+        (f"10k ES256 vs ceiling {es_ceiling:,.0f} req/s", es["rps"] / es_ceiling, ">=", 0.9),
+        ("forged RS256 (401) vs valid RS256, req/s", forged["rps"] / rs["rps"], ">=", 1.0),
+        (f"peak RSS at {args.connections} connections, MiB", gw_rss, "<=", 64),
+        ("start to ready (median of 5), ms", start_ms, "<=", 200),
+    ]
+    lines += [
+        "",
+        f"Crypto ceilings (`openssl speed`, one core): RSA-2048 verify {rsa_verify:,.0f}/s, "
+        f"P-256 verify {p256_verify:,.0f}/s. Combined ceiling 1 / (1/V + 1/N) with N = nginx's "
+        f"{nginx['rps']:,.0f} req/s: RS256 {rs_ceiling:,.0f} req/s, ES256 {es_ceiling:,.0f} req/s.",
+        "",
+        f"Identity provider calls over the whole run: JWKS {stats['jwks']}, introspection "
+        f"{stats['introspect']} (cache misses of the opaque scenario; one per distinct token when "
+        "the cache holds). Start to ready, ms: " + ", ".join(f"{s * 1000:.0f}" for s in starts) + ".",
+        "",
+        "| target | figure | goal | met |",
+        "|---|---:|---:|---|",
+    ]
+    for what, figure, op, goal in checks:
+        met = figure >= goal if op == ">=" else figure <= goal
+        lines.append(f"| {what} | {figure:.2f} | {op} {goal} | {'yes' if met else 'NO'} |")
+    lines += ["", "Per round (req/s): " + "; ".join(
+        f"{name}: " + ", ".join(f"{m['rps']:,.0f}" for m in runs) for name, runs in results.items())]
+    return "\n".join(lines) + "\n"
+
+
+def wrk(args, url, script, seconds):
+    cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{args.connections}", f"-d{seconds}s",
+           "--timeout", "5s", "-s", script[0], url]
+    if len(script) > 1:
+        cmd += ["--"] + script[1:]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    result = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    if not result:
+        sys.exit(f"wrk printed no result:\n{out}")
+    requests, duration_us, p50, p99, errors = map(int, result[0].split()[1:])
+    return {"requests": requests, "rps": requests / (duration_us / 1e6), "p50": p50, "p99": p99,
+            "errors": errors}
+
+
+def openssl_verify_rate(algorithm, row):
+    out = subprocess.run(["taskset", "-c", PROXY_CORE, "openssl", "speed", "-seconds", "3", algorithm],
+                         check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if row in line:
+            return float(line.split()[-1])
+    sys.exit(f"no '{row}' row in openssl speed output:\n{out}")
+
+
+def start_to_ready(work, issuer, upstream_port):
+    """Seconds from exec to the first 200 from /readyz (keys fetched from loopback)."""
+    port, admin = free_port(), free_port()
+    conf = write(work, "start.toml", gateway_config(port, admin, issuer, upstream_port, True))
+    started = time.monotonic()
+    proc = subprocess.Popen(["taskset", "-c", PROXY_CORE, binary("portcullis"), "run", "--config", conf],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=gateway_env())
+    try:
+        wait_ready(f"http://127.0.0.1:{admin}/readyz", 10, poll=0.001)
+        return time.monotonic() - started
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+
+
+def gateway_config(port, admin, issuer, upstream_port, cache):
+    return f"""
+[server]
+listen = "127.0.0.1:{port}"
+threads = 1
+[metrics]
+listen = "127.0.0.1:{admin}"
+[upstream]
+keepalive_pool_size = 512
+[tokens]
+cache_capacity = {100000 if cache else 0}
+[[issuers]]
+issuer = "{issuer}"
+jwks_uri = "{issuer}/jwks"
+audiences = ["bench-api"]
+algorithms = ["RS256", "ES256"]
+require_typ = true
+[introspection]
+endpoint = "{issuer}/introspect"
+client_id = "bench"
+client_secret_env = "{SECRET_ENV}"
+[[routes]]
+name = "none"
+path_prefix = "/none"
+upstreams = ["127.0.0.1:{upstream_port}"]
+auth = "none"
+[[routes]]
+name = "jwt"
+path_prefix = "/jwt"
+upstreams = ["127.0.0.1:{upstream_port}"]
+scopes = ["orders:read"]
+token_types = ["jwt"]
+[[routes]]
+name = "opaque"
+path_prefix = "/opaque"
+upstreams = ["127.0.0.1:{upstream_port}"]
+scopes = ["orders:read"]
+token_types = ["opaque"]
+"""
+
+
+def gateway_env():
+    return dict(os.environ, **{SECRET_ENV: "bench-secret", "RUST_LOG": "warn"})
+
+
+NGINX_COMMON = """
+daemon off;
+master_process off;
+worker_processes 1;
+error_log {dir}/{name}-error.log warn;
+pid {dir}/{name}.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path {dir}/{name}-body;
+  proxy_temp_path {dir}/{name}-proxy;
+  {body}
+}}
+"""
+
+
+def upstream_config(port):
+    return f"""server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}"""
+
+
+def proxy_config(port, upstream_port):
+    return f"""
+  upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 512; keepalive_requests 1000000; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}"""
+
+
+def nginx_cmd(work, name, body):
+    conf = write(work, f"{name}-nginx.conf", NGINX_COMMON.format(dir=work, name=name, body=body))
+    return [shutil.which("nginx") or "/usr/sbin/nginx", "-p", work, "-c", conf]
+
+
+def spawn(procs, cores, cmd, work, name, stdout=None):
+    log_file = open(os.path.join(work, f"{name}.log"), "wb")
+    proc = subprocess.Popen(["taskset", "-c", ",".join(cores)] + cmd, env=gateway_env(),
+                            stdout=stdout or log_file, stderr=log_file)
+    procs.append(proc)
+    return proc
+
+
+def wait_ready(url, seconds, poll=0.05):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(url, timeout=1).status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(poll)
+    sys.exit(f"{url} not ready within {seconds} s")
+
+
+def reset_peak_rss(pid):
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def binary(name):
+    return os.path.join(ROOT, "target", "release", name)
+
+
+def write(work, name, text):
+    path = os.path.join(work, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def log(msg):
+    print(f"load: {msg}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
