@@ -1,13 +1,17 @@
 //! Micro-benchmarks of the per-request work: route matching over 200 routes, bearer extraction,
 //! JWT validation (parse, key lookup, signature, claims) per algorithm, a verified-token cache
-//! hit, and challenge rendering. Run with `make bench`.
+//! hit, the scope check, the whole `authorize` decision on a cache hit (JWT and introspected
+//! opaque token), and challenge rendering. Run with `make bench`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
 use portcullis::auth::jwt::{self, ClaimRules};
 use portcullis::auth::keys::{self, KeySet, Lookup};
-use portcullis::auth::{bearer, AuthError, Challenge, Principal, TokenCache, TokenSource};
-use portcullis::config::{Algorithm, AuthMode, RouteConfig, ScopeClaim};
+use portcullis::auth::{
+    bearer, AuthError, Authenticator, Challenge, Principal, RequestInfo, RoutePolicy, TokenCache,
+    TokenSource,
+};
+use portcullis::config::{Algorithm, AuthConfig, AuthMode, RouteConfig, ScopeClaim};
 use portcullis::devkeys::{jwks, DevKey};
 use portcullis::routing::{RouteMatch, Router};
 use std::hint::black_box;
@@ -174,6 +178,114 @@ fn token_cache_hit(c: &mut Criterion) {
     });
 }
 
+/// The route's scope check, run on every request (cached token or not): two required scopes
+/// against a token granting six.
+fn scope_check(c: &mut Criterion) {
+    let strings = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let policy = RoutePolicy::new(strings(&["orders:read", "orders:write"]), vec![]);
+    let granted = strings(&[
+        "openid",
+        "profile",
+        "email",
+        "invoices:read",
+        "orders:read",
+        "orders:write",
+    ]);
+    c.bench_function("scope_check_2_of_6", |b| {
+        b.iter(|| assert!(policy.allows(black_box(&granted))))
+    });
+}
+
+/// `Authenticator::authorize` end to end on a cache hit, as an adapter calls it: bearer
+/// extraction, token kind, cache lookup, claim checks, scope check and the decision metrics.
+/// The identity provider is a loopback server that is asked once (keys, or the one
+/// introspection answer) before measuring. Each iteration includes a `block_on` of a
+/// current-thread runtime, a few hundred nanoseconds.
+fn authorize_cache_hit(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = DevKey::generate(Algorithm::RS256, "k1");
+    let idp = rt.block_on(fixed_idp(jwks(&[&key]).to_string()));
+    std::env::set_var("PORTCULLIS_BENCH_INTROSPECTION_SECRET", "bench-secret");
+    let config = AuthConfig::parse(&format!(
+        r#"
+        [[issuers]]
+        issuer = "{idp}"
+        jwks_uri = "{idp}/jwks"
+        audiences = ["api"]
+        algorithms = ["RS256"]
+        [introspection]
+        endpoint = "{idp}/introspect"
+        client_id = "bench"
+        client_secret_env = "PORTCULLIS_BENCH_INTROSPECTION_SECRET"
+        "#
+    ))
+    .unwrap();
+    let metrics = portcullis::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
+    let auth = Authenticator::new(&config, metrics);
+    for task in auth.refresh_tasks() {
+        rt.spawn(task);
+    }
+    while !auth.issuers_without_keys().is_empty() {
+        rt.block_on(tokio::time::sleep(Duration::from_millis(5)));
+    }
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let jwt = key.sign(&serde_json::json!({ "iss": idp, "sub": "user", "aud": "api",
+        "scope": "orders:read orders:write", "iat": secs, "exp": secs + 3600 }));
+    let policy = RoutePolicy::new(vec!["orders:read".into()], vec![]);
+    let mut g = c.benchmark_group("authorize_cache_hit");
+    for (kind, token) in [("jwt", jwt), ("opaque", format!("opaque-{}", "x".repeat(40)))] {
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+        headers.insert("authorization", value);
+        let info = RequestInfo {
+            headers: &headers,
+            query: None,
+            route: "bench",
+            policy: &policy,
+        };
+        rt.block_on(auth.authorize(&info)).expect("the first call fills the cache");
+        g.bench_function(kind, |b| {
+            b.iter(|| rt.block_on(auth.authorize(black_box(&info))).unwrap())
+        });
+    }
+    g.finish();
+}
+
+/// A loopback identity provider with fixed answers: `GET /jwks` gets `jwks`, anything else an
+/// active introspection answer. One request per connection. Returns its base URL.
+async fn fixed_idp(jwks: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let active = format!(
+        r#"{{"active":true,"sub":"svc","scope":"orders:read","exp":{}}}"#,
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600
+    );
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = vec![0; 8192];
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            let body = if buf[..n].starts_with(b"GET /jwks") { &jwks } else { &active };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all((head + body).as_bytes()).await;
+        }
+    });
+    base
+}
+
 criterion_group!(
     benches,
     route_match,
@@ -181,6 +293,8 @@ criterion_group!(
     jwt_validation,
     verify_backends,
     token_cache_hit,
+    scope_check,
+    authorize_cache_hit,
     challenge_rendering
 );
 criterion_main!(benches);

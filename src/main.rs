@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand};
 use portcullis::app::App;
 use portcullis::config::Config;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An OAuth 2.0 resource-server gateway: validates bearer tokens before forwarding requests.
 #[derive(Parser)]
 #[command(name = "portcullis", version, about)]

@@ -197,7 +197,7 @@ impl ProxyHttp for Proxy {
             .get(&X_REQUEST_ID)
             .is_some_and(|v| is_request_id(v.as_bytes()))
         {
-            upstream.insert_header(X_REQUEST_ID.clone(), uuid::Uuid::new_v4().to_string())?;
+            upstream.insert_header(X_REQUEST_ID.clone(), request_id())?;
         }
         Ok(())
     }
@@ -262,14 +262,14 @@ impl ProxyHttp for Proxy {
                 .with_label_values(&[route, kind.as_str()])
                 .inc();
         }
-        let upstream = ctx.tried.last().map(|a| a.to_string());
+        // tracing evaluates the fields only when the access log is enabled.
         tracing::info!(
             target: "portcullis::access",
             method = %session.req_header().method,
             route,
             status,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
-            upstream = upstream.as_deref().unwrap_or("-"),
+            upstream = ctx.tried.last().map_or_else(|| "-".to_owned(), |a| a.to_string()),
         );
     }
 }
@@ -380,6 +380,17 @@ fn set_forwarded_headers(
     Ok(())
 }
 
+/// A random (v4) UUID. aws-lc's generator runs in user space, where `Uuid::new_v4` makes one
+/// `getrandom` system call per request.
+fn request_id() -> String {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).expect("aws-lc random generator");
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
 /// A client's request id is kept when it is short printable ASCII.
 fn is_request_id(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic())
@@ -472,6 +483,12 @@ mod tests {
         assert!(!is_request_id(b""));
         assert!(!is_request_id(b"has space"));
         assert!(!is_request_id(&[b'a'; 129]));
+        let (a, b) = (request_id(), request_id());
+        assert_ne!(a, b);
+        let parsed = uuid::Uuid::parse_str(&a).unwrap();
+        assert_eq!(parsed.get_version(), Some(uuid::Version::Random));
+        assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);
+        assert!(is_request_id(a.as_bytes()));
     }
 
     #[test]

@@ -36,6 +36,7 @@ SECRET_ENV = "PORTCULLIS_BENCH_INTROSPECTION_SECRET"
 SCENARIOS = [
     ("upstream direct", "upstream", "/", None, "2xx"),
     ("nginx proxy, no auth", "nginx", "/", None, "2xx"),
+    ("pingora bare proxy, no auth (bound)", "bare", "/", None, "2xx"),
     ("portcullis, auth = none", "cached", "/none", None, "2xx"),
     ("portcullis, JWT, one reused token", "cached", "/jwt", "reused.txt", "2xx"),
     ("portcullis, 10k RS256 tokens, no cache", "nocache", "/jwt", "rs256.txt", "2xx"),
@@ -84,7 +85,8 @@ def main():
     subprocess.run([os.path.join(ROOT, "scripts/setup.sh"), "bench"], check=True)
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "portcullis",
-                        "--example", "load_idp"], cwd=ROOT, check=True)
+                        "--example", "load_idp", "--example", "load_bare_pingora"],
+                       cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="portcullis-load-")
     procs = []
     try:
@@ -124,6 +126,9 @@ def run(args, work, procs):
     nginx_port = free_port()
     nginx = spawn(procs, [PROXY_CORE], nginx_cmd(work, "proxy", proxy_config(nginx_port, upstream_port)),
                   work, "nginx")
+    bare_port = free_port()
+    bare = spawn(procs, [PROXY_CORE], [binary("examples/load_bare_pingora"), f"127.0.0.1:{bare_port}",
+                                       f"127.0.0.1:{upstream_port}"], work, "bare")
     gateways = {}
     for name, cache in (("cached", True), ("nocache", False)):
         port, admin = free_port(), free_port()
@@ -132,10 +137,11 @@ def run(args, work, procs):
         gateways[name] = (proc, port, admin)
     for name, (_, _, admin) in gateways.items():
         wait_ready(f"http://127.0.0.1:{admin}/readyz", 30)
-    for port in (upstream_port, nginx_port):
+    for port in (upstream_port, nginx_port, bare_port):
         wait_ready(f"http://127.0.0.1:{port}/", 30)
 
-    targets = {"upstream": (upstream, upstream_port), "nginx": (nginx, nginx_port)}
+    targets = {"upstream": (upstream, upstream_port), "nginx": (nginx, nginx_port),
+               "bare": (bare, bare_port)}
     targets.update({k: (p, port) for k, (p, port, _) in gateways.items()})
     static = write(work, "static.lua", WRK_DONE)
     dynamic = write(work, "dynamic.lua", WRK_DYNAMIC + WRK_DONE)
@@ -195,6 +201,7 @@ def render(args, results, rsa_verify, p256_verify, stats, starts):
     es = med["portcullis, 10k ES256 tokens, no cache"]
     forged = med["portcullis, 10k forged RS256 tokens"]
     gw_rss = max(m["rss"] for name, m in med.items() if name.startswith("portcullis"))
+    bare = med["pingora bare proxy, no auth (bound)"]
     start_ms = statistics.median(starts) * 1000
     checks = [
         ("JWT route (reused token) vs nginx plain proxy, req/s", jwt["rps"] / nginx["rps"], ">=", 1.0),
@@ -211,6 +218,10 @@ def render(args, results, rsa_verify, p256_verify, stats, starts):
         f"Crypto ceilings (`openssl speed`, one core): RSA-2048 verify {rsa_verify:,.0f}/s, "
         f"P-256 verify {p256_verify:,.0f}/s. Combined ceiling 1 / (1/V + 1/N) with N = nginx's "
         f"{nginx['rps']:,.0f} req/s: RS256 {rs_ceiling:,.0f} req/s, ES256 {es_ceiling:,.0f} req/s.",
+        "",
+        f"Against pingora forwarding alone (same pingora, allocator, one thread): auth = none "
+        f"{med['portcullis, auth = none']['rps'] / bare['rps']:.2f}×, JWT reused token "
+        f"{jwt['rps'] / bare['rps']:.2f}×; pingora alone is {bare['rps'] / nginx['rps']:.2f}× nginx.",
         "",
         f"Identity provider calls over the whole run: JWKS {stats['jwks']}, introspection "
         f"{stats['introspect']} (cache misses of the opaque scenario; one per distinct token when "
