@@ -178,6 +178,23 @@ fn token_cache_hit(c: &mut Criterion) {
     });
 }
 
+/// The cache key of a 700-byte token, side by side: SHA-256 (aws-lc) against BLAKE2b-256 (the
+/// one `TokenCache::key` uses). Both are collision-resistant; the faster one wins.
+fn cache_key_hash(c: &mut Criterion) {
+    use blake2::Digest;
+    let token = format!("{}.{}.{}", "e".repeat(36), "p".repeat(300), "s".repeat(342));
+    let mut g = c.benchmark_group("cache_key_700_byte_token");
+    g.bench_function("sha256", |b| {
+        b.iter(|| {
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, black_box(&token).as_bytes())
+        })
+    });
+    g.bench_function("blake2b256", |b| {
+        b.iter(|| blake2::Blake2b::<blake2::digest::consts::U32>::digest(black_box(&token)))
+    });
+    g.finish();
+}
+
 /// The route's scope check, run on every request (cached token or not): two required scopes
 /// against a token granting six.
 fn scope_check(c: &mut Criterion) {
@@ -229,17 +246,22 @@ fn authorize_cache_hit(c: &mut Criterion) {
         rt.spawn(task);
     }
     while !auth.issuers_without_keys().is_empty() {
-        rt.block_on(tokio::time::sleep(Duration::from_millis(5)));
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(5)).await });
     }
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let jwt = key.sign(&serde_json::json!({ "iss": idp, "sub": "user", "aud": "api",
-        "scope": "orders:read orders:write", "iat": secs, "exp": secs + 3600 }));
+    let jwt = key.sign(
+        &serde_json::json!({ "iss": idp, "sub": "user", "aud": "api",
+        "scope": "orders:read orders:write", "iat": secs, "exp": secs + 3600 }),
+    );
     let policy = RoutePolicy::new(vec!["orders:read".into()], vec![]);
     let mut g = c.benchmark_group("authorize_cache_hit");
-    for (kind, token) in [("jwt", jwt), ("opaque", format!("opaque-{}", "x".repeat(40)))] {
+    for (kind, token) in [
+        ("jwt", jwt),
+        ("opaque", format!("opaque-{}", "x".repeat(40))),
+    ] {
         let mut headers = HeaderMap::new();
         let value = HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
         headers.insert("authorization", value);
@@ -249,7 +271,8 @@ fn authorize_cache_hit(c: &mut Criterion) {
             route: "bench",
             policy: &policy,
         };
-        rt.block_on(auth.authorize(&info)).expect("the first call fills the cache");
+        rt.block_on(auth.authorize(&info))
+            .expect("the first call fills the cache");
         g.bench_function(kind, |b| {
             b.iter(|| rt.block_on(auth.authorize(black_box(&info))).unwrap())
         });
@@ -275,7 +298,11 @@ async fn fixed_idp(jwks: String) -> String {
         while let Ok((mut stream, _)) = listener.accept().await {
             let mut buf = vec![0; 8192];
             let n = stream.read(&mut buf).await.unwrap_or(0);
-            let body = if buf[..n].starts_with(b"GET /jwks") { &jwks } else { &active };
+            let body = if buf[..n].starts_with(b"GET /jwks") {
+                &jwks
+            } else {
+                &active
+            };
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                 body.len()
@@ -293,6 +320,7 @@ criterion_group!(
     jwt_validation,
     verify_backends,
     token_cache_hit,
+    cache_key_hash,
     scope_check,
     authorize_cache_hit,
     challenge_rendering

@@ -104,7 +104,6 @@ impl App {
             grace_period_seconds: Some(config.server.shutdown_grace.as_secs_f64().ceil() as u64),
             graceful_shutdown_timeout_seconds: Some(5),
             upstream_keepalive_pool_size: config.upstream.keepalive_pool_size,
-            work_stealing: false,
             ..ServerConf::default()
         };
         let mut server = Server::new_with_opt_and_conf(None, conf);

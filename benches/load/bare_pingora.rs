@@ -1,5 +1,5 @@
 //! The load benchmark's bound: a pingora reverse proxy that does nothing but forward, built with
-//! the same pingora, allocator and server settings as Portcullis (one thread, no work stealing).
+//! the same pingora, allocator and server settings as Portcullis (one thread).
 //! Portcullis's own work is the difference between its scenarios and this one.
 //!
 //! `load_bare_pingora <listen addr> <upstream addr>`; runs until killed.
@@ -35,7 +35,6 @@ fn main() {
     let upstream: SocketAddr = upstream.parse().expect("upstream is an ip:port");
     let conf = ServerConf {
         threads: 1,
-        work_stealing: false,
         upstream_keepalive_pool_size: 512,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),

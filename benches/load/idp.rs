@@ -54,16 +54,18 @@ async fn main() {
     let rs = DevKey::generate(Algorithm::RS256, "rs");
     let es = DevKey::generate(Algorithm::ES256, "es");
     let mint = |key: &DevKey| (0..count).map(|i| key.sign(&claims(&issuer, i))).collect();
-    let (rs256, es256): (Vec<String>, Vec<String>) =
-        std::thread::scope(|s| {
-            let es256 = s.spawn(|| mint(&es));
-            (mint(&rs), es256.join().unwrap())
-        });
+    let (rs256, es256): (Vec<String>, Vec<String>) = std::thread::scope(|s| {
+        let es256 = s.spawn(|| mint(&es));
+        (mint(&rs), es256.join().unwrap())
+    });
     let write = |name: &str, tokens: &[String]| {
         std::fs::write(dir.join(name), tokens.join("\n") + "\n").unwrap();
     };
     write("reused.txt", &rs256[..1]);
-    write("forged.txt", &rs256.iter().map(|t| forge(t)).collect::<Vec<_>>());
+    write(
+        "forged.txt",
+        &rs256.iter().map(|t| forge(t)).collect::<Vec<_>>(),
+    );
     write("rs256.txt", &rs256);
     write("es256.txt", &es256);
     write(

@@ -9,7 +9,7 @@
 //! - Failure is never the client's fault and never a pass: unreachable, timeout, any other
 //!   status, a 401 to our own credentials, an unreadable or oversized answer, or no free call
 //!   slot within [`SLOT_WAIT`] all give 503 (RFC 7662 §4: fail closed).
-//! - The cache (moka) is keyed by the SHA-256 of the token. An active answer lives until
+//! - The cache (moka) is keyed by the BLAKE2b-256 hash of the token. An active answer lives until
 //!   `min(exp, cache_ttl)`, an inactive one for `negative_cache_ttl`; errors are never cached.
 //!   Concurrent misses for one token share one call. Claims are cached, decisions are not.
 //! - At most `max_in_flight` calls are outstanding; the endpoint sees a bounded load whatever
@@ -176,9 +176,9 @@ impl Introspector {
         self.endpoint.load().is_some()
     }
 
-    /// The principal of an opaque token, from the cache or the endpoint. `key` is the SHA-256
-    /// of the token when the caller has it already; `now` decides `exp` / `nbf` on every use,
-    /// cached or not.
+    /// The principal of an opaque token, from the cache or the endpoint. `key` is the token's
+    /// cache key ([`TokenCache::key`](crate::auth::TokenCache::key)) when the caller has it
+    /// already; `now` decides `exp` / `nbf` on every use, cached or not.
     pub async fn validate(
         &self,
         token: &str,
