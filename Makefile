@@ -1,5 +1,5 @@
 # The two commands of the README's quick start, and a few more.
-.PHONY: setup run serve test check bench
+.PHONY: setup run serve test check bench load-bench
 
 setup:
 	@./scripts/setup.sh
@@ -26,3 +26,8 @@ check: setup
 # Criterion micro-benchmarks of the hot path.
 bench: setup
 	cargo bench --locked --bench hot_path
+
+# The load benchmark: Portcullis beside nginx and bare pingora on loopback, about 7 minutes.
+# Pass options with ARGS, e.g. make load-bench ARGS="--rounds 5".
+load-bench:
+	./benches/load/run.py $(ARGS)
