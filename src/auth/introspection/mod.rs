@@ -9,9 +9,10 @@
 //! - Failure is never the client's fault and never a pass: unreachable, timeout, any other
 //!   status, a 401 to our own credentials, an unreadable or oversized answer, or no free call
 //!   slot within [`SLOT_WAIT`] all give 503 (RFC 7662 §4: fail closed).
-//! - The cache (moka) is keyed by the BLAKE2b-256 hash of the token. An active answer lives until
-//!   `min(exp, cache_ttl)`, an inactive one for `negative_cache_ttl`; errors are never cached.
-//!   Concurrent misses for one token share one call. Claims are cached, decisions are not.
+//! - The cache (moka) is keyed by the BLAKE2b-256 hash of the token. An active answer lives
+//!   until `min(exp, cache_ttl)`, an inactive one for `negative_cache_ttl`; errors are never
+//!   cached. Concurrent misses for one token share one call. Claims are cached, decisions are
+//!   not.
 //! - At most `max_in_flight` calls are outstanding; the endpoint sees a bounded load whatever
 //!   arrives, and memory stays bounded by `cache_capacity`.
 
