@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what building Portcullis needs and a fresh machine may lack.
 # pingora's libz-ng-sys builds with cmake; its C parts need a C compiler.
-# `setup.sh test` also installs what the tests drive: nginx (the forward-auth end-to-end test).
+# `setup.sh test` also installs what the tests drive: nginx (the forward-auth end-to-end test),
+# Node.js and the authorization server of the interop tests (npm ci in tests/interop).
 # `setup.sh bench` installs what the load benchmark drives: nginx, wrk, openssl, taskset, python3.
 # As root, missing Debian packages are installed with apt-get; otherwise the exact command is
 # printed and the script fails, so nothing is silently assumed.
@@ -13,6 +14,10 @@ command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v make >/dev/null 2>&1 || need+=(make)
 if [ "${1:-}" = test ] || [ "${1:-}" = bench ]; then
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+fi
+if [ "${1:-}" = test ]; then
+  command -v node >/dev/null 2>&1 || need+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need+=(npm)
 fi
 if [ "${1:-}" = bench ]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
@@ -33,6 +38,15 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "setup: missing ${need[*]}; install with:" >&2
     echo "  sudo apt-get install -y ${need[*]}" >&2
     exit 1
+  fi
+fi
+
+if [ "${1:-}" = test ]; then
+  # node-oidc-provider, pinned by tests/interop/package-lock.json; reinstalled when the lock changes.
+  interop="$(dirname "$0")/../tests/interop"
+  if [ ! "$interop/node_modules/.package-lock.json" -nt "$interop/package-lock.json" ]; then
+    echo "setup: npm ci in tests/interop" >&2
+    (cd "$interop" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 fi
 

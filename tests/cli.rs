@@ -6,34 +6,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::binary::{GatewayProcess, TempFile, BIN};
 use common::{client, EchoUpstream};
 use portcullis::config::Config;
-
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
-
-fn write_config(text: &str) -> tempfile_path::TempPath {
-    tempfile_path::TempPath::with(text)
-}
-
-/// A file under the target directory that is removed when dropped.
-mod tempfile_path {
-    pub struct TempPath(pub std::path::PathBuf);
-    impl TempPath {
-        pub fn with(text: &str) -> TempPath {
-            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-            let path = dir.join(format!("cli-{}-{n}.toml", std::process::id()));
-            std::fs::write(&path, text).unwrap();
-            TempPath(path)
-        }
-    }
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-}
 
 const ROUTE: &str =
     "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\n";
@@ -82,7 +57,7 @@ fn version_and_help() {
 
 #[test]
 fn check_prints_one_line_per_problem_and_exits_1() {
-    let file = write_config(
+    let file = TempFile::with(
         "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstreams = []\n\
          [[routes]]\nname = \"a\"\npath_prefix = \"/b\"\nupstreams = [\"127.0.0.1:1\"]\nauth = \"none\"\nscopes = [\"x\"]\n",
     );
@@ -276,40 +251,19 @@ fn defaults_fill_what_the_file_leaves_out() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let up = EchoUpstream::start("a").await;
-    let file = write_config(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
-        up.addr
-    ));
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&file.0)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The gateway logs the addresses it bound: `... listening proxy=127.0.0.1:PORT metrics=...`.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let proxy_addr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "the gateway exited before listening"
-        );
-        if let Some(rest) = line
-            .split("proxy=")
-            .nth(1)
-            .filter(|_| line.contains("listening"))
-        {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-
+    let gateway = GatewayProcess::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+            up.addr
+        ),
+        &[],
+    );
+    let proxy_addr = gateway.proxy;
     let arrived = up.arrived();
     let in_flight = tokio::spawn(client().get(format!("http://{proxy_addr}/gate")).send());
     arrived.await;
-    common::sigterm(&child);
+    gateway.sigterm();
     up.release();
     let resp = in_flight
         .await
@@ -318,7 +272,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "released");
 
-    assert_eq!(common::exit_code(child).await, Some(0));
+    assert_eq!(gateway.wait().await, Some(0));
 }
 
 /// `portcullis dev` does what its printed instructions say: token, then 200, 401 and 403.

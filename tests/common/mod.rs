@@ -2,7 +2,9 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod authz;
+pub mod binary;
 pub mod idp;
+pub mod oidc;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

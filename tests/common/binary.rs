@@ -1,0 +1,99 @@
+//! The real `portcullis` binary as a child process, with its configuration in a temporary file.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// A file under the target directory that is removed when dropped.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn with(text: &str) -> TempFile {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let path = dir.join(format!("gateway-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `portcullis run --config <file>`, killed when dropped unless [`GatewayProcess::wait`]ed for.
+pub struct GatewayProcess {
+    child: Option<Child>,
+    pub proxy: SocketAddr,
+    pub metrics: SocketAddr,
+    _config: TempFile,
+}
+
+impl GatewayProcess {
+    /// Start the binary with `config` and the extra environment `env`; returns once it has logged
+    /// the addresses it bound (`... listening proxy=ADDR metrics=ADDR`), which is before its key
+    /// sets are loaded: wait for `/readyz` when that matters.
+    pub fn start(config: &str, env: &[(&str, &str)]) -> GatewayProcess {
+        let file = TempFile::with(config);
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&file.0)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        let (proxy, metrics) = loop {
+            let mut line = String::new();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "the gateway exited before listening; it said:\n{seen}"
+            );
+            seen.push_str(&line);
+            let field = |name: &str| -> Option<SocketAddr> {
+                let rest = line.split(&format!("{name}=")).nth(1)?;
+                rest.split_whitespace().next()?.parse().ok()
+            };
+            if line.contains("listening") {
+                if let (Some(p), Some(m)) = (field("proxy"), field("metrics")) {
+                    break (p, m);
+                }
+            }
+        };
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        GatewayProcess {
+            child: Some(child),
+            proxy,
+            metrics,
+            _config: file,
+        }
+    }
+
+    /// Send SIGTERM.
+    pub fn sigterm(&self) {
+        super::sigterm(self.child.as_ref().expect("running"));
+    }
+
+    /// Wait for the process to exit; its exit code.
+    pub async fn wait(mut self) -> Option<i32> {
+        super::exit_code(self.child.take().expect("running")).await
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
