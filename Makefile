@@ -1,5 +1,5 @@
 # The two commands of the README's quick start, and a few more.
-.PHONY: setup run serve test check bench load-bench
+.PHONY: setup run serve test check bench load-bench fuzz
 
 setup:
 	@./scripts/setup.sh
@@ -31,3 +31,8 @@ bench: setup
 # Pass options with ARGS, e.g. make load-bench ARGS="--rounds 5".
 load-bench:
 	./benches/load/run.py $(ARGS)
+
+# Fuzz the token, key set, introspection and config parsers: make fuzz FUZZ_SECONDS=600 (each).
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	./scripts/fuzz.sh $(FUZZ_SECONDS)

@@ -1,0 +1,144 @@
+//! What each fuzz target does with one input: call the parser and check what must hold of its
+//! answer. Shared by the cargo-fuzz targets (`fuzz/fuzz_targets/`) and by `tests/fuzz_corpus.rs`,
+//! which replays the committed corpus on every `make test`.
+//!
+//! Every function must return normally for every input: a panic is a finding.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use portcullis::auth::introspection::answer::{self, Answer, Expectations};
+use portcullis::auth::jwt::{self, ClaimRules};
+use portcullis::auth::keys::{self, KeySet, Lookup};
+use portcullis::auth::bearer;
+use portcullis::config::{Algorithm, Config, ScopeClaim};
+
+/// The fixed key set of the JWT target: public ES256, RS256 and EdDSA keys (their private halves
+/// signed the seed tokens and were thrown away), and an HS256 secret.
+const JWKS: &[u8] = include_bytes!("fixtures/jwks.json");
+pub const HMAC_SECRET: &[u8] = b"fuzz-fixture-hmac-secret-of-32-bytes!!";
+/// The seeds' claims are valid at this instant (2026-11-21).
+const NOW: u64 = 1_795_300_000;
+
+/// `Authorization` header value -> at most one bearer token (RFC 6750 §2.1).
+pub fn bearer(data: &[u8]) {
+    if let Ok(Some(token)) = bearer::parse(data) {
+        assert!(!token.is_empty(), "an empty token was accepted");
+        let b64token = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+        assert!(
+            token.bytes().all(b64token),
+            "a token outside the b64token alphabet: {token:?}"
+        );
+        let first_eq = token.find('=').unwrap_or(token.len());
+        assert!(
+            token[first_eq..].bytes().all(|b| b == b'='),
+            "`=` before the end: {token:?}"
+        );
+    }
+}
+
+/// A token string -> decode, key choice, signature, claims, against the fixed key set.
+pub fn jwt(data: &[u8]) {
+    jwt_accepted(data);
+}
+
+/// Whether the token passes every check (what [`jwt`] does, with the outcome).
+pub fn jwt_accepted(data: &[u8]) -> bool {
+    let Ok(token) = std::str::from_utf8(data) else {
+        return false;
+    };
+    let asymmetric = KeySet::from_jwks(JWKS, &Algorithm::ALL).expect("the fixture parses");
+    let hmac = KeySet::from_hmac_secret(HMAC_SECRET, &[Algorithm::HS256]);
+    let Ok(parsed) = jwt::parse(token, 8192) else {
+        return false;
+    };
+    assert!(jwt::looks_like_jwt(token), "parsed without a JWT's shape");
+    let set = if parsed.alg == Algorithm::HS256 {
+        &hmac
+    } else {
+        &asymmetric
+    };
+    let Lookup::Candidates(candidates) = set.lookup(parsed.header.kid.as_deref(), parsed.alg)
+    else {
+        return false;
+    };
+    let Some(key) = candidates.into_iter().find(|k| keys::verify(&parsed, k)) else {
+        return false;
+    };
+    // Only the seeds' signers could have produced this: the key must be bound to the token's alg.
+    assert_eq!(key.alg, parsed.alg, "verified with a key of another algorithm");
+    let rules = ClaimRules {
+        audiences: vec!["https://api.example".into()],
+        leeway: Duration::from_secs(30),
+        require_typ: false,
+        scope_claim: ScopeClaim::Scope,
+        max_token_lifetime: Some(Duration::from_secs(3600)),
+    };
+    let now = UNIX_EPOCH + Duration::from_secs(NOW);
+    if jwt::check_claims(&parsed.header, &parsed.claims, &rules, now).is_err() {
+        return false;
+    }
+    let exp = parsed.claims.exp.expect("exp is required").0;
+    assert!(exp + 30 > NOW as i64, "an expired token passed");
+    let _ = jwt::scopes(&parsed.claims, ScopeClaim::Scope);
+    true
+}
+
+/// A JWKS document -> the usable keys.
+pub fn jwks(data: &[u8]) {
+    let Ok(set) = KeySet::from_jwks(data, &Algorithm::ALL) else {
+        return;
+    };
+    let listed = serde_json::from_slice::<serde_json::Value>(data)
+        .ok()
+        .and_then(|v| v["keys"].as_array().map(Vec::len))
+        .expect("a set parsed from something that is not a JWKS");
+    assert!(
+        !set.is_empty() && set.len() <= listed,
+        "{} keys from {listed} listed",
+        set.len()
+    );
+    for alg in Algorithm::ALL {
+        if let Lookup::Candidates(keys) = set.lookup(None, alg) {
+            assert!(keys.iter().all(|k| k.alg == alg), "a key offered for another alg");
+        }
+    }
+}
+
+/// An introspection answer body -> active or inactive, as the JSON's `active` says.
+pub fn introspection_answer(data: &[u8]) {
+    let Ok(parsed) = answer::parse(data) else {
+        return;
+    };
+    let json: serde_json::Value = serde_json::from_slice(data).expect("parsed from non-JSON");
+    match parsed {
+        Answer::Active(claims) => {
+            assert_eq!(json["active"], true, "active without \"active\": true");
+            let expect = Expectations {
+                audiences: vec!["orders".into()],
+                issuer: Some("https://id.example".into()),
+                leeway: 30,
+            };
+            if claims.check(&expect, NOW as i64).is_ok() {
+                assert!(claims.aud.iter().any(|a| a == "orders"), "passed without aud");
+                assert!(claims.exp.is_none_or(|e| e > NOW as i64), "expired passed");
+            }
+        }
+        Answer::Inactive => {
+            assert_eq!(json["active"], false, "inactive without \"active\": false")
+        }
+    }
+}
+
+/// A configuration file -> a validated config, or problems that each name a key.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match Config::parse(text) {
+        Ok(config) => assert!(!config.routes.is_empty(), "a config without routes"),
+        Err(e) => assert!(
+            e.lines().iter().all(|l| !l.trim().is_empty()),
+            "an empty problem line"
+        ),
+    }
+}
