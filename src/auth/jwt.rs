@@ -24,7 +24,19 @@ pub struct JoseHeader {
     pub alg: String,
     pub kid: Option<String>,
     pub typ: Option<String>,
-    crit: Option<IgnoredAny>,
+    #[serde(default)]
+    crit: Present,
+}
+
+/// Whether a header member is there at all, whatever its value, `null` included: a `crit` of
+/// any form fails the token (RFC 7515 §4.1.11; we understand no extensions).
+#[derive(Debug, Default)]
+struct Present(bool);
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        IgnoredAny::deserialize(d).map(|_| Present(true))
+    }
 }
 
 /// The claims we read; a repeated member name is an error.
@@ -143,7 +155,7 @@ pub fn parse(token: &str, max_size: usize) -> Result<Unverified<'_>, TokenFault>
     let (signing_input, signature) = token.rsplit_once('.').ok_or(TokenFault::Malformed)?;
     let (header_b64, claims_b64) = signing_input.split_once('.').ok_or(TokenFault::Malformed)?;
     let header: JoseHeader = decode_json(header_b64)?;
-    if header.crit.is_some() {
+    if header.crit.0 {
         return Err(TokenFault::CriticalHeader);
     }
     let alg = Algorithm::from_name(&header.alg).ok_or(TokenFault::AlgorithmNotAllowed)?;
@@ -319,8 +331,14 @@ mod tests {
     fn header_rules() {
         let t = token(r#"{"alg":"RS256","crit":["exp"]}"#, "{}");
         assert_eq!(parse(&t, 8192).err(), Some(TokenFault::CriticalHeader));
-        let t = token(r#"{"alg":"RS256","crit":[]}"#, "{}");
-        assert_eq!(parse(&t, 8192).err(), Some(TokenFault::CriticalHeader));
+        for crit in ["[]", "null", "\"exp\"", "{}", "0", "[\"b64\"]"] {
+            let t = token(&format!(r#"{{"alg":"RS256","crit":{crit}}}"#), "{}");
+            assert_eq!(
+                parse(&t, 8192).err(),
+                Some(TokenFault::CriticalHeader),
+                "crit {crit}"
+            );
+        }
         for alg in ["none", "None", "NONE", "nOnE", "rs256", ""] {
             let t = token(&format!(r#"{{"alg":"{alg}"}}"#), "{}");
             assert_eq!(
@@ -389,7 +407,7 @@ mod tests {
             alg: "RS256".into(),
             kid: None,
             typ: typ.map(Into::into),
-            crit: None,
+            crit: Present(false),
         }
     }
 
