@@ -6,10 +6,10 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use portcullis::auth::bearer;
 use portcullis::auth::introspection::answer::{self, Answer, Expectations};
 use portcullis::auth::jwt::{self, ClaimRules};
 use portcullis::auth::keys::{self, KeySet, Lookup};
-use portcullis::auth::bearer;
 use portcullis::config::{Algorithm, Config, ScopeClaim};
 
 /// The fixed key set of the JWT target: public ES256, RS256 and EdDSA keys (their private halves
@@ -65,7 +65,10 @@ pub fn jwt_accepted(data: &[u8]) -> bool {
         return false;
     };
     // Only the seeds' signers could have produced this: the key must be bound to the token's alg.
-    assert_eq!(key.alg, parsed.alg, "verified with a key of another algorithm");
+    assert_eq!(
+        key.alg, parsed.alg,
+        "verified with a key of another algorithm"
+    );
     let rules = ClaimRules {
         audiences: vec!["https://api.example".into()],
         leeway: Duration::from_secs(30),
@@ -99,7 +102,10 @@ pub fn jwks(data: &[u8]) {
     );
     for alg in Algorithm::ALL {
         if let Lookup::Candidates(keys) = set.lookup(None, alg) {
-            assert!(keys.iter().all(|k| k.alg == alg), "a key offered for another alg");
+            assert!(
+                keys.iter().all(|k| k.alg == alg),
+                "a key offered for another alg"
+            );
         }
     }
 }
@@ -119,7 +125,10 @@ pub fn introspection_answer(data: &[u8]) {
                 leeway: 30,
             };
             if claims.check(&expect, NOW as i64).is_ok() {
-                assert!(claims.aud.iter().any(|a| a == "orders"), "passed without aud");
+                assert!(
+                    claims.aud.iter().any(|a| a == "orders"),
+                    "passed without aud"
+                );
                 assert!(claims.exp.is_none_or(|e| e > NOW as i64), "expired passed");
             }
         }
