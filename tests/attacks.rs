@@ -400,3 +400,130 @@ async fn a_token_signed_by_another_trusted_issuers_key() {
         ) >= 1.0
     );
 }
+
+/// One key set with every kind of bad key beside two good ones: only the good ones are used.
+/// Skipped: `use: enc`, private members, a 1024-bit RSA modulus, an EC key whose curve does not
+/// fit its alg, an `oct` secret; a kid naming two different keys refuses tokens with that kid.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_set_with_bad_keys_uses_only_the_good_ones() {
+    let good_rsa = DevKey::generate(Algorithm::RS256, "rsa-1");
+    let good_ec = DevKey::generate(Algorithm::ES256, "ec-1");
+    let dup_a = DevKey::generate(Algorithm::RS256, "dup");
+    let dup_b = DevKey::generate(Algorithm::RS256, "dup");
+    let enc = DevKey::generate(Algorithm::RS256, "enc-1");
+    let private = DevKey::generate(Algorithm::RS256, "priv-1");
+    let p384 = DevKey::generate(Algorithm::ES256, "crv-1");
+    let jwk = |k: &DevKey, f: &dyn Fn(&mut Value)| {
+        let mut j = k.jwk();
+        f(&mut j);
+        j
+    };
+    let body = json!({"keys": [
+        good_rsa.jwk(),
+        good_ec.jwk(),
+        dup_a.jwk(),
+        dup_b.jwk(),
+        jwk(&enc, &|j| j["use"] = json!("enc")),
+        jwk(&private, &|j| j["d"] = json!("AQAB")),
+        jwk(&p384, &|j| j["crv"] = json!("P-384")),
+        {"kty": "RSA", "kid": "short-1", "alg": "RS256", "e": "AQAB", "n": URL_SAFE_NO_PAD.encode([0xc5u8; 128])},
+        {"kty": "oct", "kid": "oct-1", "alg": "HS256", "k": URL_SAFE_NO_PAD.encode(b"a shared secret of thirty-two bytes!")},
+    ]});
+    let idp = MockIdp::start(&[&good_rsa]).await;
+    idp.set_jwks_body(&body.to_string());
+    let up = EchoUpstream::start("app").await;
+    let gw = start_gateway(&format!(
+        "[[issuers]]\nissuer = \"{}\"\ndiscovery = true\naudiences = [\"api\"]\n\
+         algorithms = [\"RS256\", \"ES256\"]\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\n",
+        idp.issuer(),
+        up.addr
+    ));
+    assert!(became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(15)).await);
+    let base = claims(&idp, "");
+    let oct = DevKey::hmac(
+        Algorithm::HS256,
+        "oct-1",
+        b"a shared secret of thirty-two bytes!",
+    );
+    let cases = [
+        ("good RSA", good_rsa.sign(&base), 200),
+        ("good EC", good_ec.sign(&base), 200),
+        ("a kid with two keys (first)", dup_a.sign(&base), 401),
+        ("a kid with two keys (second)", dup_b.sign(&base), 401),
+        ("use enc", enc.sign(&base), 401),
+        ("published with private members", private.sign(&base), 401),
+        ("curve not fitting alg", p384.sign(&base), 401),
+        ("oct secret from the key set", oct.sign(&base), 401),
+    ];
+    for (name, token, want) in &cases {
+        assert_eq!(
+            common::idp::status_with(&gw, "/x", token).await,
+            *want,
+            "{name}"
+        );
+    }
+    assert_eq!(up.hits(), 2, "only the good keys' tokens passed");
+    let m = scrape(gw.metrics_addr).await;
+    assert_eq!(
+        m.get("portcullis_jwks_keys", &[]),
+        3.0,
+        "usable: rsa-1, ec-1, and the first `dup` (held, never used)"
+    );
+}
+
+/// Key set answers that are not key sets, served after good keys were loaded: a token with a
+/// new kid gets 503 (the keys cannot be checked; fail closed), known keys keep working, and the
+/// fetch is counted as `bad_jwks`.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_key_set_answers_keep_the_last_good_keys() {
+    let key = DevKey::generate(Algorithm::RS256, "rsa-1");
+    let newcomer = DevKey::generate(Algorithm::RS256, "rsa-2");
+    let many: Vec<Value> = (0..10_000)
+        .map(|i| json!({"kty": "RSA", "kid": format!("k{i}"), "n": "AQAB", "e": "AQAB"}))
+        .collect();
+    let bodies = [
+        ("an empty set", r#"{"keys":[]}"#.to_owned()),
+        ("HTML", "<html><body>Sign in</body></html>".to_owned()),
+        (
+            "10 MB",
+            format!(r#"{{"keys":[],"pad":"{}"}}"#, "x".repeat(10 << 20)),
+        ),
+        ("10,000 keys", json!({ "keys": many }).to_string()),
+        ("keys not an array", r#"{"keys":{"kty":"RSA"}}"#.to_owned()),
+        (
+            "JSON nested 100,000 deep",
+            format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+        ),
+    ];
+    for (name, body) in &bodies {
+        let idp = MockIdp::start(&[&key]).await;
+        let up = EchoUpstream::start("app").await;
+        let gw = common::idp::gateway_for(&idp.issuer(), "discovery = true", up.addr);
+        assert!(became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(15)).await);
+        idp.set_jwks_body(body);
+        let base = claims(&idp, "");
+        let fetches = idp.hits("/jwks");
+        let resp = common::client()
+            .get(format!("http://{}/x", gw.proxy_addr))
+            .bearer_auth(newcomer.sign(&base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503, "{name}: a new kid");
+        assert!(resp.headers().contains_key("retry-after"), "{name}");
+        assert_eq!(idp.hits("/jwks"), fetches + 1, "{name}: one refetch");
+        assert_eq!(
+            common::idp::status_with(&gw, "/x", &key.sign(&base)).await,
+            200,
+            "{name}: the known key"
+        );
+        assert_eq!(up.hits(), 1, "{name}");
+        let m = scrape(gw.metrics_addr).await;
+        assert_eq!(
+            m.get("portcullis_jwks_fetch_total", &[("result", "bad_jwks")]),
+            1.0,
+            "{name}"
+        );
+    }
+}
