@@ -31,7 +31,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, KeySource};
 use crate::decision::DecisionApp;
 use crate::metrics::Metrics;
-use crate::proxy::{Pools, Proxy};
+use crate::proxy::{Pools, Proxy, RequestLimits};
 use crate::routing::Router;
 
 /// Why the gateway could not start with a valid config.
@@ -127,6 +127,10 @@ impl App {
             metrics: metrics.clone(),
             peer_options: crate::proxy::peer_options(&config.upstream),
             trust_forwarded_headers: config.server.trust_forwarded_headers,
+            limits: RequestLimits {
+                max_uri_bytes: config.server.max_uri_bytes,
+                max_header_bytes: config.server.max_header_bytes,
+            },
         };
         let mut proxy_service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
         proxy_service.add_tcp(&proxy_addr.to_string());

@@ -84,6 +84,11 @@ pub struct ServerConfig {
     /// `trust_forwarded_headers`, default `false`: when true, `X-Forwarded-For` from the client
     /// is appended to and `X-Forwarded-Proto` / `-Host` are kept; when false they are replaced.
     pub trust_forwarded_headers: bool,
+    /// `max_uri_bytes`, default 8192: a longer request target gets 414.
+    pub max_uri_bytes: usize,
+    /// `max_header_bytes`, default 32768: a larger header section (`name: value\r\n` per
+    /// field) gets 431.
+    pub max_header_bytes: usize,
 }
 
 /// `[metrics]`.

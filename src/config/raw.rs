@@ -61,6 +61,10 @@ pub struct RawServer {
     pub shutdown_grace: Option<String>,
     /// Default `false`.
     pub trust_forwarded_headers: Option<bool>,
+    /// Default 8192.
+    pub max_uri_bytes: Option<i64>,
+    /// Default 32768.
+    pub max_header_bytes: Option<i64>,
     /// Reserved for TLS termination.
     pub tls_cert: Option<String>,
     /// Reserved for TLS termination.

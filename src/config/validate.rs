@@ -100,6 +100,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             Duration::from_secs(5),
         ),
         trust_forwarded_headers: s.trust_forwarded_headers.unwrap_or(false),
+        // pingora itself refuses request heads over 1 MiB.
+        max_uri_bytes: p.positive("server.max_uri_bytes", s.max_uri_bytes, 8192, 1 << 20),
+        max_header_bytes: p.positive(
+            "server.max_header_bytes",
+            s.max_header_bytes,
+            32768,
+            1 << 20,
+        ),
     };
     let metrics = MetricsConfig {
         listen: p.socket_addr(

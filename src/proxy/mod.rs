@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderName, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::{selection::RoundRobin, LoadBalancer};
@@ -26,6 +25,10 @@ use crate::config::{AuthMode, UpstreamConfig};
 use crate::metrics::{status_class, Metrics, UpstreamErrorKind, NO_ROUTE};
 use crate::routing::{is_canonical_path, Route, RouteMatch, Router};
 
+pub mod framing;
+
+pub use framing::RequestLimits;
+
 /// The upstream pool of each route, indexed by [`Route::index`].
 pub type Pools = Vec<Arc<LoadBalancer<RoundRobin>>>;
 
@@ -38,6 +41,8 @@ pub struct Proxy {
     /// Upstream connection settings, from [`peer_options`].
     pub peer_options: PeerOptions,
     pub trust_forwarded_headers: bool,
+    /// Request size limits, checked before anything else.
+    pub limits: RequestLimits,
 }
 
 /// Per-request state.
@@ -70,9 +75,11 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if let Some(reason) = framing_violation(session) {
+        let raw_content_length =
+            || framing::raw_has_content_length(&session.as_downstream().to_h1_raw());
+        if let Some(r) = framing::check(session.req_header(), raw_content_length, &self.limits) {
             session.set_keepalive(None);
-            respond(session, 400, &[], error_body("bad_request", reason)).await?;
+            respond(session, r.status, &[], error_body(r.error, r.description)).await?;
             return Ok(true);
         }
         let req = session.req_header();
@@ -283,26 +290,6 @@ pub fn peer_options(upstream: &UpstreamConfig) -> PeerOptions {
     options.write_timeout = Some(upstream.write_timeout);
     options.idle_timeout = Some(upstream.idle_timeout);
     options
-}
-
-/// A request that frames its body two ways (RFC 9112 §6.1) is a smuggling attempt: refused.
-/// pingora drops `Content-Length` when `Transfer-Encoding` is present, so the raw header is read.
-fn framing_violation(session: &Session) -> Option<&'static str> {
-    let req = session.req_header();
-    if !req.headers.contains_key(TRANSFER_ENCODING) {
-        let mut lengths = req.headers.get_all(CONTENT_LENGTH).iter();
-        let first = lengths.next();
-        return match lengths.next() {
-            Some(second) if Some(second) != first => Some("Conflicting Content-Length values."),
-            _ => None,
-        };
-    }
-    let raw = session.as_downstream().to_h1_raw();
-    let has_content_length = raw
-        .split(|&b| b == b'\n')
-        .skip(1)
-        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"));
-    has_content_length.then_some("Content-Length and Transfer-Encoding together are not allowed.")
 }
 
 fn upstream_error_kind(e: &Error) -> UpstreamErrorKind {

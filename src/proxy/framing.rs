@@ -1,0 +1,215 @@
+//! What a request must look like before the gateway does any other work on it: bounded size,
+//! a Host, and one unambiguous body framing. Checked first in `request_filter`, before routing
+//! and before any token is looked at; the connection is closed after a refusal.
+
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::Version;
+use pingora::http::RequestHeader;
+
+/// `[server] max_uri_bytes` / `max_header_bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// The longest request target; longer gets 414 (RFC 9112 §3).
+    pub max_uri_bytes: usize,
+    /// The largest header section, counted as `name: value\r\n` per field; larger gets 431
+    /// (RFC 6585 §5).
+    pub max_header_bytes: usize,
+}
+
+/// Why a request is refused before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub error: &'static str,
+    pub description: &'static str,
+}
+
+const fn refusal(status: u16, error: &'static str, description: &'static str) -> Refusal {
+    Refusal {
+        status,
+        error,
+        description,
+    }
+}
+
+/// The first rule `req` breaks, if any. `raw_content_length` says whether the raw header block
+/// carried `Content-Length` (pingora drops it from the parsed header when `Transfer-Encoding`
+/// is present); it is only asked when `Transfer-Encoding` is.
+pub fn check(
+    req: &RequestHeader,
+    raw_content_length: impl FnOnce() -> bool,
+    limits: &RequestLimits,
+) -> Option<Refusal> {
+    if req.raw_path().len() > limits.max_uri_bytes {
+        return Some(refusal(
+            414,
+            "uri_too_long",
+            "The request target is longer than this gateway accepts.",
+        ));
+    }
+    let header_bytes: usize = req
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Some(refusal(
+            431,
+            "header_fields_too_large",
+            "The request header fields are larger than this gateway accepts.",
+        ));
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400.
+    if req.version == Version::HTTP_11 && !req.headers.contains_key(HOST) {
+        return Some(refusal(
+            400,
+            "bad_request",
+            "An HTTP/1.1 request needs a Host header.",
+        ));
+    }
+    body_framing(req, raw_content_length)
+        .map(|description| refusal(400, "bad_request", description))
+}
+
+/// RFC 9112 §6.1 and §6.3: a body is framed by exactly one `Content-Length` value or by
+/// `Transfer-Encoding: chunked` alone. Anything else could be read differently by the upstream
+/// (request smuggling), so it is refused.
+fn body_framing(
+    req: &RequestHeader,
+    raw_content_length: impl FnOnce() -> bool,
+) -> Option<&'static str> {
+    let mut codings = req.headers.get_all(TRANSFER_ENCODING).iter();
+    let Some(first) = codings.next() else {
+        let mut lengths = req.headers.get_all(CONTENT_LENGTH).iter();
+        let first = lengths.next();
+        return lengths
+            .any(|other| Some(other) != first)
+            .then_some("Conflicting Content-Length values.");
+    };
+    let only_chunked = codings.next().is_none()
+        && std::str::from_utf8(first.as_bytes())
+            .is_ok_and(|v| v.trim_matches([' ', '\t']).eq_ignore_ascii_case("chunked"));
+    if !only_chunked {
+        return Some("Only Transfer-Encoding: chunked is accepted.");
+    }
+    raw_content_length().then_some("Content-Length and Transfer-Encoding together are not allowed.")
+}
+
+/// Whether a raw HTTP/1 header block has a `Content-Length` field line.
+pub fn raw_has_content_length(raw: &[u8]) -> bool {
+    raw.split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: RequestLimits = RequestLimits {
+        max_uri_bytes: 64,
+        max_header_bytes: 100,
+    };
+
+    fn req(path: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", path.as_bytes(), None).unwrap();
+        for (name, value) in headers {
+            r.append_header(name.to_string(), *value).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn each_rule_and_its_status() {
+        let host = ("host", "a");
+        let long_path = format!("/{}", "a".repeat(64));
+        let cases: Vec<(RequestHeader, bool, Option<u16>)> = vec![
+            (req("/ok", &[host]), false, None),
+            (req(&long_path[..64], &[host]), false, None),
+            (req(&long_path, &[host]), false, Some(414)),
+            (
+                req("/", &[host, ("x-big", &"v".repeat(90))]),
+                false,
+                Some(431),
+            ),
+            (req("/", &[("x-a", "b")]), false, Some(400)),
+            (
+                req(
+                    "/",
+                    &[host, ("content-length", "3"), ("content-length", "3")],
+                ),
+                false,
+                None,
+            ),
+            (
+                req(
+                    "/",
+                    &[host, ("content-length", "3"), ("content-length", "4")],
+                ),
+                false,
+                Some(400),
+            ),
+            (
+                req("/", &[host, ("transfer-encoding", "chunked")]),
+                false,
+                None,
+            ),
+            (
+                req("/", &[host, ("transfer-encoding", "\tCHUNKED ")]),
+                false,
+                None,
+            ),
+            (
+                req("/", &[host, ("transfer-encoding", "chunked")]),
+                true,
+                Some(400),
+            ),
+            (
+                req("/", &[host, ("transfer-encoding", "identity, chunked")]),
+                false,
+                Some(400),
+            ),
+            (
+                req("/", &[host, ("transfer-encoding", "gzip")]),
+                false,
+                Some(400),
+            ),
+            (
+                req(
+                    "/",
+                    &[
+                        host,
+                        ("transfer-encoding", "chunked"),
+                        ("transfer-encoding", "chunked"),
+                    ],
+                ),
+                false,
+                Some(400),
+            ),
+        ];
+        for (i, (r, raw_cl, want)) in cases.iter().enumerate() {
+            let got = check(r, || *raw_cl, &LIMITS).map(|f| f.status);
+            assert_eq!(got, *want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn http_1_0_needs_no_host() {
+        let mut r = req("/", &[]);
+        r.set_version(Version::HTTP_10);
+        assert_eq!(check(&r, || false, &LIMITS), None);
+    }
+
+    #[test]
+    fn raw_content_length_lines() {
+        assert!(raw_has_content_length(
+            b"POST / HTTP/1.1\r\nHost: a\r\ncontent-LENGTH: 3\r\n\r\n"
+        ));
+        assert!(!raw_has_content_length(
+            b"POST /content-length: HTTP/1.1\r\nHost: a\r\n\r\n"
+        ));
+        assert!(!raw_has_content_length(
+            b"POST / HTTP/1.1\r\nX-Content-Length: 3\r\n\r\n"
+        ));
+    }
+}

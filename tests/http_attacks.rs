@@ -1,0 +1,328 @@
+//! The attack catalogue, HTTP/1.1: request smuggling, framing, trailers, oversize requests.
+
+mod common;
+
+use std::time::Duration;
+
+use common::idp::{claims, MockIdp};
+use common::{became_ready, orders_routes, raw_request, start_gateway, EchoUpstream};
+use portcullis::app::RunningApp;
+use portcullis::config::Algorithm;
+use portcullis::devkeys::DevKey;
+
+/// Sent after every attack on the same connection: it closes the exchange, so reading to EOF
+/// needs no timeout, and anything the gateway took for a request in between reaches the upstream.
+const SENTINEL: &str = "GET /public/sentinel HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+
+struct World {
+    gw: RunningApp,
+    up: EchoUpstream,
+    key: DevKey,
+    idp: MockIdp,
+}
+
+async fn world() -> World {
+    let key = DevKey::generate(Algorithm::RS256, "rsa-1");
+    let idp = MockIdp::start(&[&key]).await;
+    let up = EchoUpstream::start("app").await;
+    let gw = start_gateway(&format!(
+        "[[issuers]]\nissuer = \"{}\"\ndiscovery = true\naudiences = [\"api\"]\nalgorithms = [\"RS256\"]\n\
+         {}[[routes]]\nname = \"public\"\npath_prefix = \"/public\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+        idp.issuer(),
+        orders_routes(up.addr),
+        up.addr
+    ));
+    assert!(became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(15)).await);
+    World { gw, up, key, idp }
+}
+
+/// The status of every response on the connection, in order.
+fn statuses(answer: &str) -> Vec<u16> {
+    answer
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| answer.get(i + 9..i + 12)?.parse().ok())
+        .collect()
+}
+
+const SMUGGLED: &str = "GET /public/smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+
+/// Send `request` then the sentinel on one connection; the statuses answered, and what reached
+/// the upstream meanwhile (`METHOD URI` each).
+async fn exchange(w: &World, request: &str) -> (Vec<u16>, Vec<String>) {
+    let before = w.up.hits();
+    let answer = raw_request(w.gw.proxy_addr, format!("{request}{SENTINEL}").as_bytes()).await;
+    let seen = w.up.seen()[before..]
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.uri))
+        .collect();
+    (statuses(&answer), seen)
+}
+
+fn post(headers: &str, body: &str) -> String {
+    format!("POST /public/x HTTP/1.1\r\nHost: a\r\n{headers}\r\n{body}")
+}
+
+/// Every ambiguous framing, malformed length, unknown coding or malformed header is answered
+/// 400 and the connection closed: nothing reaches the upstream, least of all the request hidden
+/// in the body (RFC 9112 §6.1, §6.3, §5.1, §3.2).
+#[tokio::test(flavor = "multi_thread")]
+async fn smuggling_and_malformed_framing_are_refused() {
+    let w = world().await;
+    let chunked_then_smuggled = format!("0\r\n\r\n{SMUGGLED}");
+    let cases = [
+        (
+            "CL.TE",
+            post(
+                "Content-Length: 6\r\nTransfer-Encoding: chunked\r\n",
+                &chunked_then_smuggled,
+            ),
+        ),
+        (
+            "TE.CL",
+            post(
+                "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+                "8\r\nSMUGGLED\r\n0\r\n\r\n",
+            ),
+        ),
+        (
+            "TE xchunked",
+            post("Transfer-Encoding: xchunked\r\n", &chunked_then_smuggled),
+        ),
+        (
+            "TE chunked, identity",
+            post(
+                "Transfer-Encoding: chunked, identity\r\n",
+                &chunked_then_smuggled,
+            ),
+        ),
+        (
+            "TE identity, chunked",
+            post(
+                "Transfer-Encoding: identity, chunked\r\n",
+                &chunked_then_smuggled,
+            ),
+        ),
+        (
+            "TE gzip, chunked",
+            post(
+                "Transfer-Encoding: gzip, chunked\r\n",
+                &chunked_then_smuggled,
+            ),
+        ),
+        (
+            "TE twice",
+            post(
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                &chunked_then_smuggled,
+            ),
+        ),
+        (
+            "space before the colon",
+            post(
+                "Transfer-Encoding : chunked\r\nContent-Length: 3\r\n",
+                &format!("abc{SMUGGLED}"),
+            ),
+        ),
+        (
+            "obs-fold TE",
+            post(
+                "X-A: b\r\n Transfer-Encoding: chunked\r\n",
+                &chunked_then_smuggled,
+            ),
+        ),
+        (
+            "HTTP/1.0 with TE",
+            chunked_then_smuggled.replace(
+                "0\r\n",
+                "POST /public/x HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n",
+            ),
+        ),
+        (
+            "conflicting CL",
+            post(
+                "Content-Length: 3\r\nContent-Length: 44\r\n",
+                &format!("abc{SMUGGLED}"),
+            ),
+        ),
+        (
+            "CL list",
+            post("Content-Length: 3, 44\r\n", &format!("abc{SMUGGLED}")),
+        ),
+        ("CL +3", post("Content-Length: +3\r\n", "abc")),
+        ("CL -1", post("Content-Length: -1\r\n", "")),
+        ("CL 0x3", post("Content-Length: 0x3\r\n", "abc")),
+        ("CL 3 3", post("Content-Length: 3 3\r\n", "abc")),
+        (
+            "CL beyond u64",
+            post("Content-Length: 99999999999999999999999\r\n", "abc"),
+        ),
+        ("NUL in a value", post("X-A: b\0c\r\n", "")),
+        ("space in a name", post("X A: b\r\n", "")),
+        (
+            "no Host",
+            "GET /public/x HTTP/1.1\r\nX-A: b\r\n\r\n".to_owned(),
+        ),
+        (
+            "two Hosts",
+            "GET /public/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_owned(),
+        ),
+    ];
+    for (name, request) in &cases {
+        let (statuses, seen) = exchange(&w, request).await;
+        assert_eq!(statuses, [400], "{name}: answered {statuses:?}");
+        assert!(seen.is_empty(), "{name}: the upstream saw {seen:?}");
+    }
+}
+
+/// Framings that are valid but unusual pass, with the body the client meant.
+#[tokio::test(flavor = "multi_thread")]
+async fn unusual_but_valid_framing_passes_once() {
+    let w = world().await;
+    let cases = [
+        (
+            "TE with a tab",
+            post("Transfer-Encoding:\tchunked\r\n", "3\r\nabc\r\n0\r\n\r\n"),
+        ),
+        (
+            "TE upper case",
+            post("Transfer-Encoding: CHUNKED\r\n", "3\r\nabc\r\n0\r\n\r\n"),
+        ),
+        (
+            "chunk extension",
+            post(
+                "Transfer-Encoding: chunked\r\n",
+                "3;x=y\r\nabc\r\n0\r\n\r\n",
+            ),
+        ),
+        (
+            "the same CL twice",
+            post("Content-Length: 3\r\nContent-Length: 3\r\n", "abc"),
+        ),
+    ];
+    for (name, request) in &cases {
+        let before = w.up.hits();
+        let request = request.replace("Host: a\r\n", "Host: a\r\nConnection: close\r\n");
+        let answer = raw_request(w.gw.proxy_addr, request.as_bytes()).await;
+        assert_eq!(statuses(&answer), [200], "{name}: {answer}");
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        assert!(
+            body == "abc" || body == "3\r\nabc\r\n0\r\n\r\n",
+            "{name}: the body arrived changed: {body:?}"
+        );
+        assert_eq!(w.up.hits(), before + 1, "{name}");
+    }
+}
+
+/// A chunk size that is not one: 400 and the connection closed. The body streams, so the
+/// upstream may already have the request head; it never gets a complete request, and the next
+/// request is served normally (no broken pooled connection).
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_chunk_sizes_abort_the_request() {
+    let w = world().await;
+    for (name, body) in [
+        ("not hex", "zz\r\nabc\r\n0\r\n\r\n"),
+        ("beyond u64", "fffffffffffffffffffff\r\nabc\r\n0\r\n\r\n"),
+        ("negative", "-1\r\nabc\r\n0\r\n\r\n"),
+        ("shorter than announced", "5\r\nabc\r\n0\r\n\r\n"),
+    ] {
+        let request = post(
+            "Transfer-Encoding: chunked\r\n",
+            &format!("{body}{SMUGGLED}"),
+        );
+        let (statuses, seen) = exchange(&w, &request).await;
+        assert_eq!(statuses, [400], "{name}");
+        assert!(
+            seen.iter().all(|s| s == "POST /public/x"),
+            "{name}: {seen:?}"
+        );
+        let ok = common::client()
+            .post(format!("http://{}/public/after", w.gw.proxy_addr))
+            .body("fine")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200, "{name}: the request after");
+        assert_eq!(ok.text().await.unwrap(), "fine");
+    }
+}
+
+/// Credentials in chunked trailers are not credentials: the token is read from the request
+/// head only, before the body.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_in_the_trailers_does_not_authenticate() {
+    let w = world().await;
+    let token = w.key.sign(&claims(&w.idp, "orders:write"));
+    let request = format!(
+        "POST /orders HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTrailer: Authorization\r\n\
+         Connection: close\r\n\r\n3\r\nabc\r\n0\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    let answer = raw_request(w.gw.proxy_addr, request.as_bytes()).await;
+    assert_eq!(statuses(&answer), [401], "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("www-authenticate: bearer realm=\"api\"\r\n"),
+        "no credentials, so a challenge without error: {answer}"
+    );
+    assert_eq!(w.up.hits(), 0);
+    // The same token in the head passes: the refusal was about where it was.
+    let ok = common::client()
+        .post(format!("http://{}/orders", w.gw.proxy_addr))
+        .bearer_auth(&token)
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+/// Oversize request targets get 414 and oversize header sections 431 before any token work,
+/// even with a valid token; a request just under the limits passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversize_targets_and_headers_are_refused_first() {
+    let w = world().await;
+    let token = w.key.sign(&claims(&w.idp, "orders:read"));
+    let get = |path: &str, extra: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n{extra}Connection: close\r\n\r\n")
+    };
+    let cases = [
+        (
+            "a 10 KiB target",
+            get(&format!("/orders/{}", "a".repeat(10 << 10)), ""),
+            414,
+        ),
+        (
+            "a 40 KiB header",
+            get("/orders/1", &format!("X-Big: {}\r\n", "a".repeat(40 << 10))),
+            431,
+        ),
+        (
+            "many small headers",
+            get(
+                "/orders/1",
+                &"X-H: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n".repeat(250),
+            ),
+            431,
+        ),
+        (
+            "more than 256 fields",
+            get("/orders/1", &"X-H: v\r\n".repeat(300)),
+            400,
+        ),
+        (
+            "just under both limits",
+            get(
+                &format!("/orders/{}", "a".repeat(8000)),
+                &format!("X-Big: {}\r\n", "a".repeat(30 << 10)),
+            ),
+            200,
+        ),
+    ];
+    let jwks_before = w.idp.hits("/jwks");
+    for (name, request, want) in &cases {
+        let answer = raw_request(w.gw.proxy_addr, request.as_bytes()).await;
+        assert_eq!(statuses(&answer), [*want], "{name}");
+    }
+    assert_eq!(w.up.hits(), 1, "only the request under the limits");
+    assert_eq!(w.idp.hits("/jwks"), jwks_before);
+}
