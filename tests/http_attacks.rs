@@ -326,3 +326,18 @@ async fn oversize_targets_and_headers_are_refused_first() {
     assert_eq!(w.up.hits(), 1, "only the request under the limits");
     assert_eq!(w.idp.hits("/jwks"), jwks_before);
 }
+
+/// The listener speaks HTTP/1.1 only (no h2c): an HTTP/2 connection preface is refused with
+/// 400 (or a bare close) and the connection closed, so no HTTP/2 frame is ever parsed (rapid reset, CONTINUATION
+/// floods and HPACK bombs have nothing to reach).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_preface_is_refused() {
+    let w = world().await;
+    let preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    let answer = raw_request(w.gw.proxy_addr, preface.as_bytes()).await;
+    assert!(
+        statuses(&answer) == [400] || answer.is_empty(),
+        "answered {answer:?}"
+    );
+    assert_eq!(w.up.hits(), 0);
+}
