@@ -4,6 +4,7 @@
 //!
 //! Every function must return normally for every input: a panic is a finding.
 
+use std::sync::LazyLock;
 use std::time::{Duration, UNIX_EPOCH};
 
 use portcullis::auth::bearer;
@@ -46,16 +47,19 @@ pub fn jwt_accepted(data: &[u8]) -> bool {
     let Ok(token) = std::str::from_utf8(data) else {
         return false;
     };
-    let asymmetric = KeySet::from_jwks(JWKS, &Algorithm::ALL).expect("the fixture parses");
-    let hmac = KeySet::from_hmac_secret(HMAC_SECRET, &[Algorithm::HS256]);
+    // Built once: parsing the fixture per input would be most of the work.
+    static ASYMMETRIC: LazyLock<KeySet> =
+        LazyLock::new(|| KeySet::from_jwks(JWKS, &Algorithm::ALL).expect("the fixture parses"));
+    static HMAC: LazyLock<KeySet> =
+        LazyLock::new(|| KeySet::from_hmac_secret(HMAC_SECRET, &[Algorithm::HS256]));
     let Ok(parsed) = jwt::parse(token, 8192) else {
         return false;
     };
     assert!(jwt::looks_like_jwt(token), "parsed without a JWT's shape");
-    let set = if parsed.alg == Algorithm::HS256 {
-        &hmac
+    let set: &KeySet = if parsed.alg == Algorithm::HS256 {
+        &HMAC
     } else {
-        &asymmetric
+        &ASYMMETRIC
     };
     let Lookup::Candidates(candidates) = set.lookup(parsed.header.kid.as_deref(), parsed.alg)
     else {

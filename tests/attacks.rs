@@ -527,3 +527,77 @@ async fn hostile_key_set_answers_keep_the_last_good_keys() {
         );
     }
 }
+
+/// The real binary at `debug` level: accepted, forged, opaque and refused-at-the-provider
+/// tokens, and an authorization server that rejects the gateway's credentials. No token and no
+/// secret appears in anything it logs.
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_secret_reaches_the_logs() {
+    use common::authz::{MockAs, Mode, CLIENT_ID, CLIENT_SECRET};
+    let key = DevKey::generate(Algorithm::RS256, "rsa-1");
+    let idp = MockIdp::start(&[&key]).await;
+    let authz = MockAs::start().await;
+    let up = EchoUpstream::start("app").await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 1\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [[issuers]]\nissuer = \"{}\"\ndiscovery = true\naudiences = [\"api\"]\nalgorithms = [\"RS256\"]\n\
+         [introspection]\nendpoint = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_env = \"ATTACK_SECRET\"\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\n",
+        idp.issuer(),
+        authz.endpoint(),
+        up.addr
+    );
+    let gw = common::binary::GatewayProcess::start(
+        &config,
+        &[("ATTACK_SECRET", CLIENT_SECRET), ("RUST_LOG", "debug")],
+    );
+    assert!(became_ready(&gw.metrics.to_string(), Duration::from_secs(15)).await);
+    let valid = key.sign(&claims(&idp, "orders:read"));
+    let forged = DevKey::generate(Algorithm::RS256, "rsa-1").sign(&claims(&idp, "x"));
+    let opaque = "opaque-Zm9vYmFyYmF6cXV1eA".to_owned();
+    let refused = "refused-cXV1eGNvcmdlZ3JhdWx0".to_owned();
+    authz.activate(&opaque, "orders:read");
+    let status = |token: String| {
+        let url = format!("http://{}/x?k=v", gw.proxy);
+        async move {
+            common::client()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status(valid.clone()).await, 200);
+    assert_eq!(status(forged.clone()).await, 401);
+    assert_eq!(status(opaque.clone()).await, 200);
+    authz.set_mode(Mode::Status(401));
+    assert_eq!(status(refused.clone()).await, 503);
+    // The access log line of the last request is written after its response: wait for it.
+    let logged = common::eventually(Duration::from_secs(10), || {
+        let log = gw.log();
+        async move { log.contains("401") && log.contains("503") }
+    })
+    .await;
+    let log = gw.log();
+    assert!(logged, "the access log never showed the requests:\n{log}");
+    assert!(
+        log.contains(CLIENT_ID),
+        "the credential error names the client:\n{log}"
+    );
+    let encoded_secret =
+        url::form_urlencoded::byte_serialize(CLIENT_SECRET.as_bytes()).collect::<String>();
+    let signature = |t: &str| t.rsplit('.').next().unwrap().to_owned();
+    for (what, needle) in [
+        ("the valid token", signature(&valid)),
+        ("the forged token", signature(&forged)),
+        ("the opaque token", opaque),
+        ("the refused token", refused),
+        ("the client secret", CLIENT_SECRET.to_owned()),
+        ("the encoded client secret", encoded_secret),
+    ] {
+        assert!(!log.contains(&needle), "{what} is in the log:\n{log}");
+    }
+}

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
@@ -33,6 +34,7 @@ pub struct GatewayProcess {
     child: Option<Child>,
     pub proxy: SocketAddr,
     pub metrics: SocketAddr,
+    log: Arc<Mutex<String>>,
     _config: TempFile,
 }
 
@@ -69,13 +71,26 @@ impl GatewayProcess {
                 }
             }
         };
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let log = Arc::new(Mutex::new(seen));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
+            }
+        });
         GatewayProcess {
             child: Some(child),
             proxy,
             metrics,
+            log,
             _config: file,
         }
+    }
+
+    /// Everything the gateway logged so far (`RUST_LOG` is `info` unless `env` set it).
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     /// Send SIGTERM.
