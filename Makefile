@@ -1,5 +1,5 @@
 # The two commands of the README's quick start, and a few more.
-.PHONY: setup run serve test check bench load-bench fuzz
+.PHONY: setup run serve test check bench load-bench fuzz soak
 
 setup:
 	@./scripts/setup.sh
@@ -36,3 +36,10 @@ load-bench:
 FUZZ_SECONDS ?= 600
 fuzz: setup
 	./scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# The soak: the release binary for SECONDS (default 600) under mixed traffic while keys rotate and
+# the upstream restarts; fails on a wrong decision, a lost request or memory growth.
+SECONDS ?= 600
+soak: setup
+	cargo build --release --locked --bin portcullis --example soak
+	./target/release/examples/soak --seconds $(SECONDS)

@@ -213,6 +213,9 @@ async fn a_dead_upstream_is_a_json_502_and_counted() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 502);
+    // The connection is closed after a failure, and the answer says so: a client must not send
+    // its next request into it (found by the soak: resets under upstream restarts).
+    assert_eq!(resp.headers()["connection"], "close");
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "bad_gateway");
     let m = scrape_until(gw.metrics_addr, |m| {
@@ -253,6 +256,7 @@ async fn a_slow_upstream_is_a_json_504() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 504);
+    assert_eq!(resp.headers()["connection"], "close");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "504 took {:?}",

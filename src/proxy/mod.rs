@@ -234,6 +234,9 @@ impl ProxyHttp for Proxy {
             _ => 500,
         };
         if code > 0 && session.response_written().is_none() {
+            // The connection is not reused after a failure (below): say so in the answer, or a
+            // client may send its next request into a connection that is being closed.
+            session.set_keepalive(None);
             let (error, description) = match code {
                 502 => ("bad_gateway", "The upstream could not be reached."),
                 504 => ("gateway_timeout", "The upstream did not answer in time."),
