@@ -37,9 +37,9 @@ FUZZ_SECONDS ?= 600
 fuzz: setup
 	./scripts/fuzz.sh $(FUZZ_SECONDS)
 
-# The soak: the release binary for SECONDS (default 600) under mixed traffic while keys rotate and
+# The soak: the release binary for SOAK_SECONDS (default 600) under mixed traffic while keys rotate and
 # the upstream restarts; fails on a wrong decision, a lost request or memory growth.
-SECONDS ?= 600
+SOAK_SECONDS ?= 600
 soak: setup
 	cargo build --release --locked --bin portcullis --example soak
-	./target/release/examples/soak --seconds $(SECONDS)
+	./target/release/examples/soak --seconds $(SOAK_SECONDS)
