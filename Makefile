@@ -1,5 +1,5 @@
 # The two commands of the README's quick start, and a few more.
-.PHONY: setup run serve test check bench load-bench fuzz soak
+.PHONY: setup run serve test check bench load-bench fuzz soak flood
 
 setup:
 	@./scripts/setup.sh
@@ -43,3 +43,10 @@ SOAK_SECONDS ?= 600
 soak: setup
 	cargo build --release --locked --bin portcullis --example soak
 	./target/release/examples/soak --seconds $(SOAK_SECONDS)
+
+# The flood: 1,000,000 distinct forged JWTs, random kids and random opaque tokens as fast as they
+# go; fails unless all are refused within the memory, key-fetch and introspection bounds.
+FLOOD_COUNT ?= 1000000
+flood: setup
+	cargo build --release --locked --bin portcullis --example soak
+	./target/release/examples/soak --flood --count $(FLOOD_COUNT)

@@ -20,295 +20,17 @@
 //! published for one rotation after. The
 //! memory check compares the first and the last minute, so it needs a run of two minutes or more.
 
-use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
-use std::net::SocketAddr;
+mod flood;
+mod world;
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use portcullis::config::Algorithm;
-use portcullis::devkeys::{jwks, DevKey};
-use serde_json::json;
-use std::io::BufRead;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use world::{rss_kib, Kind, World, KINDS};
 
-const AUDIENCE: &str = "soak-api";
-const POOL: usize = 200;
 const MAX_RSS_GROWTH_KIB: u64 = 16 * 1024;
-
-/// What a request is, and the status it deserves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Kind {
-    ValidRead,
-    ValidWrite,
-    ReadOnlyWrite,
-    Expired,
-    Forged,
-    Missing,
-    OpaqueActive,
-    OpaqueInactive,
-}
-
-const KINDS: [Kind; 8] = [
-    Kind::ValidRead,
-    Kind::ValidWrite,
-    Kind::ReadOnlyWrite,
-    Kind::Expired,
-    Kind::Forged,
-    Kind::Missing,
-    Kind::OpaqueActive,
-    Kind::OpaqueInactive,
-];
-
-impl Kind {
-    fn expected(self) -> u16 {
-        match self {
-            Kind::ValidRead | Kind::ValidWrite | Kind::OpaqueActive => 200,
-            Kind::ReadOnlyWrite => 403,
-            _ => 401,
-        }
-    }
-    fn post(self) -> bool {
-        matches!(self, Kind::ValidWrite | Kind::ReadOnlyWrite)
-    }
-}
-
-/// The tokens in use, replaced at every rotation, and the register of every token minted valid:
-/// its scope and expiry, which the upstream checks.
-#[derive(Default)]
-struct Mint {
-    pools: Mutex<HashMap<Kind, Arc<Vec<String>>>>,
-    valid: Mutex<HashMap<String, (String, u64)>>,
-    /// Opaque tokens the introspection endpoint calls active.
-    active: Mutex<HashSet<String>>,
-    /// The published keys: the next, the signing one, the previous.
-    keys: Mutex<Vec<Arc<DevKey>>>,
-    jwks: Mutex<String>,
-    generation: AtomicU64,
-}
-
-impl Mint {
-    /// A new signing key, published beside the previous one; fresh token pools signed by it.
-    ///
-    /// As identity providers do, each key is published one rotation before it signs: the key
-    /// set holds the next key, the signing key and the previous one.
-    fn rotate(&self, issuer: &str) {
-        let n = self.generation.fetch_add(1, Ordering::SeqCst);
-        let mut keys = self.keys.lock().unwrap();
-        if keys.is_empty() {
-            keys.push(Arc::new(DevKey::generate(Algorithm::RS256, "k0")));
-        }
-        keys.insert(
-            0,
-            Arc::new(DevKey::generate(Algorithm::RS256, &format!("k{}", n + 1))),
-        );
-        keys.truncate(3);
-        let key = keys[1].clone();
-        let published: Vec<&DevKey> = keys.iter().map(|k| k.as_ref()).collect();
-        *self.jwks.lock().unwrap() = jwks(&published).to_string();
-        drop(keys);
-        let now = now();
-        let claims = |i: usize, scope: &str, exp: u64| {
-            json!({ "iss": issuer, "sub": format!("user-{n}-{i}"), "aud": AUDIENCE, "scope": scope,
-                "client_id": "soak", "iat": now, "exp": exp, "jti": format!("{n}-{i}-{scope}") })
-        };
-        let mut pools = HashMap::new();
-        let mut valid = Vec::new();
-        for (kind, scope) in [
-            (Kind::ValidRead, "orders:read"),
-            (Kind::ValidWrite, "orders:read orders:write"),
-            (Kind::ReadOnlyWrite, "orders:read"),
-        ] {
-            let tokens: Vec<String> = (0..POOL)
-                .map(|i| key.sign(&claims(i, scope, now + 600 + (i as u64 % 300))))
-                .collect();
-            valid.extend(tokens.iter().map(|t| (t.clone(), scope, now + 600)));
-            pools.insert(kind, Arc::new(tokens));
-        }
-        let expired = (0..POOL)
-            .map(|i| key.sign(&claims(i, "orders:read", now - 120)))
-            .collect();
-        pools.insert(Kind::Expired, Arc::new(expired));
-        let forged = pools[&Kind::ValidRead].iter().map(|t| forge(t)).collect();
-        pools.insert(Kind::Forged, Arc::new(forged));
-        pools.insert(Kind::Missing, Arc::new(vec![String::new()]));
-        let active: Vec<String> = (0..POOL)
-            .map(|i| format!("soak-opq-{n}-{i}-active"))
-            .collect();
-        valid.extend(active.iter().map(|t| (t.clone(), "orders:read", now + 600)));
-        self.active.lock().unwrap().extend(active.iter().cloned());
-        pools.insert(Kind::OpaqueActive, Arc::new(active));
-        let inactive = (0..POOL)
-            .map(|i| format!("soak-opq-{n}-{i}-gone"))
-            .collect();
-        pools.insert(Kind::OpaqueInactive, Arc::new(inactive));
-
-        let mut register = self.valid.lock().unwrap();
-        for (token, scope, exp) in valid {
-            register.insert(token, (scope.to_owned(), exp));
-        }
-        *self.pools.lock().unwrap() = pools;
-    }
-
-    fn pick(&self, kind: Kind, r: u64) -> String {
-        let pool = self.pools.lock().unwrap()[&kind].clone();
-        pool[r as usize % pool.len()].clone()
-    }
-}
-
-/// One character in the middle of the signature changed: it decodes, and does not verify.
-fn forge(token: &str) -> String {
-    let at = token.rfind('.').unwrap() + 20;
-    let mut bytes = token.as_bytes().to_vec();
-    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
-    String::from_utf8(bytes).unwrap()
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn reply(status: u16, body: String) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap()
-}
-
-/// Serve `handler` on `listener` until `stop` changes; then finish in-flight requests
-/// (graceful shutdown of every connection) and return.
-async fn serve<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, handler: F)
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send,
-{
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let (handler, mut stop) = (handler.clone(), stop.clone());
-                connections.spawn(async move {
-                    let service = service_fn(move |req| {
-                        let handler = handler.clone();
-                        async move { Ok::<_, Infallible>(handler(req).await) }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = stop.changed() => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
-                        }
-                    }
-                });
-            }
-        }
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
-}
-
-#[derive(Default)]
-struct UpstreamCounts {
-    ok: AtomicU64,
-    /// Requests that reached the upstream without a valid token holding the route's scope.
-    wrong: AtomicU64,
-}
-
-/// The upstream: 200 when the forwarded token is in the mint's register, unexpired, with the
-/// route's scope; anything else is a wrong decision by the gateway, answered 500.
-async fn upstream(
-    req: Request<Incoming>,
-    mint: Arc<Mint>,
-    counts: Arc<UpstreamCounts>,
-) -> Response<Full<Bytes>> {
-    let scope = if req.method() == "POST" {
-        "orders:write"
-    } else {
-        "orders:read"
-    };
-    let token = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let ok = mint
-        .valid
-        .lock()
-        .unwrap()
-        .get(token)
-        .is_some_and(|(scopes, exp)| *exp > now() && scopes.split(' ').any(|s| s == scope));
-    let _ = req.into_body().collect().await;
-    if ok {
-        counts.ok.fetch_add(1, Ordering::SeqCst);
-        reply(200, "{}".into())
-    } else {
-        counts.wrong.fetch_add(1, Ordering::SeqCst);
-        reply(500, "{\"wrong\":true}".into())
-    }
-}
-
-#[derive(Default)]
-struct IdpCounts {
-    jwks: AtomicU64,
-    introspect: AtomicU64,
-}
-
-async fn idp(
-    req: Request<Incoming>,
-    issuer: String,
-    mint: Arc<Mint>,
-    counts: Arc<IdpCounts>,
-) -> Response<Full<Bytes>> {
-    match req.uri().path() {
-        "/.well-known/openid-configuration" => reply(
-            200,
-            json!({ "issuer": issuer, "jwks_uri": format!("{issuer}/jwks"),
-                "introspection_endpoint": format!("{issuer}/introspect") })
-            .to_string(),
-        ),
-        "/jwks" => {
-            counts.jwks.fetch_add(1, Ordering::SeqCst);
-            reply(200, mint.jwks.lock().unwrap().clone())
-        }
-        "/introspect" => {
-            counts.introspect.fetch_add(1, Ordering::SeqCst);
-            let form = req.into_body().collect().await.unwrap().to_bytes();
-            let token = url::form_urlencoded::parse(&form)
-                .find(|(k, _)| k == "token")
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default();
-            if mint.active.lock().unwrap().contains(&token) {
-                reply(
-                    200,
-                    json!({ "active": true, "iss": issuer, "sub": "opaque-user",
-                    "aud": AUDIENCE, "scope": "orders:read", "client_id": "soak",
-                    "token_type": "Bearer", "exp": now() + 600 })
-                    .to_string(),
-                )
-            } else {
-                reply(200, "{\"active\":false}".into())
-            }
-        }
-        _ => reply(404, "{}".into()),
-    }
-}
 
 /// Per kind: answers as deserved, 5xx while the upstream restarts, and wrong answers.
 #[derive(Default, Clone)]
@@ -319,18 +41,11 @@ struct Tally {
     wrong: u64,
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-struct Args {
+pub struct Args {
+    /// Run the flood instead of the soak.
+    flood: bool,
+    /// Invalid JWTs in the flood's first phase; a tenth of it in the others.
+    count: u64,
     seconds: u64,
     concurrency: usize,
     binary: String,
@@ -340,6 +55,8 @@ struct Args {
 
 fn args() -> Args {
     let mut a = Args {
+        flood: false,
+        count: 1_000_000,
         seconds: 600,
         concurrency: 32,
         binary: "target/release/portcullis".into(),
@@ -348,8 +65,13 @@ fn args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--flood" {
+            a.flood = true;
+            continue;
+        }
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
+            "--count" => a.count = value.parse().expect("--count N"),
             "--seconds" => a.seconds = value.parse().expect("--seconds N"),
             "--concurrency" => a.concurrency = value.parse().expect("--concurrency N"),
             "--binary" => a.binary = value,
@@ -369,105 +91,12 @@ fn args() -> Args {
 #[tokio::main]
 async fn main() {
     let args = args();
-    let mint = Arc::new(Mint::default());
-
-    let idp_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let issuer = format!("http://{}", idp_listener.local_addr().unwrap());
-    mint.rotate(&issuer);
-    let idp_counts = Arc::new(IdpCounts::default());
-    let (_idp_stop, idp_stop_rx) = watch::channel(false);
-    {
-        let (issuer, mint, counts) = (issuer.clone(), mint.clone(), idp_counts.clone());
-        tokio::spawn(serve(idp_listener, idp_stop_rx, move |req| {
-            idp(req, issuer.clone(), mint.clone(), counts.clone())
-        }));
+    if args.flood {
+        flood::run(&args).await;
+        return;
     }
-
-    let up_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up_addr: SocketAddr = up_listener.local_addr().unwrap();
-    let up_counts = Arc::new(UpstreamCounts::default());
-    let start_upstream = |listener: TcpListener| {
-        let (stop, stop_rx) = watch::channel(false);
-        let (mint, counts) = (mint.clone(), up_counts.clone());
-        let task = tokio::spawn(serve(listener, stop_rx, move |req| {
-            upstream(req, mint.clone(), counts.clone())
-        }));
-        (stop, task)
-    };
-    let mut up = start_upstream(up_listener);
-
-    let config = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-threads = 1
-[metrics]
-listen = "127.0.0.1:0"
-[upstream]
-health_check_interval = "1s"
-[[issuers]]
-issuer = "{issuer}"
-discovery = true
-audiences = ["{AUDIENCE}"]
-algorithms = ["RS256"]
-leeway = "5s"
-[introspection]
-issuer = "{issuer}"
-client_id = "soak"
-client_secret_env = "SOAK_INTROSPECTION_SECRET"
-audiences = ["{AUDIENCE}"]
-cache_ttl = "30s"
-[[routes]]
-name = "orders-read"
-path_prefix = "/orders"
-methods = ["GET"]
-upstreams = ["{up_addr}"]
-scopes = ["orders:read"]
-forward_token = true
-[[routes]]
-name = "orders-write"
-path_prefix = "/orders"
-methods = ["POST"]
-upstreams = ["{up_addr}"]
-scopes = ["orders:write"]
-forward_token = true
-"#
-    );
-    let config_path = std::env::temp_dir().join(format!("soak-{}.toml", std::process::id()));
-    std::fs::write(&config_path, config).unwrap();
-    let mut gateway = std::process::Command::new(&args.binary)
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", "warn,portcullis=info,portcullis::access=off")
-        .env("SOAK_INTROSPECTION_SECRET", "soak-secret")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (build it: cargo build --release)", args.binary));
-    let pid = gateway.id();
-    // `... listening proxy=ADDR metrics=ADDR`; the rest of the log is copied to our stderr.
-    let log = std::io::BufReader::new(gateway.stderr.take().unwrap());
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel::<SocketAddr>();
-    std::thread::spawn(move || {
-        let mut addr_tx = Some(addr_tx);
-        for line in log.lines().map_while(Result::ok) {
-            let addr = line
-                .split("proxy=")
-                .nth(1)
-                .filter(|_| line.contains("listening"));
-            match (addr, addr_tx.take()) {
-                (Some(rest), Some(tx)) => {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap().parse().unwrap());
-                }
-                (_, tx) => {
-                    addr_tx = tx;
-                    eprintln!("gateway: {line}");
-                }
-            }
-        }
-    });
-    let gateway_addr = tokio::time::timeout(Duration::from_secs(30), addr_rx)
-        .await
-        .expect("the gateway listens within 30 s")
-        .expect("the gateway exited before listening");
+    let mut world = World::start(&args.binary, "cache_ttl = \"30s\"").await;
+    let (mint, gateway_addr, pid) = (world.mint.clone(), world.proxy, world.pid);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .pool_max_idle_per_host(args.concurrency)
@@ -572,32 +201,19 @@ forward_token = true
         tokio::time::sleep(Duration::from_secs(5)).await;
         rss.push((started.elapsed().as_secs(), rss_kib(pid)));
         if Instant::now() >= next_rotation {
-            mint.rotate(&issuer);
+            world.rotate();
             rotations += 1;
             next_rotation += args.rotate_every;
         }
         if Instant::now() >= next_restart {
-            let (stop, task) = up;
-            let _ = stop.send(true);
-            let _ = task.await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            up = start_upstream(
-                TcpListener::bind(up_addr)
-                    .await
-                    .expect("rebind the upstream port"),
-            );
+            world.restart_upstream(Duration::from_millis(500)).await;
             restarts += 1;
             next_restart += args.restart_every;
         }
     }
     while workers.join_next().await.is_some() {}
     // The upstream counts a request before its answer is written: let in-flight answers land.
-    let (stop, task) = up;
-    let _ = stop.send(true);
-    let _ = task.await;
-    let _ = gateway.kill();
-    let _ = gateway.wait();
-    let _ = std::fs::remove_file(&config_path);
+    world.stop_upstream().await;
 
     let tallies = tallies.lock().unwrap().clone();
     let total = |f: fn(&Tally) -> u64| tallies.values().map(f).sum::<u64>();
@@ -607,8 +223,8 @@ forward_token = true
         total(|t| t.unavailable),
     );
     let client_ok = client_ok.load(Ordering::SeqCst);
-    let upstream_ok = up_counts.ok.load(Ordering::SeqCst);
-    let upstream_wrong = up_counts.wrong.load(Ordering::SeqCst);
+    let upstream_ok = world.up_counts.ok.load(Ordering::SeqCst);
+    let upstream_wrong = world.up_counts.wrong.load(Ordering::SeqCst);
     let window = |from: u64, to: u64| {
         rss.iter()
             .filter(|(t, _)| (from..to).contains(t))
@@ -646,8 +262,8 @@ forward_token = true
         total(|t| t.right),
         sent as f64 / secs.max(1) as f64,
         client_ok.abs_diff(upstream_ok),
-        idp_counts.jwks.load(Ordering::SeqCst),
-        idp_counts.introspect.load(Ordering::SeqCst),
+        world.idp_counts.jwks.load(Ordering::SeqCst),
+        world.idp_counts.introspect.load(Ordering::SeqCst),
         first,
         last,
         growth,
