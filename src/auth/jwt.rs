@@ -169,15 +169,17 @@ pub fn parse(token: &str, max_size: usize) -> Result<Unverified<'_>, TokenFault>
     })
 }
 
-/// base64url without padding, then a JSON object (serde refuses anything else for a struct).
+/// base64url without padding, then a JSON object (serde refuses anything else for a struct) in
+/// UTF-8 throughout (RFC 8259 §8.1: serde_json would not check members it ignores).
 fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, TokenFault> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| TokenFault::Malformed)?;
-    if bytes.first() != Some(&b'{') {
+    let text = std::str::from_utf8(&bytes).map_err(|_| TokenFault::Malformed)?;
+    if !text.starts_with('{') {
         return Err(TokenFault::Malformed);
     }
-    serde_json::from_slice(&bytes).map_err(|_| TokenFault::Malformed)
+    serde_json::from_str(text).map_err(|_| TokenFault::Malformed)
 }
 
 /// What claim checks need to know about the issuer.
@@ -325,6 +327,20 @@ mod tests {
             );
         }
         assert_eq!(parse(&ok, ok.len() - 1).err(), Some(TokenFault::Oversize));
+    }
+
+    #[test]
+    fn parts_must_be_utf8_json_even_in_ignored_members() {
+        let encode = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        let header = encode(b"{\"alg\":\"RS256\",\"x\":\"\xff\"}");
+        let claims = encode(b"{\"x\":\"\xc3\x28\"}");
+        let ok_header = encode(H.as_bytes());
+        for t in [
+            format!("{header}.{}.c2ln", encode(b"{}")),
+            format!("{ok_header}.{claims}.c2ln"),
+        ] {
+            assert_eq!(parse(&t, 8192).err(), Some(TokenFault::Malformed), "{t}");
+        }
     }
 
     #[test]

@@ -67,17 +67,20 @@ pub fn parse(body: &[u8]) -> Result<Answer, BadAnswer> {
         aud: Option<OneOrMany>,
         iss: Option<String>,
     }
-    // serde would read a struct from a JSON array too; only an object is an answer.
-    if body.trim_ascii_start().first() != Some(&b'{') {
+    // serde would read a struct from a JSON array too; only an object is an answer. JSON is
+    // UTF-8 (RFC 8259 §8.1); serde_json checks that only in the strings it keeps, so the whole
+    // body is checked here (found by fuzzing: invalid bytes in an ignored member).
+    let body = std::str::from_utf8(body).map_err(|_| BadAnswer::NotJson)?;
+    if body.trim_ascii_start().as_bytes().first() != Some(&b'{') {
         return Err(BadAnswer::NotJson);
     }
-    let head: Head = serde_json::from_slice(body).map_err(|_| BadAnswer::NotJson)?;
+    let head: Head = serde_json::from_str(body).map_err(|_| BadAnswer::NotJson)?;
     match head.active {
         Some(serde_json::Value::Bool(true)) => {}
         Some(serde_json::Value::Bool(false)) => return Ok(Answer::Inactive),
         _ => return Err(BadAnswer::Active),
     }
-    let full: Full = serde_json::from_slice(body).map_err(|_| BadAnswer::Member)?;
+    let full: Full = serde_json::from_str(body).map_err(|_| BadAnswer::Member)?;
     let aud = match full.aud {
         None => Vec::new(),
         Some(OneOrMany::One(a)) => vec![a],
@@ -166,7 +169,15 @@ mod tests {
         ] {
             assert_eq!(parse(bad), Err(BadAnswer::Active), "{bad:?}");
         }
-        for bad in [&b"<html>oops</html>"[..], b"[true]", b"", b"true"] {
+        // Not UTF-8 in a member nobody reads: still not JSON (RFC 8259 §8.1; found by fuzzing).
+        let invalid_utf8 = b"{\"active\":true,\"x\":\"\xff\xfe\"}";
+        for bad in [
+            &b"<html>oops</html>"[..],
+            b"[true]",
+            b"",
+            b"true",
+            invalid_utf8,
+        ] {
             assert_eq!(parse(bad), Err(BadAnswer::NotJson), "{bad:?}");
         }
         assert_eq!(

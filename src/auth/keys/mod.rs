@@ -109,7 +109,9 @@ impl KeySet {
         if body.len() > MAX_JWKS_BYTES {
             return Err(JwksError::TooLarge);
         }
-        let raw: RawJwks = serde_json::from_slice(body).map_err(|_| JwksError::NotJwks)?;
+        // UTF-8 throughout (RFC 8259 §8.1): serde_json would not check members it ignores.
+        let text = std::str::from_utf8(body).map_err(|_| JwksError::NotJwks)?;
+        let raw: RawJwks = serde_json::from_str(text).map_err(|_| JwksError::NotJwks)?;
         if raw.keys.len() > MAX_JWKS_KEYS {
             return Err(JwksError::TooManyKeys);
         }
@@ -369,10 +371,12 @@ mod tests {
             set(&json!({ "keys": [] }), ALL_PUBLIC).err(),
             Some(JwksError::NoUsableKeys)
         );
-        assert_eq!(
-            KeySet::from_jwks(b"<html>oops</html>", ALL_PUBLIC).err(),
-            Some(JwksError::NotJwks)
-        );
+        for not_jwks in [&b"<html>oops</html>"[..], b"{\"keys\":[],\"x\":\"\xff\"}"] {
+            assert_eq!(
+                KeySet::from_jwks(not_jwks, ALL_PUBLIC).err(),
+                Some(JwksError::NotJwks)
+            );
+        }
         assert_eq!(
             set(&json!({"keys": vec![good.jwk(); 101]}), ALL_PUBLIC).err(),
             Some(JwksError::TooManyKeys)
