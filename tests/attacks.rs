@@ -557,24 +557,12 @@ async fn nothing_secret_reaches_the_logs() {
     let opaque = "opaque-Zm9vYmFyYmF6cXV1eA".to_owned();
     let refused = "refused-cXV1eGNvcmdlZ3JhdWx0".to_owned();
     authz.activate(&opaque, "orders:read");
-    let status = |token: String| {
-        let url = format!("http://{}/x?k=v", gw.proxy);
-        async move {
-            common::client()
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(status(valid.clone()).await, 200);
-    assert_eq!(status(forged.clone()).await, 401);
-    assert_eq!(status(opaque.clone()).await, 200);
+    use common::idp::status_at;
+    assert_eq!(status_at(gw.proxy, "/x?k=v", &valid).await, 200);
+    assert_eq!(status_at(gw.proxy, "/x?k=v", &forged).await, 401);
+    assert_eq!(status_at(gw.proxy, "/x?k=v", &opaque).await, 200);
     authz.set_mode(Mode::Status(401));
-    assert_eq!(status(refused.clone()).await, 503);
+    assert_eq!(status_at(gw.proxy, "/x?k=v", &refused).await, 503);
     // The access log line of the last request is written after its response: wait for it.
     let logged = common::eventually(Duration::from_secs(10), || {
         let log = gw.log();

@@ -19,7 +19,7 @@ use common::{became_ready, client, scrape, scrape_until, EchoUpstream};
 /// `extra_audience` and `require_typ` vary only for the ID-token scenario.
 fn config(op: &OidcProvider, up: &EchoUpstream, require_typ: bool, extra_audience: &str) -> String {
     let issuer = &op.issuer;
-    let up = up.addr;
+    let (up, orders) = (up.addr, common::orders_routes(up.addr));
     format!(
         r#"
 [server]
@@ -44,20 +44,7 @@ client_secret_env = "INTEROP_GATEWAY_SECRET"
 audiences = ["{OPAQUE_RESOURCE}"]
 cache_ttl = "2s"
 
-[[routes]]
-name = "orders-read"
-path_prefix = "/orders"
-methods = ["GET"]
-upstreams = ["{up}"]
-scopes = ["orders:read"]
-
-[[routes]]
-name = "orders-write"
-path_prefix = "/orders"
-methods = ["POST"]
-upstreams = ["{up}"]
-scopes = ["orders:write"]
-
+{orders}
 [[routes]]
 name = "profile"
 path_prefix = "/profile"

@@ -146,22 +146,6 @@ pub async fn run(args: &Args) {
         .introspect_delay_ms
         .store(5, Ordering::SeqCst);
     let probe = reqwest::Client::new();
-    let ready = async {
-        loop {
-            let r = probe
-                .get(format!("http://{}/orders/1", world.proxy))
-                .send()
-                .await;
-            if r.is_ok_and(|r| r.status() == 401) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), ready)
-        .await
-        .expect("the gateway answers within 30 s");
-    // Let the issuer's keys load and the first fetch be counted before measuring.
     let valid = world.mint.pick(Kind::ValidRead, 0);
     let status = probe
         .get(format!("http://{}/orders/1", world.proxy))

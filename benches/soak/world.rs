@@ -437,6 +437,16 @@ forward_token = true
             config_path,
         };
         world.start_upstream(up_listener);
+        // Ready: listening, and the issuer's keys loaded.
+        let readyz = format!("http://{}/readyz", world.metrics);
+        let ready = async {
+            while !reqwest::get(&readyz).await.is_ok_and(|r| r.status() == 200) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), ready)
+            .await
+            .expect("the gateway is ready within 30 s");
         world
     }
 

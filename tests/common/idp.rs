@@ -246,7 +246,12 @@ pub fn gateway_for(issuer: &str, keys: &str, upstream: SocketAddr) -> RunningApp
 
 /// The status of `GET path` on the gateway with this bearer token.
 pub async fn status_with(gw: &RunningApp, path: &str, token: &str) -> u16 {
-    let url = format!("http://{}{path}", gw.proxy_addr);
+    status_at(gw.proxy_addr, path, token).await
+}
+
+/// The status of `GET path` at `proxy` with this bearer token.
+pub async fn status_at(proxy: SocketAddr, path: &str, token: &str) -> u16 {
+    let url = format!("http://{proxy}{path}");
     client()
         .get(url)
         .bearer_auth(token)
