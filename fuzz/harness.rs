@@ -95,9 +95,12 @@ pub fn jwks(data: &[u8]) {
     let Ok(set) = KeySet::from_jwks(data, &Algorithm::ALL) else {
         return;
     };
-    let listed = serde_json::from_slice::<serde_json::Value>(data)
-        .ok()
-        .and_then(|v| v["keys"].as_array().map(Vec::len))
+    let Some(json) = json_oracle(data) else {
+        return;
+    };
+    let listed = json["keys"]
+        .as_array()
+        .map(Vec::len)
         .expect("a set parsed from something that is not a JWKS");
     assert!(
         !set.is_empty() && set.len() <= listed,
@@ -114,12 +117,26 @@ pub fn jwks(data: &[u8]) {
     }
 }
 
+/// The input as a JSON value, to check a parser's answer against. `None` for a number beyond
+/// f64 (valid JSON grammar, RFC 8259 §6, that serde_json's value type cannot hold; the parsers
+/// skip such numbers in members they ignore). Anything else that is not JSON panics: the
+/// parser that accepted it was wrong.
+fn json_oracle(data: &[u8]) -> Option<serde_json::Value> {
+    match serde_json::from_slice(data) {
+        Ok(v) => Some(v),
+        Err(e) if e.to_string().starts_with("number out of range") => None,
+        Err(e) => panic!("a parser accepted non-JSON: {e}"),
+    }
+}
+
 /// An introspection answer body -> active or inactive, as the JSON's `active` says.
 pub fn introspection_answer(data: &[u8]) {
     let Ok(parsed) = answer::parse(data) else {
         return;
     };
-    let json: serde_json::Value = serde_json::from_slice(data).expect("parsed from non-JSON");
+    let Some(json) = json_oracle(data) else {
+        return;
+    };
     match parsed {
         Answer::Active(claims) => {
             assert_eq!(json["active"], true, "active without \"active\": true");
