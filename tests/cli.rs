@@ -89,6 +89,8 @@ fn every_config_rule_names_its_key_and_fix() {
         ),
         ("[server]\nlisten_addr = \"x\"\n", "server.listen_addr: unknown field `listen_addr`"),
         ("[server]\nthreads = \"two\"\n", "server.threads: invalid type"),
+        ("[server]\nmax_uri_bytes = 0\n", "server.max_uri_bytes: must be a whole number from 1 to 1048576"),
+        ("[server]\nmax_header_bytes = 2000000\n", "server.max_header_bytes: must be a whole number from 1 to 1048576"),
         ("[server\n", "(syntax): "),
         ("", "routes: must list at least one [[routes]] entry"),
         (
