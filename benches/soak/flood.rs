@@ -246,7 +246,7 @@ pub async fn run(args: &Args) {
     );
     let only = |p: &Phase, allowed: &[u16]| p.statuses.keys().all(|s| allowed.contains(s));
     let refetch_bound = (random_kids.secs / 10.0).ceil() as u64 + 1;
-    let failures: Vec<String> = [
+    let checks = vec![
         (
             !only(&forged, &[401]),
             "a forged JWT was not answered 401".to_owned(),
@@ -283,17 +283,6 @@ pub async fn run(args: &Args) {
             leaked > 0 || flood_label,
             "request data in metric labels".to_owned(),
         ),
-    ]
-    .into_iter()
-    .filter_map(|(failed, what)| failed.then_some(what))
-    .collect();
-    report += &if failures.is_empty() {
-        "\nResult: PASS\n".to_owned()
-    } else {
-        format!("\nResult: FAIL ({})\n", failures.join("; "))
-    };
-    print!("{report}");
-    let _ = std::fs::write("target/flood-report.md", &report);
-    drop(world);
-    std::process::exit(i32::from(!failures.is_empty()));
+    ];
+    crate::world::conclude(world, report, checks, "target/flood-report.md");
 }

@@ -257,7 +257,7 @@ async fn main() {
     for e in examples.lock().unwrap().iter() {
         report += &format!("- wrong: {e}\n");
     }
-    let failures: Vec<&str> = [
+    let checks = [
         (wrong > 0, "wrong decisions"),
         (
             upstream_wrong > 0,
@@ -266,16 +266,7 @@ async fn main() {
         (client_ok != upstream_ok, "lost requests"),
         (growth > MAX_RSS_GROWTH_KIB, "memory growth"),
     ]
-    .into_iter()
-    .filter_map(|(failed, what)| failed.then_some(what))
-    .collect();
-    report += &if failures.is_empty() {
-        "\nResult: PASS\n".to_owned()
-    } else {
-        format!("\nResult: FAIL ({})\n", failures.join(", "))
-    };
-    print!("{report}");
-    let _ = std::fs::write("target/soak-report.md", &report);
-    drop(world); // stops the gateway: process::exit runs no destructors
-    std::process::exit(i32::from(!failures.is_empty()));
+    .map(|(failed, what)| (failed, what.to_owned()))
+    .to_vec();
+    world::conclude(world, report, checks, "target/soak-report.md");
 }

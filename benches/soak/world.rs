@@ -315,6 +315,24 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Append the verdict to `report` (PASS, or FAIL naming each failed check), print it, write it
+/// to `path`, stop the gateway and exit: 1 when a check failed.
+pub fn conclude(world: World, mut report: String, checks: Vec<(bool, String)>, path: &str) -> ! {
+    let failures: Vec<String> = checks
+        .into_iter()
+        .filter_map(|(failed, what)| failed.then_some(what))
+        .collect();
+    report += &if failures.is_empty() {
+        "\nResult: PASS\n".to_owned()
+    } else {
+        format!("\nResult: FAIL ({})\n", failures.join("; "))
+    };
+    print!("{report}");
+    let _ = std::fs::write(path, &report);
+    drop(world); // stops the gateway: process::exit runs no destructors
+    std::process::exit(i32::from(!failures.is_empty()));
+}
+
 /// Everything but the client, running.
 pub struct World {
     pub mint: Arc<Mint>,
