@@ -16,6 +16,7 @@ use pingora::lb::discovery::Static;
 use pingora::lb::health_check::{HealthObserve, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, HealthCheckService, HealthRegistry, LoadBalancer};
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{
     ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
@@ -31,7 +32,8 @@ use crate::auth::Authenticator;
 use crate::config::{Config, KeySource};
 use crate::decision::DecisionApp;
 use crate::metrics::Metrics;
-use crate::proxy::{Pools, Proxy, RequestLimits};
+use crate::proxy::slow_clients::Guarded;
+use crate::proxy::{ClientTimeouts, Pools, Proxy, RequestLimits};
 use crate::routing::Router;
 
 /// Why the gateway could not start with a valid config.
@@ -120,6 +122,11 @@ impl App {
         health_service.health_check_frequency = Some(config.upstream.health_check_interval);
         health_service.parallel_health_check = true;
 
+        let client_timeouts = ClientTimeouts {
+            header: config.server.client_header_timeout,
+            body: config.server.client_body_timeout,
+            send: config.server.send_timeout,
+        };
         let proxy = Proxy {
             router: Router::new(&config.routes),
             pools,
@@ -131,8 +138,12 @@ impl App {
                 max_uri_bytes: config.server.max_uri_bytes,
                 max_header_bytes: config.server.max_header_bytes,
             },
+            client_timeouts,
         };
-        let mut proxy_service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+        let mut proxy = HttpProxy::new(proxy, server.configuration.clone());
+        proxy.handle_init_modules();
+        let guarded = Guarded::new(proxy, client_timeouts, &metrics);
+        let mut proxy_service = ListeningService::new("proxy".into(), guarded);
         proxy_service.add_tcp(&proxy_addr.to_string());
         let ready = readiness.clone();
         server.add_service(Prebound {

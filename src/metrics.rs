@@ -46,6 +46,10 @@ pub struct Metrics {
     pub introspection_cache_entries: IntGauge,
     /// `portcullis_introspection_in_flight`: calls to the endpoint outstanding now.
     pub introspection_in_flight: IntGauge,
+    /// `portcullis_client_timeouts_total{phase}`: connections closed because the client was too
+    /// slow; phase `header` (`client_header_timeout`), `body` (`client_body_timeout`) or `send`
+    /// (`send_timeout`).
+    pub client_timeouts: IntCounterVec,
 }
 
 /// Why a request could not be served by its upstream: the `kind` label.
@@ -183,6 +187,13 @@ impl Metrics {
             "portcullis_introspection_in_flight",
             "Calls to the introspection endpoint outstanding now.",
         )?;
+        let client_timeouts = IntCounterVec::new(
+            Opts::new(
+                "portcullis_client_timeouts_total",
+                "Connections closed because the client was too slow, by phase: header, body, send.",
+            ),
+            &["phase"],
+        )?;
         registry.register(Box::new(introspection_duration.clone()))?;
         registry.register(Box::new(introspection_cache_entries.clone()))?;
         registry.register(Box::new(introspection_in_flight.clone()))?;
@@ -192,6 +203,7 @@ impl Metrics {
             &token_cache,
             &introspection_requests,
             &introspection_cache,
+            &client_timeouts,
         ] {
             registry.register(Box::new(metric.clone()))?;
         }
@@ -219,6 +231,7 @@ impl Metrics {
             introspection_cache,
             introspection_cache_entries,
             introspection_in_flight,
+            client_timeouts,
         })
     }
 

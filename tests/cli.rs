@@ -91,6 +91,9 @@ fn every_config_rule_names_its_key_and_fix() {
         ("[server]\nthreads = \"two\"\n", "server.threads: invalid type"),
         ("[server]\nmax_uri_bytes = 0\n", "server.max_uri_bytes: must be a whole number from 1 to 1048576"),
         ("[server]\nmax_header_bytes = 2000000\n", "server.max_header_bytes: must be a whole number from 1 to 1048576"),
+        ("[server]\nclient_header_timeout = \"0s\"\n", "server.client_header_timeout: must be from 100ms to 1h"),
+        ("[server]\nsend_timeout = \"2h\"\n", "server.send_timeout: must be from 100ms to 1h"),
+        ("[server]\nclient_body_timeout = \"soon\"\n", "server.client_body_timeout: must be a duration"),
         ("[server\n", "(syntax): "),
         ("", "routes: must list at least one [[routes]] entry"),
         (

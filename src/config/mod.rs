@@ -89,6 +89,17 @@ pub struct ServerConfig {
     /// `max_header_bytes`, default 32768: a larger header section (`name: value\r\n` per
     /// field) gets 431.
     pub max_header_bytes: usize,
+    /// `client_header_timeout`, default `10s`: the whole time a client has to send a request
+    /// head, counted from the connection's accept for its first request and from the first byte
+    /// of each later one. A connection that misses it is answered 408 and closed (slowloris).
+    pub client_header_timeout: Duration,
+    /// `client_body_timeout`, default `60s`: the longest wait for the next bytes of a request
+    /// body (or of an upgraded connection). Exceeding it answers 408, or closes the connection
+    /// once the response has begun.
+    pub client_body_timeout: Duration,
+    /// `send_timeout`, default `60s`: the longest time the client may leave the gateway's
+    /// writes waiting (a client that stops reading). The connection is then closed.
+    pub send_timeout: Duration,
 }
 
 /// `[metrics]`.

@@ -65,6 +65,12 @@ pub struct RawServer {
     pub max_uri_bytes: Option<i64>,
     /// Default 32768.
     pub max_header_bytes: Option<i64>,
+    /// Default `10s`.
+    pub client_header_timeout: Option<String>,
+    /// Default `60s`.
+    pub client_body_timeout: Option<String>,
+    /// Default `60s`.
+    pub send_timeout: Option<String>,
     /// Reserved for TLS termination.
     pub tls_cert: Option<String>,
     /// Reserved for TLS termination.

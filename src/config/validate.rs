@@ -48,6 +48,15 @@ impl Problems {
         }
     }
 
+    /// A client-facing timeout: a duration from 100ms to 1h, `default_secs` when absent.
+    fn timeout(&mut self, key: &str, value: &Option<String>, default_secs: u64) -> Duration {
+        let d = self.duration(key, value.as_deref(), Duration::from_secs(default_secs));
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&d) {
+            self.push(key, "must be from 100ms to 1h");
+        }
+        d
+    }
+
     fn socket_addr(&mut self, key: &str, value: Option<&str>, default: &str) -> SocketAddr {
         let text = value.unwrap_or(default);
         text.parse().unwrap_or_else(|_| {
@@ -108,6 +117,13 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             32768,
             1 << 20,
         ),
+        client_header_timeout: p.timeout(
+            "server.client_header_timeout",
+            &s.client_header_timeout,
+            10,
+        ),
+        client_body_timeout: p.timeout("server.client_body_timeout", &s.client_body_timeout, 60),
+        send_timeout: p.timeout("server.send_timeout", &s.send_timeout, 60),
     };
     let metrics = MetricsConfig {
         listen: p.socket_addr(

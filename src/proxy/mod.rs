@@ -26,8 +26,10 @@ use crate::metrics::{status_class, Metrics, UpstreamErrorKind, NO_ROUTE};
 use crate::routing::{is_canonical_path, Route, RouteMatch, Router};
 
 pub mod framing;
+pub mod slow_clients;
 
 pub use framing::RequestLimits;
+pub use slow_clients::ClientTimeouts;
 
 /// The upstream pool of each route, indexed by [`Route::index`].
 pub type Pools = Vec<Arc<LoadBalancer<RoundRobin>>>;
@@ -43,6 +45,8 @@ pub struct Proxy {
     pub trust_forwarded_headers: bool,
     /// Request size limits, checked before anything else.
     pub limits: RequestLimits,
+    /// Client-side timeouts; the head's deadline is kept by [`slow_clients::Guarded`].
+    pub client_timeouts: ClientTimeouts,
 }
 
 /// Per-request state.
@@ -75,6 +79,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        slow_clients::head_read(session, &self.client_timeouts);
         let raw_content_length =
             || framing::raw_has_content_length(&session.as_downstream().to_h1_raw());
         if let Some(r) = framing::check(session.req_header(), raw_content_length, &self.limits) {
@@ -226,8 +231,12 @@ impl ProxyHttp for Proxy {
                     502
                 }
             }
+            (ErrorType::ReadTimedout, ErrorSource::Downstream) => 408,
             (
-                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+                ErrorType::ReadError
+                | ErrorType::WriteError
+                | ErrorType::WriteTimedout
+                | ErrorType::ConnectionClosed,
                 ErrorSource::Downstream,
             ) => 0,
             (_, ErrorSource::Downstream) => 400,
@@ -241,6 +250,10 @@ impl ProxyHttp for Proxy {
                 502 => ("bad_gateway", "The upstream could not be reached."),
                 504 => ("gateway_timeout", "The upstream did not answer in time."),
                 400 => ("bad_request", "The request could not be read."),
+                408 => (
+                    "request_timeout",
+                    "The request body did not arrive in time.",
+                ),
                 _ => (
                     "internal_error",
                     "The gateway failed to handle the request.",
@@ -254,7 +267,16 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        slow_clients::request_done(session);
+        if e.is_some_and(|e| {
+            e.esource() == &ErrorSource::Downstream && e.etype() == &ErrorType::ReadTimedout
+        }) {
+            self.metrics
+                .client_timeouts
+                .with_label_values(&["body"])
+                .inc();
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route.as_ref().map_or(NO_ROUTE, |r| r.name.as_str());
         let elapsed = ctx.start.elapsed();

@@ -198,8 +198,13 @@ pub fn dead_addr() -> SocketAddr {
 /// Start the real gateway in-process with its own metrics registry.
 /// `routes_and_more` is TOML appended after a `[server]` / `[metrics]` on 127.0.0.1:0.
 pub fn start_gateway(routes_and_more: &str) -> RunningApp {
+    start_gateway_with_server("", routes_and_more)
+}
+
+/// [`start_gateway`] with more `[server]` keys.
+pub fn start_gateway_with_server(server: &str, routes_and_more: &str) -> RunningApp {
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nrealm = \"api\"\nthreads = 2\n[metrics]\nlisten = \"127.0.0.1:0\"\n{routes_and_more}"
+        "[server]\nlisten = \"127.0.0.1:0\"\nrealm = \"api\"\nthreads = 2\n{server}\n[metrics]\nlisten = \"127.0.0.1:0\"\n{routes_and_more}"
     );
     let config = Config::parse(&text).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
     App::build(&config, prometheus::Registry::new())
