@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::idp::{claims, gateway_for, now, setup, setup_with, status_with, MockIdp};
 use common::{became_ready, client, eventually, scrape, scrape_until, EchoUpstream};
@@ -225,4 +225,102 @@ async fn jwks_redirects_stay_within_the_origin() {
     })
     .await;
     assert!(ok, "a same-origin redirect was not followed");
+}
+
+/// A key set that answers slowly holds up only the requests that need it: known keys answer at
+/// once while the refetch hangs, and the token waiting on it gets 503 when the fetch times out
+/// (5 s), never a hang and never a pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_key_set_holds_up_only_the_requests_that_need_it() {
+    let s = setup("jwks_min_refetch = \"1ms\"").await;
+    let newcomer = DevKey::generate(Algorithm::ES256, "ec-2");
+    s.idp.set_keys(&[&s.rsa, &s.ec, &newcomer]);
+    s.idp.set_delay(Duration::from_secs(30));
+    let fetches = s.idp.hits("/jwks");
+    let waiting = newcomer.sign(&claims(&s.idp, "orders:read"));
+    let started = Instant::now();
+    let slow = tokio::spawn({
+        let url = s.url("/orders/1");
+        let waiting = waiting.clone();
+        async move { client().get(url).bearer_auth(waiting).send().await.unwrap() }
+    });
+    let refetching = eventually(Duration::from_secs(5), || async {
+        s.idp.hits("/jwks") > fetches
+    })
+    .await;
+    assert!(refetching, "the unknown kid started a refetch");
+
+    let known = s.ec.sign(&claims(&s.idp, "orders:read"));
+    for _ in 0..20 {
+        let t = Instant::now();
+        assert_eq!(s.get("/orders/1", &known).await.status(), 200);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            t.elapsed()
+        );
+    }
+    let resp = slow.await.unwrap();
+    assert_eq!(resp.status(), 503, "the key could not be fetched in time");
+    assert_eq!(resp.headers()["retry-after"], "5");
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_secs(4)..Duration::from_secs(10)).contains(&took),
+        "answered after {took:?}; the fetch timeout is 5 s"
+    );
+
+    s.idp.set_delay(Duration::ZERO);
+    assert_eq!(
+        s.get("/orders/1", &waiting).await.status(),
+        200,
+        "recovered"
+    );
+    assert_eq!(s.up.hits(), 21);
+}
+
+/// The identity provider goes down and up every round while keys are added: a new kid is 503
+/// while it cannot be fetched and 200 once it can, known keys keep working, and forged or
+/// expired tokens are 401 whatever the provider's state.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flapping_key_set_never_lets_a_wrong_token_through() {
+    let s = setup("jwks_min_refetch = \"1ms\"").await;
+    // Same kid as a trusted key, another private key.
+    let forger = DevKey::generate(Algorithm::ES256, "ec-1");
+    let mut added: Vec<DevKey> = Vec::new();
+    let mut passed = 0;
+    for round in 0..12 {
+        let down = round % 2 == 1;
+        added.push(DevKey::generate(
+            Algorithm::ES256,
+            &format!("ec-new-{round}"),
+        ));
+        let mut keys = vec![&s.rsa, &s.ec];
+        keys.extend(added.iter());
+        s.idp.set_keys(&keys);
+        s.idp.set_failing(down);
+
+        let mut expired = claims(&s.idp, "orders:read");
+        expired["exp"] = json!(now() - 3600);
+        let mut cases = vec![
+            (
+                "fresh kid",
+                added[round].sign(&claims(&s.idp, "orders:read")),
+                if down { 503 } else { 200 },
+            ),
+            ("known key", s.ec.sign(&claims(&s.idp, "orders:read")), 200),
+            ("forged", forger.sign(&claims(&s.idp, "orders:read")), 401),
+            ("expired", s.ec.sign(&expired), 401),
+        ];
+        if round > 0 {
+            // Fetched last round (up) or with this round's refetch (down last round, up now).
+            let previous = added[round - 1].sign(&claims(&s.idp, "orders:read"));
+            cases.push(("last round's kid", previous, 200));
+        }
+        for (what, token, want) in cases {
+            let got = s.get("/orders/1", &token).await.status().as_u16();
+            assert_eq!(got, want, "round {round} (down: {down}): {what}");
+            passed += usize::from(got == 200);
+        }
+    }
+    assert_eq!(s.up.hits(), passed, "only the 200s reached the upstream");
 }

@@ -586,3 +586,51 @@ token_types = ["opaque"]
         "only the stranger and the opaque token were introspected"
     );
 }
+
+/// The endpoint fails in another way every other round. A failure is never cached (the same
+/// tokens are answered rightly once the endpoint is back), answers cached before the outage
+/// keep serving through it, and nothing fails open.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flapping_endpoint_caches_no_failure_and_lets_nothing_through() {
+    let (az, up) = (MockAs::start().await, EchoUpstream::start("app").await);
+    let gw = gateway(
+        &az,
+        &up,
+        "timeout = \"500ms\"\nnegative_cache_ttl = \"1m\"",
+        "",
+    );
+    az.activate("cached-active", "orders:read");
+    assert_eq!(status(&gw, "cached-active").await, 200);
+    assert_eq!(status(&gw, "cached-inactive").await, 401);
+    let failures = [
+        Mode::Status(500),
+        Mode::Reset,
+        Mode::Body("<html>maintenance</html>".into()),
+        Mode::Status(401),
+        Mode::Status(503),
+    ];
+    let mut passed = 1;
+    for (round, failure) in failures.into_iter().enumerate() {
+        let (active, inactive) = (format!("active-{round}"), format!("inactive-{round}"));
+        az.activate(&active, "orders:read");
+        az.set_mode(failure.clone());
+        for (token, want) in [
+            (active.as_str(), 503),
+            (inactive.as_str(), 503),
+            ("cached-active", 200),
+            ("cached-inactive", 401),
+        ] {
+            assert_eq!(status(&gw, token).await, want, "{failure:?}: {token}");
+        }
+        az.set_mode(Mode::Normal);
+        assert_eq!(status(&gw, &active).await, 200, "after {failure:?}");
+        assert_eq!(status(&gw, &inactive).await, 401, "after {failure:?}");
+        passed += 2;
+    }
+    assert_eq!(up.hits(), passed, "only the 200s reached the upstream");
+    assert_eq!(
+        az.call_count(),
+        2 + 4 * 5,
+        "each fresh token is asked about once per state; cached answers are not asked again"
+    );
+}

@@ -32,6 +32,8 @@ struct IdpState {
     issuer: Mutex<String>,
     jwks: Mutex<String>,
     failing: std::sync::atomic::AtomicBool,
+    /// Milliseconds every answer waits before it is sent.
+    delay_ms: std::sync::atomic::AtomicU64,
     /// `/moved` answers 302 to this URL.
     redirect_to: Mutex<String>,
     hits: Mutex<std::collections::HashMap<String, usize>>,
@@ -57,7 +59,20 @@ impl MockIdp {
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let state = state.clone();
-                        async move { Ok::<_, Infallible>(idp_answer(&state, req.uri().path())) }
+                        async move {
+                            // Counted on arrival, so a test can see a request the delay holds.
+                            *state
+                                .hits
+                                .lock()
+                                .unwrap()
+                                .entry(req.uri().path().to_owned())
+                                .or_default() += 1;
+                            let delay = state.delay_ms.load(Ordering::SeqCst);
+                            if delay > 0 {
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                            }
+                            Ok::<_, Infallible>(idp_answer(&state, req.uri().path()))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -96,6 +111,13 @@ impl MockIdp {
         self.state.failing.store(failing, Ordering::SeqCst);
     }
 
+    /// Make every answer wait this long (a slow identity provider).
+    pub fn set_delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
     pub fn hits(&self, path: &str) -> usize {
         self.state
             .hits
@@ -108,12 +130,6 @@ impl MockIdp {
 }
 
 fn idp_answer(state: &IdpState, path: &str) -> Response<Body> {
-    *state
-        .hits
-        .lock()
-        .unwrap()
-        .entry(path.to_owned())
-        .or_default() += 1;
     let reply = |status: u16, body: String| {
         Response::builder()
             .status(status)
