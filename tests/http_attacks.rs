@@ -341,3 +341,42 @@ async fn an_http2_preface_is_refused() {
     );
     assert_eq!(w.up.hits(), 0);
 }
+
+/// h2c smuggling: an `Upgrade: h2c` must never reach the upstream, or an upstream that speaks
+/// h2c would answer 101 and every later HTTP/2 stream on that tunnel would bypass the gateway's
+/// per-request checks. Only WebSocket upgrades are forwarded; this request is answered as plain
+/// HTTP/1.1.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h2c_upgrade_is_never_forwarded() {
+    let w = world().await;
+    for connection in [
+        "Upgrade, HTTP2-Settings",
+        "Upgrade",
+        "upgrade, http2-settings, keep-alive",
+    ] {
+        let before = w.up.hits();
+        let request = format!(
+            "GET /public/h2c HTTP/1.1\r\nHost: a\r\nConnection: {connection}\r\nUpgrade: h2c\r\n\
+             HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n{SENTINEL}"
+        );
+        let answer = raw_request(w.gw.proxy_addr, request.as_bytes()).await;
+        let statuses = statuses(&answer);
+        assert_eq!(statuses.first(), Some(&200), "{connection}: {answer:?}");
+        let seen = &w.up.seen()[before..];
+        assert_eq!(seen[0].uri, "/public/h2c");
+        for name in ["upgrade", "http2-settings", "connection"] {
+            assert!(
+                !seen[0].headers.contains_key(name),
+                "{connection}: the upstream saw {name}"
+            );
+        }
+        // pingora closes the connection after an upgrade request that was not upgraded, so the
+        // pipelined request may go unanswered; it must never reach the upstream inside another.
+        let rest: Vec<&str> = seen[1..].iter().map(|s| s.uri.as_str()).collect();
+        assert!(
+            rest.is_empty() && statuses.len() == 1
+                || rest == ["/public/sentinel"] && statuses == [200, 200],
+            "{connection}: statuses {statuses:?}, upstream saw {rest:?}"
+        );
+    }
+}
