@@ -8,7 +8,10 @@
 //! 3. `count / 10` random opaque tokens, with `max_in_flight = 8` and a cache of 1,000: each is
 //!    401 (or 503 when no introspection slot frees in time), never more than 8 calls at the
 //!    authorization server at once, and the cache holds at most 1,000 entries.
-//! 4. `/metrics` afterwards holds no label value from any of it.
+//! 4. `--slowloris N` (default 1,000) connections sending a request head one line per second,
+//!    against the default `client_header_timeout` (10 s), while four clients send valid
+//!    requests: every slow connection closed within 15 s, every normal request a 200.
+//! 5. `/metrics` afterwards holds no label value from any of it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -201,6 +204,8 @@ pub async fn run(args: &Args) {
     )
     .await;
 
+    let slow = crate::slowloris::run(world.proxy, &valid, args.slowloris).await;
+
     let metrics = probe
         .get(format!("http://{}/metrics", world.metrics))
         .send()
@@ -244,6 +249,19 @@ pub async fn run(args: &Args) {
          - introspection cache entries after: {cache_entries} (capacity 1000)\n\
          - /metrics: {series} series; random kids in labels: {leaked}; `flood` in labels: {flood_label}\n"
     );
+    report += &format!(
+        "\n| slowloris connections | connect failures | closed after (s), first – last | never closed | normal requests meanwhile: 200 / other | normal p99 before → during (ms) |\n\
+         |---:|---:|---|---:|---|---|\n| {} | {} | {:.1} – {:.1} | {} | {} / {} | {:.1} → {:.1} |\n",
+        slow.connections,
+        slow.connect_failures,
+        slow.first_close(),
+        slow.last_close(),
+        slow.never_closed(),
+        slow.normal_ok,
+        slow.normal_failed,
+        slow.p99_before_ms,
+        slow.p99_during_ms,
+    );
     let only = |p: &Phase, allowed: &[u16]| p.statuses.keys().all(|s| allowed.contains(s));
     let refetch_bound = (random_kids.secs / 10.0).ceil() as u64 + 1;
     let checks = vec![
@@ -278,6 +296,15 @@ pub async fn run(args: &Args) {
         (
             !(0.0..=1000.0).contains(&cache_entries),
             "the introspection cache outgrew its capacity".to_owned(),
+        ),
+        (
+            slow.never_closed() > 0
+                || slow.last_close() > crate::slowloris::CLOSE_WITHIN.as_secs_f64(),
+            "a slowloris connection lived past 15 s".to_owned(),
+        ),
+        (
+            slow.normal_failed > 0 || slow.normal_ok == 0,
+            "a normal request failed during the slowloris phase".to_owned(),
         ),
         (
             leaked > 0 || flood_label,

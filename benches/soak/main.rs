@@ -21,6 +21,7 @@
 //! memory check compares the first and the last minute, so it needs a run of two minutes or more.
 
 mod flood;
+mod slowloris;
 mod world;
 
 use std::collections::HashMap;
@@ -46,6 +47,8 @@ pub struct Args {
     flood: bool,
     /// Invalid JWTs in the flood's first phase; a tenth of it in the others.
     count: u64,
+    /// Slow connections in the flood's slowloris phase.
+    slowloris: usize,
     seconds: u64,
     concurrency: usize,
     binary: String,
@@ -57,6 +60,7 @@ fn args() -> Args {
     let mut a = Args {
         flood: false,
         count: 1_000_000,
+        slowloris: 1000,
         seconds: 600,
         concurrency: 32,
         binary: "target/release/portcullis".into(),
@@ -72,6 +76,7 @@ fn args() -> Args {
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--count" => a.count = value.parse().expect("--count N"),
+            "--slowloris" => a.slowloris = value.parse().expect("--slowloris N"),
             "--seconds" => a.seconds = value.parse().expect("--seconds N"),
             "--concurrency" => a.concurrency = value.parse().expect("--concurrency N"),
             "--binary" => a.binary = value,
