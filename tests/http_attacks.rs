@@ -327,19 +327,59 @@ async fn oversize_targets_and_headers_are_refused_first() {
     assert_eq!(w.idp.hits("/jwks"), jwks_before);
 }
 
+/// One HTTP/2 frame: 9-byte header (RFC 9113 §4.1) and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
 /// The listener speaks HTTP/1.1 only (no h2c): an HTTP/2 connection preface is refused with
-/// 400 (or a bare close) and the connection closed, so no HTTP/2 frame is ever parsed (rapid reset, CONTINUATION
-/// floods and HPACK bombs have nothing to reach).
+/// 400 (or a bare close) and the connection closed, so no HTTP/2 frame is ever parsed. The
+/// preface is followed by the frames of the known HTTP/2 attacks: rapid reset (HEADERS then
+/// RST_STREAM, a thousand times), a CONTINUATION flood, and an HPACK bomb (one large literal
+/// indexed, then referenced over and over). None reaches anything, and the gateway serves the
+/// next client as usual.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_http2_preface_is_refused() {
+async fn an_http2_preface_is_refused_with_the_attacks_behind_it() {
     let w = world().await;
-    let preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
-    let answer = raw_request(w.gw.proxy_addr, preface.as_bytes()).await;
-    assert!(
-        statuses(&answer) == [400] || answer.is_empty(),
-        "answered {answer:?}"
-    );
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let settings = h2_frame(0x4, 0, 0, &[]);
+    // :method GET, :scheme http, :path /, :authority "a" (RFC 7541 Appendix A).
+    let request = [0x82, 0x86, 0x84, 0x41, 0x01, b'a'];
+    let mut rapid_reset = Vec::new();
+    for i in 0..1000u32 {
+        let stream = 2 * i + 1;
+        rapid_reset.extend(h2_frame(0x1, 0x5, stream, &request));
+        rapid_reset.extend(h2_frame(0x3, 0, stream, &8u32.to_be_bytes()));
+    }
+    let mut continuation = h2_frame(0x1, 0x1, 1, &request);
+    for _ in 0..1000 {
+        continuation.extend(h2_frame(0x9, 0, 1, &[0x40, 0x01, b'x', 0x01, b'y']));
+    }
+    // A literal with a new name and a 4,096-byte value, added to the dynamic table: the length
+    // is 127 + 3969 in HPACK's 7-bit prefix integer (RFC 7541 §5.1).
+    let mut bomb = vec![0x40, 0x01, b'b', 0x7f, 0x81, 0x1f];
+    bomb.extend([b'z'; 4096]);
+    let mut hpack_bomb = h2_frame(0x1, 0x4, 1, &bomb);
+    hpack_bomb.extend(h2_frame(0x1, 0x5, 3, &[0xbe; 1000])); // index 62, a thousand times
+    for attack in [vec![], rapid_reset, continuation, hpack_bomb] {
+        let bytes = [preface.clone(), settings.clone(), attack].concat();
+        let answer = raw_request(w.gw.proxy_addr, &bytes).await;
+        assert!(
+            statuses(&answer) == [400] || answer.is_empty(),
+            "answered {answer:?}"
+        );
+    }
     assert_eq!(w.up.hits(), 0);
+    let answer = raw_request(w.gw.proxy_addr, SENTINEL.as_bytes()).await;
+    assert_eq!(
+        statuses(&answer),
+        [200],
+        "the gateway still serves HTTP/1.1"
+    );
 }
 
 /// h2c smuggling: an `Upgrade: h2c` must never reach the upstream, or an upstream that speaks
