@@ -89,6 +89,9 @@ def main():
     ap.add_argument("--only", help="a comma-separated subset of " + ",".join(KEYS) + ", e.g. "
                     "none,jwt: more rounds of fewer scenarios give a tighter ratio; the report "
                     "then gives each scenario's ratio to the first one named")
+    ap.add_argument("--perf", action="store_true", help="record the proxy under test with perf "
+                    "during each scenario's first measured run: target/perf-<scenario>.data, and "
+                    "the top functions printed")
     args = ap.parse_args()
     if args.only:
         unknown = set(args.only.split(",")) - set(KEYS)
@@ -174,7 +177,11 @@ def run(args, work, procs):
             log(f"round {r + 1}/{args.rounds}: {name}")
             reset_peak_rss(proc.pid)
             wrk(args, url, script, args.warmup)
+            perf = start_perf(proc.pid, KEYS[SCENARIOS.index((name, target, path, tokens, expect))],
+                              args.duration) if args.perf and r == 0 else None
             m = wrk(args, url, script, args.duration)
+            if perf:
+                perf.wait()
             m["rss"] = peak_rss_mib(proc.pid)
             if expect == "2xx" and m["errors"]:
                 sys.exit(f"{name}: {m['errors']} errors or non-2xx answers; see {work}")
@@ -309,6 +316,15 @@ def wrk(args, url, script, seconds):
     requests, duration_us, p50, p99, errors = map(int, result[0].split()[1:])
     return {"requests": requests, "rps": requests / (duration_us / 1e6), "p50": p50, "p99": p99,
             "errors": errors}
+
+
+def start_perf(pid, key, seconds):
+    """perf record -g of `pid` for `seconds`, into target/perf-<key>.data."""
+    data = os.path.join(ROOT, "target", f"perf-{key}.data")
+    log(f"perf record -> {data}")
+    return subprocess.Popen(["perf", "record", "-F", "2000", "-g", "-p", str(pid), "-o", data,
+                             "--", "sleep", str(seconds)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def openssl_verify_rate(algorithm, row):
