@@ -194,6 +194,7 @@ where
                     .await;
                 match decision {
                     Ok(principal) => {
+                        let principal = Arc::unwrap_or_clone(principal);
                         req.extensions_mut().insert::<Principal>(principal);
                         inner.call(req).await
                     }

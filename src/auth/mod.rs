@@ -30,7 +30,7 @@ use std::sync::Arc;
 use futures_util::future::{BoxFuture, FutureExt};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub use cache::TokenCache;
 pub use challenge::Challenge;
@@ -61,6 +61,9 @@ pub struct RequestInfo<'a> {
 }
 
 /// Who a request acts for: the permit an authorized request carries to the upstream.
+///
+/// Built with [`Principal::new`], which renders the identity headers once; a cached token's
+/// principal is shared (`Arc`) by every request that presents the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// `sub`, when the token has one.
@@ -74,23 +77,50 @@ pub struct Principal {
     pub expires_at: Option<SystemTime>,
     /// How the token was validated.
     pub source: TokenSource,
+    /// [`Principal::identity_headers`], rendered by [`Principal::new`] from the fields above.
+    identity: Vec<(HeaderName, HeaderValue)>,
 }
 
+static X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
+static X_AUTH_CLIENT_ID: HeaderName = HeaderName::from_static("x-auth-client-id");
+static X_AUTH_SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
+static X_AUTH_ISSUER: HeaderName = HeaderName::from_static("x-auth-issuer");
+
 impl Principal {
+    pub fn new(
+        subject: Option<String>,
+        client_id: Option<String>,
+        scopes: Vec<String>,
+        issuer: String,
+        expires_at: Option<SystemTime>,
+        source: TokenSource,
+    ) -> Principal {
+        let scope_list = scopes.join(" ");
+        let identity = [
+            (&X_AUTH_SUBJECT, subject.as_deref()),
+            (&X_AUTH_CLIENT_ID, client_id.as_deref()),
+            (&X_AUTH_SCOPES, Some(scope_list.as_str())),
+            (&X_AUTH_ISSUER, Some(issuer.as_str())),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.clone(), HeaderValue::from_str(value?).ok()?)))
+        .collect();
+        Principal {
+            subject,
+            client_id,
+            scopes,
+            issuer,
+            expires_at,
+            source,
+            identity,
+        }
+    }
+
     /// `X-Auth-Subject`, `-Client-Id`, `-Scopes` (space-separated), `-Issuer`: what the
     /// upstream (or a proxy asking the decision endpoint) learns about the caller. A claim that
     /// cannot be a header value (control characters) is left out rather than mangled.
-    pub fn identity_headers(&self) -> Vec<(&'static str, http::HeaderValue)> {
-        let scopes = self.scopes.join(" ");
-        [
-            ("x-auth-subject", self.subject.as_deref()),
-            ("x-auth-client-id", self.client_id.as_deref()),
-            ("x-auth-scopes", Some(scopes.as_str())),
-            ("x-auth-issuer", Some(self.issuer.as_str())),
-        ]
-        .into_iter()
-        .filter_map(|(name, value)| Some((name, http::HeaderValue::from_str(value?).ok()?)))
-        .collect()
+    pub fn identity_headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.identity
     }
 }
 
@@ -117,6 +147,9 @@ pub struct Authenticator {
     introspection: Option<Arc<Introspector>>,
     max_token_size: usize,
     metrics: Metrics,
+    /// `portcullis_token_cache_requests_total{result="hit"}` and `"miss"`, resolved once.
+    cache_hits: prometheus::IntCounter,
+    cache_misses: prometheus::IntCounter,
 }
 
 impl Authenticator {
@@ -153,6 +186,8 @@ impl Authenticator {
                 .clone()
                 .map(|c| Arc::new(Introspector::new(c, http.clone(), metrics.clone()))),
             max_token_size: config.tokens.max_size,
+            cache_hits: metrics.token_cache.with_label_values(&["hit"]),
+            cache_misses: metrics.token_cache.with_label_values(&["miss"]),
             metrics,
         }
     }
@@ -209,7 +244,7 @@ impl Authenticator {
     }
 
     /// Authorize one request: a [`Principal`], or why not. Records the decision metrics.
-    pub async fn authorize(&self, request: &RequestInfo<'_>) -> Result<Principal, AuthError> {
+    pub async fn authorize(&self, request: &RequestInfo<'_>) -> Result<Arc<Principal>, AuthError> {
         let started = Instant::now();
         let result = self.decide(request, SystemTime::now()).await;
         self.metrics
@@ -232,7 +267,7 @@ impl Authenticator {
         &self,
         request: &RequestInfo<'_>,
         now: SystemTime,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<Arc<Principal>, AuthError> {
         let token = match bearer::extract_with_query(request.headers, request.query) {
             Ok(Some(token)) => token,
             Ok(None) => return Err(AuthError::MissingToken),
@@ -254,7 +289,7 @@ impl Authenticator {
         token: &str,
         accept: TokenTypes,
         now: SystemTime,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<Arc<Principal>, AuthError> {
         if token.len() > self.max_token_size {
             return Err(AuthError::InvalidToken(TokenFault::Oversize));
         }
@@ -265,10 +300,10 @@ impl Authenticator {
             if accept.jwt && self.cache.enabled() {
                 let key = key.as_ref().expect("hashed when the cache is enabled");
                 if let Some(hit) = self.cached(key, now) {
-                    self.metrics.token_cache.with_label_values(&["hit"]).inc();
+                    self.cache_hits.inc();
                     return Ok(hit);
                 }
-                self.metrics.token_cache.with_label_values(&["miss"]).inc();
+                self.cache_misses.inc();
             }
             match self.local_issuer(token) {
                 Ok(_) if !accept.jwt => {
@@ -307,7 +342,7 @@ impl Authenticator {
         index: usize,
         key: Option<[u8; 32]>,
         now: SystemTime,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<Arc<Principal>, AuthError> {
         let issuer = &self.issuers[index];
         if !issuer.keys.algorithms().contains(&parsed.alg) {
             return Err(AuthError::InvalidToken(TokenFault::AlgorithmNotAllowed));
@@ -316,14 +351,14 @@ impl Authenticator {
         jwt::check_claims(&parsed.header, &parsed.claims, &issuer.rules, now)
             .map_err(AuthError::InvalidToken)?;
         let exp = parsed.claims.exp.map_or(0, |e| e.0);
-        let principal = Principal {
-            subject: parsed.claims.sub.clone(),
-            client_id: parsed.claims.client_id.clone(),
-            scopes: jwt::scopes(&parsed.claims, issuer.rules.scope_claim),
-            issuer: issuer.keys.issuer().to_owned(),
-            expires_at: Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0))),
-            source: TokenSource::Jwt,
-        };
+        let principal = Arc::new(Principal::new(
+            parsed.claims.sub.clone(),
+            parsed.claims.client_id.clone(),
+            jwt::scopes(&parsed.claims, issuer.rules.scope_claim),
+            issuer.keys.issuer().to_owned(),
+            Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0))),
+            TokenSource::Jwt,
+        ));
         if let Some(key) = key {
             self.cache.insert(
                 key,
@@ -338,7 +373,7 @@ impl Authenticator {
     }
 
     /// A cache hit whose key is still in its issuer's set and whose `exp` has not passed.
-    fn cached(&self, key: &[u8; 32], now: SystemTime) -> Option<Principal> {
+    fn cached(&self, key: &[u8; 32], now: SystemTime) -> Option<Arc<Principal>> {
         let hit = self.cache.get(key)?;
         let keys = self.issuers[hit.issuer].keys.current(Instant::now());
         if jwt::unix_seconds(now) < hit.exp && keys.is_some_and(|s| s.keys.contains(hit.key)) {

@@ -56,7 +56,7 @@ pub struct RequestCtx {
     /// Upstreams already tried for this request, so a retry picks another.
     tried: Vec<PeerAddr>,
     upstream_error: Option<UpstreamErrorKind>,
-    principal: Option<Principal>,
+    principal: Option<Arc<Principal>>,
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -354,7 +354,7 @@ fn strip_identity_headers(req: &mut RequestHeader) {
 /// The identity headers of [`Principal::identity_headers`]: set only by the gateway.
 fn set_identity_headers(req: &mut RequestHeader, p: &Principal) {
     for (name, value) in p.identity_headers() {
-        let _ = req.insert_header(name, value);
+        let _ = req.insert_header(name.clone(), value.clone());
     }
 }
 

@@ -27,7 +27,7 @@ use moka::future::Cache;
 use tokio::sync::Semaphore;
 use url::Url;
 
-use self::answer::{Answer, BadAnswer, Expectations};
+use self::answer::{Answer, BadAnswer, Claims, Expectations};
 use super::fetch::{self, FetchError};
 use super::{AuthError, Principal, TokenFault, TokenSource, RETRY_AFTER};
 use crate::config::{ClientAuth, IntrospectionConfig};
@@ -81,6 +81,8 @@ impl CallError {
 #[derive(Debug)]
 struct Entry {
     answer: Answer,
+    /// The principal of an active answer, built once for every request that presents it.
+    principal: Option<Arc<Principal>>,
     ttl: Duration,
 }
 
@@ -185,35 +187,39 @@ impl Introspector {
         token: &str,
         key: Option<[u8; 32]>,
         now: SystemTime,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<Arc<Principal>, AuthError> {
         let answer = self.answer(token, key).await.map_err(|e| {
             tracing::warn!(error = %e, "introspection failed; answering 503");
             AuthError::IdpUnavailable {
                 retry_after: RETRY_AFTER,
             }
         })?;
-        let claims = match &answer.answer {
-            Answer::Active(claims) => claims,
-            Answer::Inactive => return Err(AuthError::InvalidToken(TokenFault::Inactive)),
+        let (Answer::Active(claims), Some(principal)) = (&answer.answer, &answer.principal) else {
+            return Err(AuthError::InvalidToken(TokenFault::Inactive));
         };
         claims
             .check(&self.expect, super::jwt::unix_seconds(now))
             .map_err(AuthError::InvalidToken)?;
-        Ok(Principal {
-            subject: claims.sub.clone(),
-            client_id: claims.client_id.clone(),
-            scopes: claims.scopes.clone(),
-            issuer: claims
+        Ok(principal.clone())
+    }
+
+    /// Who an active answer speaks for.
+    fn principal_of(&self, claims: &Claims) -> Principal {
+        Principal::new(
+            claims.sub.clone(),
+            claims.client_id.clone(),
+            claims.scopes.clone(),
+            claims
                 .iss
                 .clone()
                 .or_else(|| self.config.issuer.clone())
                 .unwrap_or_else(|| self.origin()),
-            expires_at: claims
+            claims
                 .exp
                 .and_then(|e| u64::try_from(e).ok())
                 .map(|e| UNIX_EPOCH + Duration::from_secs(e)),
-            source: TokenSource::Introspection,
-        })
+            TokenSource::Introspection,
+        )
     }
 
     /// Refresh the entry-count gauge (moka counts lazily: apply pending work first).
@@ -320,7 +326,15 @@ impl Introspector {
             }
             Answer::Inactive => self.config.negative_cache_ttl,
         };
-        Ok(Entry { answer, ttl })
+        let principal = match &answer {
+            Answer::Active(claims) => Some(Arc::new(self.principal_of(claims))),
+            Answer::Inactive => None,
+        };
+        Ok(Entry {
+            answer,
+            principal,
+            ttl,
+        })
     }
 
     /// The RFC 7662 §2.1 request and its answer.
