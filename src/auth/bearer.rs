@@ -90,8 +90,8 @@ fn trim_leading_spaces(b: &[u8]) -> &[u8] {
 #[inline(always)]
 fn is_b64token_char(c: u8) -> bool {
     let lower = c | 0x20;
-    (lower >= b'a') & (lower <= b'z')
-        | (c >= b'0') & (c <= b'9')
+    lower.is_ascii_lowercase()
+        | c.is_ascii_digit()
         | (c == b'-')
         | (c == b'.')
         | (c == b'_')

@@ -134,7 +134,7 @@ pub fn looks_like_jwt(token: &str) -> bool {
 #[inline(always)]
 fn is_base64url(c: u8) -> bool {
     let lower = c | 0x20;
-    (lower >= b'a') & (lower <= b'z') | (c >= b'0') & (c <= b'9') | (c == b'-') | (c == b'_')
+    lower.is_ascii_lowercase() | c.is_ascii_digit() | (c == b'-') | (c == b'_')
 }
 
 /// Split and decode a token of at most `max_size` bytes.
