@@ -51,6 +51,17 @@ async fn until_closed(
     (String::from_utf8_lossy(&out).into_owned(), start.elapsed())
 }
 
+/// Connect, send `bytes` (perhaps none) and nothing more: the gateway must cut the connection
+/// off on time. What it answered.
+async fn sent_and_cut_off(addr: SocketAddr, what: &str, bytes: &[u8]) -> String {
+    let start = Instant::now();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let (answer, took) = until_closed(&mut stream, start).await;
+    assert_cut_off(what, took);
+    answer
+}
+
 fn assert_cut_off(what: &str, took: Duration) {
     assert!(
         (EARLIEST..LATEST).contains(&took),
@@ -121,24 +132,15 @@ async fn a_partial_head_gets_408_and_a_silent_connection_is_closed() {
     let up = EchoUpstream::start("app").await;
     let gw = start_gateway_with_server(TIMEOUTS, &open_route(up.addr));
 
-    let start = Instant::now();
-    let mut partial = TcpStream::connect(gw.proxy_addr).await.unwrap();
-    partial
-        .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n")
-        .await
-        .unwrap();
-    let (answer, took) = until_closed(&mut partial, start).await;
-    assert_cut_off("partial head", took);
+    let partial = b"GET /x HTTP/1.1\r\nHost: a\r\n";
+    let answer = sent_and_cut_off(gw.proxy_addr, "partial head", partial).await;
     assert!(
         answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
         "answer: {answer:?}"
     );
     assert!(answer.to_ascii_lowercase().contains("connection: close"));
 
-    let start = Instant::now();
-    let mut silent = TcpStream::connect(gw.proxy_addr).await.unwrap();
-    let (answer, took) = until_closed(&mut silent, start).await;
-    assert_cut_off("silent connection", took);
+    let answer = sent_and_cut_off(gw.proxy_addr, "silent connection", b"").await;
     assert_eq!(answer, "", "nothing was asked, so nothing is answered");
     assert_eq!(up.hits(), 0);
 }
@@ -199,15 +201,9 @@ async fn the_deadline_of_a_later_request_starts_at_its_first_byte() {
 async fn a_stalled_request_body_gets_408() {
     let up = EchoUpstream::start("app").await;
     let gw = start_gateway_with_server(TIMEOUTS, &open_route(up.addr));
-    let start = Instant::now();
-    let mut stream = TcpStream::connect(gw.proxy_addr).await.unwrap();
     // `/hang` never answers, so only the client's silence can end this request.
-    stream
-        .write_all(b"POST /hang HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
-        .await
-        .unwrap();
-    let (answer, took) = until_closed(&mut stream, start).await;
-    assert_cut_off("stalled body", took);
+    let request = b"POST /hang HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789";
+    let answer = sent_and_cut_off(gw.proxy_addr, "stalled body", request).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "answer: {answer:?}");
     assert!(
         answer.contains("\"error\":\"request_timeout\""),
