@@ -354,20 +354,23 @@ fn strip_identity_headers(req: &mut RequestHeader) {
 /// The identity headers of [`Principal::identity_headers`]: set only by the gateway.
 fn set_identity_headers(req: &mut RequestHeader, p: &Principal) {
     for (name, value) in p.identity_headers() {
-        let _ = req.insert_header(wire_name(name), value.clone());
+        let _ = match wire_name(name) {
+            Some(spelling) => req.insert_header(spelling, value.clone()),
+            None => req.insert_header(name.clone(), value.clone()),
+        };
     }
 }
 
-/// The name a gateway header is sent with. pingora copies a `HeaderName` it has no spelling for
-/// on every insert; a static string costs nothing.
-fn wire_name(name: &HeaderName) -> &'static str {
-    match name.as_str() {
+/// The spelling an identity header is sent with. pingora copies a `HeaderName` it has no
+/// spelling for on every insert; a static string costs nothing.
+fn wire_name(name: &HeaderName) -> Option<&'static str> {
+    Some(match name.as_str() {
         "x-auth-subject" => "X-Auth-Subject",
         "x-auth-client-id" => "X-Auth-Client-Id",
         "x-auth-scopes" => "X-Auth-Scopes",
         "x-auth-issuer" => "X-Auth-Issuer",
-        _ => unreachable!("identity headers are the four above"),
-    }
+        _ => return None,
+    })
 }
 
 /// `X-Forwarded-For` / `-Proto` / `-Host`. Untrusted (the default): the client's values are
