@@ -488,6 +488,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_identity_header_has_a_static_spelling() {
+        let p = Principal::new(
+            Some("s".into()),
+            Some("c".into()),
+            vec!["a".into()],
+            "https://id.example".into(),
+            None,
+            crate::auth::TokenSource::Jwt,
+        );
+        assert_eq!(p.identity_headers().len(), 4);
+        for (name, _) in p.identity_headers() {
+            let spelling = wire_name(name).unwrap_or_else(|| panic!("{name}"));
+            assert!(spelling.eq_ignore_ascii_case(name.as_str()));
+        }
+    }
+
+    #[test]
     fn identity_headers_from_the_client_are_stripped_in_every_spelling() {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         for name in [
