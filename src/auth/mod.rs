@@ -81,10 +81,25 @@ pub struct Principal {
     identity: Vec<(HeaderName, HeaderValue)>,
 }
 
-static X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
-static X_AUTH_CLIENT_ID: HeaderName = HeaderName::from_static("x-auth-client-id");
-static X_AUTH_SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
-static X_AUTH_ISSUER: HeaderName = HeaderName::from_static("x-auth-issuer");
+/// The identity headers, in order, each with the spelling an adapter may send it with.
+static IDENTITY_HEADERS: [(HeaderName, &str); 4] = [
+    (HeaderName::from_static("x-auth-subject"), "X-Auth-Subject"),
+    (
+        HeaderName::from_static("x-auth-client-id"),
+        "X-Auth-Client-Id",
+    ),
+    (HeaderName::from_static("x-auth-scopes"), "X-Auth-Scopes"),
+    (HeaderName::from_static("x-auth-issuer"), "X-Auth-Issuer"),
+];
+
+/// The wire spelling of an identity header (`X-Auth-Subject`...), for adapters whose header
+/// API copies a `HeaderName` but not a static string.
+pub fn identity_header_spelling(name: &HeaderName) -> Option<&'static str> {
+    IDENTITY_HEADERS
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, spelling)| *spelling)
+}
 
 impl Principal {
     pub fn new(
@@ -96,15 +111,19 @@ impl Principal {
         source: TokenSource,
     ) -> Principal {
         let scope_list = scopes.join(" ");
-        let identity = [
-            (&X_AUTH_SUBJECT, subject.as_deref()),
-            (&X_AUTH_CLIENT_ID, client_id.as_deref()),
-            (&X_AUTH_SCOPES, Some(scope_list.as_str())),
-            (&X_AUTH_ISSUER, Some(issuer.as_str())),
-        ]
-        .into_iter()
-        .filter_map(|(name, value)| Some((name.clone(), HeaderValue::from_str(value?).ok()?)))
-        .collect();
+        let values = [
+            subject.as_deref(),
+            client_id.as_deref(),
+            Some(scope_list.as_str()),
+            Some(issuer.as_str()),
+        ];
+        let identity = IDENTITY_HEADERS
+            .iter()
+            .zip(values)
+            .filter_map(|((name, _), value)| {
+                Some((name.clone(), HeaderValue::from_str(value?).ok()?))
+            })
+            .collect();
         Principal {
             subject,
             client_id,

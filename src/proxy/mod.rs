@@ -20,7 +20,7 @@ use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::PeerOptions;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::auth::{Authenticator, Challenge, Principal, RequestInfo};
+use crate::auth::{identity_header_spelling, Authenticator, Challenge, Principal, RequestInfo};
 use crate::config::{AuthMode, UpstreamConfig};
 use crate::metrics::{status_class, Metrics, UpstreamErrorKind, NO_ROUTE};
 use crate::routing::{is_canonical_path, Route, RouteMatch, Router};
@@ -352,25 +352,14 @@ fn strip_identity_headers(req: &mut RequestHeader) {
 }
 
 /// The identity headers of [`Principal::identity_headers`]: set only by the gateway.
+/// Each is inserted under its static spelling: pingora copies a `HeaderName` on every insert.
 fn set_identity_headers(req: &mut RequestHeader, p: &Principal) {
     for (name, value) in p.identity_headers() {
-        let _ = match wire_name(name) {
+        let _ = match identity_header_spelling(name) {
             Some(spelling) => req.insert_header(spelling, value.clone()),
             None => req.insert_header(name.clone(), value.clone()),
         };
     }
-}
-
-/// The spelling an identity header is sent with. pingora copies a `HeaderName` it has no
-/// spelling for on every insert; a static string costs nothing.
-fn wire_name(name: &HeaderName) -> Option<&'static str> {
-    Some(match name.as_str() {
-        "x-auth-subject" => "X-Auth-Subject",
-        "x-auth-client-id" => "X-Auth-Client-Id",
-        "x-auth-scopes" => "X-Auth-Scopes",
-        "x-auth-issuer" => "X-Auth-Issuer",
-        _ => return None,
-    })
 }
 
 /// `X-Forwarded-For` / `-Proto` / `-Host`. Untrusted (the default): the client's values are
@@ -499,7 +488,7 @@ mod tests {
         );
         assert_eq!(p.identity_headers().len(), 4);
         for (name, _) in p.identity_headers() {
-            let spelling = wire_name(name).unwrap_or_else(|| panic!("{name}"));
+            let spelling = identity_header_spelling(name).unwrap_or_else(|| panic!("{name}"));
             assert!(spelling.eq_ignore_ascii_case(name.as_str()));
         }
     }
