@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the per-request work: route matching over 200 routes, bearer extraction,
-//! JWT validation (parse, key lookup, signature, claims) per algorithm, a verified-token cache
-//! hit, the scope check, the whole `authorize` decision on a cache hit (JWT and introspected
-//! opaque token), and challenge rendering. Run with `make bench`.
+//! the JWT shape check, JWT validation (parse, key lookup, signature, claims) per algorithm, a
+//! verified-token cache hit, the scope check, the whole `authorize` decision on a cache hit (JWT
+//! and introspected opaque token), and challenge rendering. Run with `make bench`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
@@ -62,6 +62,14 @@ fn bearer_extraction(c: &mut Criterion) {
     headers.insert("authorization", HeaderValue::from_str(&token).unwrap());
     c.bench_function("bearer_extract_700_byte_jwt", |b| {
         b.iter(|| bearer::extract(black_box(&headers)).unwrap().unwrap().len())
+    });
+}
+
+/// The JWT shape check (three base64url parts), run on every token the cache does not know.
+fn jwt_shape(c: &mut Criterion) {
+    let token = token_700_bytes();
+    c.bench_function("jwt_shape_700_byte_token", |b| {
+        b.iter(|| assert!(jwt::looks_like_jwt(black_box(&token))))
     });
 }
 
@@ -321,6 +329,7 @@ criterion_group!(
     benches,
     route_match,
     bearer_extraction,
+    jwt_shape,
     jwt_validation,
     verify_backends,
     token_cache_hit,

@@ -136,17 +136,36 @@ impl Router {
 /// route's path (`/public/../admin`, `//admin`, `/public/%2e%2e/admin`) is refused rather than
 /// matched (RFC 3986 §5.2.4, §6.2.2).
 pub fn is_canonical_path(path: &str) -> bool {
-    if !path.starts_with('/') || path.contains("//") || path.contains('\\') {
+    let b = path.as_bytes();
+    if b.first() != Some(&b'/') || b.contains(&b'\\') || path.contains("//") {
         return false;
     }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") {
-        return false;
+    // It runs on every request, so it allocates nothing: no lower-cased copy, no decoding.
+    let encoded_separator_or_nul = b.windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'2', b'f') | (b'5', b'c') | (b'0', b'0')
+            )
+    });
+    !encoded_separator_or_nul && !path.split('/').any(is_dot_segment)
+}
+
+/// `.` or `..`, each dot possibly percent-encoded (`%2e`, `%2E`).
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
     }
-    lower.split('/').all(|segment| {
-        let decoded = segment.replace("%2e", ".");
-        decoded != "." && decoded != ".."
-    })
+    matches!(dots, 1 | 2)
 }
 
 #[cfg(test)]
@@ -203,6 +222,43 @@ mod tests {
             let got = name(router.find(&method.parse().unwrap(), path));
             assert_eq!(got, want, "{method} {path}");
         }
+    }
+
+    /// The definition the allocation-free check replaced, kept as its oracle.
+    fn canonical_by_decoding(path: &str) -> bool {
+        if !path.starts_with('/') || path.contains("//") || path.contains('\\') {
+            return false;
+        }
+        let lower = path.to_ascii_lowercase();
+        if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") {
+            return false;
+        }
+        lower.split('/').all(|segment| {
+            let decoded = segment.replace("%2e", ".");
+            decoded != "." && decoded != ".."
+        })
+    }
+
+    #[test]
+    fn the_canonical_check_agrees_with_decoding_on_every_short_path() {
+        let alphabet = [
+            '/', '.', '%', '2', 'e', 'E', 'f', 'F', '5', 'c', '0', '\\', 'a',
+        ];
+        let mut paths = vec![String::from("/")];
+        let mut checked = 0;
+        for _ in 0..5 {
+            let mut longer = Vec::new();
+            for p in &paths {
+                for c in alphabet {
+                    let q = format!("{p}{c}");
+                    assert_eq!(is_canonical_path(&q), canonical_by_decoding(&q), "{q:?}");
+                    checked += 1;
+                    longer.push(q);
+                }
+            }
+            paths = longer;
+        }
+        assert_eq!(checked, (1..=5).map(|n| 13usize.pow(n)).sum::<usize>());
     }
 
     #[test]

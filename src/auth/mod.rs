@@ -315,20 +315,27 @@ impl Authenticator {
         // Hashed once, and only when the verified-token cache will use it.
         let key = self.cache.enabled().then(|| TokenCache::key(token));
         let introspection = self.introspection.as_deref().filter(|_| accept.opaque);
+        // The cache before the shape check: only tokens that verified as JWTs are in it, so a
+        // hit needs no other look at the token. A token without a dot cannot be one of them.
+        let jwt_key = key.as_ref().filter(|_| accept.jwt && token.contains('.'));
+        if let Some(hit) = jwt_key.and_then(|key| self.cached(key, now)) {
+            self.cache_hits.inc();
+            return Ok(hit);
+        }
         if jwt::looks_like_jwt(token) {
-            if accept.jwt && self.cache.enabled() {
-                let key = key.as_ref().expect("hashed when the cache is enabled");
-                if let Some(hit) = self.cached(key, now) {
-                    self.cache_hits.inc();
-                    return Ok(hit);
-                }
+            if jwt_key.is_some() {
                 self.cache_misses.inc();
             }
             match self.local_issuer(token) {
                 Ok(_) if !accept.jwt => {
                     return Err(AuthError::InvalidToken(TokenFault::TypeNotAccepted))
                 }
-                Ok((parsed, index)) => return self.validate_jwt(parsed, index, key, now).await,
+                // Boxed, like the introspection call: the slow path's future (a key-set refetch
+                // is an HTTP call) is kilobytes, and unboxed it would make every request's
+                // future that large, cache hits included.
+                Ok((parsed, index)) => {
+                    return Box::pin(self.validate_jwt(parsed, index, key, now)).await
+                }
                 Err(fault) if introspection.is_none() => {
                     return Err(AuthError::InvalidToken(fault))
                 }

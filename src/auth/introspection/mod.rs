@@ -255,7 +255,10 @@ impl Introspector {
         let requests = &self.metrics.introspection_cache;
         let Some(cache) = &self.cache else {
             requests.with_label_values(&["miss"]).inc();
-            return self.call(token).await.map(Arc::new).map_err(Arc::new);
+            return Box::pin(self.call(token))
+                .await
+                .map(Arc::new)
+                .map_err(Arc::new);
         };
         let key = key.unwrap_or_else(|| super::TokenCache::key(token));
         if let Some(hit) = cache.get(&key).await {
@@ -268,9 +271,8 @@ impl Introspector {
         }
         requests.with_label_values(&["miss"]).inc();
         // Concurrent misses for one key wait for the first one's call; errors are not cached.
-        cache
-            .try_get_with(key, async { self.call(token).await.map(Arc::new) })
-            .await
+        // Boxed: the call's future is kilobytes, and a cache hit should not carry its size.
+        Box::pin(cache.try_get_with(key, async { self.call(token).await.map(Arc::new) })).await
     }
 
     /// One call, bounded by `timeout` in total (waiting for a slot included), counted.
