@@ -297,6 +297,53 @@ mod tests {
         }
     }
 
+    /// The shape by its definition: split on dots, three parts, each non-empty base64url.
+    fn shape_by_splitting(token: &str) -> bool {
+        let parts: Vec<&str> = token.split('.').collect();
+        parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(is_base64url))
+    }
+
+    #[test]
+    fn the_shape_check_agrees_with_splitting() {
+        // Every short string over dots, base64url bytes and bytes outside it.
+        let alphabet = ['a', 'Z', '9', '-', '_', '.', '=', '+', '~'];
+        let mut tokens = vec![String::new()];
+        for _ in 0..6 {
+            let mut longer = Vec::new();
+            for t in &tokens {
+                for c in alphabet {
+                    let u = format!("{t}{c}");
+                    assert_eq!(looks_like_jwt(&u), shape_by_splitting(&u), "{u:?}");
+                    longer.push(u);
+                }
+            }
+            tokens = longer;
+        }
+        // Long tokens, the folds work in 32-byte chunks: two dots at every pair of places,
+        // then a bad byte at every place of a good token.
+        let n = 100;
+        for i in 0..n {
+            for j in i + 1..n {
+                let mut b = vec![b'a'; n];
+                b[i] = b'.';
+                b[j] = b'.';
+                let u = String::from_utf8(b).unwrap();
+                assert_eq!(looks_like_jwt(&u), shape_by_splitting(&u), "{u:?}");
+            }
+        }
+        let good = format!("{}.{}.{}", "a".repeat(31), "b".repeat(32), "c".repeat(33));
+        assert!(looks_like_jwt(&good));
+        for i in 0..good.len() {
+            let mut b = good.clone().into_bytes();
+            b[i] = if b[i] == b'.' { b'a' } else { b'=' };
+            let u = String::from_utf8(b).unwrap();
+            assert!(!looks_like_jwt(&u), "{u:?}");
+        }
+    }
+
     #[test]
     fn the_base64url_alphabet_is_exactly_rfc_4648s() {
         for c in 0..=255u8 {
