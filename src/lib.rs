@@ -10,6 +10,8 @@ pub mod config;
 pub mod devkeys;
 pub mod metrics;
 pub mod routing;
+#[cfg(test)]
+mod testing;
 
 #[cfg(feature = "proxy")]
 pub mod admin;

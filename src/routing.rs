@@ -244,20 +244,9 @@ mod tests {
         let alphabet = [
             '/', '.', '%', '2', 'e', 'E', 'f', 'F', '5', 'c', '0', '\\', 'a',
         ];
-        let mut paths = vec![String::from("/")];
-        let mut checked = 0;
-        for _ in 0..5 {
-            let mut longer = Vec::new();
-            for p in &paths {
-                for c in alphabet {
-                    let q = format!("{p}{c}");
-                    assert_eq!(is_canonical_path(&q), canonical_by_decoding(&q), "{q:?}");
-                    checked += 1;
-                    longer.push(q);
-                }
-            }
-            paths = longer;
-        }
+        let checked = crate::testing::for_every_extension("/", &alphabet, 5, |q| {
+            assert_eq!(is_canonical_path(q), canonical_by_decoding(q), "{q:?}");
+        });
         assert_eq!(checked, (1..=5).map(|n| 13usize.pow(n)).sum::<usize>());
     }
 
