@@ -29,6 +29,9 @@ fn routes(n: usize) -> Vec<RouteConfig> {
             auth: AuthMode::Required,
             token_types: Default::default(),
             forward_token: false,
+            allow_path_parameters: false,
+            allow_method_override: false,
+            allow_options_asterisk: false,
         })
         .collect()
 }
@@ -168,14 +171,17 @@ fn verify_backends(c: &mut Criterion) {
 fn token_cache_hit(c: &mut Criterion) {
     let cache = TokenCache::new(100_000, Duration::from_secs(300));
     let token = token_700_bytes();
-    let principal = std::sync::Arc::new(Principal::new(
-        Some("user".into()),
-        None,
-        vec!["orders:read".into()],
-        "https://id.example".into(),
-        Some(SystemTime::now() + Duration::from_secs(3600)),
-        TokenSource::Jwt,
-    ));
+    let principal = std::sync::Arc::new(
+        Principal::new(
+            Some("user".into()),
+            None,
+            vec!["orders:read".into()],
+            "https://id.example".into(),
+            Some(SystemTime::now() + Duration::from_secs(3600)),
+            TokenSource::Jwt,
+        )
+        .unwrap(),
+    );
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

@@ -53,19 +53,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 fn dev(listen: std::net::SocketAddr, metrics_listen: std::net::SocketAddr) -> ExitCode {
-    init_logging();
+    portcullis::logging::init();
     match portcullis::dev::run(listen, metrics_listen) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -101,7 +90,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
-    init_logging();
+    portcullis::logging::init();
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(e) => {

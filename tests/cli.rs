@@ -85,7 +85,7 @@ fn every_config_rule_names_its_key_and_fix() {
         // Unknown keys: the typo that would leave a route open.
         (
             "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\nscope = [\"admin\"]\n",
-            "routes[0].scope: unknown field `scope`, expected one of `name`, `path_prefix`, `methods`, `upstreams`, `scopes`, `scopes_any`, `auth`, `token_types`, `forward_token` (<config> line 5)",
+            "routes[0].scope: unknown field `scope`, expected one of `name`, `path_prefix`, `methods`, `upstreams`, `scopes`, `scopes_any`, `auth`, `token_types`, `forward_token`, `allow_path_parameters`, `allow_method_override`, `allow_options_asterisk` (<config> line 5)",
         ),
         ("[server]\nlisten_addr = \"x\"\n", "server.listen_addr: unknown field `listen_addr`"),
         ("[server]\nthreads = \"two\"\n", "server.threads: invalid type"),
@@ -218,6 +218,22 @@ fn every_config_rule_names_its_key_and_fix() {
             "introspection.cache_tll: unknown field `cache_tll`",
         ),
         (&format!("[server]\ntls_cert = \"/c.pem\"\n{ROUTE}"), "server.tls_cert: TLS termination is not supported yet"),
+        (
+            "[[routes]]\nname = \"r\"\npath_prefix = \"/%61pi/X%2fy\"\nupstreams = [\"127.0.0.1:9\"]\nauth = \"none\"\n",
+            "routes[0].path_prefix: must be an absolute path",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\npath_prefix = \"/%61pi/caf%c3%a9\"\nupstreams = [\"127.0.0.1:9\"]\nauth = \"none\"\n",
+            "routes[0].path_prefix: request paths are matched in normal form (RFC 3986 §6.2.2); write \"/api/caf%C3%A9\"",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\npath_prefix = \"/api;v=1\"\nupstreams = [\"127.0.0.1:9\"]\nauth = \"none\"\n",
+            "routes[0].path_prefix: must not hold ; parameters",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\npath_prefix = \"/api\"\nupstreams = [\"127.0.0.1:9\"]\nauth = \"none\"\nallow_options_asterisk = true\n",
+            "routes[0].allow_options_asterisk: OPTIONS * is routed to the route on path_prefix \"/\"",
+        ),
     ];
     for (text, want) in cases {
         let got = problems(text);

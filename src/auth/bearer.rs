@@ -34,10 +34,16 @@ pub fn extract_with_query<'a>(
     Ok(token)
 }
 
+/// Whether the query has an `access_token` parameter as an upstream's parser would read it:
+/// pairs split on `&` or `;` (older parsers, such as Python's before 3.9.2, split on both), the
+/// key percent-decoded (`access%5Ftoken` is `access_token`, RFC 3986 §2.1).
 fn has_access_token_param(query: &str) -> bool {
-    query
-        .split('&')
-        .any(|pair| pair.split('=').next() == Some("access_token"))
+    query.split(['&', ';']).any(|pair| {
+        let key = pair.split('=').next().unwrap_or_default();
+        key == "access_token"
+            || (key.contains('%')
+                && percent_encoding::percent_decode_str(key).eq(b"access_token".iter().copied()))
+    })
 }
 
 /// The bearer token of the `Authorization` header: `Ok(None)` when there is none.
@@ -177,6 +183,11 @@ mod tests {
             "a=1&access_token=x",
             "access_token",
             "access_token=",
+            "access%5Ftoken=x",
+            "access%5ftoken",
+            "%61ccess_token=x",
+            "%61%63%63%65%73%73%5F%74%6F%6B%65%6E=x",
+            "a=1;access_token=x",
         ] {
             assert_eq!(
                 extract_with_query(&headers, Some(q)),
@@ -184,7 +195,14 @@ mod tests {
                 "{q}"
             );
         }
-        for q in ["my_access_token=x", "a=access_token", ""] {
+        for q in [
+            "my_access_token=x",
+            "a=access_token",
+            "",
+            "access%5Ftoken2=x",
+            "access%5",
+            "access%zztoken",
+        ] {
             assert_eq!(
                 extract_with_query(&headers, Some(q)),
                 Ok(Some("one")),

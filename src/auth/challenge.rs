@@ -117,6 +117,9 @@ fn token_description(fault: TokenFault) -> &'static str {
         TokenFault::UnknownIssuer => "The access token comes from an untrusted issuer.",
         TokenFault::Inactive => "The access token is not active.",
         TokenFault::TypeNotAccepted => "This resource does not accept this kind of access token.",
+        TokenFault::UnsafeClaim => {
+            "The access token carries a claim that cannot be passed on (control characters or too long)."
+        }
         _ => "The access token is invalid.",
     }
 }

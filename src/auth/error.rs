@@ -65,6 +65,8 @@ pub enum TokenFault {
     Inactive,
     /// The route does not accept this kind of token (`token_types`).
     TypeNotAccepted,
+    /// A claim bound for an identity header holds a control character or is too long.
+    UnsafeClaim,
 }
 
 impl TokenFault {
@@ -87,6 +89,7 @@ impl TokenFault {
             TokenFault::LifetimeTooLong => "lifetime_too_long",
             TokenFault::Inactive => "inactive",
             TokenFault::TypeNotAccepted => "token_type_not_accepted",
+            TokenFault::UnsafeClaim => "unsafe_claim",
         }
     }
 }

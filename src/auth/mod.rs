@@ -101,7 +101,16 @@ pub fn identity_header_spelling(name: &HeaderName) -> Option<&'static str> {
         .map(|(_, spelling)| *spelling)
 }
 
+/// The largest identity header value, in bytes. A token whose claims would make a larger one
+/// (a 50 KB `scope` list from an introspection answer) is refused, not truncated.
+pub const MAX_IDENTITY_HEADER_BYTES: usize = 4096;
+
 impl Principal {
+    /// Build a principal and render its identity headers. A claim bound for a header that
+    /// holds a control character (CR, LF, NUL, tab, DEL, ...) or is longer than
+    /// [`MAX_IDENTITY_HEADER_BYTES`] refuses the token ([`TokenFault::UnsafeClaim`]): dropping
+    /// the header instead would let the upstream act on a request with part of its identity
+    /// missing. Other UTF-8 is sent as its bytes.
     pub fn new(
         subject: Option<String>,
         client_id: Option<String>,
@@ -109,7 +118,7 @@ impl Principal {
         issuer: String,
         expires_at: Option<SystemTime>,
         source: TokenSource,
-    ) -> Principal {
+    ) -> Result<Principal, TokenFault> {
         let scope_list = scopes.join(" ");
         let values = [
             subject.as_deref(),
@@ -117,14 +126,18 @@ impl Principal {
             Some(scope_list.as_str()),
             Some(issuer.as_str()),
         ];
-        let identity = IDENTITY_HEADERS
-            .iter()
-            .zip(values)
-            .filter_map(|((name, _), value)| {
-                Some((name.clone(), HeaderValue::from_str(value?).ok()?))
-            })
-            .collect();
-        Principal {
+        let mut identity = Vec::with_capacity(IDENTITY_HEADERS.len());
+        for ((name, _), value) in IDENTITY_HEADERS.iter().zip(values) {
+            let Some(value) = value else { continue };
+            let unsafe_byte = value.bytes().any(|b| b < 0x20 || b == 0x7f);
+            if unsafe_byte || value.len() > MAX_IDENTITY_HEADER_BYTES {
+                return Err(TokenFault::UnsafeClaim);
+            }
+            let value =
+                HeaderValue::from_bytes(value.as_bytes()).map_err(|_| TokenFault::UnsafeClaim)?;
+            identity.push((name.clone(), value));
+        }
+        Ok(Principal {
             subject,
             client_id,
             scopes,
@@ -132,12 +145,12 @@ impl Principal {
             expires_at,
             source,
             identity,
-        }
+        })
     }
 
     /// `X-Auth-Subject`, `-Client-Id`, `-Scopes` (space-separated), `-Issuer`: what the
-    /// upstream (or a proxy asking the decision endpoint) learns about the caller. A claim that
-    /// cannot be a header value (control characters) is left out rather than mangled.
+    /// upstream (or a proxy asking the decision endpoint) learns about the caller. A token
+    /// without `sub` or `client_id` has no header for it.
     pub fn identity_headers(&self) -> &[(HeaderName, HeaderValue)] {
         &self.identity
     }
@@ -377,14 +390,17 @@ impl Authenticator {
         jwt::check_claims(&parsed.header, &parsed.claims, &issuer.rules, now)
             .map_err(AuthError::InvalidToken)?;
         let exp = parsed.claims.exp.map_or(0, |e| e.0);
-        let principal = Arc::new(Principal::new(
-            parsed.claims.sub.clone(),
-            parsed.claims.client_id.clone(),
-            jwt::scopes(&parsed.claims, issuer.rules.scope_claim),
-            issuer.keys.issuer().to_owned(),
-            Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0))),
-            TokenSource::Jwt,
-        ));
+        let principal = Arc::new(
+            Principal::new(
+                parsed.claims.sub.clone(),
+                parsed.claims.client_id.clone(),
+                jwt::scopes(&parsed.claims, issuer.rules.scope_claim),
+                issuer.keys.issuer().to_owned(),
+                Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0))),
+                TokenSource::Jwt,
+            )
+            .map_err(AuthError::InvalidToken)?,
+        );
         if let Some(key) = key {
             self.cache.insert(
                 key,

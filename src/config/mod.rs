@@ -343,6 +343,14 @@ pub struct RouteConfig {
     pub token_types: TokenTypes,
     /// `forward_token`, default `false`: keep `Authorization` on the forwarded request.
     pub forward_token: bool,
+    /// `allow_path_parameters`, default `false`: accept `;` parameters in the path (400
+    /// otherwise), as long as stripping them would not choose another route.
+    pub allow_path_parameters: bool,
+    /// `allow_method_override`, default `false`: keep `X-HTTP-Method-Override`,
+    /// `X-Method-Override` and `X-HTTP-Method` on the forwarded request (removed otherwise).
+    pub allow_method_override: bool,
+    /// `allow_options_asterisk`, default `false`: route `OPTIONS *` here (only on `/`).
+    pub allow_options_asterisk: bool,
 }
 
 /// One thing wrong with a configuration: the key path and what to do about it.

@@ -164,4 +164,7 @@ pub struct RawRoute {
     pub auth: Option<String>,
     pub token_types: Option<Vec<String>>,
     pub forward_token: Option<bool>,
+    pub allow_path_parameters: Option<bool>,
+    pub allow_method_override: Option<bool>,
+    pub allow_options_asterisk: Option<bool>,
 }

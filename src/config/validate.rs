@@ -587,6 +587,12 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
             "a route with auth = \"none\" checks no token, so it cannot require scopes; remove scopes or set auth = \"required\"",
         );
     }
+    if raw.allow_options_asterisk == Some(true) && path_prefix.as_deref() != Some("/") {
+        p.push(
+            format!("{key}.allow_options_asterisk"),
+            "OPTIONS * is routed to the route on path_prefix \"/\"; set it there or remove it",
+        );
+    }
     let token_types = token_types(p, key, raw.token_types.as_deref());
     if auth == AuthMode::None && raw.token_types.is_some() {
         p.push(
@@ -607,21 +613,36 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
         auth,
         token_types,
         forward_token: raw.forward_token.unwrap_or(false),
+        allow_path_parameters: raw.allow_path_parameters.unwrap_or(false),
+        allow_method_override: raw.allow_method_override.unwrap_or(false),
+        allow_options_asterisk: raw.allow_options_asterisk.unwrap_or(false),
     })
 }
 
 /// `/orders/` -> `/orders`; `/` stays `/`. Rejects what a request path could never match.
+/// A prefix must be in the canonical form request paths are matched in (crate::gate::target).
 fn normalise_prefix(p: &mut Problems, key: &str, prefix: &str) -> Option<String> {
-    let bad_segment = prefix.split('/').skip(1).any(|s| s == "." || s == "..");
-    if !prefix.starts_with('/')
-        || prefix.contains(['?', '#', ' '])
-        || prefix.contains("//")
-        || bad_segment
-        || !prefix.bytes().all(|b| b.is_ascii_graphic())
-    {
+    let normal = match crate::gate::target::normalise_path(prefix) {
+        Ok(normal) => normal,
+        Err(_) => {
+            p.push(
+                key,
+                "must be an absolute path such as \"/orders\": starts with /, no query, no // or dot segments, no space, \\ or encoded /",
+            );
+            return None;
+        }
+    };
+    if normal != prefix {
         p.push(
             key,
-            "must be an absolute path such as \"/orders\": starts with /, no query, no // or dot segments",
+            format!("request paths are matched in normal form (RFC 3986 §6.2.2); write {normal:?}"),
+        );
+        return None;
+    }
+    if prefix.contains(';') || prefix.contains("%3B") {
+        p.push(
+            key,
+            "must not hold ; parameters: frameworks strip them, so no request path carries them",
         );
         return None;
     }

@@ -1,10 +1,12 @@
 //! What a request must look like before the gateway does any other work on it: bounded size,
-//! a Host, and one unambiguous body framing. Checked first in `request_filter`, before routing
+//! exactly one valid Host, and one unambiguous body framing. Checked first in `request_filter`, before routing
 //! and before any token is looked at; the connection is closed after a refusal.
 
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::Version;
 use pingora::http::RequestHeader;
+
+use crate::gate::valid_host;
 
 /// `[server] max_uri_bytes` / `max_header_bytes`.
 #[derive(Debug, Clone, Copy)]
@@ -59,13 +61,32 @@ pub fn check(
             "The request header fields are larger than this gateway accepts.",
         ));
     }
-    // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400.
-    if req.version == Version::HTTP_11 && !req.headers.contains_key(HOST) {
-        return Some(refusal(
-            400,
-            "bad_request",
-            "An HTTP/1.1 request needs a Host header.",
-        ));
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host, or with several, is answered 400. A
+    // Host that is not host[:port] is refused too: it would be copied into X-Forwarded-Host.
+    let mut hosts = req.headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version == Version::HTTP_11 => {
+            return Some(refusal(
+                400,
+                "bad_request",
+                "An HTTP/1.1 request needs a Host header.",
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Some(refusal(
+                400,
+                "bad_request",
+                "A request may carry only one Host header.",
+            ))
+        }
+        (Some(host), None) if !valid_host(host.as_bytes()) => {
+            return Some(refusal(
+                400,
+                "bad_request",
+                "The Host header is not a valid host[:port].",
+            ))
+        }
+        _ => {}
     }
     body_framing(req, raw_content_length)
         .map(|description| refusal(400, "bad_request", description))
@@ -133,6 +154,14 @@ mod tests {
                 Some(431),
             ),
             (req("/", &[("x-a", "b")]), false, Some(400)),
+            (req("/", &[host, ("host", "b")]), false, Some(400)),
+            (req("/", &[("host", "a/b")]), false, Some(400)),
+            (req("/", &[("host", "a b")]), false, Some(400)),
+            (req("/", &[("host", "a:65536")]), false, Some(400)),
+            (req("/", &[("host", "")]), false, Some(400)),
+            (req("/", &[("host", "u@a")]), false, Some(400)),
+            (req("/", &[("host", "a.example:8080")]), false, None),
+            (req("/", &[("host", "[::1]:8080")]), false, None),
             (
                 req(
                     "/",

@@ -5,13 +5,12 @@
 //! removed by pingora's standard upstream request policy before `upstream_request_filter` runs;
 //! WebSocket upgrades pass through that policy.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method};
+use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::{selection::RoundRobin, LoadBalancer};
 use pingora::prelude::*;
@@ -20,12 +19,14 @@ use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::PeerOptions;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::auth::{identity_header_spelling, Authenticator, Challenge, Principal, RequestInfo};
+use crate::auth::{Authenticator, Challenge, Principal, RequestInfo};
 use crate::config::{AuthMode, UpstreamConfig};
+use crate::gate::{self, Refusal};
 use crate::metrics::{status_class, Metrics, UpstreamErrorKind, NO_ROUTE};
-use crate::routing::{is_canonical_path, Route, RouteMatch, Router};
+use crate::routing::{Route, Router};
 
 pub mod framing;
+pub mod headers;
 pub mod slow_clients;
 
 pub use framing::RequestLimits;
@@ -57,12 +58,16 @@ pub struct RequestCtx {
     tried: Vec<PeerAddr>,
     upstream_error: Option<UpstreamErrorKind>,
     principal: Option<Arc<Principal>>,
+    /// The target to forward, when it is not the one received.
+    rewrite: Option<Rewrite>,
 }
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// A normalised or absolute-form target, forwarded in origin-form.
+pub struct Rewrite {
+    target: String,
+    /// An absolute-form target's authority: the forwarded `Host` (RFC 9112 §3.2.2).
+    authority: Option<String>,
+}
 
 #[async_trait]
 impl ProxyHttp for Proxy {
@@ -75,6 +80,7 @@ impl ProxyHttp for Proxy {
             tried: Vec::new(),
             upstream_error: None,
             principal: None,
+            rewrite: None,
         }
     }
 
@@ -88,33 +94,30 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         }
         let req = session.req_header();
-        if !is_canonical_path(req.uri.path()) {
-            let body = error_body("bad_request", "The request path is not in canonical form.");
-            respond(session, 400, &[], body).await?;
-            return Ok(true);
-        }
-        let route = match self.router.find(&req.method, req.uri.path()) {
-            RouteMatch::Found(route) => route.clone(),
-            RouteMatch::NotFound => {
-                let body = error_body("not_found", "No route matches this path.");
-                respond(session, 404, &[], body).await?;
-                return Ok(true);
-            }
-            RouteMatch::MethodNotAllowed { allow } => {
-                let allow = [("allow", allow.to_owned())];
-                let body = error_body(
-                    "method_not_allowed",
-                    "This path does not accept this method.",
-                );
-                respond(session, 405, &allow, body).await?;
+        let routed = match gate::route(&self.router, &req.method, req.raw_path()) {
+            Ok(routed) => routed,
+            Err(refusal) => {
+                let allow = match refusal {
+                    Refusal::MethodNotAllowed { allow } => vec![("allow", allow.to_owned())],
+                    _ => Vec::new(),
+                };
+                let body = error_body(refusal.error(), refusal.description());
+                respond(session, refusal.status(), &allow, body).await?;
                 return Ok(true);
             }
         };
+        let route = routed.route.clone();
+        if routed.target.rewritten() && !routed.target.is_asterisk() {
+            ctx.rewrite = Some(Rewrite {
+                target: routed.target.origin_form(),
+                authority: routed.target.authority().map(str::to_owned),
+            });
+        }
         ctx.route = Some(route.clone());
         if route.auth == AuthMode::Required {
             let info = RequestInfo {
                 headers: &req.headers,
-                query: req.uri.query(),
+                query: routed.target.query(),
                 route: &route.name,
                 policy: &route.policy,
             };
@@ -188,30 +191,35 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        strip_identity_headers(upstream);
-        if let Some(principal) = &ctx.principal {
-            set_identity_headers(upstream, principal);
+        let route = ctx.route.as_ref().expect("request_filter sets the route");
+        // The route was chosen on the canonical target: forward exactly that.
+        if let Some(rewrite) = ctx.rewrite.take() {
+            let uri = http::Uri::try_from(rewrite.target)
+                .map_err(|e| Error::because(ErrorType::InternalError, "canonical target", e))?;
+            upstream.set_uri(uri);
+            if let Some(authority) = rewrite.authority {
+                upstream.insert_header(http::header::HOST, authority)?;
+            }
         }
-        if ctx
-            .route
-            .as_ref()
-            .is_some_and(|r| r.auth == AuthMode::Required && !r.forward_token)
-        {
+        headers::strip_client_headers(
+            upstream,
+            headers::Strip {
+                trusted: self.trust_forwarded_headers,
+                method_override: route.method_override,
+            },
+        );
+        if let Some(principal) = &ctx.principal {
+            headers::set_identity_headers(upstream, principal);
+        }
+        if !route.forward_token {
             upstream.remove_header(&http::header::AUTHORIZATION);
         }
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        set_forwarded_headers(upstream, client_ip, self.trust_forwarded_headers)?;
-        if !upstream
-            .headers
-            .get(&X_REQUEST_ID)
-            .is_some_and(|v| is_request_id(v.as_bytes()))
-        {
-            upstream.insert_header("X-Request-Id", request_id())?;
-        }
-        Ok(())
+        headers::set_forwarded_headers(upstream, client_ip, self.trust_forwarded_headers)?;
+        headers::set_request_id(upstream)
     }
 
     async fn fail_to_proxy(
@@ -330,108 +338,6 @@ fn upstream_error_kind(e: &Error) -> UpstreamErrorKind {
     }
 }
 
-/// Remove every client-sent header in the gateway's identity namespace: `X-Auth-*` in any case,
-/// with `_` or `-`. Only the gateway speaks for the token's identity (shared/STANDARDS.md).
-fn strip_identity_headers(req: &mut RequestHeader) {
-    let forged: Vec<HeaderName> = req
-        .headers
-        .keys()
-        .filter(|name| {
-            let n = name.as_str().as_bytes(); // http lower-cases names
-            n.len() > 7
-                && n.starts_with(b"x")
-                && matches!(n[1], b'-' | b'_')
-                && &n[2..6] == b"auth"
-                && matches!(n[6], b'-' | b'_')
-        })
-        .cloned()
-        .collect();
-    for name in forged {
-        req.remove_header(&name);
-    }
-}
-
-/// The identity headers of [`Principal::identity_headers`]: set only by the gateway.
-/// Each is inserted under its static spelling: pingora copies a `HeaderName` on every insert.
-fn set_identity_headers(req: &mut RequestHeader, p: &Principal) {
-    for (name, value) in p.identity_headers() {
-        let _ = match identity_header_spelling(name) {
-            Some(spelling) => req.insert_header(spelling, value.clone()),
-            None => req.insert_header(name.clone(), value.clone()),
-        };
-    }
-}
-
-/// `X-Forwarded-For` / `-Proto` / `-Host`. Untrusted (the default): the client's values are
-/// replaced. Trusted: the client address is appended to the list a proxy in front sent.
-fn set_forwarded_headers(
-    req: &mut RequestHeader,
-    client: Option<IpAddr>,
-    trusted: bool,
-) -> Result<()> {
-    let client = client
-        .map(|ip| ip.to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let prior_for = req
-        .headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let forwarded_for = match prior_for {
-        Some(prior) if trusted => format!("{prior}, {client}"),
-        _ => client,
-    };
-    req.insert_header("X-Forwarded-For", forwarded_for)?;
-    if !trusted || !req.headers.contains_key(&X_FORWARDED_PROTO) {
-        req.insert_header("X-Forwarded-Proto", "http")?;
-    }
-    if !trusted || !req.headers.contains_key(&X_FORWARDED_HOST) {
-        match req.headers.get(http::header::HOST).cloned() {
-            Some(host) => req.insert_header("X-Forwarded-Host", host)?,
-            None => {
-                req.remove_header(&X_FORWARDED_HOST);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A request id in the shape of a random (v4) UUID. Request ids must be unique, not secret: each
-/// thread draws them from SplitMix64 over a counter, seeded once from aws-lc, instead of asking
-/// the system's or aws-lc's generator for 16 bytes per request (about 1 µs, a percent of a
-/// request's cost in the load benchmark's profile).
-fn request_id() -> HeaderValue {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let mut seed = [0u8; 8];
-            aws_lc_rs::rand::fill(&mut seed).expect("aws-lc random generator");
-            u64::from_le_bytes(seed)
-        });
-    }
-    fn splitmix64(state: &Cell<u64>) -> u64 {
-        let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-        state.set(s);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    let (high, low) = STATE.with(|s| (splitmix64(s), splitmix64(s)));
-    let bytes = ((u128::from(high) << 64) | u128::from(low)).to_be_bytes();
-    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let text = uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .hyphenated()
-        .encode_lower(&mut text);
-    HeaderValue::from_str(text).expect("hex and hyphens")
-}
-
-/// A client's request id is kept when it is short printable ASCII.
-fn is_request_id(v: &[u8]) -> bool {
-    !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic())
-}
-
 fn error_body(error: &str, description: &str) -> Bytes {
     Bytes::from(serde_json::json!({ "error": error, "error_description": description }).to_string())
 }
@@ -475,77 +381,6 @@ async fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_identity_header_has_a_static_spelling() {
-        let p = Principal::new(
-            Some("s".into()),
-            Some("c".into()),
-            vec!["a".into()],
-            "https://id.example".into(),
-            None,
-            crate::auth::TokenSource::Jwt,
-        );
-        assert_eq!(p.identity_headers().len(), 4);
-        for (name, _) in p.identity_headers() {
-            let spelling = identity_header_spelling(name).unwrap_or_else(|| panic!("{name}"));
-            assert!(spelling.eq_ignore_ascii_case(name.as_str()));
-        }
-    }
-
-    #[test]
-    fn identity_headers_from_the_client_are_stripped_in_every_spelling() {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        for name in [
-            "X-Auth-Subject",
-            "x-auth-scopes",
-            "X_Auth_Subject",
-            "x-auth_issuer",
-            "X_AUTH-CLIENT-ID",
-        ] {
-            req.append_header(name.to_string(), "forged").unwrap();
-        }
-        req.append_header("x-authorization-hint", "kept").unwrap();
-        req.append_header("x-other", "kept").unwrap();
-        strip_identity_headers(&mut req);
-        let mut left: Vec<_> = req.headers.keys().map(|k| k.as_str().to_owned()).collect();
-        left.sort();
-        assert_eq!(left, ["x-authorization-hint", "x-other"]);
-    }
-
-    #[test]
-    fn forwarded_headers_replace_or_append() {
-        let ip: IpAddr = "10.1.2.3".parse().unwrap();
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.insert_header("host", "api.example").unwrap();
-        req.insert_header("x-forwarded-for", "6.6.6.6").unwrap();
-        req.insert_header("x-forwarded-proto", "https").unwrap();
-        let mut untrusted = req.clone();
-        set_forwarded_headers(&mut untrusted, Some(ip), false).unwrap();
-        assert_eq!(untrusted.headers["x-forwarded-for"], "10.1.2.3");
-        assert_eq!(untrusted.headers["x-forwarded-proto"], "http");
-        assert_eq!(untrusted.headers["x-forwarded-host"], "api.example");
-        set_forwarded_headers(&mut req, Some(ip), true).unwrap();
-        assert_eq!(req.headers["x-forwarded-for"], "6.6.6.6, 10.1.2.3");
-        assert_eq!(req.headers["x-forwarded-proto"], "https");
-    }
-
-    #[test]
-    fn request_ids() {
-        assert!(is_request_id(b"abc-123"));
-        assert!(!is_request_id(b""));
-        assert!(!is_request_id(b"has space"));
-        assert!(!is_request_id(&[b'a'; 129]));
-        let (a, b) = (request_id(), request_id());
-        assert_ne!(a, b);
-        let a = a.to_str().unwrap();
-        let parsed = uuid::Uuid::parse_str(a).unwrap();
-        assert_eq!(parsed.get_version(), Some(uuid::Version::Random));
-        assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);
-        assert!(is_request_id(a.as_bytes()));
-        let many: std::collections::HashSet<_> = (0..10_000).map(|_| request_id()).collect();
-        assert_eq!(many.len(), 10_000, "request ids repeat");
-    }
 
     #[test]
     fn timeouts_are_504_material() {

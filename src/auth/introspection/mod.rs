@@ -81,8 +81,9 @@ impl CallError {
 #[derive(Debug)]
 struct Entry {
     answer: Answer,
-    /// The principal of an active answer, built once for every request that presents it.
-    principal: Option<Arc<Principal>>,
+    /// The principal of an active answer, built once for every request that presents it, or
+    /// why the token is refused (inactive, or claims that cannot be identity headers).
+    principal: Result<Arc<Principal>, TokenFault>,
     ttl: Duration,
 }
 
@@ -194,17 +195,17 @@ impl Introspector {
                 retry_after: RETRY_AFTER,
             }
         })?;
-        let (Answer::Active(claims), Some(principal)) = (&answer.answer, &answer.principal) else {
+        let Answer::Active(claims) = &answer.answer else {
             return Err(AuthError::InvalidToken(TokenFault::Inactive));
         };
         claims
             .check(&self.expect, super::jwt::unix_seconds(now))
             .map_err(AuthError::InvalidToken)?;
-        Ok(principal.clone())
+        answer.principal.clone().map_err(AuthError::InvalidToken)
     }
 
     /// Who an active answer speaks for.
-    fn principal_of(&self, claims: &Claims) -> Principal {
+    fn principal_of(&self, claims: &Claims) -> Result<Principal, TokenFault> {
         Principal::new(
             claims.sub.clone(),
             claims.client_id.clone(),
@@ -329,8 +330,8 @@ impl Introspector {
             Answer::Inactive => self.config.negative_cache_ttl,
         };
         let principal = match &answer {
-            Answer::Active(claims) => Some(Arc::new(self.principal_of(claims))),
-            Answer::Inactive => None,
+            Answer::Active(claims) => self.principal_of(claims).map(Arc::new),
+            Answer::Inactive => Err(TokenFault::Inactive),
         };
         Ok(Entry {
             answer,

@@ -1,0 +1,182 @@
+//! The transport-neutral part of every request's way in: the request target in canonical form,
+//! then the route. The proxy listener and the decision endpoint both call [`route`], so a
+//! route is chosen on exactly the bytes the upstream receives, whichever door the request
+//! came through.
+
+pub mod target;
+
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::routing::{Route, RouteMatch, Router};
+pub use target::{canonical, valid_host, Target, TargetFault};
+
+/// A request's route and its target in canonical form.
+#[derive(Debug)]
+pub struct Routed<'r, 't> {
+    pub route: &'r Arc<Route>,
+    pub target: Target<'t>,
+}
+
+/// Why a request is answered before any token is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal<'r> {
+    /// The target cannot be put in canonical form: 400.
+    Target(TargetFault),
+    /// `;` parameters on a route without `allow_path_parameters`, or parameters that would
+    /// route the request elsewhere once an upstream strips them: 400.
+    PathParameters,
+    /// No route claims the path: 404.
+    NotFound,
+    /// The path's routes do not allow the method: 405, with this `Allow` value.
+    MethodNotAllowed { allow: &'r str },
+}
+
+impl Refusal<'_> {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::Target(_) | Refusal::PathParameters => 400,
+            Refusal::NotFound => 404,
+            Refusal::MethodNotAllowed { .. } => 405,
+        }
+    }
+
+    /// The `error` member of the JSON body.
+    pub fn error(&self) -> &'static str {
+        match self {
+            Refusal::Target(_) | Refusal::PathParameters => "invalid_request",
+            Refusal::NotFound => "not_found",
+            Refusal::MethodNotAllowed { .. } => "method_not_allowed",
+        }
+    }
+
+    /// The `error_description` member: fixed text, never the request's bytes.
+    pub fn description(&self) -> &'static str {
+        match self {
+            Refusal::Target(fault) => fault.description(),
+            Refusal::PathParameters => "This route does not accept ; parameters in the path.",
+            Refusal::NotFound => "No route matches this path.",
+            Refusal::MethodNotAllowed { .. } => "This path does not accept this method.",
+        }
+    }
+}
+
+/// Canonicalise `raw_target` (the request-target exactly as received) and match a route on it.
+///
+/// - `OPTIONS *` goes to the `/` route when that route sets `allow_options_asterisk`; `*` is
+///   refused otherwise (RFC 9112 §3.2.4).
+/// - A path with `;` parameters needs a route with `allow_path_parameters`, and the path with
+///   the parameters stripped (as Tomcat, Jetty and Spring route it) must choose the same route.
+pub fn route<'r, 't>(
+    router: &'r Router,
+    method: &Method,
+    raw_target: &'t [u8],
+) -> Result<Routed<'r, 't>, Refusal<'r>> {
+    let target = canonical(raw_target).map_err(Refusal::Target)?;
+    if target.is_asterisk() {
+        return match router.find(method, "/") {
+            RouteMatch::Found(route) if *method == Method::OPTIONS && route.options_asterisk => {
+                Ok(Routed { route, target })
+            }
+            _ => Err(Refusal::Target(TargetFault::Form)),
+        };
+    }
+    let route = found(router.find(method, target.path()))?;
+    if target.has_parameters() {
+        if !route.path_parameters {
+            return Err(Refusal::PathParameters);
+        }
+        let stripped = target::without_parameters(target.path());
+        if stripped.contains("//") {
+            return Err(Refusal::Target(TargetFault::EmptySegment));
+        }
+        match router.find(method, &stripped) {
+            RouteMatch::Found(other) if Arc::ptr_eq(other, route) => {}
+            _ => return Err(Refusal::PathParameters),
+        }
+    }
+    Ok(Routed { route, target })
+}
+
+fn found(m: RouteMatch<'_>) -> Result<&Arc<Route>, Refusal<'_>> {
+    match m {
+        RouteMatch::Found(route) => Ok(route),
+        RouteMatch::NotFound => Err(Refusal::NotFound),
+        RouteMatch::MethodNotAllowed { allow } => Err(Refusal::MethodNotAllowed { allow }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AuthMode, RouteConfig};
+
+    fn route_config(name: &str, prefix: &str, params: bool, asterisk: bool) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            path_prefix: prefix.into(),
+            methods: None,
+            upstreams: vec!["127.0.0.1:1".into()],
+            scopes: vec![],
+            scopes_any: vec![],
+            auth: AuthMode::None,
+            token_types: Default::default(),
+            forward_token: false,
+            allow_path_parameters: params,
+            allow_method_override: false,
+            allow_options_asterisk: asterisk,
+        }
+    }
+
+    fn name(router: &Router, method: &str, raw: &str) -> String {
+        match route(router, &method.parse().unwrap(), raw.as_bytes()) {
+            Ok(r) => format!("{} {}", r.route.name, r.target.origin_form()),
+            Err(refusal) => format!("{} {}", refusal.status(), refusal.error()),
+        }
+    }
+
+    #[test]
+    fn routes_are_chosen_on_the_normalised_path() {
+        let router = Router::new(&[
+            route_config("root", "/", false, false),
+            route_config("api", "/api", false, false),
+            route_config("admin", "/api/admin", false, false),
+        ]);
+        for (raw, want) in [
+            ("/api/%61dmin/users", "admin /api/admin/users"),
+            ("/%61pi/x?y=%61", "api /api/x?y=%61"),
+            ("http://h/api/admin", "admin /api/admin"),
+            ("/api/admin;/users", "400 invalid_request"),
+            ("/api;x/admin", "400 invalid_request"),
+            ("/%2fapi", "400 invalid_request"),
+            ("*", "400 invalid_request"),
+        ] {
+            assert_eq!(name(&router, "GET", raw), want, "{raw}");
+        }
+        assert_eq!(name(&router, "OPTIONS", "*"), "400 invalid_request");
+    }
+
+    #[test]
+    fn parameters_need_the_opt_in_and_must_not_change_the_route() {
+        let router = Router::new(&[
+            route_config("root", "/", true, true),
+            route_config("api", "/api", true, false),
+            route_config("admin", "/api/admin", false, false),
+        ]);
+        for (raw, want) in [
+            ("/api/x;v=1/y", "api /api/x;v=1/y"),
+            ("/a;jsessionid=1", "root /a;jsessionid=1"),
+            ("/api/admin;/users", "400 invalid_request"),
+            ("/api/admin%3B/users", "400 invalid_request"),
+            ("/api/admin;x", "400 invalid_request"),
+            ("/api/x/;y/z", "400 invalid_request"),
+            ("/api/admin/x;y", "400 invalid_request"),
+            ("/public/..;/api/admin", "400 invalid_request"),
+        ] {
+            assert_eq!(name(&router, "GET", raw), want, "{raw}");
+        }
+        assert_eq!(name(&router, "OPTIONS", "*"), "root *");
+        assert_eq!(name(&router, "GET", "*"), "400 invalid_request");
+    }
+}
