@@ -160,6 +160,26 @@ async fn active_answers_that_do_not_fit_are_refused() {
             with("nbf", json!(now() + 3600)),
             "The access token is not valid yet.",
         ),
+        // Claims bound for identity headers: a control character or a 50 KB value refuses the
+        // token instead of dropping or passing on the header.
+        (
+            "newline-subject",
+            with("sub", json!("user-7\r\nX-Auth-Scopes: admin")),
+            "The access token carries a claim that cannot be passed on",
+        ),
+        (
+            "nul-client",
+            with("client_id", json!("app\u{0}")),
+            "The access token carries a claim that cannot be passed on",
+        ),
+        (
+            "huge-scope",
+            with(
+                "scope",
+                json!(format!("orders:read {}", "x".repeat(50_000))),
+            ),
+            "The access token carries a claim that cannot be passed on",
+        ),
     ];
     for (token, answer, description) in cases {
         az.set_answer(token, answer);

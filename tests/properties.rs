@@ -230,3 +230,102 @@ fn a_token_is_accepted_exactly_when_the_oracle_says_so() {
         );
     });
 }
+
+/// Pieces of path segments: the routes' own words whole and in parts, unreserved characters and
+/// their encodings in both cases, other encodings, dots, parameters, spaces and stray bytes.
+fn piece() -> impl Strategy<Value = &'static str> {
+    let words = prop::sample::select(vec!["api", "admin", "orders", "public", "legacy", ".."]);
+    let others = prop::sample::select(vec![
+        "", "a", "%61", "%41", "dmin", "%64min", "pi", "%70i", "%6f", "%6F", "rders", "%2e", "%2E",
+        ".", ";", ";x=1", "%3b", "%3B", "%2f", "%2F", "%5c", "\\", "%20", "%09", "%25", "%2561",
+        "%00", "%c3%a9", "%C3%A9", "%c0%ae", "%ff", "~", "%7e", "-", ":", "@", "*", "?", "#", " ",
+        "+", "%",
+    ]);
+    prop_oneof![2 => words, 3 => others]
+}
+
+fn target() -> impl Strategy<Value = String> {
+    let lead = prop::sample::select(vec![
+        "/",
+        "/",
+        "/",
+        "/",
+        "/",
+        "/",
+        "",
+        "%2f",
+        "*",
+        "http://h/",
+        "HTTPS://h:8443/",
+        "a/",
+        " /",
+    ]);
+    let segment = prop::collection::vec(piece(), 1..3).prop_map(|p| p.concat());
+    (lead, prop::collection::vec(segment, 0..6))
+        .prop_map(|(lead, segments)| format!("{lead}{}", segments.join("/")))
+}
+
+/// For generated targets, either the gateway refuses the request, or the route it chooses is
+/// the route an application would choose for the path it forwards, read the way frameworks
+/// read paths (percent-decoded, `;` parameters stripped, dot segments resolved, segments
+/// trimmed; `common::framework`), and that path means what the raw target meant.
+#[test]
+fn a_target_is_refused_or_routed_where_the_application_routes_it() {
+    use portcullis::gate;
+    use portcullis::routing::{RouteMatch, Router};
+    let route = |name: &str, prefix: &str, extra: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstreams = [\"127.0.0.1:9\"]\nauth = \"none\"\n{extra}"
+        )
+    };
+    let text = [
+        route("root", "/", "allow_options_asterisk = true\n"),
+        route("public", "/public", ""),
+        route("orders-read", "/orders", "methods = [\"GET\"]\n"),
+        route("orders-write", "/orders", "methods = [\"POST\"]\n"),
+        route("api", "/api", ""),
+        route("api-admin", "/api/admin", ""),
+        route("legacy", "/legacy", "allow_path_parameters = true\n"),
+    ]
+    .concat();
+    let config = portcullis::config::Config::parse(&text).unwrap();
+    let router = Router::new(&config.routes);
+    let name = |m: RouteMatch<'_>| match m {
+        RouteMatch::Found(r) => r.name.clone(),
+        _ => "-".to_owned(),
+    };
+    let routed = std::sync::atomic::AtomicU32::new(0);
+    let config = ProptestConfig {
+        cases: 100_000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(raw in target(), post in any::<bool>())| {
+        let method = if post { http::Method::POST } else { http::Method::GET };
+        let Ok(r) = gate::route(&router, &method, raw.as_bytes()) else { return Ok(()); };
+        routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if r.target.is_asterisk() {
+            return Ok(());
+        }
+        let forwarded = r.target.path();
+        let app = common::framework::app_path(forwarded);
+        prop_assert_eq!(
+            name(router.find(&method, &app)),
+            r.route.name.clone(),
+            "{} {:?} was routed to {} and forwarded as {:?}, which an application reads as {:?}",
+            method, raw, r.route.name, forwarded, app
+        );
+        // Normalising changed no byte an application decodes.
+        let raw_path = raw.split_once("://").map_or(raw.as_str(), |(_, rest)| {
+            &rest[rest.find(['/', '?']).unwrap_or(rest.len())..]
+        });
+        let raw_path = raw_path.split('?').next().unwrap();
+        let raw_path = if raw_path.is_empty() { "/" } else { raw_path };
+        prop_assert_eq!(common::framework::app_path(raw_path), app);
+    });
+    let routed = routed.into_inner();
+    assert!(
+        routed > 10_000,
+        "only {routed} of the generated targets were routed"
+    );
+}

@@ -3,6 +3,7 @@
 
 pub mod authz;
 pub mod binary;
+pub mod framework;
 pub mod idp;
 pub mod oidc;
 
@@ -44,7 +45,8 @@ struct EchoState {
 
 /// An HTTP/1.1 upstream that records what it receives.
 ///
-/// - any path: `200`, body `<name> <method> <uri>`, header `x-upstream: <name>`;
+/// - any path: `200`, body `<name> <method> <uri>`, header `x-upstream: <name>` and
+///   `x-app-path`: the path an application would route on ([`framework::app_path`]);
 /// - a request with a body: the body is streamed back unchanged;
 /// - `/hang`: never answers;
 /// - `/gate`: answers once [`EchoUpstream::release`] is called;
@@ -119,9 +121,14 @@ async fn handle(
         uri: req.uri().to_string(),
         headers: req.headers().clone(),
     });
+    // What an application would route on, escaped to visible ASCII for the header.
+    let app_path = framework::app_path(req.uri().path())
+        .escape_default()
+        .to_string();
     let ok = |body: Body| {
         Ok(Response::builder()
             .header("x-upstream", state.name.clone())
+            .header("x-app-path", app_path)
             .body(body)
             .unwrap())
     };
