@@ -1,4 +1,5 @@
-//! Micro-benchmarks of the per-request work: route matching over 200 routes, bearer extraction,
+//! Micro-benchmarks of the per-request work: route matching over 200 routes, the canonical target
+//! and route together (the gate's first step), bearer extraction,
 //! the JWT shape check, JWT validation (parse, key lookup, signature, claims) per algorithm, a
 //! verified-token cache hit, the scope check, the whole `authorize` decision on a cache hit (JWT
 //! and introspected opaque token), and challenge rendering. Run with `make bench`.
@@ -13,6 +14,7 @@ use portcullis::auth::{
 };
 use portcullis::config::{Algorithm, AuthConfig, AuthMode, RouteConfig, ScopeClaim};
 use portcullis::devkeys::{jwks, DevKey};
+use portcullis::gate;
 use portcullis::routing::{RouteMatch, Router};
 use std::hint::black_box;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -51,6 +53,28 @@ fn route_match(c: &mut Criterion) {
             assert!(matches!(m, RouteMatch::NotFound));
         })
     });
+    g.finish();
+}
+
+/// The gate's first step on every request: the canonical target, then the route. `normal` is a
+/// target already in normal form (borrowed, no allocation); `encoded` needs rewriting.
+fn canonical_target_and_route(c: &mut Criterion) {
+    let router = Router::new(&routes(200));
+    let mut g = c.benchmark_group("gate_route_200_routes");
+    for (name, target) in [
+        (
+            "normal",
+            "/svc7/v1/res187/items/42/details?page=2&sort=name",
+        ),
+        ("encoded", "/svc7/v1/res187/%69tems/42/caf%c3%a9?page=2"),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let routed = gate::route(&router, &Method::GET, black_box(target.as_bytes()));
+                assert!(routed.is_ok());
+            })
+        });
+    }
     g.finish();
 }
 
@@ -334,6 +358,7 @@ async fn fixed_idp(jwks: String) -> String {
 criterion_group!(
     benches,
     route_match,
+    canonical_target_and_route,
     bearer_extraction,
     jwt_shape,
     jwt_validation,

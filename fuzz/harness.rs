@@ -173,3 +173,74 @@ pub fn config(data: &[u8]) {
         ),
     }
 }
+
+/// A raw request target -> its canonical form (`portcullis::gate::target`), or a refusal.
+/// What is accepted is origin-form (or `*`), visible ASCII, already in normal form, free of
+/// every refused shape, and means to a decoding upstream exactly what the raw path meant.
+pub fn target(data: &[u8]) {
+    use portcullis::gate::target::{canonical, normalise_path};
+    let Ok(t) = canonical(data) else {
+        return;
+    };
+    let path = t.path();
+    if t.is_asterisk() {
+        assert_eq!(data, b"*");
+        return;
+    }
+    assert!(path.starts_with('/'), "not origin-form: {path:?}");
+    assert!(
+        path.bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b'\\'),
+        "a raw byte survived: {path:?}"
+    );
+    assert_eq!(
+        normalise_path(path).as_deref(),
+        Ok(path),
+        "normalising is not idempotent"
+    );
+    let decoded = percent_decode(path);
+    let text = std::str::from_utf8(&decoded).expect("the decoded path is UTF-8");
+    assert!(!text.contains("//") && !text.contains('\\'), "{path:?}");
+    assert!(
+        !text.bytes().any(|b| b < 0x20 || b == 0x7f),
+        "a control character: {path:?}"
+    );
+    for segment in text.split('/') {
+        let name = segment.split(';').next().unwrap_or_default();
+        assert!(name != "." && name != "..", "a dot segment: {path:?}");
+    }
+    // The same path to an upstream that decodes: the raw path and the normal one decode alike.
+    let raw = std::str::from_utf8(data).expect("accepted targets are ASCII");
+    let raw_path = match raw.split_once("://") {
+        Some((_, rest)) => &rest[rest.find(['/', '?']).unwrap_or(rest.len())..],
+        None => raw,
+    };
+    let raw_path = raw_path.split('?').next().unwrap_or_default();
+    if !raw_path.is_empty() {
+        assert_eq!(
+            percent_decode(raw_path),
+            decoded,
+            "normalising changed the path"
+        );
+    }
+}
+
+/// Every well-formed `%XX` decoded (a test oracle, independent of the code under test).
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}

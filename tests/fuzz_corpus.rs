@@ -64,3 +64,8 @@ fn introspection_answer_corpus() {
 fn config_corpus() {
     replay("config", harness::config);
 }
+
+#[test]
+fn target_corpus() {
+    replay("target", harness::target);
+}

@@ -652,3 +652,30 @@ async fn no_log_line_holds_a_path_a_query_or_a_token() {
         assert!(!log.contains(needle), "{what} is in the log:\n{log}");
     }
 }
+
+/// `OPTIONS *` reaches the `/` route only when it opts in, and is forwarded as `*`.
+#[tokio::test(flavor = "multi_thread")]
+async fn options_asterisk_needs_the_root_routes_opt_in() {
+    let up = EchoUpstream::start("app").await;
+    let route = |extra: &str| {
+        format!(
+            "[[routes]]\nname = \"root\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n{extra}",
+            up.addr
+        )
+    };
+    let request = b"OPTIONS * HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+    let closed = common::start_gateway(&route(""));
+    let answer = raw_request(closed.proxy_addr, request).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(up.hits(), 0);
+    let open = common::start_gateway(&route("allow_options_asterisk = true\n"));
+    let answer = raw_request(open.proxy_addr, request).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(up.seen().last().unwrap().uri, "*");
+    let answer = raw_request(
+        open.proxy_addr,
+        b"GET * HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "GET *: {answer}");
+}

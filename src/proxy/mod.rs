@@ -63,7 +63,7 @@ pub struct RequestCtx {
 }
 
 /// A normalised or absolute-form target, forwarded in origin-form.
-pub struct Rewrite {
+struct Rewrite {
     target: String,
     /// An absolute-form target's authority: the forwarded `Host` (RFC 9112 §3.2.2).
     authority: Option<String>,
@@ -97,17 +97,12 @@ impl ProxyHttp for Proxy {
         let routed = match gate::route(&self.router, &req.method, req.raw_path()) {
             Ok(routed) => routed,
             Err(refusal) => {
-                let allow = match refusal {
-                    Refusal::MethodNotAllowed { allow } => vec![("allow", allow.to_owned())],
-                    _ => Vec::new(),
-                };
-                let body = error_body(refusal.error(), refusal.description());
-                respond(session, refusal.status(), &allow, body).await?;
+                respond_refusal(session, refusal).await?;
                 return Ok(true);
             }
         };
         let route = routed.route.clone();
-        if routed.target.rewritten() && !routed.target.is_asterisk() {
+        if routed.target.rewritten() {
             ctx.rewrite = Some(Rewrite {
                 target: routed.target.origin_form(),
                 authority: routed.target.authority().map(str::to_owned),
@@ -340,6 +335,16 @@ fn upstream_error_kind(e: &Error) -> UpstreamErrorKind {
 
 fn error_body(error: &str, description: &str) -> Bytes {
     Bytes::from(serde_json::json!({ "error": error, "error_description": description }).to_string())
+}
+
+/// The answer to a request refused before any token is looked at (400, 404, 405).
+async fn respond_refusal(session: &mut Session, refusal: Refusal<'_>) -> Result<()> {
+    let allow = match refusal {
+        Refusal::MethodNotAllowed { allow } => vec![("allow", allow.to_owned())],
+        _ => Vec::new(),
+    };
+    let body = error_body(refusal.error(), refusal.description());
+    respond(session, refusal.status(), &allow, body).await
 }
 
 async fn respond_challenge(session: &mut Session, c: Challenge) -> Result<()> {
