@@ -145,18 +145,8 @@ mod tests {
 
     fn route(name: &str, prefix: &str, methods: Option<&[&str]>) -> RouteConfig {
         RouteConfig {
-            name: name.into(),
-            path_prefix: prefix.into(),
             methods: methods.map(|ms| ms.iter().map(|m| m.parse().unwrap()).collect()),
-            upstreams: vec!["127.0.0.1:1".into()],
-            scopes: vec![],
-            scopes_any: vec![],
-            auth: AuthMode::None,
-            token_types: Default::default(),
-            forward_token: false,
-            allow_path_parameters: false,
-            allow_method_override: false,
-            allow_options_asterisk: false,
+            ..crate::testing::route(name, prefix)
         }
     }
 

@@ -25,3 +25,21 @@ pub fn for_every_extension(
     }
     checked
 }
+
+/// An open route (`auth = "none"`, every method, every option off) for routing tests.
+pub fn route(name: &str, prefix: &str) -> crate::config::RouteConfig {
+    crate::config::RouteConfig {
+        name: name.into(),
+        path_prefix: prefix.into(),
+        methods: None,
+        upstreams: vec!["127.0.0.1:1".into()],
+        scopes: vec![],
+        scopes_any: vec![],
+        auth: crate::config::AuthMode::None,
+        token_types: Default::default(),
+        forward_token: false,
+        allow_path_parameters: false,
+        allow_method_override: false,
+        allow_options_asterisk: false,
+    }
+}

@@ -34,31 +34,37 @@ pub enum Refusal<'r> {
 }
 
 impl Refusal<'_> {
-    pub fn status(&self) -> u16 {
+    /// The status, the `error` member of the JSON body, and its `error_description`: fixed
+    /// text, never the request's bytes.
+    fn parts(&self) -> (u16, &'static str, &'static str) {
         match self {
-            Refusal::Target(_) | Refusal::PathParameters => 400,
-            Refusal::NotFound => 404,
-            Refusal::MethodNotAllowed { .. } => 405,
+            Refusal::Target(fault) => (400, "invalid_request", fault.description()),
+            Refusal::PathParameters => (
+                400,
+                "invalid_request",
+                "This route does not accept ; parameters in the path.",
+            ),
+            Refusal::NotFound => (404, "not_found", "No route matches this path."),
+            Refusal::MethodNotAllowed { .. } => (
+                405,
+                "method_not_allowed",
+                "This path does not accept this method.",
+            ),
         }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.parts().0
     }
 
     /// The `error` member of the JSON body.
     pub fn error(&self) -> &'static str {
-        match self {
-            Refusal::Target(_) | Refusal::PathParameters => "invalid_request",
-            Refusal::NotFound => "not_found",
-            Refusal::MethodNotAllowed { .. } => "method_not_allowed",
-        }
+        self.parts().1
     }
 
-    /// The `error_description` member: fixed text, never the request's bytes.
+    /// The `error_description` member.
     pub fn description(&self) -> &'static str {
-        match self {
-            Refusal::Target(fault) => fault.description(),
-            Refusal::PathParameters => "This route does not accept ; parameters in the path.",
-            Refusal::NotFound => "No route matches this path.",
-            Refusal::MethodNotAllowed { .. } => "This path does not accept this method.",
-        }
+        self.parts().2
     }
 }
 
@@ -110,22 +116,13 @@ fn found(m: RouteMatch<'_>) -> Result<&Arc<Route>, Refusal<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AuthMode, RouteConfig};
+    use crate::config::RouteConfig;
 
     fn route_config(name: &str, prefix: &str, params: bool, asterisk: bool) -> RouteConfig {
         RouteConfig {
-            name: name.into(),
-            path_prefix: prefix.into(),
-            methods: None,
-            upstreams: vec!["127.0.0.1:1".into()],
-            scopes: vec![],
-            scopes_any: vec![],
-            auth: AuthMode::None,
-            token_types: Default::default(),
-            forward_token: false,
             allow_path_parameters: params,
-            allow_method_override: false,
             allow_options_asterisk: asterisk,
+            ..crate::testing::route(name, prefix)
         }
     }
 
