@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the per-request work: route matching over 200 routes, the canonical target
-//! and route together (the gate's first step), bearer extraction,
+//! and route together (the gate's first step), the upstream request's header work, bearer extraction,
 //! the JWT shape check, JWT validation (parse, key lookup, signature, claims) per algorithm, a
 //! verified-token cache hit, the scope check, the whole `authorize` decision on a cache hit (JWT
 //! and introspected opaque token), and challenge rendering. Run with `make bench`.
@@ -76,6 +76,49 @@ fn canonical_target_and_route(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// The upstream request's header work: stripping what the client may not choose, then the
+/// forwarding headers and the request id, on a browser-like request of 12 fields.
+fn upstream_headers(c: &mut Criterion) {
+    use portcullis::proxy::headers;
+    let mut req = pingora::http::RequestHeader::build("GET", b"/orders/1", None).unwrap();
+    for (name, value) in [
+        ("host", "api.example.com"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0",
+        ),
+        ("accept", "application/json"),
+        ("accept-language", "en-GB,en;q=0.5"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("authorization", "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"),
+        ("cookie", "session=abc"),
+        ("x-request-id", "7f6c1e2a-req"),
+        ("x-forwarded-for", "203.0.113.9"),
+        ("content-type", "application/json"),
+        ("origin", "https://app.example.com"),
+        ("referer", "https://app.example.com/orders"),
+    ] {
+        req.append_header(name, value).unwrap();
+    }
+    let strip = headers::Strip {
+        trusted: false,
+        method_override: false,
+    };
+    let client = Some("10.1.2.3".parse().unwrap());
+    c.bench_function("upstream_headers_12_fields", |b| {
+        b.iter_batched(
+            || req.clone(),
+            |mut r| {
+                headers::strip_client_headers(&mut r, strip);
+                headers::set_forwarded_headers(&mut r, client, false).unwrap();
+                headers::set_request_id(&mut r).unwrap();
+                r
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
 }
 
 /// A JWT-shaped token of 700 bytes, the size of a typical RS256 access token.
@@ -359,6 +402,7 @@ criterion_group!(
     benches,
     route_match,
     canonical_target_and_route,
+    upstream_headers,
     bearer_extraction,
     jwt_shape,
     jwt_validation,

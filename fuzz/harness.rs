@@ -177,7 +177,7 @@ pub fn config(data: &[u8]) {
 /// A raw request target -> its canonical form (`portcullis::gate::target`), or a refusal.
 /// What is accepted is origin-form (or `*`), visible ASCII, already in normal form, free of
 /// every refused shape, and means to a decoding upstream exactly what the raw path meant.
-pub fn target(data: &[u8]) {
+pub fn request_target(data: &[u8]) {
     use portcullis::gate::target::{canonical, normalise_path};
     let Ok(t) = canonical(data) else {
         return;
@@ -211,9 +211,12 @@ pub fn target(data: &[u8]) {
     }
     // The same path to an upstream that decodes: the raw path and the normal one decode alike.
     let raw = std::str::from_utf8(data).expect("accepted targets are ASCII");
+    // Absolute-form: the path starts after the authority ("://" may also sit in a query).
     let raw_path = match raw.split_once("://") {
-        Some((_, rest)) => &rest[rest.find(['/', '?']).unwrap_or(rest.len())..],
-        None => raw,
+        Some((_, rest)) if !raw.starts_with('/') => {
+            &rest[rest.find(['/', '?']).unwrap_or(rest.len())..]
+        }
+        _ => raw,
     };
     let raw_path = raw_path.split('?').next().unwrap_or_default();
     if !raw_path.is_empty() {

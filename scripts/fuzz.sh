@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-600}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(bearer jwt jwks introspection_answer config target)
+[ ${#targets[@]} -gt 0 ] || targets=(bearer jwt jwks introspection_answer config request_target)
 
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 

@@ -170,6 +170,7 @@ impl App {
                     auth: auth.clone(),
                     router: Router::new(&config.routes),
                     convention: d.convention,
+                    max_uri_bytes: config.server.max_uri_bytes,
                 };
                 let mut service = ListeningService::new("decision".into(), app);
                 service.add_tcp(&addr.to_string());

@@ -27,6 +27,8 @@ pub struct DecisionApp {
     pub auth: Arc<Authenticator>,
     pub router: Router,
     pub convention: Convention,
+    /// `[server] max_uri_bytes`: a longer original URI is 414, as on the proxy listener.
+    pub max_uri_bytes: usize,
 }
 
 /// The original request's method and raw request target, per convention.
@@ -71,6 +73,13 @@ impl ServeHttp for DecisionApp {
             Ok(found) => found,
             Err(why) => return json(400, "invalid_request", &why),
         };
+        if raw_target.len() > self.max_uri_bytes {
+            return json(
+                414,
+                "uri_too_long",
+                "The original request target is longer than this gateway accepts.",
+            );
+        }
         // The same canonical target and route as the proxy listener (crate::gate).
         let routed = match gate::route(&self.router, &method, raw_target) {
             Ok(routed) => routed,

@@ -244,6 +244,24 @@ impl Metrics {
     }
 }
 
+/// The request method for logs: one of the methods of RFC 9110 §9 and RFC 5789 (`PATCH`), or
+/// `OTHER`. A method is any token the client likes, of any length: never log it as sent.
+pub fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
 /// `200` -> `2xx`: the bounded status label.
 pub fn status_class(status: u16) -> &'static str {
     match status {

@@ -66,6 +66,6 @@ fn config_corpus() {
 }
 
 #[test]
-fn target_corpus() {
-    replay("target", harness::target);
+fn request_target_corpus() {
+    replay("request_target", harness::request_target);
 }

@@ -302,6 +302,17 @@ async fn the_decision_endpoint_allows_no_target_its_token_may_not_use() {
             }
         }
     }
+    let long = format!("/public/{}", "a".repeat(9000));
+    let request = format!(
+        "GET /auth HTTP/1.1\r\nHost: h\r\nX-Original-Method: GET\r\nX-Original-URI: {long}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let answer = raw_request(decision, request.as_bytes()).await;
+    assert_eq!(
+        read_answer(&answer).0,
+        414,
+        "the proxy listener's limit holds here too"
+    );
     let (_, admin) = &w.tokens[3];
     let request = format!(
         "GET /auth HTTP/1.1\r\nHost: h\r\nX-Original-Method: GET\r\nX-Original-URI: /api/%61dmin\r\n\
@@ -338,6 +349,18 @@ async fn a_refused_target_is_a_json_400_that_names_the_rule() {
         (
             "/api/%2561dmin",
             "The request path holds a double percent-encoding.",
+        ),
+        (
+            "/api/admin./users",
+            "A request path segment ends with a dot.",
+        ),
+        (
+            "/api/adm\"in",
+            "The request target holds a byte that must be percent-encoded, or a fragment.",
+        ),
+        (
+            "/orders/1?_method=POST",
+            "This route does not accept a _method query parameter.",
         ),
     ] {
         let answer = send(w.gw.proxy_addr, &format!("GET {target} HTTP/1.1"), None).await;
@@ -403,6 +426,9 @@ const CLIENT_CHOSEN: &[(&str, &str)] = &[
     ("X-Method-Override", "DELETE"),
     ("X-HTTP-Method", "DELETE"),
     ("X_HTTP_Method_Override", "DELETE"),
+    ("X-Original-URI", "/api/admin"),
+    ("X-Envoy-Original-Path", "/api/admin"),
+    ("X-Middleware-Subrequest", "middleware"),
     ("X-Auth-Subject", "admin"),
     ("Authorization", "Bearer not-checked-on-an-open-route"),
 ];
@@ -434,7 +460,13 @@ async fn headers_that_choose_identity_path_or_method_never_reach_the_upstream() 
     }
     for (name, _) in CLIENT_CHOSEN {
         let n = name.to_ascii_lowercase();
-        if n.contains('_') || n.contains("method") || n.contains("url") || n.starts_with("x-auth-")
+        if n.contains('_')
+            || n.contains("method")
+            || n.contains("url")
+            || n.contains("uri")
+            || n.contains("path")
+            || n.contains("middleware")
+            || n.starts_with("x-auth-")
         {
             assert!(
                 !seen.contains_key(*name),
@@ -455,6 +487,16 @@ async fn a_route_may_allow_method_overrides() {
          [[routes]]\nname = \"other\"\npath_prefix = \"/other\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
         up.addr, up.addr
     ));
+    for (path, status) in [("/legacy/x", "200"), ("/other/x", "400")] {
+        let request = format!(
+            "POST {path}?_method=PUT HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let answer = raw_request(gw.proxy_addr, request.as_bytes()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {answer}"
+        );
+    }
     for (path, kept) in [("/legacy/x", true), ("/other/x", false)] {
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: h\r\nX-HTTP-Method-Override: PUT\r\nConnection: close\r\n\r\n"
@@ -493,6 +535,13 @@ async fn an_encoded_access_token_parameter_is_the_same_parameter() {
         "access%5Ftoken=x",
         "%61ccess_token=x",
         "a=1;access_token=x",
+        // PHP reads these keys as access_token; ASP.NET compares keys without case.
+        "access.token=x",
+        "access+token=x",
+        "access%20token=x",
+        "access[token=x",
+        "access_token[]=x",
+        "ACCESS_TOKEN=x",
     ] {
         let answer = send(
             w.gw.proxy_addr,
@@ -536,6 +585,13 @@ async fn claims_that_cannot_be_identity_headers_refuse_the_token() {
         ("NUL in sub", with("sub", "u\u{0}".into())),
         ("tab in client_id", with("client_id", "a\tb".into())),
         ("DEL in scope", with("scope", "orders:read\u{7f}".into())),
+        // A no-break space is no separator to the gateway but is one to some header readers.
+        (
+            "NBSP in scope",
+            with("scope", "x\u{a0}orders:admin orders:read".into()),
+        ),
+        ("a quote in scope", with("scope", "orders:read a\"b".into())),
+        ("spaces around sub", with("sub", " admin ".into())),
         // 4,200 bytes: over the identity-header bound, inside the default token size limit.
         (
             "a 4 KB scope",
@@ -587,6 +643,7 @@ async fn no_log_line_holds_a_path_a_query_or_a_token() {
     const PATH: &str = "SECRETPATHSEGMENT";
     const QUERY: &str = "card=4111111111111111";
     const TOKEN: &str = "SECRETTOKENVALUE";
+    const METHOD: &str = "CARD4111111111111111";
     let head = |method: &str, path: &str, extra: &str| {
         format!(
             "{method} /{path}/{PATH}?{QUERY} HTTP/1.1\r\nHost: h\r\n\
@@ -614,6 +671,8 @@ async fn no_log_line_holds_a_path_a_query_or_a_token() {
         head("GET", "dead", "Connection: close\r\n\r\n"),
         head("GET", "x/..", "Connection: close\r\n\r\n"),
         head("GET", "e%00", "Connection: close\r\n\r\n"),
+        head(METHOD, "m", "Connection: close\r\n\r\n"),
+        head(&"M".repeat(200_000), "m", "Connection: close\r\n\r\n"),
         format!("GET /f/{PATH} x?{QUERY} HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"),
         format!("GET /g/{PATH}?{QUERY} HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {TOKEN}\r\nBad Header: x\r\nConnection: close\r\n\r\n"),
     ] {
@@ -634,10 +693,13 @@ async fn no_log_line_holds_a_path_a_query_or_a_token() {
     let log = gw.log();
     assert!(logged, "the access log never showed the requests:\n{log}");
     assert!(log.contains("data-plane message withheld"), "{log}");
+    let long_method = "M".repeat(100);
     for (what, needle) in [
         ("the path", PATH),
         ("the query", QUERY),
         ("the token", TOKEN),
+        ("the method", METHOD),
+        ("the long method", long_method.as_str()),
     ] {
         assert!(!log.contains(needle), "{what} is in the log:\n{log}");
     }

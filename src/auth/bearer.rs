@@ -34,15 +34,38 @@ pub fn extract_with_query<'a>(
     Ok(token)
 }
 
-/// Whether the query has an `access_token` parameter as an upstream's parser would read it:
-/// pairs split on `&` or `;` (older parsers, such as Python's before 3.9.2, split on both), the
-/// key percent-decoded (`access%5Ftoken` is `access_token`, RFC 3986 §2.1).
 fn has_access_token_param(query: &str) -> bool {
+    query_has_param(query, "access_token")
+}
+
+/// Whether `query` has a parameter that an upstream's parser would read as `name` (a lower-case
+/// name of letters, digits and `_`): pairs split on `&` or `;` (older parsers, such as
+/// Python's before 3.9.2, split on both); the key percent-decoded with `+` as a space
+/// (`access%5Ftoken` is `access_token`, RFC 3986 §2.1); then, as PHP reads keys, leading spaces
+/// dropped, an array suffix (`name[...]`) cut, and space, `.` and `[` read as `_`; compared
+/// without regard to case, as ASP.NET compares keys.
+pub fn query_has_param(query: &str, name: &str) -> bool {
     query.split(['&', ';']).any(|pair| {
         let key = pair.split('=').next().unwrap_or_default();
-        key == "access_token"
-            || (key.contains('%')
-                && percent_encoding::percent_decode_str(key).eq(b"access_token".iter().copied()))
+        if key.eq_ignore_ascii_case(name) {
+            return true;
+        }
+        if !key.contains(['%', '+', '.', '[', ' ']) {
+            return false;
+        }
+        let plus_as_space = key.replace('+', " ");
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(&plus_as_space).collect();
+        let decoded = String::from_utf8_lossy(&decoded);
+        let mut key = decoded.trim_start_matches(' ');
+        if let Some(open) = key.find('[') {
+            if key[open..].contains(']') {
+                key = &key[..open];
+            }
+        }
+        key.len() == name.len()
+            && key.bytes().zip(name.bytes()).all(|(k, n)| {
+                k.to_ascii_lowercase() == n || (n == b'_' && matches!(k, b' ' | b'.' | b'['))
+            })
     })
 }
 
@@ -188,6 +211,14 @@ mod tests {
             "%61ccess_token=x",
             "%61%63%63%65%73%73%5F%74%6F%6B%65%6E=x",
             "a=1;access_token=x",
+            "ACCESS_TOKEN=x",
+            "access.token=x",
+            "access+token=x",
+            "access%20token=x",
+            "access[token=x",
+            "access_token[]=x",
+            "access_token[a]=x",
+            "+access_token=x",
         ] {
             assert_eq!(
                 extract_with_query(&headers, Some(q)),
@@ -202,6 +233,9 @@ mod tests {
             "access%5Ftoken2=x",
             "access%5",
             "access%zztoken",
+            "access-token=x",
+            "accesstoken[=x",
+            "access_token_=x",
         ] {
             assert_eq!(
                 extract_with_query(&headers, Some(q)),

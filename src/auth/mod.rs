@@ -106,11 +106,17 @@ pub fn identity_header_spelling(name: &HeaderName) -> Option<&'static str> {
 pub const MAX_IDENTITY_HEADER_BYTES: usize = 4096;
 
 impl Principal {
-    /// Build a principal and render its identity headers. A claim bound for a header that
-    /// holds a control character (CR, LF, NUL, tab, DEL, ...) or is longer than
-    /// [`MAX_IDENTITY_HEADER_BYTES`] refuses the token ([`TokenFault::UnsafeClaim`]): dropping
-    /// the header instead would let the upstream act on a request with part of its identity
-    /// missing. Other UTF-8 is sent as its bytes.
+    /// Build a principal and render its identity headers. The token is refused
+    /// ([`TokenFault::UnsafeClaim`]) when a value bound for a header could be read otherwise by
+    /// the upstream, since dropping or mending the header would let it act on a different
+    /// identity:
+    /// - a control character (CR, LF, NUL, tab, DEL, ...), or more than
+    ///   [`MAX_IDENTITY_HEADER_BYTES`];
+    /// - a space at either end (header parsers strip it: `" admin "` would become `admin`);
+    /// - a scope that is not a scope-token (RFC 6749 §3.3: printable ASCII without space, `"`
+    ///   or `\`), so `X-Auth-Scopes` splits on spaces into exactly the scopes that were checked.
+    ///
+    /// Other UTF-8 is sent as its bytes.
     pub fn new(
         subject: Option<String>,
         client_id: Option<String>,
@@ -119,6 +125,14 @@ impl Principal {
         expires_at: Option<SystemTime>,
         source: TokenSource,
     ) -> Result<Principal, TokenFault> {
+        let scope_token = |s: &String| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        };
+        if !scopes.iter().all(scope_token) {
+            return Err(TokenFault::UnsafeClaim);
+        }
         let scope_list = scopes.join(" ");
         let values = [
             subject.as_deref(),
@@ -130,7 +144,8 @@ impl Principal {
         for ((name, _), value) in IDENTITY_HEADERS.iter().zip(values) {
             let Some(value) = value else { continue };
             let unsafe_byte = value.bytes().any(|b| b < 0x20 || b == 0x7f);
-            if unsafe_byte || value.len() > MAX_IDENTITY_HEADER_BYTES {
+            let padded = value.starts_with(' ') || value.ends_with(' ');
+            if unsafe_byte || padded || value.len() > MAX_IDENTITY_HEADER_BYTES {
                 return Err(TokenFault::UnsafeClaim);
             }
             let value =

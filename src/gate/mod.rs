@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use http::Method;
 
+use crate::auth::bearer::query_has_param;
 use crate::routing::{Route, RouteMatch, Router};
 pub use target::{canonical, valid_host, Target, TargetFault};
 
@@ -27,6 +28,9 @@ pub enum Refusal<'r> {
     /// `;` parameters on a route without `allow_path_parameters`, or parameters that would
     /// route the request elsewhere once an upstream strips them: 400.
     PathParameters,
+    /// A `_method` query parameter (Symfony, Laravel and Express `method-override` run that
+    /// method instead) on a route without `allow_method_override`: 400.
+    MethodOverride,
     /// No route claims the path: 404.
     NotFound,
     /// The path's routes do not allow the method: 405, with this `Allow` value.
@@ -43,6 +47,11 @@ impl Refusal<'_> {
                 400,
                 "invalid_request",
                 "This route does not accept ; parameters in the path.",
+            ),
+            Refusal::MethodOverride => (
+                400,
+                "invalid_request",
+                "This route does not accept a _method query parameter.",
             ),
             Refusal::NotFound => (404, "not_found", "No route matches this path."),
             Refusal::MethodNotAllowed { .. } => (
@@ -74,6 +83,9 @@ impl Refusal<'_> {
 ///   refused otherwise (RFC 9112 §3.2.4).
 /// - A path with `;` parameters needs a route with `allow_path_parameters`, and the path with
 ///   the parameters stripped (as Tomcat, Jetty and Spring route it) must choose the same route.
+/// - A `_method` query parameter, in any spelling a framework reads as that name
+///   ([`query_has_param`]), needs a route with `allow_method_override`: the route's policy is
+///   checked for the request's own method.
 pub fn route<'r, 't>(
     router: &'r Router,
     method: &Method,
@@ -89,6 +101,13 @@ pub fn route<'r, 't>(
         };
     }
     let route = found(router.find(method, target.path()))?;
+    if !route.method_override
+        && target
+            .query()
+            .is_some_and(|q| query_has_param(q, "_method"))
+    {
+        return Err(Refusal::MethodOverride);
+    }
     if target.has_parameters() {
         if !route.path_parameters {
             return Err(Refusal::PathParameters);
@@ -147,6 +166,9 @@ mod tests {
             ("/api/admin;/users", "400 invalid_request"),
             ("/api;x/admin", "400 invalid_request"),
             ("/%2fapi", "400 invalid_request"),
+            ("/api?_method=DELETE", "400 invalid_request"),
+            ("/api?a=1&_METHOD=PUT", "400 invalid_request"),
+            ("/api?x_method=1", "api /api?x_method=1"),
             ("*", "400 invalid_request"),
         ] {
             assert_eq!(name(&router, "GET", raw), want, "{raw}");

@@ -11,13 +11,15 @@
 //!   reduced to origin-form and its authority replaces `Host` (RFC 9112 §3.2.2). Asterisk-form
 //!   (`*`) is recognised for `OPTIONS *` only; authority-form, other schemes and targets that do
 //!   not start with `/` are refused (RFC 9112 §3.2).
-//! - Raw bytes outside visible ASCII (space, control bytes, non-ASCII), `#` and, in the path,
-//!   `\` are refused, never corrected.
+//! - Raw bytes outside visible ASCII (space, control bytes, non-ASCII) and `#` are refused,
+//!   never corrected; the path may hold raw only what RFC 3986 §3.3 allows (no `\`, `"`, `<`,
+//!   `>`, `^`, `` ` ``, `{`, `|`, `}`).
 //! - Percent-encoding is normalised as RFC 3986 §6.2.2 says: octets of unreserved characters are
 //!   decoded (`%61` is `a`, §6.2.2.2), the hex digits of every other escape are upper-cased
 //!   (§6.2.2.1). The normalised path is what the router matches and what is forwarded.
 //! - Then the path must be canonical: no `.` or `..` segment, also with a `;` parameter
-//!   (`..;`, which Tomcat and Jetty read as `..`), no empty segment (`//`), no encoded `/`, `\`
+//!   (`..;`, which Tomcat and Jetty read as `..`), no segment ending in `.` (IIS and .NET strip
+//!   trailing dots: `admin.` is `admin` to them), no empty segment (`//`), no encoded `/`, `\`
 //!   or control character, no encoded `%` that starts another escape (`%2561`: an upstream that
 //!   decodes twice would see `a`), no encoded space at either end of a segment, and the
 //!   percent-encoded bytes must be UTF-8 (which also refuses overlong forms such as `%C0%AF`).
@@ -51,6 +53,8 @@ pub enum TargetFault {
     EmptySegment,
     /// A segment that starts or ends with an encoded space, which some frameworks trim.
     EdgeSpace,
+    /// A segment that ends with `.` (`admin.`, `...`), which IIS and .NET strip.
+    TrailingDot,
     /// The authority of an absolute-form target is not `host[:port]`.
     BadAuthority,
 }
@@ -71,6 +75,7 @@ impl TargetFault {
             TargetFault::DotSegment => "The request path holds a . or .. segment.",
             TargetFault::EmptySegment => "The request path holds an empty segment (//).",
             TargetFault::EdgeSpace => "A request path segment starts or ends with a space.",
+            TargetFault::TrailingDot => "A request path segment ends with a dot.",
             TargetFault::BadAuthority => "The request target's authority is not a valid host.",
         }
     }
@@ -196,7 +201,7 @@ pub fn normalise_path(path: &str) -> Result<Cow<'_, str>, TargetFault> {
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
-        if c == b'\\' || !(0x21..=0x7e).contains(&c) || c == b'#' || c == b'?' {
+        if !is_path_byte(c) {
             return Err(TargetFault::RawByte);
         }
         if c != b'%' {
@@ -213,9 +218,6 @@ pub fn normalise_path(path: &str) -> Result<Cow<'_, str>, TargetFault> {
         match v {
             b'/' | b'\\' => return Err(TargetFault::EncodedSeparator),
             0..=0x1f | 0x7f => return Err(TargetFault::EncodedControl),
-            b'%' if b.len() > i + 4 && hex_pair(b[i + 3], b[i + 4]).is_some() => {
-                return Err(TargetFault::DoubleEncoding)
-            }
             0x80.. => non_ascii = true,
             _ => {}
         }
@@ -233,6 +235,10 @@ pub fn normalise_path(path: &str) -> Result<Cow<'_, str>, TargetFault> {
         i += 3;
     }
     let path = out.map_or(Cow::Borrowed(path), Cow::Owned);
+    // On the normal form: `%25%36%31` and `%256%31` become `%2561` only once decoded.
+    if path.contains("%25") && double_escape(&path) {
+        return Err(TargetFault::DoubleEncoding);
+    }
     if non_ascii
         && percent_encoding::percent_decode_str(&path)
             .decode_utf8()
@@ -242,6 +248,14 @@ pub fn normalise_path(path: &str) -> Result<Cow<'_, str>, TargetFault> {
     }
     check_segments(&path)?;
     Ok(path)
+}
+
+/// Whether an encoded `%` (`%25`) is followed by two hex digits: a second escape.
+fn double_escape(path: &str) -> bool {
+    path.match_indices("%25").any(|(i, _)| {
+        let b = path.as_bytes();
+        matches!((b.get(i + 3), b.get(i + 4)), (Some(&h), Some(&l)) if hex_pair(h, l).is_some())
+    })
 }
 
 /// The segment rules, on a normalised path.
@@ -262,6 +276,9 @@ fn check_segments(path: &str) -> Result<(), TargetFault> {
         }
         if segment.starts_with("%20") || segment.ends_with("%20") || name.ends_with("%20") {
             return Err(TargetFault::EdgeSpace);
+        }
+        if name.ends_with('.') {
+            return Err(TargetFault::TrailingDot);
         }
     }
     Ok(())
@@ -290,6 +307,13 @@ pub fn without_parameters(path: &str) -> String {
     out
 }
 
+/// A byte a path may hold raw: `pchar` or `/` (RFC 3986 §3.3), that is unreserved, `%`,
+/// sub-delims, `:` and `@`. Not `\\`, `"`, `<`, `>`, `^`, `` ` ``, `{`, `|`, `}`, space, `#`, `?`
+/// or anything outside visible ASCII.
+fn is_path_byte(b: u8) -> bool {
+    is_unreserved(b) || b"%/!$&'()*+,;=:@".contains(&b)
+}
+
 /// `unreserved = ALPHA / DIGIT / "-" / "." / "_" / "~"` (RFC 3986 §2.3).
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
@@ -301,8 +325,8 @@ fn hex_pair(hi: u8, lo: u8) -> Option<u8> {
 }
 
 /// Whether a `Host` field value (or an absolute-form authority) is `host [":" port]`
-/// (RFC 9110 §7.2, RFC 3986 §3.2.2): a DNS name or IPv4 address of letters, digits and
-/// `- . _ ~`, or a bracketed IPv6 address; a port of 1 to 5 digits up to 65535. No user
+/// (RFC 9110 §7.2, RFC 3986 §3.2.2): a DNS name (up to 253 bytes) or IPv4 address of letters,
+/// digits and `- . _ ~`, or a bracketed IPv6 address; a port from 1 to 65535. No user
 /// information, path, space or other byte. Empty is not valid here.
 pub fn valid_host(value: &[u8]) -> bool {
     let (host, port) = if value.first() == Some(&b'[') {
@@ -324,15 +348,15 @@ pub fn valid_host(value: &[u8]) -> bool {
             None => (value, None),
         }
     };
-    let host_ok =
-        host.first() == Some(&b'[') || (!host.is_empty() && host.iter().all(|&b| is_unreserved(b)));
+    let host_ok = host.first() == Some(&b'[')
+        || ((1..=253).contains(&host.len()) && host.iter().all(|&b| is_unreserved(b)));
     let port_ok = port.is_none_or(|p| {
         (1..=5).contains(&p.len())
             && p.iter().all(u8::is_ascii_digit)
             && std::str::from_utf8(p)
                 .ok()
                 .and_then(|p| p.parse::<u32>().ok())
-                .is_some_and(|p| p <= 65535)
+                .is_some_and(|p| (1..=65535).contains(&p))
     });
     host_ok && port_ok
 }
@@ -361,7 +385,7 @@ mod tests {
             ("/a%20b", "/a%20b"),
             ("/orders/", "/orders/"),
             ("/", "/"),
-            ("/a.b/c..d/.e/f.", "/a.b/c..d/.e/f."),
+            ("/a.b/c..d/.e/f.g", "/a.b/c..d/.e/f.g"),
             ("/a;b=c/d", "/a;b=c/d"),
             ("/x:y@z!$&'()*+,=", "/x:y@z!$&'()*+,="),
         ] {
@@ -436,6 +460,8 @@ mod tests {
             ("/a%0d%0a", EncodedControl),
             ("/a%7F", EncodedControl),
             ("/api/%2561dmin", DoubleEncoding),
+            ("/api/%256%31dmin", DoubleEncoding),
+            ("/api/%25%36%31dmin", DoubleEncoding),
             ("/a%ff", NotUtf8),
             ("/a%c0%af", NotUtf8),
             ("/a%c3", NotUtf8),
@@ -453,6 +479,17 @@ mod tests {
             ("/api/admin%20/users", EdgeSpace),
             ("/api/%20admin", EdgeSpace),
             ("/api/admin%20;x/users", EdgeSpace),
+            ("/api/admin./users", TrailingDot),
+            ("/api/admin.", TrailingDot),
+            ("/api/admin%2e", TrailingDot),
+            ("/api/...", TrailingDot),
+            ("/api/admin.;x", TrailingDot),
+            ("/a\"b", RawByte),
+            ("/a<b>", RawByte),
+            ("/a{b}", RawByte),
+            ("/a|b", RawByte),
+            ("/a^b", RawByte),
+            ("/a`b", RawByte),
         ] {
             assert_eq!(path_of(raw), Err(want), "{raw:?}");
         }
@@ -497,6 +534,7 @@ mod tests {
             "a:99999",
             "a:",
             "a:0x1",
+            "a:0",
             ":80",
             "u@a",
             "[::1",
@@ -510,6 +548,8 @@ mod tests {
         ] {
             assert!(!valid_host(bad.as_bytes()), "{bad:?}");
         }
+        assert!(valid_host("a".repeat(253).as_bytes()));
+        assert!(!valid_host("a".repeat(254).as_bytes()));
     }
 
     /// The definition of a canonical path before percent-encoding was normalised: everything

@@ -18,6 +18,9 @@ pub struct RequestLimits {
     pub max_header_bytes: usize,
 }
 
+/// The longest request method: the longest registered one (`UPDATEREDIRECTREF`) is 17 bytes.
+const MAX_METHOD_BYTES: usize = 32;
+
 /// Why a request is refused before routing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
@@ -42,6 +45,13 @@ pub fn check(
     raw_content_length: impl FnOnce() -> bool,
     limits: &RequestLimits,
 ) -> Option<Refusal> {
+    if req.method.as_str().len() > MAX_METHOD_BYTES {
+        return Some(refusal(
+            400,
+            "bad_request",
+            "The request method is longer than this gateway accepts.",
+        ));
+    }
     if req.raw_path().len() > limits.max_uri_bytes {
         return Some(refusal(
             414,
@@ -92,9 +102,10 @@ pub fn check(
         .map(|description| refusal(400, "bad_request", description))
 }
 
-/// RFC 9112 §6.1 and §6.3: a body is framed by exactly one `Content-Length` value or by
-/// `Transfer-Encoding: chunked` alone. Anything else could be read differently by the upstream
-/// (request smuggling), so it is refused.
+/// RFC 9112 §6.1 and §6.3: a body is framed by exactly one `Content-Length` field of digits
+/// only, or by `Transfer-Encoding: chunked` alone. Anything else (a list such as `5, 5`, two
+/// field lines, a sign) could be read differently by the upstream (request smuggling), so it is
+/// refused.
 fn body_framing(
     req: &RequestHeader,
     raw_content_length: impl FnOnce() -> bool,
@@ -103,9 +114,10 @@ fn body_framing(
     let Some(first) = codings.next() else {
         let mut lengths = req.headers.get_all(CONTENT_LENGTH).iter();
         let first = lengths.next();
-        return lengths
-            .any(|other| Some(other) != first)
-            .then_some("Conflicting Content-Length values.");
+        let digits =
+            first.is_none_or(|v| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit));
+        return (lengths.next().is_some() || !digits)
+            .then_some("Content-Length must be one field of digits.");
     };
     let only_chunked = codings.next().is_none()
         && std::str::from_utf8(first.as_bytes())
@@ -162,14 +174,26 @@ mod tests {
             (req("/", &[("host", "u@a")]), false, Some(400)),
             (req("/", &[("host", "a.example:8080")]), false, None),
             (req("/", &[("host", "[::1]:8080")]), false, None),
+            (req("/", &[host, ("content-length", "3")]), false, None),
             (
                 req(
                     "/",
                     &[host, ("content-length", "3"), ("content-length", "3")],
                 ),
                 false,
-                None,
+                Some(400),
             ),
+            (
+                req("/", &[host, ("content-length", "3, 3")]),
+                false,
+                Some(400),
+            ),
+            (
+                req("/", &[host, ("content-length", "+3")]),
+                false,
+                Some(400),
+            ),
+            (req("/", &[host, ("content-length", "")]), false, Some(400)),
             (
                 req(
                     "/",
@@ -220,6 +244,15 @@ mod tests {
             let got = check(r, || *raw_cl, &LIMITS).map(|f| f.status);
             assert_eq!(got, *want, "case {i}");
         }
+    }
+
+    #[test]
+    fn a_method_longer_than_32_bytes_is_refused() {
+        let mut r = req("/", &[("host", "a")]);
+        r.set_method(http::Method::from_bytes(&[b'M'; 32]).unwrap());
+        assert_eq!(check(&r, || false, &LIMITS), None);
+        r.set_method(http::Method::from_bytes(&[b'M'; 33]).unwrap());
+        assert_eq!(check(&r, || false, &LIMITS).map(|f| f.status), Some(400));
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! `X-Forwarded-For`. The gateway checked the request's own method and path against the
 //! route's policy, so these are removed before the request is forwarded:
 //!
-//! - always: `_` spellings of every name below and of `X-Forwarded-*`; `X-Original-URL` and
-//!   `X-Rewrite-URL` (IIS, Symfony and Zend route on them); the method overrides
+//! - always: `_` spellings of every name below and of `X-Forwarded-*`; `X-Original-URL`,
+//!   `X-Rewrite-URL`, `X-Original-URI`, `X-Envoy-Original-Path` (applications route on them)
+//!   and `X-Middleware-Subrequest` (Next.js skips its middleware on it); the method overrides
 //!   (`X-HTTP-Method-Override`, `X-Method-Override`, `X-HTTP-Method`) unless the route sets
 //!   `allow_method_override`; `X-Auth-*` in any spelling (only the gateway speaks for a token);
 //! - without `trust_forwarded_headers`: every carrier of client address, scheme or host that
@@ -28,8 +29,16 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Upstreams take the request path from these.
-const PATH_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+/// Upstreams take the request path from these (IIS, Symfony, Zend; nginx and Envoy set the
+/// second pair for their own subrequests), or skip their own middleware on them (Next.js,
+/// CVE-2025-29927).
+const PATH_OVERRIDES: [&str; 5] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-envoy-original-path",
+    "x-middleware-subrequest",
+];
 
 /// Upstreams take the request method from these.
 const METHOD_OVERRIDES: [&str; 3] = [
@@ -81,6 +90,10 @@ pub fn strip_client_headers(req: &mut RequestHeader, strip: Strip) {
 
 /// `name` is lower-case (the http crate's names are).
 fn is_unwanted(name: &str, strip: Strip) -> bool {
+    // Every name of the lists starts with one of these: most headers are passed at once.
+    if !matches!(name.as_bytes().first(), Some(b'x' | b'f' | b't' | b'c')) {
+        return false;
+    }
     let underscored = name.contains('_');
     let dashed: Cow<str> = if underscored {
         Cow::Owned(name.replace('_', "-"))
@@ -298,6 +311,8 @@ mod tests {
             "X-HTTP-Method",
             "X_HTTP_Method_Override",
             "X-Original-URI",
+            "X-Envoy-Original-Path",
+            "X-Middleware-Subrequest",
             "Accept",
         ];
         // Untrusted: only what the gateway sets itself (and harmless names) stays.
@@ -308,7 +323,6 @@ mod tests {
                 "x-forwarded-for",
                 "x-forwarded-host",
                 "x-forwarded-proto",
-                "x-original-uri"
             ]
         );
         // Trusted, with the method override allowed: the proxy in front's headers stay, in
@@ -334,7 +348,6 @@ mod tests {
                 "x-http-method",
                 "x-http-method-override",
                 "x-method-override",
-                "x-original-uri",
                 "x-real-ip",
             ]
         );

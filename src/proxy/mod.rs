@@ -22,7 +22,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use crate::auth::{Authenticator, Challenge, Principal, RequestInfo};
 use crate::config::{AuthMode, UpstreamConfig};
 use crate::gate::{self, Refusal};
-use crate::metrics::{status_class, Metrics, UpstreamErrorKind, NO_ROUTE};
+use crate::metrics::{method_label, status_class, Metrics, UpstreamErrorKind, NO_ROUTE};
 use crate::routing::{Route, Router};
 
 pub mod framing;
@@ -300,7 +300,7 @@ impl ProxyHttp for Proxy {
         // tracing evaluates the fields only when the access log is enabled.
         tracing::info!(
             target: "portcullis::access",
-            method = %session.req_header().method,
+            method = method_label(&session.req_header().method),
             route,
             status,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
