@@ -7,6 +7,10 @@
 //! - The URI is put in canonical form and routed exactly as on the proxy listener
 //!   ([`crate::gate::route`]): a target the proxy would refuse is 400 here too; a path no route
 //!   claims, or a method its route does not allow, is 403.
+//! - A check request carrying a header that would choose the identity, path or method the
+//!   application acts on ([`crate::gate::headers::refused_at_decision`]: `X-Auth-*`,
+//!   `X-Original-URL`, method overrides on a route that does not allow them, ...) is 403: the
+//!   asking proxy forwards those headers to the application as they are.
 //! - Allowed: 200 with the identity headers (`X-Auth-*`). Refused: the RFC 6750 challenge (400 /
 //!   401 / 403, with `WWW-Authenticate`) or 503 with `Retry-After`.
 
@@ -89,6 +93,18 @@ impl ServeHttp for DecisionApp {
             Err(refusal) => return json(400, refusal.error(), refusal.description()),
         };
         let route = routed.route;
+        // The asking proxy forwards the client's headers as they are: refuse what the proxy
+        // listener would have removed as the client's choice of identity, path or method.
+        let chooses = |name: &http::HeaderName| {
+            gate::headers::refused_at_decision(name.as_str(), route.method_override)
+        };
+        if req.headers.keys().any(chooses) {
+            return json(
+                403,
+                "forbidden_header",
+                "The request carries a header that would choose its identity, path or method.",
+            );
+        }
         if route.auth == AuthMode::None {
             return json(200, "none", "This route checks no token.");
         }

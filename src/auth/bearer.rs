@@ -39,33 +39,48 @@ fn has_access_token_param(query: &str) -> bool {
 }
 
 /// Whether `query` has a parameter that an upstream's parser would read as `name` (a lower-case
-/// name of letters, digits and `_`): pairs split on `&` or `;` (older parsers, such as
-/// Python's before 3.9.2, split on both); the key percent-decoded with `+` as a space
-/// (`access%5Ftoken` is `access_token`, RFC 3986 §2.1); then, as PHP reads keys, leading spaces
-/// dropped, an array suffix (`name[...]`) cut, and space, `.` and `[` read as `_`; compared
-/// without regard to case, as ASP.NET compares keys.
+/// name of letters, digits and `_`). Pairs are split on `&` or `;` (older parsers, such as
+/// Python's before 3.9.2, split on both), the key is percent-decoded with `+` as a space
+/// (`access%5Ftoken` is `access_token`, RFC 3986 §2.1), and then it matches, without regard to
+/// case (ASP.NET compares keys so), when any of these readings gives `name`:
+/// - as sent;
+/// - PHP's: cut at a NUL, leading spaces dropped, an array suffix (`name[...]`) cut, then space,
+///   `.` and `[` read as `_`;
+/// - Rack 2's and the `qs` package's (Rails, Express): brackets around it dropped
+///   (`[name]`, `]name`, `name]`, `name[x]`).
 pub fn query_has_param(query: &str, name: &str) -> bool {
     query.split(['&', ';']).any(|pair| {
         let key = pair.split('=').next().unwrap_or_default();
         if key.eq_ignore_ascii_case(name) {
             return true;
         }
-        if !key.contains(['%', '+', '.', '[', ' ']) {
+        if !key.contains(['%', '+', '.', '[', ']', ' ']) {
             return false;
         }
         let plus_as_space = key.replace('+', " ");
         let decoded: Vec<u8> = percent_encoding::percent_decode_str(&plus_as_space).collect();
         let decoded = String::from_utf8_lossy(&decoded);
-        let mut key = decoded.trim_start_matches(' ');
-        if let Some(open) = key.find('[') {
-            if key[open..].contains(']') {
-                key = &key[..open];
+        let same = |k: &str| {
+            k.len() == name.len()
+                && k.bytes().zip(name.bytes()).all(|(k, n)| {
+                    k.to_ascii_lowercase() == n || (n == b'_' && matches!(k, b' ' | b'.' | b'['))
+                })
+        };
+        // PHP.
+        let mut php = decoded
+            .split('\0')
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches(' ');
+        if let Some(open) = php.find('[') {
+            if php[open..].contains(']') {
+                php = &php[..open];
             }
         }
-        key.len() == name.len()
-            && key.bytes().zip(name.bytes()).all(|(k, n)| {
-                k.to_ascii_lowercase() == n || (n == b'_' && matches!(k, b' ' | b'.' | b'['))
-            })
+        // Rack 2 and qs: the first run of other characters after any leading brackets.
+        let bracketed = decoded.trim_start_matches(['[', ']']);
+        let bracketed = bracketed.split(['[', ']']).next().unwrap_or_default();
+        same(php) || bracketed.eq_ignore_ascii_case(name) || decoded.eq_ignore_ascii_case(name)
     })
 }
 
@@ -219,6 +234,13 @@ mod tests {
             "access_token[]=x",
             "access_token[a]=x",
             "+access_token=x",
+            "access_token%00=x",
+            "access_token%00x[]=x",
+            "[access_token]=x",
+            "%5Baccess_token%5D=x",
+            "[access_token][]=x",
+            "access_token]=x",
+            "]access_token=x",
         ] {
             assert_eq!(
                 extract_with_query(&headers, Some(q)),

@@ -110,9 +110,11 @@ impl Principal {
     /// ([`TokenFault::UnsafeClaim`]) when a value bound for a header could be read otherwise by
     /// the upstream, since dropping or mending the header would let it act on a different
     /// identity:
-    /// - a control character (CR, LF, NUL, tab, DEL, ...), or more than
-    ///   [`MAX_IDENTITY_HEADER_BYTES`];
-    /// - a space at either end (header parsers strip it: `" admin "` would become `admin`);
+    /// - a control character (CR, LF, NUL, tab, DEL, C1 controls such as NEL), a Unicode line
+    ///   or paragraph separator, or more than [`MAX_IDENTITY_HEADER_BYTES`];
+    /// - whitespace at either end, Unicode's included, or a zero-width space or BOM there
+    ///   (header parsers strip spaces, Go's `TrimSpace` and .NET's `Trim` the rest:
+    ///   `" admin "` or `"admin\u{a0}"` would become `admin`);
     /// - a scope that is not a scope-token (RFC 6749 §3.3: printable ASCII without space, `"`
     ///   or `\`), so `X-Auth-Scopes` splits on spaces into exactly the scopes that were checked.
     ///
@@ -143,9 +145,15 @@ impl Principal {
         let mut identity = Vec::with_capacity(IDENTITY_HEADERS.len());
         for ((name, _), value) in IDENTITY_HEADERS.iter().zip(values) {
             let Some(value) = value else { continue };
-            let unsafe_byte = value.bytes().any(|b| b < 0x20 || b == 0x7f);
-            let padded = value.starts_with(' ') || value.ends_with(' ');
-            if unsafe_byte || padded || value.len() > MAX_IDENTITY_HEADER_BYTES {
+            // C0, DEL and C1 controls (NEL among them), and the Unicode line separators.
+            let unsafe_char = value
+                .chars()
+                .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'));
+            // Whitespace (Unicode's, too: Go's TrimSpace and .NET's Trim strip it) and the
+            // zero-width space and BOM at either end.
+            let trimmable = |c: char| c.is_whitespace() || matches!(c, '\u{200b}' | '\u{feff}');
+            let padded = value.starts_with(trimmable) || value.ends_with(trimmable);
+            if unsafe_char || padded || value.len() > MAX_IDENTITY_HEADER_BYTES {
                 return Err(TokenFault::UnsafeClaim);
             }
             let value =

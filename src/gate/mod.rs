@@ -3,6 +3,7 @@
 //! route is chosen on exactly the bytes the upstream receives, whichever door the request
 //! came through.
 
+pub mod headers;
 pub mod target;
 
 use std::sync::Arc;

@@ -89,6 +89,8 @@ pub struct Target<'a> {
     query: Option<&'a str>,
     /// The authority of an absolute-form target.
     authority: Option<&'a str>,
+    /// The path holds `;` or `%3B`.
+    params: bool,
 }
 
 impl<'a> Target<'a> {
@@ -115,7 +117,7 @@ impl<'a> Target<'a> {
     /// Whether the path holds `;` parameters (RFC 3986 §3.3), raw or encoded (`%3B`, which
     /// some servlet containers decode before they strip parameters).
     pub fn has_parameters(&self) -> bool {
-        self.path.contains(';') || self.path.contains("%3B")
+        self.params
     }
 
     /// Whether the target to forward differs from the one received: its path was normalised
@@ -149,6 +151,7 @@ pub fn canonical(raw: &[u8]) -> Result<Target<'_>, TargetFault> {
             path: Cow::Borrowed(raw),
             query: None,
             authority: None,
+            params: false,
         });
     }
     let (authority, rest) = if raw.starts_with('/') {
@@ -161,16 +164,17 @@ pub fn canonical(raw: &[u8]) -> Result<Target<'_>, TargetFault> {
         Some((path, query)) => (path, Some(query)),
         None => (rest, None),
     };
-    let path = if path.is_empty() {
+    let (path, params) = if path.is_empty() {
         // "http://host" and "http://host?q" mean the root (RFC 9112 §3.2.1).
-        Cow::Borrowed("/")
+        (Cow::Borrowed("/"), false)
     } else {
-        normalise_path(path)?
+        normalise(path)?
     };
     Ok(Target {
         path,
         query,
         authority,
+        params,
     })
 }
 
@@ -192,19 +196,27 @@ fn absolute_form(raw: &str) -> Result<(&str, &str), TargetFault> {
 /// Normalise a path that starts with `/` (RFC 3986 §6.2.2) and check that it is canonical.
 /// Borrows when the path is already in normal form, which is the common case.
 pub fn normalise_path(path: &str) -> Result<Cow<'_, str>, TargetFault> {
+    normalise(path).map(|(path, _)| path)
+}
+
+/// [`normalise_path`], and whether the path holds `;` parameters (raw or `%3B`). One pass over
+/// the bytes; the segment rules and the UTF-8 and double-escape checks run after it only when
+/// the pass saw what they look for.
+fn normalise(path: &str) -> Result<(Cow<'_, str>, bool), TargetFault> {
     let b = path.as_bytes();
     if b.first() != Some(&b'/') {
         return Err(TargetFault::Form);
     }
     let mut out: Option<String> = None;
-    let mut non_ascii = false;
+    let (mut non_ascii, mut params, mut escaped_percent) = (false, false, false);
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
-        if !is_path_byte(c) {
+        if !PATH_BYTES[usize::from(c)] {
             return Err(TargetFault::RawByte);
         }
         if c != b'%' {
+            params |= c == b';';
             if let Some(out) = out.as_mut() {
                 out.push(char::from(c));
             }
@@ -219,6 +231,8 @@ pub fn normalise_path(path: &str) -> Result<Cow<'_, str>, TargetFault> {
             b'/' | b'\\' => return Err(TargetFault::EncodedSeparator),
             0..=0x1f | 0x7f => return Err(TargetFault::EncodedControl),
             0x80.. => non_ascii = true,
+            b';' => params = true,
+            b'%' => escaped_percent = true,
             _ => {}
         }
         if is_unreserved(v) {
@@ -236,7 +250,7 @@ pub fn normalise_path(path: &str) -> Result<Cow<'_, str>, TargetFault> {
     }
     let path = out.map_or(Cow::Borrowed(path), Cow::Owned);
     // On the normal form: `%25%36%31` and `%256%31` become `%2561` only once decoded.
-    if path.contains("%25") && double_escape(&path) {
+    if escaped_percent && double_escape(&path) {
         return Err(TargetFault::DoubleEncoding);
     }
     if non_ascii
@@ -246,8 +260,8 @@ pub fn normalise_path(path: &str) -> Result<Cow<'_, str>, TargetFault> {
     {
         return Err(TargetFault::NotUtf8);
     }
-    check_segments(&path)?;
-    Ok(path)
+    check_segments(&path, params)?;
+    Ok((path, params))
 }
 
 /// Whether an encoded `%` (`%25`) is followed by two hex digits: a second escape.
@@ -258,8 +272,8 @@ fn double_escape(path: &str) -> bool {
     })
 }
 
-/// The segment rules, on a normalised path.
-fn check_segments(path: &str) -> Result<(), TargetFault> {
+/// The segment rules, on a normalised path; `params`: it holds `;` or `%3B`.
+fn check_segments(path: &str, params: bool) -> Result<(), TargetFault> {
     let mut segments = path[1..].split('/').peekable();
     while let Some(segment) = segments.next() {
         let last = segments.peek().is_none();
@@ -270,7 +284,11 @@ fn check_segments(path: &str) -> Result<(), TargetFault> {
             return Err(TargetFault::EmptySegment);
         }
         // Tomcat and Jetty read "..;x" as "..": the dot check looks past a parameter.
-        let name = segment_name(segment);
+        let name = if params {
+            segment_name(segment)
+        } else {
+            segment
+        };
         if name == "." || name == ".." {
             return Err(TargetFault::DotSegment);
         }
@@ -284,13 +302,12 @@ fn check_segments(path: &str) -> Result<(), TargetFault> {
     Ok(())
 }
 
-/// A segment without its parameters: up to the first `;` or `%3B`.
+/// A normalised segment without its parameters: up to the first `;` or `%3B`.
 fn segment_name(segment: &str) -> &str {
-    let end = [segment.find(';'), segment.find("%3B")]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(segment.len());
+    let b = segment.as_bytes();
+    let end = (0..b.len())
+        .find(|&i| b[i] == b';' || (b[i] == b'%' && b.get(i + 1..i + 3) == Some(b"3B")))
+        .unwrap_or(b.len());
     &segment[..end]
 }
 
@@ -307,12 +324,37 @@ pub fn without_parameters(path: &str) -> String {
     out
 }
 
-/// A byte a path may hold raw: `pchar` or `/` (RFC 3986 §3.3), that is unreserved, `%`,
+/// The bytes a path may hold raw: `pchar` or `/` (RFC 3986 §3.3), that is unreserved, `%`,
 /// sub-delims, `:` and `@`. Not `\\`, `"`, `<`, `>`, `^`, `` ` ``, `{`, `|`, `}`, space, `#`, `?`
-/// or anything outside visible ASCII.
-fn is_path_byte(b: u8) -> bool {
-    is_unreserved(b) || b"%/!$&'()*+,;=:@".contains(&b)
-}
+/// or anything outside visible ASCII. A table: it is asked for every byte of every path.
+static PATH_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'_' | b'~')
+            || matches!(
+                c,
+                b'%' | b'/'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+            );
+        b += 1;
+    }
+    table
+};
 
 /// `unreserved = ALPHA / DIGIT / "-" / "." / "_" / "~"` (RFC 3986 §2.3).
 fn is_unreserved(b: u8) -> bool {
@@ -492,6 +534,14 @@ mod tests {
             ("/a`b", RawByte),
         ] {
             assert_eq!(path_of(raw), Err(want), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn the_path_byte_table_is_rfc_3986s_pchar_and_slash() {
+        for b in 0..=255u8 {
+            let pchar = is_unreserved(b) || b"%/!$&'()*+,;=:@".contains(&b);
+            assert_eq!(PATH_BYTES[usize::from(b)], pchar, "byte {b:#04x}");
         }
     }
 

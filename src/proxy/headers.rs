@@ -1,21 +1,7 @@
-//! The headers the client must not choose, and the ones the gateway sets for the upstream.
-//!
-//! Frameworks behind the gateway read more than the request line: the client address from
-//! `Forwarded`, `X-Real-IP` and friends, the path from `X-Original-URL`, the method from
-//! `X-HTTP-Method-Override`, and CGI-style servers (WSGI, PHP) read `X_Forwarded_For` as
-//! `X-Forwarded-For`. The gateway checked the request's own method and path against the
-//! route's policy, so these are removed before the request is forwarded:
-//!
-//! - always: `_` spellings of every name below and of `X-Forwarded-*`; `X-Original-URL`,
-//!   `X-Rewrite-URL`, `X-Original-URI`, `X-Envoy-Original-Path` (applications route on them)
-//!   and `X-Middleware-Subrequest` (Next.js skips its middleware on it); the method overrides
-//!   (`X-HTTP-Method-Override`, `X-Method-Override`, `X-HTTP-Method`) unless the route sets
-//!   `allow_method_override`; `X-Auth-*` in any spelling (only the gateway speaks for a token);
-//! - without `trust_forwarded_headers`: every carrier of client address, scheme or host that
-//!   the gateway does not set itself (`Forwarded` (RFC 7239), `X-Real-IP`, `True-Client-IP`,
-//!   `X-Forwarded-*` other than the three it sets, ...).
+//! The headers the gateway removes from and sets on a request to forward: what the client may
+//! not choose goes ([`crate::gate::headers`] judges the names), then the identity headers,
+//! `X-Forwarded-For/-Proto/-Host` and `X-Request-Id`.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::{HeaderName, HeaderValue};
@@ -23,105 +9,26 @@ use pingora::http::RequestHeader;
 use pingora::Result;
 
 use crate::auth::{identity_header_spelling, Principal};
+use crate::gate::headers;
+pub use crate::gate::headers::Strip;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Upstreams take the request path from these (IIS, Symfony, Zend; nginx and Envoy set the
-/// second pair for their own subrequests), or skip their own middleware on them (Next.js,
-/// CVE-2025-29927).
-const PATH_OVERRIDES: [&str; 5] = [
-    "x-original-url",
-    "x-rewrite-url",
-    "x-original-uri",
-    "x-envoy-original-path",
-    "x-middleware-subrequest",
-];
-
-/// Upstreams take the request method from these.
-const METHOD_OVERRIDES: [&str; 3] = [
-    "x-http-method-override",
-    "x-method-override",
-    "x-http-method",
-];
-
-/// Client address, scheme and host as upstream frameworks and CDNs spell them; removed unless
-/// `trust_forwarded_headers`. Names starting with `x-forwarded-` are matched by prefix.
-const CLIENT_CLAIMS: [&str; 14] = [
-    "forwarded",
-    "x-forwarded",
-    "forwarded-for",
-    "x-real-ip",
-    "true-client-ip",
-    "x-client-ip",
-    "client-ip",
-    "x-cluster-client-ip",
-    "cf-connecting-ip",
-    "fastly-client-ip",
-    "x-original-forwarded-for",
-    "x-original-host",
-    "x-host",
-    "front-end-https",
-];
-
-/// What the client may not choose, for [`strip_client_headers`].
-#[derive(Debug, Clone, Copy)]
-pub struct Strip {
-    /// `trust_forwarded_headers`: a proxy in front sets the client-address headers.
-    pub trusted: bool,
-    /// The route's `allow_method_override`.
-    pub method_override: bool,
-}
-
-/// Remove every header of the [module docs](self) from a request to forward.
+/// Remove every header the client may not choose ([`crate::gate::headers::unwanted`]) from a
+/// request to forward.
 pub fn strip_client_headers(req: &mut RequestHeader, strip: Strip) {
     let unwanted: Vec<HeaderName> = req
         .headers
         .keys()
-        .filter(|name| is_unwanted(name.as_str(), strip))
+        .filter(|name| headers::unwanted(name.as_str(), strip))
         .cloned()
         .collect();
     for name in unwanted {
         req.remove_header(&name);
     }
-}
-
-/// `name` is lower-case (the http crate's names are).
-fn is_unwanted(name: &str, strip: Strip) -> bool {
-    // Every name of the lists starts with one of these: most headers are passed at once.
-    if !matches!(name.as_bytes().first(), Some(b'x' | b'f' | b't' | b'c')) {
-        return false;
-    }
-    let underscored = name.contains('_');
-    let dashed: Cow<str> = if underscored {
-        Cow::Owned(name.replace('_', "-"))
-    } else {
-        Cow::Borrowed(name)
-    };
-    let n = dashed.as_ref();
-    let forwarded = n.starts_with("x-forwarded-") || CLIENT_CLAIMS.contains(&n);
-    let method = METHOD_OVERRIDES.contains(&n);
-    if is_identity_namespace(n) || PATH_OVERRIDES.contains(&n) {
-        return true;
-    }
-    if underscored {
-        return forwarded || method;
-    }
-    (method && !strip.method_override) || (forwarded && !strip.trusted && !gateway_sets(n))
-}
-
-/// The three `X-Forwarded-*` headers [`set_forwarded_headers`] rewrites itself.
-fn gateway_sets(name: &str) -> bool {
-    name == X_FORWARDED_FOR.as_str()
-        || name == X_FORWARDED_PROTO.as_str()
-        || name == X_FORWARDED_HOST.as_str()
-}
-
-/// `x-auth-*`: the gateway's identity namespace.
-fn is_identity_namespace(dashed: &str) -> bool {
-    dashed.len() > 7 && dashed.starts_with("x-auth-")
 }
 
 /// The identity headers of [`Principal::identity_headers`]: set only by the gateway.
@@ -227,22 +134,6 @@ fn is_request_id(v: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    const UNTRUSTED: Strip = Strip {
-        trusted: false,
-        method_override: false,
-    };
-
-    fn left_after(names: &[&str], strip: Strip) -> Vec<String> {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        for name in names {
-            req.append_header(name.to_string(), "client").unwrap();
-        }
-        strip_client_headers(&mut req, strip);
-        let mut left: Vec<_> = req.headers.keys().map(|k| k.as_str().to_owned()).collect();
-        left.sort();
-        left
-    }
-
     #[test]
     fn every_identity_header_has_a_static_spelling() {
         let p = Principal::new(
@@ -262,102 +153,29 @@ mod tests {
     }
 
     #[test]
-    fn identity_headers_from_the_client_are_stripped_in_every_spelling() {
-        let names = [
+    fn stripping_removes_every_unwanted_field_line_and_keeps_the_rest() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        for name in [
             "X-Auth-Subject",
-            "x-auth-scopes",
             "X_Auth_Subject",
             "x-auth_issuer",
-            "X_AUTH-CLIENT-ID",
+            "X-Real-IP",
+            "X-Original-URL",
             "x-authorization-hint",
             "x-other",
-        ];
-        for strip in [
-            UNTRUSTED,
-            Strip {
-                trusted: true,
-                method_override: true,
-            },
         ] {
-            assert_eq!(
-                left_after(&names, strip),
-                ["x-authorization-hint", "x-other"]
-            );
+            req.append_header(name.to_string(), "client").unwrap();
         }
-    }
-
-    #[test]
-    fn routing_and_client_address_headers() {
-        let names = [
-            "Forwarded",
-            "X-Real-IP",
-            "True-Client-IP",
-            "X-Client-IP",
-            "CF-Connecting-IP",
-            "X-Forwarded-Port",
-            "X-Forwarded-Prefix",
-            "X-Forwarded-Scheme",
-            "X-Forwarded-For",
-            "X-Forwarded-Proto",
-            "X-Forwarded-Host",
-            "X_Forwarded_For",
-            "X-Forwarded_Host",
-            "X_Real_IP",
-            "X-Original-URL",
-            "X-Rewrite-URL",
-            "X_Original_URL",
-            "X-HTTP-Method-Override",
-            "X-Method-Override",
-            "X-HTTP-Method",
-            "X_HTTP_Method_Override",
-            "X-Original-URI",
-            "X-Envoy-Original-Path",
-            "X-Middleware-Subrequest",
-            "Accept",
-        ];
-        // Untrusted: only what the gateway sets itself (and harmless names) stays.
-        assert_eq!(
-            left_after(&names, UNTRUSTED),
-            [
-                "accept",
-                "x-forwarded-for",
-                "x-forwarded-host",
-                "x-forwarded-proto",
-            ]
-        );
-        // Trusted, with the method override allowed: the proxy in front's headers stay, in
-        // their standard spelling only; path overrides never.
-        let trusted = Strip {
-            trusted: true,
-            method_override: true,
-        };
-        assert_eq!(
-            left_after(&names, trusted),
-            [
-                "accept",
-                "cf-connecting-ip",
-                "forwarded",
-                "true-client-ip",
-                "x-client-ip",
-                "x-forwarded-for",
-                "x-forwarded-host",
-                "x-forwarded-port",
-                "x-forwarded-prefix",
-                "x-forwarded-proto",
-                "x-forwarded-scheme",
-                "x-http-method",
-                "x-http-method-override",
-                "x-method-override",
-                "x-real-ip",
-            ]
-        );
-        let trusted_no_override = Strip {
-            trusted: true,
+        req.append_header("x-auth-scopes", "one").unwrap();
+        req.append_header("x-auth-scopes", "two").unwrap();
+        let strip = Strip {
+            trusted: false,
             method_override: false,
         };
-        assert!(!left_after(&names, trusted_no_override)
-            .iter()
-            .any(|n| n.contains("method")));
+        strip_client_headers(&mut req, strip);
+        let mut left: Vec<_> = req.headers.keys().map(|k| k.as_str().to_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["x-authorization-hint", "x-other"]);
     }
 
     #[test]
