@@ -60,6 +60,9 @@ struct Group {
 #[derive(Debug)]
 pub struct Router {
     groups: HashMap<String, Group>,
+    /// Each prefix with its ASCII letters in lower case -> the prefix as configured (config
+    /// validation refuses two prefixes that differ only by case).
+    folded: HashMap<String, String>,
     routes: Vec<Arc<Route>>,
 }
 
@@ -105,12 +108,33 @@ impl Router {
             methods.dedup();
             group.allow = methods.join(", ");
         }
-        Router { groups, routes }
+        let folded = groups
+            .keys()
+            .map(|prefix| (prefix.to_ascii_lowercase(), prefix.clone()))
+            .collect();
+        Router {
+            groups,
+            folded,
+            routes,
+        }
     }
 
     /// All routes, in config order.
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
+    }
+
+    /// The configured prefix that an application matching without regard to ASCII case would
+    /// give `lower_path` (a path already in lower case): the longest folded prefix, on segment
+    /// boundaries.
+    pub fn folded_prefix(&self, lower_path: &str) -> Option<&str> {
+        let mut candidate = lower_path;
+        loop {
+            if let Some(prefix) = self.folded.get(candidate) {
+                return Some(prefix);
+            }
+            candidate = shorter(candidate)?;
+        }
     }
 
     /// Match a request. `path` is the request target's path (no query).
@@ -129,13 +153,20 @@ impl Router {
                         RouteMatch::Found,
                     );
             }
-            // Next shorter prefix on a segment boundary: "/a/b/" -> "/a/b" -> "/a" -> "/".
-            candidate = match candidate.rfind('/') {
-                Some(0) if candidate.len() > 1 => "/",
-                Some(0) | None => return RouteMatch::NotFound,
-                Some(i) => &candidate[..i],
+            let Some(next) = shorter(candidate) else {
+                return RouteMatch::NotFound;
             };
+            candidate = next;
         }
+    }
+}
+
+/// The next shorter prefix on a segment boundary: "/a/b/" -> "/a/b" -> "/a" -> "/" -> none.
+fn shorter(candidate: &str) -> Option<&str> {
+    match candidate.rfind('/') {
+        Some(0) if candidate.len() > 1 => Some("/"),
+        Some(0) | None => None,
+        Some(i) => Some(&candidate[..i]),
     }
 }
 
@@ -186,6 +217,24 @@ mod tests {
             let got = name(router.find(&method.parse().unwrap(), path));
             assert_eq!(got, want, "{method} {path}");
         }
+    }
+
+    #[test]
+    fn folded_prefixes_match_without_regard_to_case() {
+        let router = Router::new(&[
+            route("root", "/", None),
+            route("api", "/api", None),
+            route("docs", "/api/Docs", None),
+        ]);
+        for (lower, want) in [
+            ("/api/admin", Some("/api")),
+            ("/api/docs/x", Some("/api/Docs")),
+            ("/other", Some("/")),
+        ] {
+            assert_eq!(router.folded_prefix(lower), want, "{lower}");
+        }
+        let no_root = Router::new(&[route("api", "/api", None)]);
+        assert_eq!(no_root.folded_prefix("/x"), None);
     }
 
     #[test]

@@ -231,6 +231,10 @@ fn every_config_rule_names_its_key_and_fix() {
             "routes[0].path_prefix: must not hold ; parameters",
         ),
         (
+            "[[routes]]\nname = \"a\"\npath_prefix = \"/api\"\nupstreams = [\"127.0.0.1:9\"]\nauth = \"none\"\n[[routes]]\nname = \"b\"\npath_prefix = \"/API\"\nupstreams = [\"127.0.0.1:9\"]\nauth = \"none\"\n",
+            "routes[1].path_prefix: \"/API\" differs from \"/api\" only by letter case",
+        ),
+        (
             "[[routes]]\nname = \"r\"\npath_prefix = \"/api\"\nupstreams = [\"127.0.0.1:9\"]\nauth = \"none\"\nallow_options_asterisk = true\n",
             "routes[0].allow_options_asterisk: OPTIONS * is routed to the route on path_prefix \"/\"",
         ),

@@ -81,6 +81,12 @@ scopes = ["api:admin"]
 const TARGETS: &[&str] = &[
     "/api/%61dmin/users",
     "/api/adm%69n",
+    "/API/admin/users",
+    "/Api/Admin",
+    "/api/ADMIN;x/users",
+    "/%41PI/admin",
+    "/ORDERS/1",
+    "/Public/../ORDERS/1",
     "/%61pi/admin/users",
     "/%6frders/1",
     "/%6Frders/1?x=1",

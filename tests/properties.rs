@@ -234,12 +234,14 @@ fn a_token_is_accepted_exactly_when_the_oracle_says_so() {
 /// Pieces of path segments: the routes' own words whole and in parts, unreserved characters and
 /// their encodings in both cases, other encodings, dots, parameters, spaces and stray bytes.
 fn piece() -> impl Strategy<Value = &'static str> {
-    let words = prop::sample::select(vec!["api", "admin", "orders", "public", "legacy", ".."]);
+    let words = prop::sample::select(vec![
+        "api", "admin", "orders", "public", "legacy", "..", "API", "Admin", "ORDERS",
+    ]);
     let others = prop::sample::select(vec![
-        "", "a", "%61", "%41", "dmin", "%64min", "pi", "%70i", "%6f", "%6F", "rders", "%2e", "%2E",
-        ".", ";", ";x=1", "%3b", "%3B", "%2f", "%2F", "%5c", "\\", "%20", "%09", "%25", "%2561",
-        "%00", "%c3%a9", "%C3%A9", "%c0%ae", "%ff", "~", "%7e", "-", ":", "@", "*", "?", "#", " ",
-        "+", "%",
+        "", "a", "A", "%61", "%41", "dmin", "%64min", "pi", "%70i", "%6f", "%6F", "rders", "%2e",
+        "%2E", ".", ";", ";x=1", "%3b", "%3B", "%2f", "%2F", "%5c", "\\", "%20", "%09", "%25",
+        "%2561", "%00", "%c3%a9", "%C3%A9", "%c0%ae", "%ff", "~", "%7e", "-", ":", "@", "*", "?",
+        "#", " ", "+", "%",
     ]);
     prop_oneof![2 => words, 3 => others]
 }
@@ -268,7 +270,8 @@ fn target() -> impl Strategy<Value = String> {
 /// For generated targets, either the gateway refuses the request, or the route it chooses is
 /// the route an application would choose for the path it forwards, read the way frameworks
 /// read paths (percent-decoded, `;` parameters stripped, dot segments resolved, segments
-/// trimmed; `common::framework`), and that path means what the raw target meant.
+/// trimmed; `common::framework`), with or without regard to letter case, and that path means
+/// what the raw target meant.
 #[test]
 fn a_target_is_refused_or_routed_where_the_application_routes_it() {
     use portcullis::gate;
@@ -314,6 +317,13 @@ fn a_target_is_refused_or_routed_where_the_application_routes_it() {
             r.route.name.clone(),
             "{} {:?} was routed to {} and forwarded as {:?}, which an application reads as {:?}",
             method, raw, r.route.name, forwarded, app
+        );
+        // Nor does an application that routes without regard to case choose another route.
+        prop_assert_eq!(
+            name(router.find(&method, &app.to_ascii_lowercase())),
+            r.route.name.clone(),
+            "{} {:?}: a case-insensitive application reads {:?}",
+            method, raw, app
         );
         // Normalising changed no byte an application decodes.
         let raw_path = match raw.split_once("://") {

@@ -694,8 +694,25 @@ fn check_validators(p: &mut Problems, routes: &[RouteConfig], issuers: bool, int
     }
 }
 
-/// Cross-route rules: unique names, and no two routes claiming the same prefix and method.
+/// Cross-route rules: unique names, no two routes claiming the same prefix and method, and no
+/// two prefixes that differ only by letter case (requests are refused when folding their case
+/// would change the route, which needs one prefix per folded spelling).
 fn check_route_set(p: &mut Problems, routes: &[RouteConfig]) {
+    let mut folded: HashMap<String, &str> = HashMap::new();
+    for (i, r) in routes.iter().enumerate() {
+        match folded.get(&r.path_prefix.to_ascii_lowercase()) {
+            Some(other) if *other != r.path_prefix => p.push(
+                format!("routes[{i}].path_prefix"),
+                format!(
+                    "{:?} differs from {other:?} only by letter case; applications that route without regard to case cannot tell them apart: use one spelling",
+                    r.path_prefix
+                ),
+            ),
+            _ => {
+                folded.insert(r.path_prefix.to_ascii_lowercase(), &r.path_prefix);
+            }
+        }
+    }
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut claims: HashMap<(&str, Option<&Method>), &str> = HashMap::new();
     for (i, r) in routes.iter().enumerate() {

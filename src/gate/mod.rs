@@ -32,6 +32,10 @@ pub enum Refusal<'r> {
     /// A `_method` query parameter (Symfony, Laravel and Express `method-override` run that
     /// method instead) on a route without `allow_method_override`: 400.
     MethodOverride,
+    /// The path with its ASCII letters folded to lower case would choose another route, as an
+    /// application that routes without regard to case (Express's default, ASP.NET Core, IIS)
+    /// would: 400.
+    CaseFolding,
     /// No route claims the path: 404.
     NotFound,
     /// The path's routes do not allow the method: 405, with this `Allow` value.
@@ -53,6 +57,11 @@ impl Refusal<'_> {
                 400,
                 "invalid_request",
                 "This route does not accept a _method query parameter.",
+            ),
+            Refusal::CaseFolding => (
+                400,
+                "invalid_request",
+                "This path in other letter case belongs to another route.",
             ),
             Refusal::NotFound => (404, "not_found", "No route matches this path."),
             Refusal::MethodNotAllowed { .. } => (
@@ -84,6 +93,9 @@ impl Refusal<'_> {
 ///   refused otherwise (RFC 9112 §3.2.4).
 /// - A path with `;` parameters needs a route with `allow_path_parameters`, and the path with
 ///   the parameters stripped (as Tomcat, Jetty and Spring route it) must choose the same route.
+/// - The route must not change when the path's ASCII letters are folded to lower case (and its
+///   parameters stripped), so an application that routes without regard to case runs a
+///   handler of the route whose policy was checked.
 /// - A `_method` query parameter, in any spelling a framework reads as that name
 ///   ([`query_has_param`]), needs a route with `allow_method_override`: the route's policy is
 ///   checked for the request's own method.
@@ -109,7 +121,7 @@ pub fn route<'r, 't>(
     {
         return Err(Refusal::MethodOverride);
     }
-    if target.has_parameters() {
+    let stripped = if target.has_parameters() {
         if !route.path_parameters {
             return Err(Refusal::PathParameters);
         }
@@ -121,6 +133,15 @@ pub fn route<'r, 't>(
             RouteMatch::Found(other) if Arc::ptr_eq(other, route) => {}
             _ => return Err(Refusal::PathParameters),
         }
+        Some(stripped)
+    } else {
+        None
+    };
+    let path = stripped.as_deref().unwrap_or(target.path());
+    if path.bytes().any(|b| b.is_ascii_uppercase())
+        && router.folded_prefix(&path.to_ascii_lowercase()) != Some(route.path_prefix.as_str())
+    {
+        return Err(Refusal::CaseFolding);
     }
     Ok(Routed { route, target })
 }
@@ -170,6 +191,12 @@ mod tests {
             ("/api?_method=DELETE", "400 invalid_request"),
             ("/api?a=1&_METHOD=PUT", "400 invalid_request"),
             ("/api?x_method=1", "api /api?x_method=1"),
+            ("/API/admin", "400 invalid_request"),
+            ("/Api/Admin/x", "400 invalid_request"),
+            ("/api/ADMIN", "400 invalid_request"),
+            ("/%41PI/admin", "400 invalid_request"),
+            ("/api/Other", "api /api/Other"),
+            ("/Elsewhere/X", "root /Elsewhere/X"),
             ("*", "400 invalid_request"),
         ] {
             assert_eq!(name(&router, "GET", raw), want, "{raw}");

@@ -37,9 +37,12 @@ fn strip_parameters(path: &str) -> String {
 
 /// The scope an application's handler for `app_path` needs, in the routes every
 /// path-confusion test uses: `/api/admin` needs `api:admin`, `/api` `api:read`, `GET /orders`
-/// `orders:read`, `POST /orders` `orders:write`; everything else is open.
+/// `orders:read`, `POST /orders` `orders:write`; everything else is open. The application
+/// routes without regard to ASCII case, as Express does by default and ASP.NET Core and IIS
+/// do, which is the stricter reading for the gateway.
 pub fn needed_scope(method: &str, app_path: &str) -> Option<&'static str> {
-    let segments: Vec<&str> = app_path.split('/').filter(|s| !s.is_empty()).collect();
+    let lower = app_path.to_ascii_lowercase();
+    let segments: Vec<&str> = lower.split('/').filter(|s| !s.is_empty()).collect();
     match (method, segments.as_slice()) {
         (_, ["api", "admin", ..]) => Some("api:admin"),
         (_, ["api", ..]) => Some("api:read"),
