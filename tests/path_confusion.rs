@@ -776,3 +776,28 @@ async fn options_asterisk_needs_the_root_routes_opt_in() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "GET *: {answer}");
 }
+
+/// A connect failure retries the request on the next upstream: the retried request carries the
+/// canonical target too. (A retry after a reused upstream connection failed runs the header
+/// filter again from the client's head; the rewrite is kept in the request's context for it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_request_is_forwarded_in_canonical_form() {
+    let up = EchoUpstream::start("app").await;
+    let gw = common::start_gateway(&format!(
+        "[[routes]]\nname = \"open\"\npath_prefix = \"/\"\nupstreams = [\"{}\", \"{}\"]\nauth = \"none\"\n",
+        common::dead_addr(),
+        up.addr
+    ));
+    // Round robin: about every other request tries the dead upstream first.
+    for _ in 0..6 {
+        let answer = raw_request(
+            gw.proxy_addr,
+            b"GET /%70ublic/caf%c3%a9 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let seen: Vec<String> = up.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(seen.len(), 6);
+    assert!(seen.iter().all(|u| u == "/public/caf%C3%A9"), "{seen:?}");
+}

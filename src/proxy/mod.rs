@@ -187,13 +187,15 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let route = ctx.route.as_ref().expect("request_filter sets the route");
-        // The route was chosen on the canonical target: forward exactly that.
-        if let Some(rewrite) = ctx.rewrite.take() {
-            let uri = http::Uri::try_from(rewrite.target)
+        // The route was chosen on the canonical target: forward exactly that. Kept in the
+        // context, not taken: pingora runs this filter again, from the client's head, when it
+        // retries a request whose reused upstream connection failed.
+        if let Some(rewrite) = &ctx.rewrite {
+            let uri = http::Uri::try_from(rewrite.target.as_str())
                 .map_err(|e| Error::because(ErrorType::InternalError, "canonical target", e))?;
             upstream.set_uri(uri);
-            if let Some(authority) = rewrite.authority {
-                upstream.insert_header(http::header::HOST, authority)?;
+            if let Some(authority) = &rewrite.authority {
+                upstream.insert_header(http::header::HOST, authority.as_str())?;
             }
         }
         headers::strip_client_headers(
