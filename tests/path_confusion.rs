@@ -237,11 +237,13 @@ async fn all_refused(w: &World, heads: &[String]) {
     assert_eq!(w.up.hits(), 0);
 }
 
-/// The request line with two spaces, or a space inside the target: the data plane percent-encodes
-/// the space, and the encoded form is refused where it could be trimmed or where it breaks the
-/// target's form; nothing of it reaches the application as another route.
+/// A request line with two spaces, or a space or control byte inside the target, is refused
+/// (RFC 9112 §3.2), not corrected: the data plane percent-encodes such bytes before its parser
+/// runs again, and the gateway tells that from the line as it arrived; on a kept-alive
+/// connection too.
 #[tokio::test(flavor = "multi_thread")]
-async fn spaces_in_the_request_line_never_route_elsewhere() {
+async fn spaces_in_the_request_line_are_refused_not_corrected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let w = world("").await;
     let lines = [
         "GET  /orders/1 HTTP/1.1",
@@ -249,8 +251,34 @@ async fn spaces_in_the_request_line_never_route_elsewhere() {
         "GET /api/admin /users HTTP/1.1",
         "GET /api/admin\t/users HTTP/1.1",
         "GET /orders/1  HTTP/1.1",
+        "GET /public/a b HTTP/1.1",
+        "GET /public/a\x01b HTTP/1.1",
+        "GET /public#/../api/admin HTTP/1.1",
+        "GET /public?x=1#frag HTTP/1.1",
     ];
     all_refused(&w, &lines.map(|l| format!("{l}\r\nHost: h\r\n"))).await;
+    // The second request of a connection.
+    let mut s = tokio::net::TcpStream::connect(w.gw.proxy_addr)
+        .await
+        .unwrap();
+    s.write_all(b"GET /public/ok HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = s.read(&mut first).await.unwrap();
+    assert!(
+        first[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&first[..n])
+    );
+    s.write_all(b"GET /public/a b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut second = Vec::new();
+    let _ = s.read_to_end(&mut second).await;
+    let second = String::from_utf8_lossy(&second);
+    assert!(second.contains("HTTP/1.1 400"), "{second}");
+    assert_eq!(w.up.hits(), 1, "only the first request was forwarded");
 }
 
 /// An absolute-form target is reduced to origin-form and its authority becomes `Host` and

@@ -128,6 +128,37 @@ fn body_framing(
     raw_content_length().then_some("Content-Length and Transfer-Encoding together are not allowed.")
 }
 
+/// Whether the client sent a space or control byte raw in the request target, which pingora
+/// percent-encoded before the gateway saw the target (its parser fails on them, and it retries
+/// with the target escaped), or a fragment (`#...`), which pingora drops. `line` is the request
+/// line as it arrived ([`super::slow_clients::request_line`]); `target` is the target pingora
+/// parsed. The line counts only when escaping its target (up to any `#`) as pingora does gives
+/// exactly `target`, so a line kept from another request never refuses this one. RFC 9112
+/// §3.2: such a request is refused, not corrected.
+pub fn target_was_escaped(line: &[u8], target: &[u8]) -> bool {
+    use percent_encoding::{percent_encode, CONTROLS};
+    // pingora's `^\w+ (?P<uri>.+) HTTP/\d(?:\.\d)?`: after the method and one space, up to
+    // the last " HTTP/".
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(space) = line.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    let rest = &line[space + 1..];
+    let Some(end) = rest.windows(6).rposition(|w| w == b" HTTP/") else {
+        return false;
+    };
+    let raw = &rest[..end];
+    let fragment = raw.iter().position(|&b| b == b'#');
+    let before_fragment = &raw[..fragment.unwrap_or(raw.len())];
+    const ESCAPED: &percent_encoding::AsciiSet = &CONTROLS.add(b' ').add(b'<').add(b'>').add(b'"');
+    (fragment.is_some() || raw.iter().any(|&b| b <= b' ' || b == 0x7f))
+        && percent_encode(before_fragment, ESCAPED)
+            .to_string()
+            .as_bytes()
+            == target
+}
+
 /// Whether a raw HTTP/1 header block has a `Content-Length` field line.
 pub fn raw_has_content_length(raw: &[u8]) -> bool {
     raw.split(|&b| b == b'\n')
@@ -260,6 +291,30 @@ mod tests {
         let mut r = req("/", &[]);
         r.set_version(Version::HTTP_10);
         assert_eq!(check(&r, || false, &LIMITS), None);
+    }
+
+    #[test]
+    fn targets_pingora_escaped_are_recognised_from_the_raw_line() {
+        for (line, target, escaped) in [
+            (&b"GET /a b HTTP/1.1\r\n"[..], &b"/a%20b"[..], true),
+            (b"GET  /orders HTTP/1.1\r\n", b"%20/orders", true),
+            (b"GET /a\tb HTTP/1.1\n", b"/a%09b", true),
+            (b"GET /a HTTP/1.1 HTTP/1.1\r\n", b"/a%20HTTP/1.1", true),
+            (b"GET /public#/../api HTTP/1.1\r\n", b"/public", true),
+            (b"GET /public?q#x HTTP/1.1\r\n", b"/public?q", true),
+            // Sent encoded by the client: nothing was corrected.
+            (b"GET /a%20b HTTP/1.1\r\n", b"/a%20b", false),
+            // A line from another request.
+            (b"GET /x y HTTP/1.1\r\n", b"/a%20b", false),
+            (b"garbage", b"/", false),
+        ] {
+            assert_eq!(
+                target_was_escaped(line, target),
+                escaped,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
     }
 
     #[test]

@@ -94,6 +94,13 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         }
         let req = session.req_header();
+        if slow_clients::request_line(session)
+            .is_some_and(|line| framing::target_was_escaped(line, req.raw_path()))
+        {
+            let refusal = Refusal::Target(gate::TargetFault::RawByte);
+            respond_refusal(session, refusal).await?;
+            return Ok(true);
+        }
         let routed = match gate::route(&self.router, &req.method, req.raw_path()) {
             Ok(routed) => routed,
             Err(refusal) => {

@@ -85,6 +85,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             phase: AtomicU8::new(HEAD),
             head_deadline: Some(Instant::now() + self.timeouts.header),
             head_started: false,
+            request_line: RequestLine::default(),
             expired: false,
             timeouts: self.timeouts,
             head_timer: None,
@@ -120,6 +121,8 @@ pub struct ClientStream {
     head_deadline: Option<Instant>,
     /// Bytes of the current head have arrived (only then is a 408 worth sending).
     head_started: bool,
+    /// The current head's first line as it arrived, for [`request_line`].
+    request_line: RequestLine,
     expired: bool,
     timeouts: ClientTimeouts,
     head_timer: Option<Pin<Box<Sleep>>>,
@@ -153,6 +156,45 @@ pub fn head_read(session: &mut Session, timeouts: &ClientTimeouts) {
 pub fn request_done(session: &Session) {
     if let Some(stream) = client_stream(session) {
         stream.phase.store(IDLE, Ordering::Relaxed);
+    }
+}
+
+/// The current request's first line exactly as the client sent it, when this connection saw
+/// it whole (up to [`MAX_REQUEST_LINE`] bytes). pingora percent-encodes a space or control
+/// byte in the request target before its parser runs again, so only these bytes tell whether
+/// the client sent one raw (RFC 9112 §3.2: such a request is refused, never corrected).
+pub fn request_line(session: &Session) -> Option<&[u8]> {
+    let line = &client_stream(session)?.request_line;
+    line.complete.then_some(line.bytes.as_slice())
+}
+
+/// The longest request line [`request_line`] keeps: the default `max_uri_bytes` and a method.
+pub const MAX_REQUEST_LINE: usize = 16 * 1024;
+
+/// The first line of a request head, collected as it is read.
+#[derive(Debug, Default)]
+struct RequestLine {
+    bytes: Vec<u8>,
+    /// The line's `\n` was seen within [`MAX_REQUEST_LINE`] bytes.
+    complete: bool,
+    /// Longer than [`MAX_REQUEST_LINE`]: given up.
+    abandoned: bool,
+}
+
+impl RequestLine {
+    fn collect(&mut self, read: &[u8]) {
+        if self.complete || self.abandoned {
+            return;
+        }
+        let end = read.iter().position(|&b| b == b'\n');
+        let take = end.map_or(read.len(), |i| i + 1);
+        if self.bytes.len() + take > MAX_REQUEST_LINE {
+            self.abandoned = true;
+            self.bytes = Vec::new();
+            return;
+        }
+        self.bytes.extend_from_slice(&read[..take]);
+        self.complete = end.is_some();
     }
 }
 
@@ -236,6 +278,11 @@ impl AsyncRead for ClientStream {
         match result {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 this.head_started = true;
+                if phase == IDLE {
+                    // A new head: its first line starts with these bytes.
+                    this.request_line = RequestLine::default();
+                }
+                this.request_line.collect(&buf.filled()[before..]);
                 if phase == IDLE {
                     this.head_deadline = Some(Instant::now() + this.timeouts.header);
                     this.phase.store(HEAD, Ordering::Relaxed);
