@@ -17,6 +17,9 @@
 //!   [`head_read`].
 //! - **Sending**: a write that makes no progress for `send_timeout` (the client is not reading)
 //!   fails, and the connection is closed.
+//!
+//! The same wrapper keeps each head's first line as it arrived ([`request_line`]): pingora
+//! rewrites a request line its parser rejects, and only the original bytes show that.
 
 use std::fmt;
 use std::future::Future;
@@ -182,6 +185,13 @@ struct RequestLine {
 }
 
 impl RequestLine {
+    /// For the next head; the buffer is kept (one allocation per connection, not per request).
+    fn reset(&mut self) {
+        self.bytes.clear();
+        self.complete = false;
+        self.abandoned = false;
+    }
+
     fn collect(&mut self, read: &[u8]) {
         if self.complete || self.abandoned {
             return;
@@ -280,7 +290,7 @@ impl AsyncRead for ClientStream {
                 this.head_started = true;
                 if phase == IDLE {
                     // A new head: its first line starts with these bytes.
-                    this.request_line = RequestLine::default();
+                    this.request_line.reset();
                 }
                 this.request_line.collect(&buf.filled()[before..]);
                 if phase == IDLE {
