@@ -138,12 +138,27 @@ pub fn route<'r, 't>(
         None
     };
     let path = stripped.as_deref().unwrap_or(target.path());
-    if path.bytes().any(|b| b.is_ascii_uppercase())
+    if has_capital_letter(path)
         && router.folded_prefix(&path.to_ascii_lowercase()) != Some(route.path_prefix.as_str())
     {
         return Err(Refusal::CaseFolding);
     }
     Ok(Routed { route, target })
+}
+
+/// Whether a normalised path has an upper-case ASCII letter outside its escapes' hex digits
+/// (normalising upper-cases those: `%C3%A9` has none).
+fn has_capital_letter(path: &str) -> bool {
+    let b = path.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => i += 3,
+            c if c.is_ascii_uppercase() => return true,
+            _ => i += 1,
+        }
+    }
+    false
 }
 
 fn found(m: RouteMatch<'_>) -> Result<&Arc<Route>, Refusal<'_>> {
@@ -197,6 +212,8 @@ mod tests {
             ("/%41PI/admin", "400 invalid_request"),
             ("/api/Other", "api /api/Other"),
             ("/Elsewhere/X", "root /Elsewhere/X"),
+            ("/api/caf%C3%A9", "api /api/caf%C3%A9"),
+            ("/api/%c3%a9%41dmin", "api /api/%C3%A9Admin"),
             ("*", "400 invalid_request"),
         ] {
             assert_eq!(name(&router, "GET", raw), want, "{raw}");
