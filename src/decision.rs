@@ -59,6 +59,16 @@ fn original(
     Ok((method, header(uri_header)?))
 }
 
+/// The headers through which a convention's proxy passes the original request (and Envoy's
+/// record of a path it rewrote): not the client's choice.
+fn convention_headers(convention: Convention) -> &'static [&'static str] {
+    match convention {
+        Convention::Nginx => &["x-original-method", "x-original-uri"],
+        Convention::Traefik => &["x-forwarded-method", "x-forwarded-uri"],
+        Convention::Envoy => &["x-envoy-original-path"],
+    }
+}
+
 fn json(status: u16, error: &str, description: &str) -> Response<Vec<u8>> {
     let body = serde_json::json!({ "error": error, "error_description": description });
     Response::builder()
@@ -95,8 +105,9 @@ impl ServeHttp for DecisionApp {
         let route = routed.route;
         // The asking proxy forwards the client's headers as they are: refuse what the proxy
         // listener would have removed as the client's choice of identity, path or method.
+        let own = convention_headers(self.convention);
         let chooses = |name: &http::HeaderName| {
-            gate::headers::refused_at_decision(name.as_str(), route.method_override)
+            gate::headers::refused_at_decision(name.as_str(), route.method_override, own)
         };
         if req.headers.keys().any(chooses) {
             return json(

@@ -63,6 +63,8 @@ pub struct Router {
     /// Each prefix with its ASCII letters in lower case -> the prefix as configured (config
     /// validation refuses two prefixes that differ only by case).
     folded: HashMap<String, String>,
+    /// Some prefix has an upper-case ASCII letter: a path in lower case may fold onto it.
+    capital_prefixes: bool,
     routes: Vec<Arc<Route>>,
 }
 
@@ -112,9 +114,13 @@ impl Router {
             .keys()
             .map(|prefix| (prefix.to_ascii_lowercase(), prefix.clone()))
             .collect();
+        let capital_prefixes = groups
+            .keys()
+            .any(|p| p.bytes().any(|b| b.is_ascii_uppercase()));
         Router {
             groups,
             folded,
+            capital_prefixes,
             routes,
         }
     }
@@ -122,6 +128,11 @@ impl Router {
     /// All routes, in config order.
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
+    }
+
+    /// Whether some `path_prefix` holds an upper-case ASCII letter.
+    pub fn has_capital_prefixes(&self) -> bool {
+        self.capital_prefixes
     }
 
     /// The configured prefix that an application matching without regard to ASCII case would

@@ -281,8 +281,9 @@ async fn spaces_in_the_request_line_are_refused_not_corrected() {
     assert_eq!(w.up.hits(), 1, "only the first request was forwarded");
 }
 
-/// An absolute-form target is reduced to origin-form and its authority becomes `Host` and
-/// `X-Forwarded-Host`; the route is chosen on its path.
+/// An absolute-form target is reduced to origin-form; the route is chosen on its path, and its
+/// authority is what `Host` and `X-Forwarded-Host` say (pingora already requires the two to
+/// agree).
 #[tokio::test(flavor = "multi_thread")]
 async fn absolute_form_is_forwarded_in_origin_form_with_its_authority_as_host() {
     let w = world("").await;
@@ -805,27 +806,69 @@ async fn options_asterisk_needs_the_root_routes_opt_in() {
     assert!(answer.starts_with("HTTP/1.1 400"), "GET *: {answer}");
 }
 
-/// A connect failure retries the request on the next upstream: the retried request carries the
-/// canonical target too. (A retry after a reused upstream connection failed runs the header
-/// filter again from the client's head; the rewrite is kept in the request's context for it.)
+/// A request answered before its body was read closes its connection: the body's bytes are
+/// never taken for the next request's head, so a raw space in the next request line cannot
+/// slip past the kept request line. Both ways: the body sent with the head, and after the
+/// answer. (pingora 0.9.1 closes these connections too; the gateway asks for it itself, so the
+/// kept request line does not depend on that.)
 #[tokio::test(flavor = "multi_thread")]
-async fn a_retried_request_is_forwarded_in_canonical_form() {
+async fn an_early_answer_to_a_request_with_a_body_closes_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world("").await;
+    const HEAD: &[u8] = b"POST /api/x HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\n\r\n";
+    const NEXT: &[u8] = b"GET /public/a b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+    for body_with_head in [true, false] {
+        let mut s = tokio::net::TcpStream::connect(w.gw.proxy_addr)
+            .await
+            .unwrap();
+        let first = if body_with_head {
+            [HEAD, b"hello world\n"].concat()
+        } else {
+            HEAD.to_vec()
+        };
+        s.write_all(&first).await.unwrap();
+        let mut head = vec![0u8; 4096];
+        let n = s.read(&mut head).await.unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 401"), "{head}");
+        assert!(
+            head.contains("connection: close"),
+            "{body_with_head}: {head}"
+        );
+        // Whatever the client sends next is never served.
+        if !body_with_head {
+            let _ = s.write_all(b"hello world\n").await;
+        }
+        let _ = s.write_all(NEXT).await;
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(!rest.contains("200"), "{body_with_head}: {rest}");
+    }
+    assert_eq!(w.up.hits(), 0);
+}
+
+/// With the Traefik convention, nginx's original-request headers are the client's choice like
+/// any other routing or method header.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_decision_endpoint_exempts_only_its_own_conventions_headers() {
     let up = EchoUpstream::start("app").await;
     let gw = common::start_gateway(&format!(
-        "[[routes]]\nname = \"open\"\npath_prefix = \"/\"\nupstreams = [\"{}\", \"{}\"]\nauth = \"none\"\n",
-        common::dead_addr(),
+        "[decision]\nlisten = \"127.0.0.1:0\"\nconvention = \"traefik\"\n\
+         [[routes]]\nname = \"open\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
         up.addr
     ));
-    // Round robin: about every other request tries the dead upstream first.
-    for _ in 0..6 {
-        let answer = raw_request(
-            gw.proxy_addr,
-            b"GET /%70ublic/caf%c3%a9 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let decision = gw.decision_addr.unwrap();
+    for (extra, status) in [
+        ("", 200),
+        ("X-Original-URI: /api/admin\r\n", 403),
+        ("X-Original-Method: DELETE\r\n", 403),
+    ] {
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Method: GET\r\nX-Forwarded-Uri: /x\r\n\
+             {extra}Connection: close\r\n\r\n"
+        );
+        let answer = raw_request(decision, request.as_bytes()).await;
+        assert_eq!(read_answer(&answer).0, status, "{extra:?}: {answer}");
     }
-    let seen: Vec<String> = up.seen().into_iter().map(|s| s.uri).collect();
-    assert_eq!(seen.len(), 6);
-    assert!(seen.iter().all(|u| u == "/public/caf%C3%A9"), "{seen:?}");
 }

@@ -118,7 +118,7 @@ fn token_description(fault: TokenFault) -> &'static str {
         TokenFault::Inactive => "The access token is not active.",
         TokenFault::TypeNotAccepted => "This resource does not accept this kind of access token.",
         TokenFault::UnsafeClaim => {
-            "The access token carries a claim that cannot be passed on (control characters or too long)."
+            "The access token carries a claim that cannot be passed on (control characters, length, padding or scope syntax)."
         }
         _ => "The access token is invalid.",
     }

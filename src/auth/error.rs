@@ -65,7 +65,9 @@ pub enum TokenFault {
     Inactive,
     /// The route does not accept this kind of token (`token_types`).
     TypeNotAccepted,
-    /// A claim bound for an identity header holds a control character or is too long.
+    /// A claim bound for an identity header could be read otherwise by the upstream: a
+    /// control character, too long, whitespace at an end, or a scope that is no scope-token
+    /// ([`super::Principal::new`]).
     UnsafeClaim,
 }
 

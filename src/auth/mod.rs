@@ -127,12 +127,7 @@ impl Principal {
         expires_at: Option<SystemTime>,
         source: TokenSource,
     ) -> Result<Principal, TokenFault> {
-        let scope_token = |s: &String| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
-        };
-        if !scopes.iter().all(scope_token) {
+        if !scopes.iter().all(|s| scope::is_scope_token(s)) {
             return Err(TokenFault::UnsafeClaim);
         }
         let scope_list = scopes.join(" ");

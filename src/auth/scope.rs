@@ -42,6 +42,14 @@ impl RoutePolicy {
     }
 }
 
+/// `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )` (RFC 6749 §3.3): printable ASCII without
+/// space, `"` or `\`.
+pub fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -347,7 +347,8 @@ pub struct RouteConfig {
     /// otherwise), as long as stripping them would not choose another route.
     pub allow_path_parameters: bool,
     /// `allow_method_override`, default `false`: keep `X-HTTP-Method-Override`,
-    /// `X-Method-Override` and `X-HTTP-Method` on the forwarded request (removed otherwise).
+    /// `X-Method-Override`, `X-HTTP-Method` and `X-Original-Method` on the forwarded request
+    /// (removed otherwise) and accept a `_method` query parameter (400 otherwise).
     pub allow_method_override: bool,
     /// `allow_options_asterisk`, default `false`: route `OPTIONS *` here (only on `/`).
     pub allow_options_asterisk: bool,

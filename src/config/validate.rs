@@ -494,12 +494,6 @@ fn is_route_name(s: &str) -> bool {
 }
 
 /// A scope token (RFC 6749 §3.3): printable ASCII except space, `"` and `\`.
-fn is_scope_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
-}
-
 fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
     let before = p.0.len();
     let name = raw.name.clone().unwrap_or_default();
@@ -562,7 +556,7 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
     }
     for (list, name) in [(&raw.scopes, "scopes"), (&raw.scopes_any, "scopes_any")] {
         for (i, s) in list.iter().enumerate() {
-            if !is_scope_token(s) {
+            if !crate::auth::scope::is_scope_token(s) {
                 p.push(
                     format!("{key}.{name}[{i}]"),
                     "must be one scope token: printable ASCII without spaces, quotes or backslashes (RFC 6749 §3.3)",

@@ -131,19 +131,13 @@ pub fn unwanted(name: &str, strip: Strip) -> bool {
 /// Whether the decision endpoint refuses a check request carrying this header. The asking
 /// proxy forwards the client's headers to the application as they are, so one that would
 /// choose the identity, path or method the application acts on makes the answer wrong. Not
-/// refused: the conventions' own original-request headers (nginx's `X-Original-Method` and
-/// `X-Original-URI`, Traefik's `X-Forwarded-Method` and `X-Forwarded-Uri`, and
-/// `X-Envoy-Original-Path`, which Envoy sets itself), client-address headers (their trust is
-/// the asking proxy's setting), and method overrides on a route that allows them.
-pub fn refused_at_decision(name: &str, method_override: bool) -> bool {
-    const CONVENTIONS: [&str; 3] = [
-        "x-original-uri",
-        "x-original-method",
-        "x-envoy-original-path",
-    ];
+/// refused: `convention`, the configured convention's own original-request headers (the asking
+/// proxy sets them), client-address headers (their trust is the asking proxy's setting), and
+/// method overrides on a route that allows them.
+pub fn refused_at_decision(name: &str, method_override: bool, convention: &[&str]) -> bool {
     match class(name) {
         Some(Class::Identity) => true,
-        Some(Class::Routing | Class::Method) if CONVENTIONS.contains(&name) => false,
+        Some(Class::Routing | Class::Method) if convention.contains(&name) => false,
         Some(Class::Routing) => true,
         Some(Class::Method) => !method_override,
         Some(Class::ClientAddress) | None => false,
@@ -243,9 +237,10 @@ mod tests {
 
     #[test]
     fn the_decision_endpoint_refuses_identity_routing_and_method_headers() {
+        let nginx = ["x-original-method", "x-original-uri"];
         let refused: Vec<_> = NAMES
             .into_iter()
-            .filter(|n| refused_at_decision(n, false))
+            .filter(|n| refused_at_decision(n, false, &nginx))
             .collect();
         assert_eq!(
             refused,
@@ -256,14 +251,17 @@ mod tests {
                 "x-http-method-override",
                 "x-method-override",
                 "x_http_method_override",
+                "x-envoy-original-path",
                 "x-middleware-subrequest",
                 "x-auth-subject",
             ]
         );
-        // The conventions' own headers in their standard spelling only.
-        assert!(refused_at_decision("x_original_uri", false));
-        assert!(!refused_at_decision("x-forwarded-uri", false));
-        assert!(!refused_at_decision("x-http-method-override", true));
-        assert!(refused_at_decision("x_auth_subject", true));
+        // The configured convention's own headers, in their standard spelling only.
+        assert!(refused_at_decision("x_original_uri", false, &nginx));
+        assert!(refused_at_decision("x-original-uri", false, &[]));
+        assert!(refused_at_decision("x-original-method", false, &[]));
+        assert!(!refused_at_decision("x-forwarded-uri", false, &[]));
+        assert!(!refused_at_decision("x-http-method-override", true, &[]));
+        assert!(refused_at_decision("x_auth_subject", true, &nginx));
     }
 }

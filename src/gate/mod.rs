@@ -1,7 +1,8 @@
 //! The transport-neutral part of every request's way in: the request target in canonical form,
-//! then the route. The proxy listener and the decision endpoint both call [`route`], so a
-//! route is chosen on exactly the bytes the upstream receives, whichever door the request
-//! came through.
+//! then the route. The proxy listener and the decision endpoint both call [`route`]. The proxy
+//! forwards the canonical form, so its upstream receives exactly the bytes the route was chosen
+//! on; behind the decision endpoint the asking proxy forwards the original bytes, which the
+//! canonical form only refuses or renames without changing what a decoding application reads.
 
 pub mod headers;
 pub mod target;
@@ -138,7 +139,8 @@ pub fn route<'r, 't>(
         None
     };
     let path = stripped.as_deref().unwrap_or(target.path());
-    if has_capital_letter(path)
+    // Only a capital letter in the path, or in a prefix, can make folding change the route.
+    if (router.has_capital_prefixes() || has_capital_letter(path))
         && router.folded_prefix(&path.to_ascii_lowercase()) != Some(route.path_prefix.as_str())
     {
         return Err(Refusal::CaseFolding);
@@ -219,6 +221,22 @@ mod tests {
             assert_eq!(name(&router, "GET", raw), want, "{raw}");
         }
         assert_eq!(name(&router, "OPTIONS", "*"), "400 invalid_request");
+    }
+
+    #[test]
+    fn a_lower_case_path_may_not_pass_a_prefix_with_capitals() {
+        let router = Router::new(&[
+            route_config("root", "/", false, false),
+            route_config("admin", "/Admin", false, false),
+        ]);
+        for (raw, want) in [
+            ("/Admin/x", "admin /Admin/x"),
+            ("/admin/x", "400 invalid_request"),
+            ("/ADMIN", "400 invalid_request"),
+            ("/other", "root /other"),
+        ] {
+            assert_eq!(name(&router, "GET", raw), want, "{raw}");
+        }
     }
 
     #[test]

@@ -200,8 +200,8 @@ pub fn normalise_path(path: &str) -> Result<Cow<'_, str>, TargetFault> {
 }
 
 /// [`normalise_path`], and whether the path holds `;` parameters (raw or `%3B`). One pass over
-/// the bytes; the segment rules and the UTF-8 and double-escape checks run after it only when
-/// the pass saw what they look for.
+/// the bytes, then the segment rules; the UTF-8 and double-escape checks run only when the pass
+/// saw what they look for.
 fn normalise(path: &str) -> Result<(Cow<'_, str>, bool), TargetFault> {
     let b = path.as_bytes();
     if b.first() != Some(&b'/') {

@@ -152,11 +152,13 @@ pub fn target_was_escaped(line: &[u8], target: &[u8]) -> bool {
     let fragment = raw.iter().position(|&b| b == b'#');
     let before_fragment = &raw[..fragment.unwrap_or(raw.len())];
     const ESCAPED: &percent_encoding::AsciiSet = &CONTROLS.add(b' ').add(b'<').add(b'>').add(b'"');
+    // An empty target (`#...` alone) reaches the gateway as `/`.
+    let parsed_as = match before_fragment {
+        [] => "/".to_owned(),
+        bytes => percent_encode(bytes, ESCAPED).to_string(),
+    };
     (fragment.is_some() || raw.iter().any(|&b| b <= b' ' || b == 0x7f))
-        && percent_encode(before_fragment, ESCAPED)
-            .to_string()
-            .as_bytes()
-            == target
+        && parsed_as.as_bytes() == target
 }
 
 /// Whether a raw HTTP/1 header block has a `Content-Length` field line.
@@ -302,6 +304,7 @@ mod tests {
             (b"GET /a HTTP/1.1 HTTP/1.1\r\n", b"/a%20HTTP/1.1", true),
             (b"GET /public#/../api HTTP/1.1\r\n", b"/public", true),
             (b"GET /public?q#x HTTP/1.1\r\n", b"/public?q", true),
+            (b"GET #/api/admin HTTP/1.1\r\n", b"/", true),
             // Sent encoded by the client: nothing was corrected.
             (b"GET /a%20b HTTP/1.1\r\n", b"/a%20b", false),
             // A line from another request.

@@ -348,6 +348,7 @@ fn error_body(error: &str, description: &str) -> Bytes {
 
 /// The answer to a request refused before any token is looked at (400, 404, 405).
 async fn respond_refusal(session: &mut Session, refusal: Refusal<'_>) -> Result<()> {
+    close_if_body_unread(session);
     let allow = match refusal {
         Refusal::MethodNotAllowed { allow } => vec![("allow", allow.to_owned())],
         _ => Vec::new(),
@@ -356,7 +357,17 @@ async fn respond_refusal(session: &mut Session, refusal: Refusal<'_>) -> Result<
     respond(session, refusal.status(), &allow, body).await
 }
 
+/// A request answered before its body was read: the connection is not kept. pingora would
+/// drain the body after the answer, and those bytes would be read as the start of the next
+/// head (the kept request line, the head deadline).
+fn close_if_body_unread(session: &mut Session) {
+    if !session.is_body_empty() {
+        session.set_keepalive(None);
+    }
+}
+
 async fn respond_challenge(session: &mut Session, c: Challenge) -> Result<()> {
+    close_if_body_unread(session);
     let mut headers = Vec::with_capacity(2);
     if let Some(v) = c.www_authenticate {
         headers.push(("www-authenticate", v));

@@ -171,8 +171,9 @@ pub fn request_line(session: &Session) -> Option<&[u8]> {
     line.complete.then_some(line.bytes.as_slice())
 }
 
-/// The longest request line [`request_line`] keeps: the default `max_uri_bytes` and a method.
-pub const MAX_REQUEST_LINE: usize = 16 * 1024;
+/// The longest request line [`request_line`] keeps: the largest `max_uri_bytes` (1 MiB), a
+/// method and the version.
+pub const MAX_REQUEST_LINE: usize = (1 << 20) + 64;
 
 /// The first line of a request head, collected as it is read.
 #[derive(Debug, Default)]
@@ -185,8 +186,12 @@ struct RequestLine {
 }
 
 impl RequestLine {
-    /// For the next head; the buffer is kept (one allocation per connection, not per request).
+    /// For the next head; an ordinary buffer is kept (one allocation per connection, not per
+    /// request), one grown past 8 KiB by a long line is let go.
     fn reset(&mut self) {
+        if self.bytes.capacity() > 8 * 1024 {
+            self.bytes = Vec::new();
+        }
         self.bytes.clear();
         self.complete = false;
         self.abandoned = false;
