@@ -64,7 +64,7 @@ pub struct RequestCtx {
 
 /// A normalised or absolute-form target, forwarded in origin-form.
 struct Rewrite {
-    target: String,
+    target: http::Uri,
     /// An absolute-form target's authority: the forwarded `Host` (RFC 9112 §3.2.2).
     authority: Option<String>,
 }
@@ -110,8 +110,14 @@ impl ProxyHttp for Proxy {
         };
         let route = routed.route.clone();
         if routed.target.rewritten() {
+            // Canonical targets are valid origin-form URIs; a failure would be a gate bug, and
+            // the request is refused rather than forwarded as received.
+            let Ok(target) = http::Uri::try_from(routed.target.origin_form()) else {
+                respond_refusal(session, Refusal::Target(gate::TargetFault::Form)).await?;
+                return Ok(true);
+            };
             ctx.rewrite = Some(Rewrite {
-                target: routed.target.origin_form(),
+                target,
                 authority: routed.target.authority().map(str::to_owned),
             });
         }
@@ -198,9 +204,7 @@ impl ProxyHttp for Proxy {
         // context, not taken: pingora runs this filter again, from the client's head, when it
         // retries a request whose reused upstream connection failed.
         if let Some(rewrite) = &ctx.rewrite {
-            let uri = http::Uri::try_from(rewrite.target.as_str())
-                .map_err(|e| Error::because(ErrorType::InternalError, "canonical target", e))?;
-            upstream.set_uri(uri);
+            upstream.set_uri(rewrite.target.clone());
             if let Some(authority) = &rewrite.authority {
                 upstream.insert_header(http::header::HOST, authority.as_str())?;
             }
