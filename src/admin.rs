@@ -4,13 +4,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use http::{Method, Response, StatusCode};
-use pingora::apps::http_app::ServeHttp;
-use pingora::protocols::http::ServerSession;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
 
 use crate::auth::Authenticator;
+use crate::dataplane::simple::Handler;
 use crate::metrics::Metrics;
+use crate::response::Synthetic;
 
 /// What must hold before `/readyz` answers 200: the proxy listener runs, every issuer's keys
 /// have loaded once, and the introspection endpoint (when discovered) is known.
@@ -57,18 +57,12 @@ pub struct AdminApp {
     pub readiness: Arc<Readiness>,
 }
 
-#[async_trait]
-impl ServeHttp for AdminApp {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let req = session.req_header();
-        if req.method != Method::GET && req.method != Method::HEAD {
-            return reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                b"use GET\n".to_vec(),
-            );
+impl Handler for AdminApp {
+    async fn handle(&self, req: Request<Bytes>) -> Response<Bytes> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
         }
-        match req.uri.path() {
+        match req.uri().path() {
             "/metrics" => {
                 self.readiness.auth.update_gauges().await;
                 reply(
@@ -77,28 +71,24 @@ impl ServeHttp for AdminApp {
                     self.metrics.render(),
                 )
             }
-            "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
             "/readyz" => match self.readiness.pending() {
-                pending if pending.is_empty() => {
-                    reply(StatusCode::OK, "text/plain", b"ready\n".to_vec())
-                }
+                pending if pending.is_empty() => reply(StatusCode::OK, "text/plain", "ready\n"),
                 pending => reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
-                    format!("not ready: {}\n", pending.join("; ")).into_bytes(),
+                    format!("not ready: {}\n", pending.join("; ")),
                 ),
             },
-            _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+            _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
         }
     }
 }
 
-fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .header("content-length", body.len())
-        .header("cache-control", "no-store")
-        .body(body)
-        .expect("static response parts are valid")
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Bytes> {
+    Synthetic::text(status.as_u16(), content_type, body).render()
 }

@@ -1,39 +1,38 @@
-//! Assembly only: [`Config`] -> metrics, auth core, upstream pools, pingora server and services.
+//! Assembly only: [`Config`] -> metrics, auth core, gate, upstream groups, workers, admin and
+//! decision listeners.
 //!
-//! Listeners are bound here, before pingora starts, and handed to it through its listen-fd table:
-//! a port that is taken fails start-up at once with the key that names it, and `listen = "...:0"`
-//! picks a free port whose number [`App::proxy_addr`] reports (the tests rely on this).
+//! Every listener is bound in [`App::build`]: a port that is taken fails start-up at once with
+//! the key that names it, and `listen = "...:0"` picks a free port whose number
+//! [`App::proxy_addr`] reports (the tests rely on this). [`App::run_until_signal`] then starts
+//! `server.threads` workers (one thread and one current-thread runtime each, see
+//! [`crate::dataplane`]) and runs the admin listener and the background work (key refresh,
+//! health checks) on a thread of their own, so that neither ever delays a request.
 
-use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::os::fd::{IntoRawFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::net::{SocketAddr, TcpListener};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora::lb::discovery::Static;
-use pingora::lb::health_check::{HealthObserve, TcpHealthCheck};
-use pingora::lb::selection::RoundRobin;
-use pingora::lb::{Backend, Backends, HealthCheckService, HealthRegistry, LoadBalancer};
-use pingora::proxy::HttpProxy;
-use pingora::server::configuration::ServerConf;
-use pingora::server::{
-    ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
-};
-use pingora::services::background::{background_service, BackgroundService};
-use pingora::services::listening::Service as ListeningService;
-use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
-use prometheus::{IntGaugeVec, Registry};
-use tokio::sync::oneshot;
+use prometheus::Registry;
+use tokio::sync::{oneshot, watch};
 
 use crate::admin::{AdminApp, Readiness};
 use crate::auth::Authenticator;
 use crate::config::{Config, KeySource};
+use crate::dataplane::client_stream::ClientTimeouts;
+use crate::dataplane::framing::RequestLimits;
+use crate::dataplane::pool::PoolSettings;
+use crate::dataplane::proxy::{Settings, Shared};
+use crate::dataplane::upstreams::Upstreams;
+use crate::dataplane::{self, simple, Stop};
 use crate::decision::DecisionApp;
+use crate::gate::Gate;
 use crate::metrics::Metrics;
-use crate::proxy::slow_clients::Guarded;
-use crate::proxy::{ClientTimeouts, Pools, Proxy, RequestLimits};
 use crate::routing::Router;
 
 /// Why the gateway could not start with a valid config.
@@ -59,24 +58,37 @@ pub enum StartupError {
     IntrospectionSecret { env: String },
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    #[error("cannot build the upstream pool of routes[{route}]: {source}")]
-    Pool {
-        route: usize,
-        #[source]
-        source: Box<pingora::Error>,
-    },
+    #[error("cannot start a worker thread: {0}")]
+    Thread(#[source] io::Error),
 }
 
-/// A gateway ready to run: listeners bound, services assembled.
+/// A service run on the background thread beside the admin listener (`portcullis dev`).
+type Extra = Box<dyn FnOnce(watch::Receiver<Stop>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// A gateway ready to run: listeners bound, parts assembled.
 pub struct App {
-    server: Server,
+    shared: Arc<Shared>,
+    gate: Arc<Gate>,
+    auth: Arc<Authenticator>,
+    upstreams: Arc<Upstreams>,
+    metrics: Metrics,
+    readiness: Arc<Readiness>,
+    proxy: Vec<TcpListener>,
     proxy_addr: SocketAddr,
+    admin: TcpListener,
     metrics_addr: SocketAddr,
-    decision_addr: Option<SocketAddr>,
+    decision: Option<(Vec<TcpListener>, SocketAddr, crate::config::Convention)>,
+    extras: Vec<Extra>,
+    pool: PoolSettings,
+    grace: Duration,
+    header_timeout: Duration,
+    health_interval: Duration,
+    connect_timeout: Duration,
 }
 
 impl App {
-    /// Bind the listeners and assemble every service. Nothing runs until [`App::run`].
+    /// Bind the listeners and assemble every part. Nothing runs until [`App::run_until_signal`]
+    /// or [`App::spawn`].
     pub fn build(config: &Config, registry: Registry) -> Result<App, StartupError> {
         for (issuer, c) in config.issuers.iter().enumerate() {
             if let KeySource::HmacSecret { env } = &c.keys {
@@ -98,116 +110,98 @@ impl App {
         let metrics = Metrics::new(registry)?;
         let auth = Arc::new(Authenticator::new(&config.auth(), metrics.clone()));
         let readiness = Arc::new(Readiness::new(auth.clone()));
-        let (proxy_listener, proxy_addr) = bind("server.listen", config.server.listen)?;
-        let (admin_listener, metrics_addr) = bind("metrics.listen", config.metrics.listen)?;
-
-        let conf = ServerConf {
-            threads: config.server.threads,
-            grace_period_seconds: Some(config.server.shutdown_grace.as_secs_f64().ceil() as u64),
-            graceful_shutdown_timeout_seconds: Some(5),
-            upstream_keepalive_pool_size: config.upstream.keepalive_pool_size,
-            ..ServerConf::default()
-        };
-        let mut server = Server::new_with_opt_and_conf(None, conf);
-        server.bootstrap();
-
-        let health = Arc::new(HealthRegistry::new());
-        let mut check = TcpHealthCheck::new();
-        check.peer_template.options.connection_timeout = Some(config.upstream.connect_timeout);
-        check.health_changed_callback =
-            Some(Box::new(HealthGauge(metrics.upstream_healthy.clone())));
-        health.set_health_check(check);
-        let pools = build_pools(config, &health, &metrics.upstream_healthy)?;
-        let mut health_service = HealthCheckService::new(health);
-        health_service.health_check_frequency = Some(config.upstream.health_check_interval);
-        health_service.parallel_health_check = true;
-
-        let client_timeouts = ClientTimeouts {
-            header: config.server.client_header_timeout,
-            body: config.server.client_body_timeout,
-            send: config.server.send_timeout,
-        };
-        let proxy = Proxy {
-            router: Router::new(&config.routes),
-            pools,
-            auth: auth.clone(),
-            metrics: metrics.clone(),
-            peer_options: crate::proxy::peer_options(&config.upstream),
-            trust_forwarded_headers: config.server.trust_forwarded_headers,
-            limits: RequestLimits {
-                max_uri_bytes: config.server.max_uri_bytes,
-                max_header_bytes: config.server.max_header_bytes,
-            },
-            client_timeouts,
-        };
-        let mut proxy = HttpProxy::new(proxy, server.configuration.clone());
-        proxy.handle_init_modules();
-        let guarded = Guarded::new(proxy, client_timeouts, &metrics);
-        let mut proxy_service = ListeningService::new("proxy".into(), guarded);
-        proxy_service.add_tcp(&proxy_addr.to_string());
-        let ready = readiness.clone();
-        server.add_service(Prebound {
-            inner: proxy_service,
-            fds: vec![(proxy_addr.to_string(), proxy_listener)],
-            on_start: Some(Box::new(move || ready.set_proxy_listening())),
-            threads: Some(config.server.threads),
-        });
-
-        let mut admin_service =
-            ListeningService::new("admin".into(), AdminApp { metrics, readiness });
-        admin_service.add_tcp(&metrics_addr.to_string());
-        server.add_service(Prebound {
-            inner: admin_service,
-            fds: vec![(metrics_addr.to_string(), admin_listener)],
-            on_start: None,
-            threads: Some(1),
-        });
-        let decision_addr = match &config.decision {
+        let threads = config.server.threads;
+        let bind_error = |key, addr| move |source| StartupError::Bind { key, addr, source };
+        let proxy = dataplane::bind_reuseport(config.server.listen, threads)
+            .map_err(bind_error("server.listen", config.server.listen))?;
+        let proxy_addr = local_addr(&proxy[0], "server.listen")?;
+        let admin = dataplane::bind_one(config.metrics.listen)
+            .map_err(bind_error("metrics.listen", config.metrics.listen))?;
+        let metrics_addr = local_addr(&admin, "metrics.listen")?;
+        let decision = match &config.decision {
             None => None,
             Some(d) => {
-                let (listener, addr) = bind("decision.listen", d.listen)?;
-                let app = DecisionApp {
-                    auth: auth.clone(),
-                    router: Router::new(&config.routes),
-                    convention: d.convention,
-                    max_uri_bytes: config.server.max_uri_bytes,
-                };
-                let mut service = ListeningService::new("decision".into(), app);
-                service.add_tcp(&addr.to_string());
-                server.add_service(Prebound {
-                    inner: service,
-                    fds: vec![(addr.to_string(), listener)],
-                    on_start: None,
-                    threads: Some(config.server.threads),
-                });
-                Some(addr)
+                let listeners = dataplane::bind_reuseport(d.listen, threads)
+                    .map_err(bind_error("decision.listen", d.listen))?;
+                let addr = local_addr(&listeners[0], "decision.listen")?;
+                Some((listeners, addr, d.convention))
             }
         };
-        server.add_service(background_service("health check", health_service));
-        server.add_service(background_service("key refresh", KeyRefresh(auth)));
+        let upstreams = Upstreams::resolve(
+            config.routes.iter().map(|r| r.upstreams.as_slice()),
+            &metrics.upstream_healthy,
+        )
+        .map_err(|e| StartupError::Resolve {
+            route: e.route,
+            upstream: e.upstream,
+            source: e.source,
+        })?;
+        let upstreams = Arc::new(upstreams);
+        let gate = Arc::new(Gate {
+            router: Router::new(&config.routes),
+            auth: auth.clone(),
+        });
+        let s = &config.server;
+        let settings = Settings {
+            trust_forwarded_headers: s.trust_forwarded_headers,
+            limits: RequestLimits {
+                max_uri_bytes: s.max_uri_bytes,
+                max_header_bytes: s.max_header_bytes,
+            },
+            timeouts: ClientTimeouts {
+                header: s.client_header_timeout,
+                body: s.client_body_timeout,
+                send: s.send_timeout,
+                keepalive: s.keepalive_timeout,
+            },
+            read_timeout: config.upstream.read_timeout,
+            max_body_bytes: s.max_body_bytes,
+        };
+        let shared = Arc::new(Shared {
+            gate: gate.clone(),
+            metrics: metrics.clone(),
+            upstreams: upstreams.clone(),
+            settings,
+        });
+        let u = &config.upstream;
         Ok(App {
-            server,
+            shared,
+            gate,
+            auth,
+            upstreams,
+            metrics,
+            readiness,
+            proxy,
             proxy_addr,
+            admin,
             metrics_addr,
-            decision_addr,
+            decision,
+            extras: Vec::new(),
+            pool: PoolSettings {
+                connect_timeout: u.connect_timeout,
+                write_timeout: u.write_timeout,
+                idle_timeout: u.idle_timeout,
+                max_idle: u.keepalive_pool_size,
+            },
+            grace: s.shutdown_grace,
+            header_timeout: s.client_header_timeout,
+            health_interval: u.health_check_interval,
+            connect_timeout: u.connect_timeout,
         })
     }
 
-    /// Serve `app` on an already bound listener, beside the gateway (`portcullis dev`).
-    pub fn add_http_service<A>(
+    /// Serve `handler` on an already bound listener, on the background thread, beside the
+    /// gateway (`portcullis dev`).
+    pub fn add_http_service<H>(
         &mut self,
         name: &'static str,
         listener: TcpListener,
-        app: A,
+        handler: H,
     ) -> Result<SocketAddr, StartupError>
     where
-        A: pingora::apps::http_app::ServeHttp + Send + Sync + 'static,
+        H: simple::Handler + Send,
     {
-        let addr = listener.local_addr().map_err(|source| StartupError::Bind {
-            key: name,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            source,
-        })?;
+        let addr = local_addr(&listener, name)?;
         listener
             .set_nonblocking(true)
             .map_err(|source| StartupError::Bind {
@@ -215,14 +209,15 @@ impl App {
                 addr,
                 source,
             })?;
-        let mut service = ListeningService::new(name.into(), app);
-        service.add_tcp(&addr.to_string());
-        self.server.add_service(Prebound {
-            inner: service,
-            fds: vec![(addr.to_string(), listener.into_raw_fd())],
-            on_start: None,
-            threads: Some(1),
-        });
+        let timeout = self.header_timeout;
+        self.extras.push(Box::new(move |stop| {
+            Box::pin(dataplane::run_simple(
+                Rc::new(handler),
+                listener,
+                timeout,
+                stop,
+            ))
+        }));
         Ok(addr)
     }
 
@@ -233,7 +228,7 @@ impl App {
 
     /// Where the decision endpoint listens, when `[decision]` is configured.
     pub fn decision_addr(&self) -> Option<SocketAddr> {
-        self.decision_addr
+        self.decision.as_ref().map(|d| d.1)
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
@@ -242,23 +237,34 @@ impl App {
     }
 
     /// Run until SIGTERM or SIGINT, then stop accepting, let in-flight requests finish within
-    /// `server.shutdown_grace`, and return.
-    pub fn run_until_signal(self) {
-        self.server.run(RunArgs {
-            shutdown_signal: Box::new(TerminationSignals),
-        });
+    /// `server.shutdown_grace`, and return as soon as none is left.
+    pub fn run_until_signal(self) -> Result<(), StartupError> {
+        let grace = self.grace;
+        self.run(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install the SIGTERM / SIGINT handlers");
+                return Stop::Drain(grace);
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = int.recv() => tracing::info!("SIGINT: draining"),
+            }
+            Stop::Drain(grace)
+        })
     }
 
     /// Run on a thread of its own; the gateway stops when the handle is dropped. For tests and
     /// for `portcullis dev`.
     pub fn spawn(self) -> RunningApp {
-        let (stop, stopped) = oneshot::channel();
+        let (stop, stopped) = oneshot::channel::<Stop>();
         let (proxy_addr, metrics_addr, decision_addr) =
-            (self.proxy_addr, self.metrics_addr, self.decision_addr);
+            (self.proxy_addr, self.metrics_addr, self.decision_addr());
         let thread = std::thread::spawn(move || {
-            self.server.run(RunArgs {
-                shutdown_signal: Box::new(ChannelSignal(Mutex::new(Some(stopped)))),
-            })
+            let _ = self.run(async move { stopped.await.unwrap_or(Stop::Drain(Duration::ZERO)) });
         });
         RunningApp {
             proxy_addr,
@@ -268,6 +274,134 @@ impl App {
             thread: Some(thread),
         }
     }
+
+    /// Start the workers, then run the background thread's work on this thread until `signal`
+    /// says to stop; then drain everything and return once every worker has.
+    fn run(self, signal: impl Future<Output = Stop> + 'static) -> Result<(), StartupError> {
+        let (tx, rx) = watch::channel(Stop::Running);
+        let starting = Arc::new(AtomicUsize::new(self.proxy.len()));
+        let mut decision = self.decision.map(|(listeners, _, convention)| {
+            let app = DecisionApp {
+                gate: self.gate.clone(),
+                convention,
+                max_uri_bytes: self.shared.settings.limits.max_uri_bytes,
+            };
+            (listeners.into_iter(), Arc::new(app))
+        });
+        let mut workers: Vec<JoinHandle<()>> = Vec::new();
+        for (i, listener) in self.proxy.into_iter().enumerate() {
+            let shared = self.shared.clone();
+            let pool = self.pool;
+            let stop = rx.clone();
+            let (starting, readiness) = (starting.clone(), self.readiness.clone());
+            let decision = decision
+                .as_mut()
+                .and_then(|(listeners, app)| Some((listeners.next()?, app.clone())));
+            let header_timeout = self.header_timeout;
+            let thread = std::thread::Builder::new()
+                .name(format!("portcullis-{i}"))
+                .spawn(move || {
+                    let Ok(runtime) = dataplane::runtime() else {
+                        tracing::error!("cannot build a worker runtime");
+                        return;
+                    };
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&runtime, async move {
+                        let worker = dataplane::worker(shared, pool, i);
+                        let decision = decision.map(|(listener, app)| {
+                            let handler = Rc::new(DecisionRef(app));
+                            let stop = stop.clone();
+                            tokio::task::spawn_local(dataplane::run_simple(
+                                handler,
+                                listener,
+                                header_timeout,
+                                stop,
+                            ))
+                        });
+                        let proxy =
+                            tokio::task::spawn_local(dataplane::run_proxy(worker, listener, stop));
+                        if starting.fetch_sub(1, Ordering::AcqRel) == 1 {
+                            readiness.set_proxy_listening();
+                        }
+                        let _ = proxy.await;
+                        if let Some(decision) = decision {
+                            let _ = decision.await;
+                        }
+                    });
+                })
+                .map_err(StartupError::Thread);
+            match thread {
+                Ok(t) => workers.push(t),
+                Err(e) => {
+                    let _ = tx.send(Stop::Drain(Duration::ZERO));
+                    workers.into_iter().for_each(|w| drop(w.join()));
+                    return Err(e);
+                }
+            }
+        }
+        let runtime = dataplane::runtime().map_err(StartupError::Thread)?;
+        let local = tokio::task::LocalSet::new();
+        let (admin, upstreams, auth) = (self.admin, self.upstreams, self.auth);
+        let admin_app = Rc::new(AdminApp {
+            metrics: self.metrics.clone(),
+            readiness: self.readiness,
+        });
+        let (health_interval, connect_timeout) = (self.health_interval, self.connect_timeout);
+        let gauge = self.metrics.upstream_healthy.clone();
+        let header_timeout = self.header_timeout;
+        let extras = self.extras;
+        local.block_on(&runtime, async move {
+            let background: Vec<_> = auth
+                .refresh_tasks()
+                .into_iter()
+                .map(tokio::spawn)
+                .chain([tokio::spawn(upstreams.health_checks(
+                    health_interval,
+                    connect_timeout,
+                    gauge,
+                ))])
+                .collect();
+            let mut served = vec![tokio::task::spawn_local(dataplane::run_simple(
+                admin_app,
+                admin,
+                header_timeout,
+                rx.clone(),
+            ))];
+            for extra in extras {
+                served.push(tokio::task::spawn_local(extra(rx.clone())));
+            }
+            let stop = signal.await;
+            let _ = tx.send(stop);
+            for task in served {
+                let _ = task.await;
+            }
+            background.iter().for_each(|t| t.abort());
+        });
+        for worker in workers {
+            let _ = worker.join();
+        }
+        Ok(())
+    }
+}
+
+/// The decision endpoint, shared by every worker.
+struct DecisionRef(Arc<DecisionApp>);
+
+impl simple::Handler for DecisionRef {
+    fn handle(
+        &self,
+        req: http::Request<bytes::Bytes>,
+    ) -> impl Future<Output = http::Response<bytes::Bytes>> {
+        self.0.handle(req)
+    }
+}
+
+fn local_addr(listener: &TcpListener, key: &'static str) -> Result<SocketAddr, StartupError> {
+    listener.local_addr().map_err(|source| StartupError::Bind {
+        key,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        source,
+    })
 }
 
 /// A gateway running on its own thread; dropping it shuts the gateway down and waits.
@@ -276,187 +410,17 @@ pub struct RunningApp {
     pub metrics_addr: SocketAddr,
     /// Where the decision endpoint listens, when `[decision]` is configured.
     pub decision_addr: Option<SocketAddr>,
-    stop: Option<oneshot::Sender<ShutdownSignal>>,
+    stop: Option<oneshot::Sender<Stop>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for RunningApp {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(ShutdownSignal::FastShutdown);
+            let _ = stop.send(Stop::Drain(Duration::ZERO));
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
-        }
-    }
-}
-
-fn bind(key: &'static str, addr: SocketAddr) -> Result<(RawFd, SocketAddr), StartupError> {
-    let error = |source| StartupError::Bind { key, addr, source };
-    let listener = TcpListener::bind(addr).map_err(error)?;
-    listener.set_nonblocking(true).map_err(error)?;
-    let local = listener.local_addr().map_err(error)?;
-    Ok((listener.into_raw_fd(), local))
-}
-
-/// One round-robin pool per distinct upstream list; routes with the same list share it.
-/// Host names are resolved once, here. Every pool reports to one shared health registry.
-fn build_pools(
-    config: &Config,
-    health: &Arc<HealthRegistry>,
-    gauge: &IntGaugeVec,
-) -> Result<Pools, StartupError> {
-    let mut by_list: HashMap<&[String], Arc<LoadBalancer<RoundRobin>>> = HashMap::new();
-    let mut pools = Vec::with_capacity(config.routes.len());
-    for (route, rc) in config.routes.iter().enumerate() {
-        if let Some(pool) = by_list.get(rc.upstreams.as_slice()) {
-            pools.push(pool.clone());
-            continue;
-        }
-        let mut backends = BTreeSet::new();
-        for upstream in &rc.upstreams {
-            let addrs = upstream
-                .to_socket_addrs()
-                .map_err(|source| StartupError::Resolve {
-                    route,
-                    upstream: upstream.clone(),
-                    source,
-                })?;
-            for addr in addrs {
-                gauge.with_label_values(&[&addr.to_string()]).set(1);
-                backends.insert(
-                    Backend::new(&addr.to_string())
-                        .map_err(|source| StartupError::Pool { route, source })?,
-                );
-            }
-        }
-        let view = Backends::new_with_health_registry(Static::new(backends), health.clone());
-        let pool = Arc::new(LoadBalancer::<RoundRobin>::from_backends(view));
-        populate(&pool).map_err(|source| StartupError::Pool { route, source })?;
-        by_list.insert(&rc.upstreams, pool.clone());
-        pools.push(pool);
-    }
-    Ok(pools)
-}
-
-/// Load a pool's static backend list once. `update` is async only for dynamic discovery; it runs
-/// on a helper thread so that `App::build` may be called from inside a tokio runtime too.
-fn populate(pool: &LoadBalancer<RoundRobin>) -> pingora::Result<()> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
-            runtime.block_on(pool.update())
-        })
-        .join()
-        .expect("pool update does not panic")
-    })
-}
-
-/// Loads and refreshes every issuer's keys in the background.
-struct KeyRefresh(Arc<Authenticator>);
-
-#[async_trait]
-impl BackgroundService for KeyRefresh {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let tasks: Vec<_> = self
-            .0
-            .refresh_tasks()
-            .into_iter()
-            .map(tokio::spawn)
-            .collect();
-        let _ = shutdown.changed().await;
-        tasks.iter().for_each(|t| t.abort());
-    }
-}
-
-/// Mirrors health-check results into `portcullis_upstream_healthy`.
-struct HealthGauge(IntGaugeVec);
-
-#[async_trait]
-impl HealthObserve for HealthGauge {
-    async fn observe(&self, target: &Backend, healthy: bool) {
-        tracing::warn!(upstream = %target.addr, healthy, "upstream health changed");
-        self.0
-            .with_label_values(&[&target.addr.to_string()])
-            .set(i64::from(healthy));
-    }
-}
-
-/// A listening service whose sockets were bound before pingora started: they are put into
-/// pingora's listen-fd table, where its listener finds them instead of binding again.
-struct Prebound<S> {
-    inner: S,
-    fds: Vec<(String, RawFd)>,
-    on_start: Option<Box<dyn FnOnce() + Send + Sync>>,
-    threads: Option<usize>,
-}
-
-#[async_trait]
-impl<S: ServiceWithDependents> ServiceWithDependents for Prebound<S> {
-    async fn start_service(
-        &mut self,
-        fds: Option<ListenFds>,
-        shutdown: ShutdownWatch,
-        listeners_per_fd: usize,
-        ready: ServiceReadyNotifier,
-    ) {
-        if let Some(table) = &fds {
-            let mut table = table.lock();
-            for (addr, fd) in self.fds.drain(..) {
-                table.add(addr, fd);
-            }
-        }
-        if let Some(on_start) = self.on_start.take() {
-            on_start();
-        }
-        self.inner
-            .start_service(fds, shutdown, listeners_per_fd, ready)
-            .await
-    }
-
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn threads(&self) -> Option<usize> {
-        self.threads
-    }
-
-    fn listen_addresses(&self) -> Option<Vec<String>> {
-        self.inner.listen_addresses()
-    }
-}
-
-/// SIGTERM and SIGINT both mean: stop accepting, finish in-flight requests, exit 0.
-struct TerminationSignals;
-
-#[async_trait]
-impl ShutdownSignalWatch for TerminationSignals {
-    async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = int.recv() => tracing::info!("SIGINT: draining"),
-        }
-        ShutdownSignal::GracefulTerminate
-    }
-}
-
-/// Shutdown on request of a [`RunningApp`] handle (or when the handle is gone).
-struct ChannelSignal(Mutex<Option<oneshot::Receiver<ShutdownSignal>>>);
-
-#[async_trait]
-impl ShutdownSignalWatch for ChannelSignal {
-    async fn recv(&self) -> ShutdownSignal {
-        let receiver = self.0.lock().expect("not poisoned").take();
-        match receiver {
-            Some(rx) => rx.await.unwrap_or(ShutdownSignal::FastShutdown),
-            None => std::future::pending().await,
         }
     }
 }

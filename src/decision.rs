@@ -16,37 +16,38 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use http::{Method, Response};
-use pingora::apps::http_app::ServeHttp;
-use pingora::protocols::http::ServerSession;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response};
 
-use crate::auth::{Authenticator, RequestInfo};
-use crate::config::{AuthMode, Convention};
-use crate::gate::{self, Refusal};
-use crate::routing::Router;
+use crate::config::Convention;
+use crate::dataplane::proxy::raw_target;
+use crate::dataplane::simple::Handler;
+use crate::gate::{self, Gate, Refusal};
+use crate::response::Synthetic;
 
 /// Serves `[decision] listen`.
 pub struct DecisionApp {
-    pub auth: Arc<Authenticator>,
-    pub router: Router,
+    /// The proxy listener's gate: the same router and auth core.
+    pub gate: Arc<Gate>,
     pub convention: Convention,
     /// `[server] max_uri_bytes`: a longer original URI is 414, as on the proxy listener.
     pub max_uri_bytes: usize,
 }
 
 /// The original request's method and raw request target, per convention.
-fn original(
-    req: &pingora::http::RequestHeader,
+fn original<'a>(
+    method: &Method,
+    target: &'a [u8],
+    headers: &'a HeaderMap,
     convention: Convention,
-) -> Result<(Method, &[u8]), String> {
+) -> Result<(Method, &'a [u8]), String> {
     let (method_header, uri_header) = match convention {
-        Convention::Envoy => return Ok((req.method.clone(), req.raw_path())),
+        Convention::Envoy => return Ok((method.clone(), target)),
         Convention::Nginx => ("x-original-method", "x-original-uri"),
         Convention::Traefik => ("x-forwarded-method", "x-forwarded-uri"),
     };
     let header = |name: &str| {
-        let mut values = req.headers.get_all(name).iter();
+        let mut values = headers.get_all(name).iter();
         match (values.next(), values.next()) {
             (Some(v), None) => Ok(v.as_bytes()),
             _ => Err(format!(
@@ -69,21 +70,19 @@ fn convention_headers(convention: Convention) -> &'static [&'static str] {
     }
 }
 
-fn json(status: u16, error: &str, description: &str) -> Response<Vec<u8>> {
-    let body = serde_json::json!({ "error": error, "error_description": description });
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::CACHE_CONTROL, "no-store")
-        .body(body.to_string().into_bytes())
-        .expect("valid by construction")
+fn json(status: u16, error: &str, description: &str) -> Response<Bytes> {
+    Synthetic::error(status, error, description).render()
 }
 
-#[async_trait]
-impl ServeHttp for DecisionApp {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let req = session.req_header();
-        let (method, raw_target) = match original(req, self.convention) {
+impl Handler for DecisionApp {
+    async fn handle(&self, req: Request<Bytes>) -> Response<Bytes> {
+        let target = raw_target(req.uri());
+        let (method, raw_target) = match original(
+            req.method(),
+            target.as_bytes(),
+            req.headers(),
+            self.convention,
+        ) {
             Ok(found) => found,
             Err(why) => return json(400, "invalid_request", &why),
         };
@@ -95,7 +94,7 @@ impl ServeHttp for DecisionApp {
             );
         }
         // The same canonical target and route as the proxy listener (crate::gate).
-        let routed = match gate::route(&self.router, &method, raw_target) {
+        let routed = match self.gate.route(&method, raw_target) {
             Ok(routed) => routed,
             Err(Refusal::NotFound | Refusal::MethodNotAllowed { .. }) => {
                 return json(403, "no_route", "No route allows this method and path.")
@@ -109,33 +108,28 @@ impl ServeHttp for DecisionApp {
         let chooses = |name: &http::HeaderName| {
             gate::headers::refused_at_decision(name.as_str(), route.method_override, own)
         };
-        if req.headers.keys().any(chooses) {
+        if req.headers().keys().any(chooses) {
             return json(
                 403,
                 "forbidden_header",
                 "The request carries a header that would choose its identity, path or method.",
             );
         }
-        if route.auth == AuthMode::None {
-            return json(200, "none", "This route checks no token.");
-        }
-        let info = RequestInfo {
-            headers: &req.headers,
-            query: routed.target.query(),
-            route: &route.name,
-            policy: &route.policy,
-        };
-        match self.auth.authorize(&info).await {
-            Ok(principal) => {
-                let mut resp = Response::builder()
-                    .status(200)
-                    .header(http::header::CACHE_CONTROL, "no-store");
+        match self.gate.authorize(&routed, req.headers()).await {
+            Ok(None) => json(200, "none", "This route checks no token."),
+            Ok(Some(principal)) => {
+                let mut resp = Response::new(Bytes::new());
+                let headers = resp.headers_mut();
+                headers.insert(
+                    http::header::CACHE_CONTROL,
+                    http::HeaderValue::from_static("no-store"),
+                );
                 for (name, value) in principal.identity_headers() {
-                    resp = resp.header(name, value);
+                    headers.append(name.clone(), value.clone());
                 }
-                resp.body(Vec::new()).expect("valid by construction")
+                resp
             }
-            Err(error) => self.auth.challenge(&error, &route.policy).into_response(),
+            Err(challenge) => Synthetic::from(challenge).render(),
         }
     }
 }
@@ -144,12 +138,25 @@ impl ServeHttp for DecisionApp {
 mod tests {
     use super::*;
 
-    fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> pingora::http::RequestHeader {
-        let mut r = pingora::http::RequestHeader::build(method, uri.as_bytes(), None).unwrap();
+    struct Req(Method, String, HeaderMap);
+
+    fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> Req {
+        let mut map = HeaderMap::new();
         for (k, v) in headers {
-            r.append_header(k.to_string(), *v).unwrap();
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
         }
-        r
+        Req(
+            Method::from_bytes(method.as_bytes()).unwrap(),
+            uri.into(),
+            map,
+        )
+    }
+
+    fn original(r: &Req, convention: Convention) -> Result<(Method, &[u8]), String> {
+        super::original(&r.0, r.1.as_bytes(), &r.2, convention)
     }
 
     #[test]
@@ -200,11 +207,7 @@ mod tests {
                 ],
             ),
         ] {
-            assert!(
-                original(&bad, Convention::Nginx).is_err(),
-                "{:?}",
-                bad.headers
-            );
+            assert!(original(&bad, Convention::Nginx).is_err(), "{:?}", bad.2);
         }
     }
 }

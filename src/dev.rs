@@ -5,16 +5,16 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use base64::Engine;
-use http::{Method, Response, StatusCode};
-use pingora::apps::http_app::ServeHttp;
-use pingora::protocols::http::ServerSession;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use crate::app::{App, StartupError};
 use crate::config::{Algorithm, Config};
+use crate::dataplane::simple::Handler;
 use crate::devkeys::DevKey;
+use crate::response::Synthetic;
 
 const CLIENT_ID: &str = "demo";
 const CLIENT_SECRET: &str = "demo-secret";
@@ -56,8 +56,7 @@ pub fn run(listen: SocketAddr, metrics_listen: SocketAddr) -> Result<(), Startup
         "{}",
         instructions(app.proxy_addr(), app.metrics_addr(), &issuer)
     );
-    app.run_until_signal();
-    Ok(())
+    app.run_until_signal()
 }
 
 fn demo_config(
@@ -124,14 +123,9 @@ struct DevIssuer {
     key: DevKey,
 }
 
-#[async_trait]
-impl ServeHttp for DevIssuer {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let (method, path) = (
-            session.req_header().method.clone(),
-            session.req_header().uri.path().to_owned(),
-        );
-        match (method, path.as_str()) {
+impl Handler for DevIssuer {
+    async fn handle(&self, req: Request<Bytes>) -> Response<Bytes> {
+        match (req.method().clone(), req.uri().path()) {
             (Method::GET, "/.well-known/openid-configuration") => json_reply(
                 StatusCode::OK,
                 json!({
@@ -145,7 +139,7 @@ impl ServeHttp for DevIssuer {
             (Method::GET, "/jwks") => {
                 json_reply(StatusCode::OK, crate::devkeys::jwks(&[&self.key]))
             }
-            (Method::POST, "/token") => self.token(session).await,
+            (Method::POST, "/token") => self.token(&req),
             _ => json_reply(StatusCode::NOT_FOUND, json!({ "error": "not_found" })),
         }
     }
@@ -153,22 +147,13 @@ impl ServeHttp for DevIssuer {
 
 impl DevIssuer {
     /// RFC 6749 §4.4 client credentials, client authentication in the body or by HTTP Basic.
-    async fn token(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let mut body = Vec::new();
-        while let Ok(Some(chunk)) = session.read_request_body().await {
-            if body.len() + chunk.len() > 16 * 1024 {
-                return json_reply(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    json!({ "error": "invalid_request" }),
-                );
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    fn token(&self, req: &Request<Bytes>) -> Response<Bytes> {
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(req.body())
+            .into_owned()
+            .collect();
         let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let basic = session
-            .req_header()
-            .headers
+        let basic = req
+            .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| basic_credentials(v.as_bytes()));
         let (client_id, secret) = basic.unwrap_or((
@@ -224,12 +209,10 @@ fn basic_credentials(value: &[u8]) -> Option<(String, String)> {
 /// The demo upstream: shows what the gateway forwarded.
 struct DemoUpstream;
 
-#[async_trait]
-impl ServeHttp for DemoUpstream {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let req = session.req_header();
+impl Handler for DemoUpstream {
+    async fn handle(&self, req: Request<Bytes>) -> Response<Bytes> {
         let header = |name: &str| {
-            req.headers
+            req.headers()
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
@@ -238,8 +221,8 @@ impl ServeHttp for DemoUpstream {
             StatusCode::OK,
             json!({
                 "message": "hello from the demo upstream",
-                "method": req.method.as_str(),
-                "path": req.uri.path(),
+                "method": req.method().as_str(),
+                "path": req.uri().path(),
                 "x-auth-subject": header("x-auth-subject"),
                 "x-auth-client-id": header("x-auth-client-id"),
                 "x-auth-scopes": header("x-auth-scopes"),
@@ -249,13 +232,6 @@ impl ServeHttp for DemoUpstream {
     }
 }
 
-fn json_reply(status: StatusCode, body: Value) -> Response<Vec<u8>> {
-    let body = body.to_string().into_bytes();
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header("content-length", body.len())
-        .header("cache-control", "no-store")
-        .body(body)
-        .expect("static response parts are valid")
+fn json_reply(status: StatusCode, body: Value) -> Response<Bytes> {
+    Synthetic::json(status.as_u16(), Bytes::from(body.to_string())).render()
 }

@@ -115,7 +115,10 @@ fn run(path: &std::path::Path) -> ExitCode {
             tracing::info!(proxy = %app.proxy_addr(), metrics = %app.metrics_addr(), "listening")
         }
     }
-    app.run_until_signal();
+    if let Err(e) = app.run_until_signal() {
+        tracing::error!("{e}");
+        return ExitCode::from(2);
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

@@ -310,10 +310,11 @@ async fn oversize_targets_and_headers_are_refused_first() {
             ),
             431,
         ),
+        // RFC 6585 §5: too many fields is "Request Header Fields Too Large" too.
         (
             "more than 256 fields",
             get("/orders/1", &"X-H: v\r\n".repeat(300)),
-            400,
+            431,
         ),
         (
             "just under both limits",

@@ -92,15 +92,6 @@ static IDENTITY_HEADERS: [(HeaderName, &str); 4] = [
     (HeaderName::from_static("x-auth-issuer"), "X-Auth-Issuer"),
 ];
 
-/// The wire spelling of an identity header (`X-Auth-Subject`...), for adapters whose header
-/// API copies a `HeaderName` but not a static string.
-pub fn identity_header_spelling(name: &HeaderName) -> Option<&'static str> {
-    IDENTITY_HEADERS
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, spelling)| *spelling)
-}
-
 /// The largest identity header value, in bytes. A token whose claims would make a larger one
 /// (a 50 KB `scope` list from an introspection answer) is refused, not truncated.
 pub const MAX_IDENTITY_HEADER_BYTES: usize = 4096;

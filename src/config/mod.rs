@@ -100,6 +100,13 @@ pub struct ServerConfig {
     /// `send_timeout`, default `60s`: the longest time the client may leave the gateway's
     /// writes waiting (a client that stops reading). The connection is then closed.
     pub send_timeout: Duration,
+    /// `keepalive_timeout`, default `60s`: how long a kept-alive client connection may sit
+    /// idle between requests before it is closed (without an answer).
+    pub keepalive_timeout: Duration,
+    /// `max_body_bytes`, default: no limit. A request body longer than this is refused with
+    /// 413 (before forwarding, when `Content-Length` says so; otherwise the forwarded request
+    /// is cut off and the client answered 413 if nothing was answered yet).
+    pub max_body_bytes: Option<u64>,
 }
 
 /// `[metrics]`.

@@ -71,6 +71,10 @@ pub struct RawServer {
     pub client_body_timeout: Option<String>,
     /// Default `60s`.
     pub send_timeout: Option<String>,
+    /// Default `60s`.
+    pub keepalive_timeout: Option<String>,
+    /// Default: no limit.
+    pub max_body_bytes: Option<i64>,
     /// Reserved for TLS termination.
     pub tls_cert: Option<String>,
     /// Reserved for TLS termination.

@@ -109,7 +109,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             Duration::from_secs(5),
         ),
         trust_forwarded_headers: s.trust_forwarded_headers.unwrap_or(false),
-        // pingora itself refuses request heads over 1 MiB.
+        // Each at most 1 MiB: the head buffer holds both.
         max_uri_bytes: p.positive("server.max_uri_bytes", s.max_uri_bytes, 8192, 1 << 20),
         max_header_bytes: p.positive(
             "server.max_header_bytes",
@@ -124,6 +124,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ),
         client_body_timeout: p.timeout("server.client_body_timeout", &s.client_body_timeout, 60),
         send_timeout: p.timeout("server.send_timeout", &s.send_timeout, 60),
+        keepalive_timeout: p.timeout("server.keepalive_timeout", &s.keepalive_timeout, 60),
+        max_body_bytes: s
+            .max_body_bytes
+            .map(|_| p.positive("server.max_body_bytes", s.max_body_bytes, 1, usize::MAX) as u64),
     };
     let metrics = MetricsConfig {
         listen: p.socket_addr(

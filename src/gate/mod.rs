@@ -1,5 +1,7 @@
 //! The transport-neutral part of every request's way in: the request target in canonical form,
-//! then the route. The proxy listener and the decision endpoint both call [`route`]. The proxy
+//! then the route, then the route's auth mode and policy. [`Gate::check`] makes the whole
+//! decision once; the proxy listener calls it, and the decision endpoint calls its two halves
+//! ([`Gate::route`], [`Gate::authorize`]) with its own header rule between them. The proxy
 //! forwards the canonical form, so its upstream receives exactly the bytes the route was chosen
 //! on; behind the decision endpoint the asking proxy forwards the original bytes, which the
 //! canonical form only refuses or renames without changing what a decoding application reads.
@@ -9,9 +11,11 @@ pub mod target;
 
 use std::sync::Arc;
 
-use http::Method;
+use http::{HeaderMap, Method};
 
 use crate::auth::bearer::query_has_param;
+use crate::auth::{Authenticator, Challenge, Principal, RequestInfo};
+use crate::config::AuthMode;
 use crate::routing::{Route, RouteMatch, Router};
 pub use target::{canonical, valid_host, Target, TargetFault};
 
@@ -85,6 +89,92 @@ impl Refusal<'_> {
     /// The `error_description` member.
     pub fn description(&self) -> &'static str {
         self.parts().2
+    }
+}
+
+/// The decision every adapter shares: one router, one auth core.
+pub struct Gate {
+    pub router: Router,
+    pub auth: Arc<Authenticator>,
+}
+
+/// A request the gate lets through: its route, its canonical target, and who it acts for
+/// (`None` on a route with `auth = "none"`).
+#[derive(Debug)]
+pub struct Pass<'r, 't> {
+    pub route: &'r Arc<Route>,
+    pub target: Target<'t>,
+    pub principal: Option<Arc<Principal>>,
+}
+
+/// Why the gate refuses a request: before any token is looked at, or by the token's check.
+#[derive(Debug)]
+pub enum Denied<'r> {
+    Refused(Refusal<'r>),
+    /// The RFC 6750 answer (400 / 401 / 403) or 503 when the identity provider is unreachable,
+    /// on this route.
+    Challenged {
+        route: &'r Arc<Route>,
+        challenge: Challenge,
+    },
+}
+
+impl Gate {
+    /// Canonical target and route ([`route`]).
+    pub fn route<'g, 't>(
+        &'g self,
+        method: &Method,
+        raw_target: &'t [u8],
+    ) -> Result<Routed<'g, 't>, Refusal<'g>> {
+        route(&self.router, method, raw_target)
+    }
+
+    /// The routed request's token against its route's policy: who it acts for, `None` on a
+    /// route that checks no token, or the challenge. Records the decision metrics.
+    pub async fn authorize(
+        &self,
+        routed: &Routed<'_, '_>,
+        headers: &HeaderMap,
+    ) -> Result<Option<Arc<Principal>>, Challenge> {
+        let route = routed.route;
+        if route.auth == AuthMode::None {
+            return Ok(None);
+        }
+        let info = RequestInfo {
+            headers,
+            query: routed.target.query(),
+            route: &route.name,
+            policy: &route.policy,
+        };
+        match self.auth.authorize(&info).await {
+            Ok(principal) => Ok(Some(principal)),
+            Err(error) => {
+                tracing::debug!(route = %route.name, outcome = error.kind(), "request refused");
+                Err(self.auth.challenge(&error, &route.policy))
+            }
+        }
+    }
+
+    /// The whole decision: canonical target, route, auth mode, token and policy.
+    pub async fn check<'g, 't>(
+        &'g self,
+        method: &Method,
+        raw_target: &'t [u8],
+        headers: &HeaderMap,
+    ) -> Result<Pass<'g, 't>, Denied<'g>> {
+        let routed = self.route(method, raw_target).map_err(Denied::Refused)?;
+        let principal = self
+            .authorize(&routed, headers)
+            .await
+            .map_err(|challenge| Denied::Challenged {
+                route: routed.route,
+                challenge,
+            })?;
+        Ok(Pass {
+            route: routed.route,
+            target: routed.target,
+            principal,
+        })
     }
 }
 

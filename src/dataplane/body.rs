@@ -1,0 +1,372 @@
+//! The bodies the data plane streams, never buffers: [`ClientBody`] (a request body on its way
+//! to the upstream) and [`ResBody`] (every response to the client, the upstream's or the
+//! gateway's own). [`ResBody`] carries the request's [`Finish`], which records it once the
+//! response is done (or abandoned).
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::Sleep;
+
+use super::pool::Checkout;
+use crate::gate::headers::{self as gate_headers, Strip};
+
+/// A boxed error, as hyper wants from a body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request body stopped: the answer is the client's fault, not the upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    /// No bytes for `client_body_timeout`: 408.
+    Timeout,
+    /// Bad chunked framing, or the client went away: 400.
+    Malformed,
+    /// More than `max_body_bytes`: 413.
+    TooLarge,
+}
+
+/// A deadline that is armed while a body waits and disarmed by every frame.
+#[derive(Default)]
+struct Stall {
+    deadline: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Stall {
+    /// The body is waiting: true once it has waited `limit`.
+    fn expired(&mut self, limit: Duration, cx: &mut Context<'_>) -> bool {
+        let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + limit);
+        let at = tokio::time::Instant::from_std(deadline);
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.deadline() != at {
+            timer.as_mut().reset(at);
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    fn progressed(&mut self) {
+        self.deadline = None;
+    }
+}
+
+/// A client's request body, forwarded frame by frame: each wait for the client is bounded by
+/// `client_body_timeout`, the total by `max_body_bytes`, and trailer fields the client may not
+/// choose are dropped. Why it stopped, if it did, is kept in `fault` for the answer.
+pub struct ClientBody {
+    inner: Incoming,
+    timeout: Duration,
+    stall: Stall,
+    limit: Option<u64>,
+    seen: u64,
+    strip: Strip,
+    fault: Rc<Cell<Option<BodyFault>>>,
+    timeouts: prometheus::IntCounter,
+}
+
+impl ClientBody {
+    pub fn new(
+        inner: Incoming,
+        timeout: Duration,
+        limit: Option<u64>,
+        strip: Strip,
+        timeouts: prometheus::IntCounter,
+    ) -> ClientBody {
+        ClientBody {
+            inner,
+            timeout,
+            stall: Stall::default(),
+            limit,
+            seen: 0,
+            strip,
+            fault: Rc::default(),
+            timeouts,
+        }
+    }
+
+    /// Where the body's fault is recorded.
+    pub fn fault(&self) -> Rc<Cell<Option<BodyFault>>> {
+        self.fault.clone()
+    }
+
+    fn fail(
+        &mut self,
+        fault: BodyFault,
+        why: &'static str,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.fault.set(Some(fault));
+        Poll::Ready(Some(Err(why.into())))
+    }
+}
+
+/// Trailer fields never forwarded: framing, routing and identity fields, and every field the
+/// client may not choose in the head ([`gate_headers::unwanted`]). Frameworks that merge
+/// trailers into the headers would otherwise read them as the client's choice.
+fn keep_trailers(trailers: &mut HeaderMap, strip: Strip) {
+    let drop: Vec<_> = trailers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            gate_headers::unwanted(n, strip)
+                || matches!(
+                    n,
+                    "authorization"
+                        | "host"
+                        | "content-length"
+                        | "transfer-encoding"
+                        | "te"
+                        | "trailer"
+                        | "connection"
+                        | "cookie"
+                        | "dpop"
+                )
+        })
+        .cloned()
+        .collect();
+    for name in drop {
+        trailers.remove(&name);
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if this.stall.expired(this.timeout, cx) {
+                    this.timeouts.inc();
+                    return this.fail(BodyFault::Timeout, "client_body_timeout");
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                this.stall.progressed();
+                let frame = match frame.into_data() {
+                    Ok(data) => {
+                        this.seen += data.len() as u64;
+                        if this.limit.is_some_and(|limit| this.seen > limit) {
+                            return this.fail(BodyFault::TooLarge, "max_body_bytes");
+                        }
+                        Frame::data(data)
+                    }
+                    Err(frame) => match frame.into_trailers() {
+                        Ok(mut trailers) => {
+                            keep_trailers(&mut trailers, this.strip);
+                            Frame::trailers(trailers)
+                        }
+                        Err(_) => {
+                            // Neither data nor trailers: skipped.
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                    },
+                };
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(_))) => this.fail(BodyFault::Malformed, "request body"),
+            Poll::Ready(None) => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An upstream's response body, streamed to the client. Each wait for the upstream is bounded by
+/// `read_timeout`. Its connection goes back to the worker's pool on the body's last frame, and
+/// is dropped (closed) if the body fails or is abandoned.
+pub struct UpstreamBody {
+    inner: Incoming,
+    checkout: Option<Checkout>,
+    timeout: Duration,
+    stall: Stall,
+    /// Set when the upstream broke off the body or stalled: counted by [`Finish`].
+    broken: Rc<Cell<Option<crate::metrics::UpstreamErrorKind>>>,
+}
+
+impl UpstreamBody {
+    pub fn new(
+        inner: Incoming,
+        checkout: Option<Checkout>,
+        timeout: Duration,
+        broken: Rc<Cell<Option<crate::metrics::UpstreamErrorKind>>>,
+    ) -> UpstreamBody {
+        let mut body = UpstreamBody {
+            inner,
+            checkout,
+            timeout,
+            stall: Stall::default(),
+            broken,
+        };
+        body.release_if_done();
+        body
+    }
+
+    fn release_if_done(&mut self) {
+        if self.inner.is_end_stream() {
+            if let Some(checkout) = self.checkout.take() {
+                checkout.release();
+            }
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        use crate::metrics::UpstreamErrorKind;
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if this.stall.expired(this.timeout, cx) {
+                    this.checkout = None;
+                    this.broken.set(Some(UpstreamErrorKind::Timeout));
+                    return Poll::Ready(Some(Err("upstream read_timeout".into())));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                this.stall.progressed();
+                this.release_if_done();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.checkout = None;
+                this.broken.set(Some(UpstreamErrorKind::Protocol));
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                if let Some(checkout) = this.checkout.take() {
+                    checkout.release();
+                }
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What a response's end records: a boxed callback, run once when the body is done or dropped.
+pub struct Finish(Option<Box<dyn FnOnce()>>);
+
+impl Finish {
+    pub fn new(done: impl FnOnce() + 'static) -> Finish {
+        Finish(Some(Box::new(done)))
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            done();
+        }
+    }
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream(UpstreamBody),
+}
+
+/// Every response body the data plane sends.
+pub struct ResBody {
+    kind: Kind,
+    finish: Option<Finish>,
+}
+
+impl ResBody {
+    pub fn full(bytes: Bytes) -> ResBody {
+        ResBody {
+            kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+            finish: None,
+        }
+    }
+
+    pub fn empty() -> ResBody {
+        ResBody::full(Bytes::new())
+    }
+
+    pub fn upstream(body: UpstreamBody) -> ResBody {
+        ResBody {
+            kind: Kind::Upstream(body),
+            finish: None,
+        }
+    }
+
+    /// Run `finish` when this body is done or dropped.
+    pub fn with_finish(mut self, finish: Finish) -> ResBody {
+        self.finish = Some(finish);
+        self
+    }
+}
+
+impl From<Bytes> for ResBody {
+    fn from(bytes: Bytes) -> ResBody {
+        ResBody::full(bytes)
+    }
+}
+
+impl Body for ResBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+        };
+        if let Poll::Ready(None | Some(Err(_))) = polled {
+            this.finish = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream(body) => body.size_hint(),
+        }
+    }
+}

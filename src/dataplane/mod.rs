@@ -1,0 +1,297 @@
+//! The data plane on hyper: `server.threads` workers, each a current-thread tokio runtime with
+//! its own `SO_REUSEPORT` listener, its own upstream connection pool and its own round-robin
+//! positions. Nothing on the request path takes a lock or wakes another thread; what workers
+//! share is read-mostly (the gate's router and auth core: ArcSwap key sets, moka caches,
+//! metrics).
+//!
+//! - [`proxy`]: the proxy listener's service.
+//! - [`simple`]: the same server for the decision and admin listeners (and `portcullis dev`'s
+//!   demo services), whose answers are small and made whole.
+//! - Shutdown: listeners stop accepting, every connection finishes its in-flight request and
+//!   closes (hyper's graceful shutdown), and a worker returns as soon as its last connection
+//!   has, or when `shutdown_grace` is over.
+
+pub mod body;
+pub mod client_stream;
+pub mod framing;
+pub mod headers;
+pub mod pool;
+pub mod proxy;
+pub mod simple;
+pub mod tunnel;
+pub mod upstreams;
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use socket2::{Domain, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use client_stream::{ClientStream, Expired};
+use proxy::{Conn, Worker};
+
+/// When to stop, and how long in-flight requests may take then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Running,
+    /// Stop accepting; let connections finish for up to this long.
+    Drain(Duration),
+}
+
+/// `n` listening sockets on `addr` with `SO_REUSEPORT`, one per worker: the kernel spreads
+/// new connections over them. Port 0 is resolved by the first, and the others bind the same
+/// port. A port another process holds (without `SO_REUSEPORT` for this user) fails here.
+pub fn bind_reuseport(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(n);
+    let mut bound = addr;
+    for _ in 0..n.max(1) {
+        let socket = Socket::new(Domain::for_address(bound), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&bound.into())?;
+        socket.listen(1024)?;
+        let listener: std::net::TcpListener = socket.into();
+        bound = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// One plain listening socket (the admin listener, `portcullis dev`'s services).
+pub fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// The most header field lines a request may have.
+pub const MAX_HEADER_FIELDS: usize = 256;
+
+/// The HTTP/1.1 server settings every listener uses.
+fn server(header_timeout: Option<Duration>, max_buf: usize) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .max_buf_size(max_buf.max(8192))
+        // More field lines than this are 431 (RFC 6585 §5), before any other work.
+        .max_headers(MAX_HEADER_FIELDS)
+        .keep_alive(true);
+    if let Some(timeout) = header_timeout {
+        builder.header_read_timeout(timeout);
+    } else {
+        // The client stream keeps the head deadline (client_stream.rs).
+        builder.header_read_timeout(None);
+    }
+    builder
+}
+
+/// Run one worker's proxy listener until `stop` says drain, then drain.
+pub async fn run_proxy(
+    worker: Rc<Worker>,
+    listener: std::net::TcpListener,
+    mut stop: watch::Receiver<Stop>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "proxy listener");
+            return;
+        }
+    };
+    let settings = worker.shared.settings;
+    let expired = Expired {
+        header: worker
+            .shared
+            .metrics
+            .client_timeouts
+            .with_label_values(&["header"]),
+        send: worker
+            .shared
+            .metrics
+            .client_timeouts
+            .with_label_values(&["send"]),
+    };
+    let max_buf = settings.limits.max_uri_bytes + settings.limits.max_header_bytes + 4096;
+    let builder = server(None, max_buf);
+    let live = Live::default();
+    let metrics = worker.shared.metrics.clone();
+    let sweeper = {
+        let pool = worker.pool.clone();
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                pool.sweep();
+            }
+        })
+    };
+    let grace = loop {
+        if let Stop::Drain(grace) = *stop.borrow_and_update() {
+            break grace;
+        }
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let stream = ClientStream::new(stream, settings.timeouts, &expired);
+                let conn = Rc::new(Conn { stream: stream.shared(), client: peer.ip() });
+                let worker = worker.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    proxy::serve(worker.clone(), conn.clone(), req)
+                });
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                let ended = watched(connection, |c| c.graceful_shutdown(), stop.clone(), live.enter());
+                let metrics = metrics.clone();
+                tokio::task::spawn_local(async move { parse_refusal(&metrics, ended.await) });
+            }
+            changed = stop.changed() => {
+                match (changed, *stop.borrow()) {
+                    (Ok(()), Stop::Running) => continue,
+                    (Ok(()), Stop::Drain(grace)) => break grace,
+                    (Err(_), _) => break Duration::ZERO,
+                }
+            }
+        }
+    };
+    drop(listener);
+    let _ = tokio::time::timeout(grace, live.drained()).await;
+    sweeper.abort();
+}
+
+/// Serve a [`simple::Handler`] on `listener` until `stop` says drain, then drain.
+pub async fn run_simple<H: simple::Handler>(
+    handler: Rc<H>,
+    listener: std::net::TcpListener,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<Stop>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "listener");
+            return;
+        }
+    };
+    let builder = server(Some(header_timeout), 64 * 1024 + simple::MAX_URI);
+    let live = Live::default();
+    let grace = loop {
+        if let Stop::Drain(grace) = *stop.borrow_and_update() {
+            break grace;
+        }
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    simple::serve(handler.clone(), req)
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let ended = watched(connection, |c| c.graceful_shutdown(), stop.clone(), live.enter());
+                tokio::task::spawn_local(async move { drop(ended.await) });
+            }
+            changed = stop.changed() => {
+                match (changed, *stop.borrow()) {
+                    (Ok(()), Stop::Running) => continue,
+                    (Ok(()), Stop::Drain(grace)) => break grace,
+                    (Err(_), _) => break Duration::ZERO,
+                }
+            }
+        }
+    };
+    drop(listener);
+    let _ = tokio::time::timeout(grace, live.drained()).await;
+}
+
+/// The connections a listener has open, so that a drain can wait for the last one.
+#[derive(Default, Clone)]
+struct Live(Rc<(Cell<usize>, Notify)>);
+
+/// One open connection; dropping it says the connection is gone.
+struct Entered(Live);
+
+impl Live {
+    fn enter(&self) -> Entered {
+        self.0 .0.set(self.0 .0.get() + 1);
+        Entered(self.clone())
+    }
+
+    /// Every connection is gone.
+    async fn drained(&self) {
+        while self.0 .0.get() > 0 {
+            self.0 .1.notified().await;
+        }
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let inner = &(self.0).0;
+        inner.0.set(inner.0.get() - 1);
+        inner.1.notify_one();
+    }
+}
+
+/// Drive one connection; once `stop` says drain, ask it to finish its in-flight request and
+/// close (`graceful`), and drive it to its end.
+async fn watched<C: Future>(
+    connection: C,
+    graceful: impl FnOnce(Pin<&mut C>),
+    mut stop: watch::Receiver<Stop>,
+    _entered: Entered,
+) -> C::Output {
+    let mut connection = pin!(connection);
+    tokio::select! {
+        ended = connection.as_mut() => return ended,
+        _ = stop.wait_for(|s| *s != Stop::Running) => {}
+    }
+    graceful(connection.as_mut());
+    connection.await
+}
+
+/// A head hyper's parser refused, and answered itself (400, 414 or 431), never reached the
+/// service: count and log it here, as the service does every other request.
+fn parse_refusal(metrics: &crate::metrics::Metrics, ended: Result<(), hyper::Error>) {
+    let Err(e) = ended else { return };
+    let status = if e.is_parse_too_large() {
+        // hyper says which of the two it answered only in its message.
+        if e.to_string().contains("URI") {
+            414
+        } else {
+            431
+        }
+    } else if e.is_parse() || e.is_parse_version_h2() {
+        400
+    } else {
+        return;
+    };
+    proxy::log_refused_head(metrics, status);
+}
+
+/// Build the runtime of one worker or of the background thread.
+pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Worker `index`'s state ([`proxy::Worker`]).
+pub fn worker(shared: Arc<proxy::Shared>, pool: pool::PoolSettings, index: usize) -> Rc<Worker> {
+    Rc::new(Worker {
+        rotation: shared.upstreams.rotation(index),
+        pool: pool::Pool::new(pool),
+        shared,
+    })
+}

@@ -1,0 +1,423 @@
+//! The proxy listener's service: framing checks, [`Gate::check`](crate::gate::Gate::check),
+//! then the request forwarded through the worker's own pool, streamed both ways. Every answer
+//! the gateway makes itself is a [`Synthetic`].
+
+use std::cell::Cell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{CONTENT_LENGTH, EXPECT, HOST};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Incoming};
+
+use super::body::{BodyFault, ClientBody, Finish, ResBody, UpstreamBody};
+use super::client_stream::{ClientTimeouts, ConnShared};
+use super::framing::{self, RequestLimits};
+use super::headers::{self, Strip};
+use super::pool::{Checkout, ConnectError, Pool};
+use super::upstreams::{Rotation, Upstreams};
+use crate::gate::{Denied, Gate, Refusal, TargetFault};
+use crate::metrics::{method_label, status_class, Metrics, UpstreamErrorKind, NO_ROUTE};
+use crate::response::Synthetic;
+use crate::routing::Route;
+
+/// What every worker shares: the gate, the metrics, the upstream groups and the settings.
+pub struct Shared {
+    pub gate: Arc<Gate>,
+    pub metrics: Metrics,
+    pub upstreams: Arc<Upstreams>,
+    pub settings: Settings,
+}
+
+/// The proxy listener's settings, from `[server]` and `[upstream]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub trust_forwarded_headers: bool,
+    pub limits: RequestLimits,
+    pub timeouts: ClientTimeouts,
+    /// `[upstream] read_timeout`: the wait for a response head and for each body read.
+    pub read_timeout: Duration,
+    /// `[server] max_body_bytes`: a longer request body is refused (413); `None`: no limit.
+    pub max_body_bytes: Option<u64>,
+}
+
+/// One worker's state: shared parts and its own pool and round-robin positions.
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    pub pool: Rc<Pool>,
+    pub rotation: Rotation,
+}
+
+/// One client connection, as its requests see it.
+pub struct Conn {
+    pub stream: Arc<ConnShared>,
+    pub client: IpAddr,
+}
+
+/// The request target as received, for the gate: origin-form as it came; absolute-form
+/// rebuilt from its parts (`http` keeps them as sent); `*` as `*`.
+pub fn raw_target(uri: &Uri) -> std::borrow::Cow<'_, str> {
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => {
+            let rest = uri.path_and_query().map_or("", |pq| pq.as_str());
+            std::borrow::Cow::Owned(format!("{scheme}://{authority}{rest}"))
+        }
+        (None, Some(authority)) => std::borrow::Cow::Borrowed(authority.as_str()),
+        _ => std::borrow::Cow::Borrowed(uri.path_and_query().map_or("/", |pq| pq.as_str())),
+    }
+}
+
+/// What the request's end records.
+struct Record {
+    start: Instant,
+    method: &'static str,
+    route: Option<Arc<Route>>,
+    upstream: Option<SocketAddr>,
+    error: Rc<Cell<Option<UpstreamErrorKind>>>,
+}
+
+/// Serve one request. Never fails: every refusal and upstream failure is a response.
+pub async fn serve(
+    worker: Rc<Worker>,
+    conn: Rc<Conn>,
+    req: Request<Incoming>,
+) -> Result<Response<ResBody>, std::convert::Infallible> {
+    conn.stream.head_read();
+    let mut record = Record {
+        start: Instant::now(),
+        method: method_label(req.method()),
+        route: None,
+        upstream: None,
+        error: Rc::default(),
+    };
+    let response = forward(&worker, &conn, req, &mut record).await;
+    let tunnel = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let status = response.status().as_u16();
+    let shared = worker.shared.clone();
+    let stream = conn.stream.clone();
+    let finish = Finish::new(move || {
+        if !tunnel {
+            stream.request_done();
+        }
+        log_request(&shared.metrics, &record, status);
+    });
+    Ok(response.map(|body| body.with_finish(finish)))
+}
+
+fn log_request(metrics: &Metrics, record: &Record, status: u16) {
+    let route = record.route.as_ref().map_or(NO_ROUTE, |r| r.name.as_str());
+    let elapsed = record.start.elapsed();
+    metrics
+        .requests
+        .with_label_values(&[route, status_class(status)])
+        .inc();
+    metrics
+        .request_duration
+        .with_label_values(&[route])
+        .observe(elapsed.as_secs_f64());
+    if let Some(kind) = record.error.get() {
+        metrics
+            .upstream_errors
+            .with_label_values(&[route, kind.as_str()])
+            .inc();
+    }
+    // tracing evaluates the fields only when the access log is enabled.
+    tracing::info!(
+        target: "portcullis::access",
+        method = record.method,
+        route,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        upstream = record.upstream.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+    );
+}
+
+/// A head refused by hyper's parser (see `parse_refusal` in the module above): counted under
+/// no route, logged with no method (none was read).
+pub fn log_refused_head(metrics: &Metrics, status: u16) {
+    let record = Record {
+        start: Instant::now(),
+        method: "-",
+        route: None,
+        upstream: None,
+        error: Rc::default(),
+    };
+    log_request(metrics, &record, status);
+}
+
+fn answer(synthetic: Synthetic) -> Response<ResBody> {
+    synthetic.render()
+}
+
+async fn forward(
+    worker: &Worker,
+    conn: &Conn,
+    req: Request<Incoming>,
+    record: &mut Record,
+) -> Response<ResBody> {
+    let shared = &*worker.shared;
+    let settings = &shared.settings;
+    let (mut parts, body) = req.into_parts();
+    let body_unread = !body.is_end_stream();
+    // A request answered before its body was read is not kept: the unread bytes would be
+    // read as the next head.
+    let early = |s: Synthetic| answer(if body_unread { s.closing() } else { s });
+    let notable = conn.stream.notable().unwrap_or_default();
+    let target = raw_target(&parts.uri);
+    let target_bytes = target.as_bytes();
+    let length_beside_chunked = notable.length_beside_chunked;
+    let length_lines = notable.length_lines;
+    let raw_lengths = || {
+        if length_beside_chunked {
+            length_lines.max(1)
+        } else {
+            length_lines
+        }
+    };
+    if let Some(r) = framing::check(&parts, target_bytes, raw_lengths, &settings.limits) {
+        return answer(Synthetic::error(r.status, r.error, r.description).closing());
+    }
+    if let (Some(limit), Some(length)) = (settings.max_body_bytes, declared_length(&parts)) {
+        if length > limit {
+            return answer(Synthetic::body_too_large());
+        }
+    }
+    if notable
+        .fragment_line
+        .is_some_and(|line| framing::target_lost_fragment(&line, target_bytes))
+    {
+        return early(Synthetic::refusal(Refusal::Target(TargetFault::RawByte)));
+    }
+    let pass = match shared
+        .gate
+        .check(&parts.method, target_bytes, &parts.headers)
+        .await
+    {
+        Ok(pass) => pass,
+        Err(Denied::Refused(refusal)) => return early(Synthetic::refusal(refusal)),
+        Err(Denied::Challenged { route, challenge }) => {
+            record.route = Some(route.clone());
+            return early(Synthetic::from(challenge));
+        }
+    };
+    let route = pass.route.clone();
+    record.route = Some(route.clone());
+
+    // The route was chosen on the canonical target: forward exactly that, in origin-form
+    // (RFC 9112 §3.2.1), with an absolute-form target's authority as Host (§3.2.2).
+    let rewrite = if pass.target.rewritten() || parts.uri.scheme().is_some() {
+        match Uri::try_from(pass.target.origin_form()) {
+            Ok(uri) => Some((
+                uri,
+                pass.target
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a).ok()),
+            )),
+            // A canonical target is a valid origin-form URI; a failure would be a gate bug,
+            // and the request is refused rather than forwarded as received.
+            Err(_) => return early(Synthetic::refusal(Refusal::Target(TargetFault::Form))),
+        }
+    } else {
+        None
+    };
+    let principal = pass.principal;
+    drop(target);
+    if let Some((uri, authority)) = rewrite {
+        parts.uri = uri;
+        if let Some(host) = authority {
+            parts.headers.insert(HOST, host);
+        }
+    }
+
+    let map = &mut parts.headers;
+    let websocket = headers::remove_hop_by_hop(map);
+    let strip = Strip {
+        trusted: settings.trust_forwarded_headers,
+        method_override: route.method_override,
+    };
+    headers::strip_client_headers(map, strip);
+    if let Some(principal) = &principal {
+        headers::set_identity_headers(map, principal);
+    }
+    if !route.forward_token {
+        map.remove(http::header::AUTHORIZATION);
+    }
+    // hyper frames the forwarded body itself, from the body it streams: one valid length or
+    // chunked (RFC 9110 §8.6). `Expect` was answered here, on the client's hop.
+    map.remove(CONTENT_LENGTH);
+    map.remove(EXPECT);
+    headers::set_forwarded_headers(map, conn.client, settings.trust_forwarded_headers);
+    headers::set_request_id(map);
+    if let Some(upgrade) = &websocket {
+        map.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        map.insert(http::header::UPGRADE, upgrade.clone());
+    }
+    parts.version = Version::HTTP_11;
+
+    let client_upgrade = websocket
+        .is_some()
+        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .flatten();
+    let timeouts = shared.metrics.client_timeouts.with_label_values(&["body"]);
+    let body = ClientBody::new(
+        body,
+        settings.timeouts.body,
+        settings.max_body_bytes,
+        strip,
+        timeouts,
+    );
+    let fault = body.fault();
+    let head_only = parts.method == Method::HEAD;
+    let upstream_req = Request::from_parts(parts, body);
+
+    let (response, checkout) = match send(worker, &route, upstream_req, record).await {
+        Ok(sent) => sent,
+        Err(kind) => {
+            record.error.set(Some(kind));
+            return answer(match fault.get() {
+                Some(BodyFault::Timeout) => Synthetic::body_timeout(),
+                Some(BodyFault::Malformed) => Synthetic::bad_body(),
+                Some(BodyFault::TooLarge) => Synthetic::body_too_large(),
+                None if kind == UpstreamErrorKind::Timeout => Synthetic::gateway_timeout(),
+                None => Synthetic::bad_gateway(),
+            });
+        }
+    };
+    let (mut rparts, rbody) = response.into_parts();
+    if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // An upstream may switch protocols only when asked to (RFC 9110 §15.2.2).
+        let (Some(client_upgrade), Some(upgrade)) = (client_upgrade, websocket) else {
+            record.error.set(Some(UpstreamErrorKind::Protocol));
+            return answer(Synthetic::bad_gateway());
+        };
+        let Some(upstream_upgrade) = rparts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+            record.error.set(Some(UpstreamErrorKind::Protocol));
+            return answer(Synthetic::bad_gateway());
+        };
+        drop(rbody);
+        headers::remove_hop_by_hop(&mut rparts.headers);
+        rparts.headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        rparts.headers.insert(http::header::UPGRADE, upgrade);
+        super::tunnel::spawn(client_upgrade, upstream_upgrade, checkout);
+        return Response::from_parts(rparts, ResBody::empty());
+    }
+    headers::remove_hop_by_hop(&mut rparts.headers);
+    rparts.version = Version::HTTP_11;
+    normalise_length(
+        &mut rparts.headers,
+        head_only || rparts.status == StatusCode::NOT_MODIFIED,
+    );
+    let body = UpstreamBody::new(
+        rbody,
+        Some(checkout),
+        settings.read_timeout,
+        record.error.clone(),
+    );
+    Response::from_parts(rparts, ResBody::upstream(body))
+}
+
+/// The request's `Content-Length`, when it has one (framing checked it already).
+fn declared_length(parts: &http::request::Parts) -> Option<u64> {
+    parts
+        .headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// A response's `Content-Length`: hyper accepted it (one value, or a list of equal values);
+/// pass one value on (RFC 9110 §8.6). On a body hyper frames itself, it goes: the length of
+/// the streamed body decides. On a HEAD or 304 answer, which has no body, its value is kept.
+fn normalise_length(map: &mut http::HeaderMap, bodiless: bool) {
+    let Some(first) = map.get(CONTENT_LENGTH) else {
+        return;
+    };
+    let value = first
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim_matches([' ', '\t']).to_owned());
+    map.remove(CONTENT_LENGTH);
+    if bodiless {
+        if let Some(v) = value.and_then(|v| HeaderValue::try_from(v).ok()) {
+            map.insert(CONTENT_LENGTH, v);
+        }
+    }
+}
+
+/// Send `req` to one of the route's upstreams: round-robin over the healthy ones, the next
+/// one after a connect failure. A pooled connection that turns out closed before the request
+/// went out is replaced by a new one to the same upstream. Nothing is retried once any of the
+/// request was sent.
+async fn send(
+    worker: &Worker,
+    route: &Route,
+    mut req: Request<ClientBody>,
+    record: &mut Record,
+) -> Result<(Response<Incoming>, Checkout), UpstreamErrorKind> {
+    let upstreams = &worker.shared.upstreams;
+    let read_timeout = worker.shared.settings.read_timeout;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last_error = UpstreamErrorKind::NoHealthyUpstream;
+    let mut fresh: Option<SocketAddr> = None;
+    loop {
+        let (addr, made) = match fresh.take() {
+            Some(addr) => (addr, worker.pool.connect(addr).await),
+            None => {
+                let Some(backend) = upstreams.select(&worker.rotation, route.index, &tried) else {
+                    return Err(last_error);
+                };
+                let addr = backend.addr;
+                tried.push(addr);
+                (addr, worker.pool.checkout(addr).await)
+            }
+        };
+        record.upstream = Some(addr);
+        let mut checkout = match made {
+            Ok(checkout) => checkout,
+            Err(e) => {
+                last_error = match e {
+                    ConnectError::Timeout => UpstreamErrorKind::Timeout,
+                    ConnectError::Refused(_) | ConnectError::Handshake(_) => {
+                        UpstreamErrorKind::Connect
+                    }
+                };
+                continue;
+            }
+        };
+        if checkout.sender.ready().await.is_err() {
+            if checkout.reused {
+                fresh = Some(addr);
+            } else {
+                last_error = UpstreamErrorKind::Connect;
+            }
+            continue;
+        }
+        let sent = tokio::time::timeout(read_timeout, checkout.sender.try_send_request(req)).await;
+        match sent {
+            Ok(Ok(response)) => return Ok((response, checkout)),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(back) => {
+                    req = back;
+                    if checkout.reused {
+                        fresh = Some(addr);
+                    } else {
+                        last_error = UpstreamErrorKind::Connect;
+                    }
+                }
+                None => return Err(UpstreamErrorKind::Protocol),
+            },
+            Err(_elapsed) => return Err(UpstreamErrorKind::Timeout),
+        }
+    }
+}
