@@ -300,6 +300,41 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert_eq!(gateway.wait().await, Some(0));
 }
 
+/// With nothing in flight, SIGTERM exits at once, however long `shutdown_grace` is: an idle
+/// kept-alive connection is closed, not waited for. (pingora always slept the whole grace.)
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_exits_as_soon_as_nothing_is_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = EchoUpstream::start("a").await;
+    let gateway = GatewayProcess::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"60s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+            up.addr
+        ),
+        &[],
+    );
+    // A kept-alive connection that has had its answer and sits idle.
+    let mut idle = tokio::net::TcpStream::connect(gateway.proxy).await.unwrap();
+    idle.write_all(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    gateway.sigterm();
+    assert_eq!(gateway.wait().await, Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "waited {:?} of the 60 s grace with nothing in flight",
+        started.elapsed()
+    );
+    // The idle connection was closed by the gateway.
+    let read = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+}
+
 /// `portcullis dev` does what its printed instructions say: token, then 200, 401 and 403.
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_mode_shows_a_200_a_401_and_a_403() {

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::Principal;
@@ -23,14 +23,23 @@ static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authoriz
 static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
 
 /// Remove the hop-by-hop fields of one HTTP/1.1 hop (RFC 9110 §7.6.1): `Connection` and every
-/// field it names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`,
+/// field it names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`,
 /// `Upgrade`, `HTTP2-Settings` (connection-specific: RFC 7540 §3.2.1), and the credentials of
 /// a proxy hop, `Proxy-Authorization` / `Proxy-Authenticate` (RFC 9110 §11.7: meant for the
 /// next proxy, which is this one). `Host` is never removed, whatever `Connection` names; the fields the gateway sets
 /// itself are set after this, so a client that names them loses only its own copy. Returns the
 /// `Upgrade` value when the message asked for a WebSocket upgrade (`Connection: upgrade` and
-/// `Upgrade: websocket`), the only upgrade the gateway passes on.
+/// `Upgrade: websocket`), the only upgrade the gateway passes on. `Trailer` (which fields the
+/// trailers hold, RFC 9110 §6.6.2) is end-to-end and stays; `TE: trailers` is kept too, since
+/// the gateway passes trailers on (RFC 9110 §10.1.4), and an upstream such as a gRPC server
+/// sends them only when asked.
 pub fn remove_hop_by_hop(map: &mut HeaderMap) -> Option<HeaderValue> {
+    let trailers = map
+        .get_all(&TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim_matches([' ', '\t']).eq_ignore_ascii_case("trailers"));
     let mut upgrade_asked = false;
     if map.contains_key(&CONNECTION) {
         let named: Vec<HeaderName> = map
@@ -55,13 +64,15 @@ pub fn remove_hop_by_hop(map: &mut HeaderMap) -> Option<HeaderValue> {
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &TE,
-        &TRAILER,
         &TRANSFER_ENCODING,
         &HTTP2_SETTINGS,
         &PROXY_AUTHORIZATION,
         &PROXY_AUTHENTICATE,
     ] {
         map.remove(name);
+    }
+    if trailers {
+        map.insert(TE, HeaderValue::from_static("trailers"));
     }
     upgrade.filter(|v| upgrade_asked && is_websocket(v))
 }
@@ -214,7 +225,7 @@ mod tests {
             ("connection", "x-other"),
             ("keep-alive", "timeout=5"),
             ("proxy-connection", "keep-alive"),
-            ("te", "trailers"),
+            ("te", "gzip"),
             ("trailer", "x-t"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "h2c"),
@@ -225,7 +236,11 @@ mod tests {
             ("x-kept", "3"),
         ]);
         assert_eq!(remove_hop_by_hop(&mut m), None);
-        assert_eq!(names(&m), ["host", "x-kept"]);
+        assert_eq!(names(&m), ["host", "trailer", "x-kept"]);
+        let mut te = map(&[("te", "gzip, Trailers"), ("connection", "te")]);
+        remove_hop_by_hop(&mut te);
+        assert_eq!(names(&te), ["te"]);
+        assert_eq!(te["te"], "trailers");
     }
 
     #[test]
