@@ -7,6 +7,8 @@
 //! endpoint ([`decision`]), the admin listener ([`admin`]) and their assembly ([`app`]); with
 //! the default `tower` feature, the same auth core as tower middleware ([`tower_layer`]).
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod config;
 pub mod devkeys;

@@ -3,6 +3,8 @@
 //! Exit codes: 0 success, 1 invalid configuration, 2 start-up failure (a port in use, an
 //! upstream host that does not resolve).
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

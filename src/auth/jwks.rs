@@ -19,7 +19,7 @@ use url::Url;
 
 use super::fetch::{self, FetchError};
 use super::keys::{KeySet, MAX_JWKS_BYTES};
-use crate::config::{Algorithm, IssuerConfig, KeySource};
+use super::settings::{Algorithm, IssuerConfig, KeySource};
 use crate::metrics::Metrics;
 
 /// A key set and when it was fetched.
@@ -253,7 +253,7 @@ mod tests {
             jwks_max_stale: Duration::from_secs(3600),
             jwks_min_refetch: Duration::from_secs(10),
             require_typ: false,
-            scope_claim: crate::config::ScopeClaim::Scope,
+            scope_claim: crate::auth::settings::ScopeClaim::Scope,
             max_token_lifetime: None,
             allow_insecure_http: false,
         };

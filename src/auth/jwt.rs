@@ -16,7 +16,7 @@ use serde::de::{self, IgnoredAny};
 use serde::{Deserialize, Deserializer};
 
 use super::error::TokenFault;
-use crate::config::{Algorithm, ScopeClaim};
+use super::settings::{Algorithm, ScopeClaim};
 
 /// The JOSE header members we read. Unknown members are ignored; `crit` fails the token.
 #[derive(Debug, Deserialize)]

@@ -23,6 +23,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod keys;
 pub mod scope;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,11 +40,11 @@ pub use introspection::Introspector;
 pub use jwks::IssuerKeys;
 pub use scope::{RoutePolicy, TokenTypes};
 
-use crate::config::AuthConfig;
 use crate::metrics::Metrics;
 use jwks::Refetch;
 use jwt::ClaimRules;
 use keys::Lookup;
+use settings::AuthConfig;
 
 /// How long a client is told to wait when the identity provider cannot be reached.
 const RETRY_AFTER: Duration = Duration::from_secs(5);

@@ -2,7 +2,7 @@
 //! every request, cached token or not (RFC 6750 §3.1 `insufficient_scope`). A cache holds
 //! claims, never decisions.
 
-pub use crate::config::TokenTypes;
+pub use super::settings::TokenTypes;
 
 /// What a route requires of a token.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -14,8 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Method;
-use url::Url;
 
+pub use crate::auth::settings::{
+    Algorithm, AuthConfig, ClientAuth, IntrospectionConfig, IssuerConfig, KeySource, ScopeClaim,
+    TokenTypes, TokensConfig,
+};
 pub use raw::RawConfig;
 
 /// A configuration that passed validation.
@@ -50,16 +53,6 @@ pub enum Convention {
     Traefik,
     /// `"envoy"`: the check request's own method and path (Envoy `ext_authz` HTTP service).
     Envoy,
-}
-
-/// What the auth core needs: the gateway's `server.realm`, `[tokens]`, `[[issuers]]` and
-/// `[introspection]`; or the same sections alone (with a top-level `realm`) for middleware.
-#[derive(Debug, Clone)]
-pub struct AuthConfig {
-    pub realm: String,
-    pub tokens: TokensConfig,
-    pub issuers: Vec<IssuerConfig>,
-    pub introspection: Option<IntrospectionConfig>,
 }
 
 impl AuthConfig {
@@ -131,193 +124,6 @@ pub struct UpstreamConfig {
     pub health_check_interval: Duration,
     /// `keepalive_pool_size`, default `128`: pooled upstream connections, in all.
     pub keepalive_pool_size: usize,
-}
-
-/// `[tokens]`: limits applied to every bearer token, and the verified-token cache.
-#[derive(Debug, Clone)]
-pub struct TokensConfig {
-    /// `max_size`, default `8192` bytes: longer tokens are refused before any decoding.
-    pub max_size: usize,
-    /// `cache_capacity`, default `100000` entries; `0` disables the verified-token cache.
-    pub cache_capacity: u64,
-    /// `cache_max_ttl`, default `5m`: a cached token is dropped at `min(exp, this)`.
-    pub cache_max_ttl: Duration,
-}
-
-/// The signature algorithms an issuer may be allowed (RFC 7518 §3.1, RFC 8037).
-/// `none` has no variant: it cannot be configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Algorithm {
-    RS256,
-    RS384,
-    RS512,
-    PS256,
-    PS384,
-    PS512,
-    ES256,
-    ES384,
-    EdDSA,
-    HS256,
-    HS384,
-    HS512,
-}
-
-impl Algorithm {
-    pub const ALL: [Algorithm; 12] = [
-        Algorithm::RS256,
-        Algorithm::RS384,
-        Algorithm::RS512,
-        Algorithm::PS256,
-        Algorithm::PS384,
-        Algorithm::PS512,
-        Algorithm::ES256,
-        Algorithm::ES384,
-        Algorithm::EdDSA,
-        Algorithm::HS256,
-        Algorithm::HS384,
-        Algorithm::HS512,
-    ];
-
-    /// HS256/384/512: a shared secret, never mixed with public-key algorithms (RFC 8725 §3.1).
-    pub fn is_hmac(self) -> bool {
-        matches!(self, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
-    }
-
-    /// The JOSE name, exactly as in a JWT header's `alg`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::RS256 => "RS256",
-            Algorithm::RS384 => "RS384",
-            Algorithm::RS512 => "RS512",
-            Algorithm::PS256 => "PS256",
-            Algorithm::PS384 => "PS384",
-            Algorithm::PS512 => "PS512",
-            Algorithm::ES256 => "ES256",
-            Algorithm::ES384 => "ES384",
-            Algorithm::EdDSA => "EdDSA",
-            Algorithm::HS256 => "HS256",
-            Algorithm::HS384 => "HS384",
-            Algorithm::HS512 => "HS512",
-        }
-    }
-
-    /// Parse a JOSE name; names are case-sensitive (RFC 7515 §4.1.1).
-    pub fn from_name(name: &str) -> Option<Algorithm> {
-        Algorithm::ALL.into_iter().find(|a| a.name() == name)
-    }
-}
-
-/// Where an issuer's signing keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// `jwks_uri = "..."`.
-    JwksUri(Url),
-    /// `discovery = true`: `jwks_uri` from the issuer's metadata (RFC 8414, OIDC Discovery).
-    Discovery,
-    /// `hmac_secret_env = "NAME"`: HS256/384/512 with a secret read from that variable.
-    HmacSecret { env: String },
-}
-
-/// Which claim carries a token's scopes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScopeClaim {
-    /// `scope`: a space-separated string (RFC 9068 §2.2.3, RFC 8693 §4.2).
-    Scope,
-    /// `scp`: a space-separated string or an array of strings (Azure AD, Okta).
-    Scp,
-}
-
-/// One `[[issuers]]` entry.
-#[derive(Debug, Clone)]
-pub struct IssuerConfig {
-    /// `issuer`: compared exactly with a token's `iss` (RFC 7519 §4.1.1).
-    pub issuer: String,
-    /// `jwks_uri` or `discovery = true`; exactly one.
-    pub keys: KeySource,
-    /// `audiences`: a token's `aud` must contain one of these (RFC 7519 §4.1.3).
-    pub audiences: Vec<String>,
-    /// `algorithms`: the allow-list (RFC 8725 §3.1).
-    pub algorithms: Vec<Algorithm>,
-    /// `leeway`, default `30s`: clock skew allowed on `exp`, `nbf` and `iat`.
-    pub leeway: Duration,
-    /// `jwks_refresh`, default `5m`; shortened by a JWKS response's `Cache-Control: max-age`
-    /// (never below 1 minute).
-    pub jwks_refresh: Duration,
-    /// `jwks_max_stale`, default `24h`: while refreshes fail, the last good keys are used this
-    /// long after they were fetched; after that, requests for the issuer answer 503.
-    pub jwks_max_stale: Duration,
-    /// `jwks_min_refetch`, default `10s`: at most one refetch on an unknown `kid` this often.
-    pub jwks_min_refetch: Duration,
-    /// `require_typ`, default `false`: only `typ` `at+jwt` / `application/at+jwt` (RFC 9068 §4).
-    pub require_typ: bool,
-    /// `scope_claim`, default `scope`.
-    pub scope_claim: ScopeClaim,
-    /// `max_token_lifetime`, optional: tokens whose `exp - iat` exceeds it are refused.
-    pub max_token_lifetime: Option<Duration>,
-    /// `allow_insecure_http`, default `false`: permit `http://` key and discovery URLs that are
-    /// not on a loopback address.
-    pub allow_insecure_http: bool,
-}
-
-/// `[introspection]`: opaque tokens checked at the authorization server (RFC 7662).
-#[derive(Debug, Clone)]
-pub struct IntrospectionConfig {
-    /// `endpoint`: the introspection URL. `None` when it comes from the discovery metadata
-    /// (`introspection_endpoint`, RFC 8414 §2) of `issuer`.
-    pub endpoint: Option<Url>,
-    /// `issuer`, optional: an answer's `iss`, when present, must equal it; also where the
-    /// endpoint is discovered when `endpoint` is absent.
-    pub issuer: Option<String>,
-    /// `client_id`: the gateway's own client at the authorization server.
-    pub client_id: String,
-    /// `client_secret_env`: the name of the environment variable that holds the client secret.
-    pub client_secret_env: String,
-    /// `auth_method`, default `client_secret_basic`.
-    pub auth_method: ClientAuth,
-    /// `timeout`, default `2s`: the whole miss (waiting for a slot, the call, the answer).
-    pub timeout: Duration,
-    /// `cache_ttl`, default `5m`: an active answer is cached until `min(exp, cache_ttl)`. This
-    /// bounds how long a token revoked at the authorization server keeps working.
-    pub cache_ttl: Duration,
-    /// `negative_cache_ttl`, default `10s`: how long an inactive answer is cached.
-    pub negative_cache_ttl: Duration,
-    /// `cache_capacity`, default `100000` entries; 0 turns the cache off.
-    pub cache_capacity: u64,
-    /// `max_in_flight`, default `64`: concurrent calls to the endpoint.
-    pub max_in_flight: usize,
-    /// `audiences`, optional: when set, an answer's `aud` must contain one of them.
-    pub audiences: Vec<String>,
-    /// `leeway`, default `30s`: clock skew allowed on an answer's `nbf`.
-    pub leeway: Duration,
-    /// `allow_insecure_http`, default `false`: permit a plain-http endpoint off loopback.
-    pub allow_insecure_http: bool,
-}
-
-/// How the gateway authenticates to the introspection endpoint (RFC 6749 §2.3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// `client_secret_basic`: HTTP Basic with the form-url-encoded id and secret.
-    Basic,
-    /// `client_secret_post`: `client_id` and `client_secret` in the form body.
-    Post,
-}
-
-/// Which kinds of token a route accepts (`token_types`, default both).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TokenTypes {
-    /// `"jwt"`: a JWT whose `iss` is a configured issuer, validated locally.
-    pub jwt: bool,
-    /// `"opaque"`: any other token, validated by introspection.
-    pub opaque: bool,
-}
-
-impl Default for TokenTypes {
-    fn default() -> TokenTypes {
-        TokenTypes {
-            jwt: true,
-            opaque: true,
-        }
-    }
 }
 
 /// Whether a route checks tokens.

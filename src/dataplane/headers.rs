@@ -30,16 +30,8 @@ static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authentic
 /// itself are set after this, so a client that names them loses only its own copy. Returns the
 /// `Upgrade` value when the message asked for a WebSocket upgrade (`Connection: upgrade` and
 /// `Upgrade: websocket`), the only upgrade the gateway passes on. `Trailer` (which fields the
-/// trailers hold, RFC 9110 §6.6.2) is end-to-end and stays; `TE: trailers` is kept too, since
-/// the gateway passes trailers on (RFC 9110 §10.1.4), and an upstream such as a gRPC server
-/// sends them only when asked.
+/// trailers hold, RFC 9110 §6.6.2) is end-to-end and stays.
 pub fn remove_hop_by_hop(map: &mut HeaderMap) -> Option<HeaderValue> {
-    let trailers = map
-        .get_all(&TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim_matches([' ', '\t']).eq_ignore_ascii_case("trailers"));
     let mut upgrade_asked = false;
     if map.contains_key(&CONNECTION) {
         let named: Vec<HeaderName> = map
@@ -70,9 +62,6 @@ pub fn remove_hop_by_hop(map: &mut HeaderMap) -> Option<HeaderValue> {
         &PROXY_AUTHENTICATE,
     ] {
         map.remove(name);
-    }
-    if trailers {
-        map.insert(TE, HeaderValue::from_static("trailers"));
     }
     upgrade.filter(|v| upgrade_asked && is_websocket(v))
 }
@@ -237,10 +226,6 @@ mod tests {
         ]);
         assert_eq!(remove_hop_by_hop(&mut m), None);
         assert_eq!(names(&m), ["host", "trailer", "x-kept"]);
-        let mut te = map(&[("te", "gzip, Trailers"), ("connection", "te")]);
-        remove_hop_by_hop(&mut te);
-        assert_eq!(names(&te), ["te"]);
-        assert_eq!(te["te"], "trailers");
     }
 
     #[test]

@@ -85,6 +85,8 @@ fn server(header_timeout: Option<Duration>, max_buf: usize) -> http1::Builder {
         .max_buf_size(max_buf.max(8192))
         // More field lines than this are 431 (RFC 6585 §5), before any other work.
         .max_headers(MAX_HEADER_FIELDS)
+        // A client that shuts its side down after a complete request still gets the answer.
+        .half_close(true)
         .keep_alive(true);
     if let Some(timeout) = header_timeout {
         builder.header_read_timeout(timeout);

@@ -30,7 +30,7 @@ use url::Url;
 use self::answer::{Answer, BadAnswer, Claims, Expectations};
 use super::fetch::{self, FetchError};
 use super::{AuthError, Principal, TokenFault, TokenSource, RETRY_AFTER};
-use crate::config::{ClientAuth, IntrospectionConfig};
+use crate::auth::settings::{ClientAuth, IntrospectionConfig};
 use crate::metrics::Metrics;
 
 /// The largest answer read; a longer one is a bad answer (503).

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::jwt::Unverified;
-use crate::config::Algorithm;
+use crate::auth::settings::Algorithm;
 
 mod policy;
 use policy::{bind, fingerprint, RawJwk};

@@ -7,7 +7,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::{ecdsa_algorithm, rsa_parameters, Verifier, VerifyingKey};
-use crate::config::Algorithm;
+use crate::auth::settings::Algorithm;
 use aws_lc_rs::signature::{ParsedPublicKey, RsaPublicKeyComponents};
 
 #[derive(Deserialize)]

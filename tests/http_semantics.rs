@@ -1,0 +1,337 @@
+//! HTTP/1.1 semantics a proxy must get right (RFC 9110, RFC 9112), each driven through the real
+//! gateway with raw sockets on both sides: a scripted upstream that records the exact bytes it
+//! receives and answers with canned bytes, and a client that writes raw requests.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{raw_request, start_gateway, EchoUpstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An upstream that answers every request with `answer` and keeps each request's raw bytes.
+struct Scripted {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+/// Whether `buf` holds one whole request: its head, then its body by `Content-Length` or
+/// chunked framing (trailers included).
+fn complete(buf: &[u8]) -> bool {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let body = &buf[end + 4..];
+    if head.contains("transfer-encoding: chunked") {
+        return body.windows(5).any(|w| w == b"0\r\n\r\n")
+            || body
+                .windows(3)
+                .position(|w| w == b"0\r\n")
+                .is_some_and(|i| body[i..].windows(4).any(|w| w == b"\r\n\r\n"));
+    }
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    body.len() >= length
+}
+
+impl Scripted {
+    async fn start(answer: &'static [u8]) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !complete(&buf) {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    record
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf).into_owned());
+                    let _ = stream.write_all(answer).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Scripted { addr, seen }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn open_route(upstream: SocketAddr) -> String {
+    format!("[[routes]]\nname = \"open\"\npath_prefix = \"/\"\nupstreams = [\"{upstream}\"]\nauth = \"none\"\n")
+}
+
+/// The head of an answer, its field lines lower-cased, and its body.
+fn split(answer: &str) -> (String, Vec<String>, String) {
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((answer, ""));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default().to_owned();
+    let fields = lines.map(|l| l.to_ascii_lowercase()).collect();
+    (status, fields, body.to_owned())
+}
+
+const GET: &[u8] = b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+
+/// RFC 9110 §8.6: a list of equal `Content-Length` values, or two equal lines, reach the client
+/// as one valid value. (pingora 0.9.1 passed both on unchanged.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_response_length_reaches_the_client_as_one_value() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    ] {
+        let answer: &'static [u8] = Box::leak(answer.to_vec().into_boxed_slice());
+        let up = Scripted::start(answer).await;
+        let gw = start_gateway(&open_route(up.addr));
+        let (status, fields, body) = split(&raw_request(gw.proxy_addr, GET).await);
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        let lengths: Vec<_> = fields
+            .iter()
+            .filter(|f| f.starts_with("content-length:"))
+            .collect();
+        assert_eq!(lengths, ["content-length: 5"], "{fields:?}");
+        assert_eq!(body, "hello");
+    }
+}
+
+/// RFC 9110 §7.6.1: `Connection` and every field it names, `Keep-Alive` and
+/// `Proxy-Connection` are one hop's; the upstream's never reach the client.
+#[tokio::test(flavor = "multi_thread")]
+async fn response_hop_by_hop_fields_stay_with_the_upstream() {
+    let up = Scripted::start(
+        b"HTTP/1.1 200 OK\r\nConnection: X-Secret, keep-alive\r\nX-Secret: s\r\n\
+          Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nX-Kept: k\r\n\
+          Content-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let gw = start_gateway(&open_route(up.addr));
+    let request = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n";
+    let mut stream = TcpStream::connect(gw.proxy_addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.ends_with(b"ok") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let (status, fields, _) = split(&String::from_utf8_lossy(&got));
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(fields.contains(&"x-kept: k".to_owned()), "{fields:?}");
+    for name in [
+        "connection:",
+        "x-secret:",
+        "keep-alive:",
+        "proxy-connection:",
+    ] {
+        assert!(
+            !fields.iter().any(|f| f.starts_with(name)),
+            "{name} reached the client: {fields:?}"
+        );
+    }
+}
+
+/// RFC 9112 §6.1 and RFC 9110 §15.2: an HTTP/1.0 client gets neither chunked framing nor an
+/// interim (1xx) response; the body arrives whole, delimited by the close.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_1_0_client_gets_no_chunks_and_no_interim_answer() {
+    let up = Scripted::start(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+          HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let gw = start_gateway(&open_route(up.addr));
+    let answer = raw_request(gw.proxy_addr, b"GET /x HTTP/1.0\r\nHost: h\r\n\r\n").await;
+    assert!(!answer.contains("103"), "{answer}");
+    let (status, fields, body) = split(&answer);
+    assert!(status.ends_with("200 OK"), "{answer}");
+    assert!(
+        !fields.iter().any(|f| f.starts_with("transfer-encoding")),
+        "{answer}"
+    );
+    assert_eq!(body, "hello", "{answer}");
+}
+
+/// RFC 9110 §15.2.2: a server switches protocols only when asked; an upstream `101` to a
+/// request that asked for no upgrade is a broken upstream, 502.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unasked_101_is_a_502() {
+    let up = Scripted::start(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
+    let gw = start_gateway(&open_route(up.addr));
+    let answer = raw_request(gw.proxy_addr, GET).await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert_eq!(up.seen().len(), 1);
+}
+
+/// RFC 9112 §3.2.1 and §3.2.2: an absolute-form target is forwarded in origin-form, its
+/// authority as Host; RFC 9110 §7.6.3: the gateway adds no `Via`.
+#[tokio::test(flavor = "multi_thread")]
+async fn absolute_form_is_forwarded_in_origin_form_without_via() {
+    let up = Scripted::start(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+    let gw = start_gateway(&open_route(up.addr));
+    let answer = raw_request(
+        gw.proxy_addr,
+        b"GET http://api.example/orders/1?x=1 HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    let seen = up.seen();
+    let (line, fields, _) = split(&seen[0]);
+    assert_eq!(line, "GET /orders/1?x=1 HTTP/1.1");
+    assert!(
+        fields.contains(&"host: api.example".to_owned()),
+        "{fields:?}"
+    );
+    assert!(!fields.iter().any(|f| f.starts_with("via:")), "{fields:?}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("\r\nvia:"),
+        "{answer}"
+    );
+}
+
+/// RFC 9112 §9.3.2: pipelined requests are answered, each once, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_requests_are_answered_in_order() {
+    let up = EchoUpstream::start("app").await;
+    let gw = start_gateway(&open_route(up.addr));
+    let mut pipelined = String::new();
+    for i in 0..5 {
+        pipelined.push_str(&format!("GET /p/{i} HTTP/1.1\r\nHost: h\r\n\r\n"));
+    }
+    pipelined.push_str("GET /p/last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    let answer = raw_request(gw.proxy_addr, pipelined.as_bytes()).await;
+    let bodies: Vec<&str> = answer
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(|a| a.split("\r\n\r\n").nth(1).unwrap_or_default())
+        .collect();
+    let want: Vec<String> = (0..5)
+        .map(|i| format!("app GET /p/{i}"))
+        .chain(["app GET /p/last".to_owned()])
+        .collect();
+    assert_eq!(bodies, want, "{answer}");
+}
+
+/// A client that half-closes its side after a complete request still gets the answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_closed_client_gets_its_answer() {
+    let up = EchoUpstream::start("app").await;
+    let gw = start_gateway(&open_route(up.addr));
+    let mut stream = TcpStream::connect(gw.proxy_addr).await.unwrap();
+    stream
+        .write_all(b"GET /half HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("app GET /half"), "{answer}");
+}
+
+/// Trailers pass both ways (gRPC needs them): the client's to the upstream, the upstream's to
+/// a client that said `TE: trailers`, each with its `Trailer` declaration.
+#[tokio::test(flavor = "multi_thread")]
+async fn trailers_pass_both_ways() {
+    let up = Scripted::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-status\r\n\r\n\
+          2\r\nok\r\n0\r\nx-status: done\r\n\r\n",
+    )
+    .await;
+    let gw = start_gateway(&open_route(up.addr));
+    let answer = raw_request(
+        gw.proxy_addr,
+        b"POST /x HTTP/1.1\r\nHost: h\r\nTE: trailers\r\nTrailer: x-checksum\r\n\
+          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          3\r\nabc\r\n0\r\nx-checksum: 900150983cd24fb0\r\n\r\n",
+    )
+    .await;
+    let seen = up.seen();
+    let lower = seen[0].to_ascii_lowercase();
+    assert!(
+        lower.contains("\r\n0\r\nx-checksum: 900150983cd24fb0\r\n"),
+        "{}",
+        seen[0]
+    );
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("\r\n0\r\nx-status: done\r\n"), "{answer}");
+}
+
+/// A client that names a header the gateway sets in `Connection` loses its own copy and the
+/// upstream gets the gateway's (it was 400 on pingora).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_option_naming_a_gateway_header_drops_only_the_clients_copy() {
+    let up = Scripted::start(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+    let gw = start_gateway(&open_route(up.addr));
+    let answer = raw_request(
+        gw.proxy_addr,
+        b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Forwarded-For\r\n\
+          X-Forwarded-For: 6.6.6.6\r\n\r\nGET /y HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    let seen = up.seen();
+    let (_, fields, _) = split(&seen[0]);
+    let forwarded: Vec<_> = fields
+        .iter()
+        .filter(|f| f.starts_with("x-forwarded-for:"))
+        .collect();
+    assert_eq!(forwarded, ["x-forwarded-for: 127.0.0.1"], "{fields:?}");
+}
+
+/// `[server] max_body_bytes`: a body declared longer is 413 before anything is forwarded; a
+/// chunked one that grows past it is cut off, and the client answered 413.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_over_max_body_bytes_is_413() {
+    let up = EchoUpstream::start("app").await;
+    let gw = common::start_gateway_with_server("max_body_bytes = 10\n", &open_route(up.addr));
+    let declared = raw_request(
+        gw.proxy_addr,
+        b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world",
+    )
+    .await;
+    assert!(declared.starts_with("HTTP/1.1 413"), "{declared}");
+    assert_eq!(up.hits(), 0, "nothing was forwarded");
+    let fits = raw_request(
+        gw.proxy_addr,
+        b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\nConnection: close\r\n\r\nhelloworld",
+    )
+    .await;
+    assert!(fits.starts_with("HTTP/1.1 200"), "{fits}");
+    let chunked = raw_request(
+        gw.proxy_addr,
+        b"POST /gate HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          6\r\nhello \r\n6\r\nworld!\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(chunked.starts_with("HTTP/1.1 413"), "{chunked}");
+}
