@@ -174,6 +174,22 @@ async fn an_http_1_0_client_gets_no_chunks_and_no_interim_answer() {
     assert_eq!(body, "hello", "{answer}");
 }
 
+/// An HTTP/1.0 request may come without Host; the HTTP/1.1 request forwarded has one (RFC 9112
+/// §3.2), the upstream's address.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_1_0_request_without_host_is_forwarded_with_one() {
+    let up = Scripted::start(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+    let gw = start_gateway(&open_route(up.addr));
+    let answer = raw_request(gw.proxy_addr, b"GET /x HTTP/1.0\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 204") || answer.starts_with("HTTP/1.0 204"),
+        "{answer}"
+    );
+    let (line, fields, _) = split(&up.seen()[0]);
+    assert_eq!(line, "GET /x HTTP/1.1");
+    assert!(fields.contains(&format!("host: {}", up.addr)), "{fields:?}");
+}
+
 /// RFC 9110 §15.2.2: a server switches protocols only when asked; an upstream `101` to a
 /// request that asked for no upgrade is a broken upstream, 502.
 #[tokio::test(flavor = "multi_thread")]

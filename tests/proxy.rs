@@ -524,6 +524,38 @@ async fn websocket_tunnels_carry_data_both_ways() {
     }
 }
 
+/// A tunnel whose client sends nothing for `client_body_timeout` is closed; one that talks is
+/// not.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_tunnel_is_closed_after_client_body_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = EchoUpstream::start("ws").await;
+    let gw = common::start_gateway_with_server(
+        "client_body_timeout = \"1s\"\n",
+        &open_route("ws", "/", &[up.addr]),
+    );
+    let (mut s, head) = websocket_handshake(&gw).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // Talking keeps it open past the timeout.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.write_all(b"ping").await.unwrap();
+        let mut echoed = [0u8; 4];
+        s.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"ping");
+    }
+    // Silence closes it.
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the idle tunnel stayed open");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_request_body_is_never_parsed_as_a_second_request() {
     let up = EchoUpstream::start("a").await;

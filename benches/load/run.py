@@ -90,6 +90,10 @@ def main():
     ap.add_argument("--only", help="a comma-separated subset of " + ",".join(KEYS) + ", e.g. "
                     "none,jwt: more rounds of fewer scenarios give a tighter ratio; the report "
                     "then gives each scenario's ratio to the first one named")
+    ap.add_argument("--two-workers", action="store_true", help="instead: nginx with "
+                    "worker_processes 2 and Portcullis with threads = 2, on both cores, with wrk "
+                    "(two threads) on the same two cores; the proxy shares its cores with the "
+                    "load, so the figures are labelled as such")
     ap.add_argument("--perf", action="store_true", help="record the proxy under test with perf "
                     "during each scenario's first measured run: target/perf-<scenario>.data, and "
                     "the top functions printed")
@@ -109,7 +113,7 @@ def main():
     work = tempfile.mkdtemp(prefix="portcullis-load-")
     procs = []
     try:
-        report = run(args, work, procs)
+        report = run_two_workers(args, work, procs) if args.two_workers else run(args, work, procs)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -198,6 +202,65 @@ def run(args, work, procs):
         return render_subset(args, results)
     starts = [start_to_ready(work, issuer, upstream_port) for _ in range(5)]
     return render(args, results, rsa_verify, p256_verify, stats, starts)
+
+
+def run_two_workers(args, work, procs):
+    """nginx (2 workers) and Portcullis (threads = 2) beside each other, everything on both
+    cores: what a two-core host sees with the load generator on the same host."""
+    both = [PROXY_CORE, LOAD_CORE]
+    idp = spawn(procs, both, [binary("examples/load_idp"), work, "10"], work, "idp",
+                stdout=subprocess.PIPE)
+    line = idp.stdout.readline().decode()
+    if not line.startswith("ready "):
+        sys.exit(f"load_idp did not start: {line!r}")
+    issuer = line.split()[1]
+    upstream_port = free_port()
+    spawn(procs, both, nginx_cmd(work, "upstream", upstream_config(upstream_port), workers=2),
+          work, "upstream")
+    nginx_port = free_port()
+    nginx = spawn(procs, both, nginx_cmd(work, "proxy", proxy_config(nginx_port, upstream_port),
+                                         workers=2), work, "nginx")
+    port, admin = free_port(), free_port()
+    conf = write(work, "two.toml", gateway_config(port, admin, issuer, upstream_port, True, threads=2))
+    spawn(procs, both, [binary("portcullis"), "run", "--config", conf], work, "two")
+    wait_ready(f"http://127.0.0.1:{admin}/readyz", 30)
+    wait_ready(f"http://127.0.0.1:{nginx_port}/", 30)
+    static = write(work, "static.lua", WRK_DONE)
+    dynamic = write(work, "dynamic.lua", WRK_DYNAMIC + WRK_DONE)
+    chosen = [("nginx proxy (2 workers), no auth", nginx_port, "/", None),
+              ("portcullis (threads = 2), auth = none", port, "/none", None),
+              ("portcullis (threads = 2), JWT, one reused token", port, "/jwt", "reused.txt")]
+    results = {c[0]: [] for c in chosen}
+    for r in range(args.rounds):
+        for name, target_port, path, tokens in (chosen if r % 2 == 0 else chosen[::-1]):
+            url = f"http://127.0.0.1:{target_port}{path}"
+            script = [dynamic, os.path.join(work, tokens)] if tokens else [static]
+            log(f"round {r + 1}/{args.rounds}: {name}")
+            wrk(args, url, script, args.warmup, cores=",".join(both), threads=2)
+            m = wrk(args, url, script, args.duration, cores=",".join(both), threads=2)
+            if m["errors"]:
+                sys.exit(f"{name}: {m['errors']} errors or non-2xx answers; see {work}")
+            results[name].append(m)
+    base = chosen[0][0]
+    lines = [
+        "# Portcullis load benchmark, two workers sharing two cores with the load",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M')}; {args.rounds} rounds of {args.duration} s after "
+        f"{args.warmup} s of warm-up; {args.connections} connections, wrk with two threads. Every "
+        "process (wrk, the upstream nginx, the proxy under test, the identity provider) runs on "
+        "both cores, so each proxy shares its cores with the load it serves: these figures are "
+        "not per-core costs.",
+        "",
+        "| scenario | req/s | × nginx (2 workers) | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in results:
+        runs = results[name]
+        ratio = statistics.median(x["rps"] / y["rps"] for x, y in zip(runs, results[base]))
+        lines.append(f"| {name} | {statistics.median(m['rps'] for m in runs):,.0f} | {ratio:.2f} "
+                     f"| {statistics.median(m['p50'] for m in runs) / 1000:.2f} "
+                     f"| {statistics.median(m['p99'] for m in runs) / 1000:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def render_subset(args, results):
@@ -330,8 +393,8 @@ def render(args, results, rsa_verify, p256_verify, stats, starts):
     return "\n".join(lines) + "\n"
 
 
-def wrk(args, url, script, seconds):
-    cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{args.connections}", f"-d{seconds}s",
+def wrk(args, url, script, seconds, cores=LOAD_CORE, threads=1):
+    cmd = ["taskset", "-c", cores, "wrk", f"-t{threads}", f"-c{args.connections}", f"-d{seconds}s",
            "--timeout", "5s", "-s", script[0], url]
     if len(script) > 1:
         cmd += ["--"] + script[1:]
@@ -377,11 +440,11 @@ def start_to_ready(work, issuer, upstream_port):
         proc.wait(timeout=15)
 
 
-def gateway_config(port, admin, issuer, upstream_port, cache):
+def gateway_config(port, admin, issuer, upstream_port, cache, threads=1):
     return f"""
 [server]
 listen = "127.0.0.1:{port}"
-threads = 1
+threads = {threads}
 [metrics]
 listen = "127.0.0.1:{admin}"
 [upstream]
@@ -424,8 +487,8 @@ def gateway_env():
 
 NGINX_COMMON = """
 daemon off;
-master_process off;
-worker_processes 1;
+master_process {master};
+worker_processes {workers};
 error_log {dir}/{name}-error.log warn;
 pid {dir}/{name}.pid;
 events {{ worker_connections 4096; }}
@@ -456,8 +519,11 @@ def proxy_config(port, upstream_port):
   }}"""
 
 
-def nginx_cmd(work, name, body):
-    conf = write(work, f"{name}-nginx.conf", NGINX_COMMON.format(dir=work, name=name, body=body))
+def nginx_cmd(work, name, body, workers=1):
+    # One worker runs without a master; several need one.
+    text = NGINX_COMMON.format(dir=work, name=name, body=body, workers=workers,
+                               master="on" if workers > 1 else "off")
+    conf = write(work, f"{name}-nginx.conf", text)
     return [shutil.which("nginx") or "/usr/sbin/nginx", "-p", work, "-c", conf]
 
 

@@ -122,7 +122,8 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     /// `health_check_interval`, default `5s`: the TCP health check of every upstream.
     pub health_check_interval: Duration,
-    /// `keepalive_pool_size`, default `128`: pooled upstream connections, in all.
+    /// `keepalive_pool_size`, default `128`: idle upstream connections kept per upstream address
+    /// and worker.
     pub keepalive_pool_size: usize,
 }
 

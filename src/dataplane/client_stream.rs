@@ -15,6 +15,8 @@
 //!   closed without an answer.
 //! - **Request body**: each body read's deadline is the body's own (`client_body_timeout`, in
 //!   [`super::body`]); reads pass through here.
+//! - **Upgraded connections** (WebSocket tunnels): a read that waits longer than
+//!   `client_body_timeout` fails, and the tunnel closes.
 //! - **Sending**: a write that makes no progress for `send_timeout` (the client is not reading)
 //!   fails, and the connection is closed.
 //!
@@ -37,6 +39,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
+use super::stall::WriteStall;
+
 /// The client-facing timeouts, from `[server]`.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientTimeouts {
@@ -56,6 +60,8 @@ const HEAD: u8 = 0;
 const BODY: u8 = 1;
 /// Between requests: the deadline arms at the next request's first byte.
 const IDLE: u8 = 2;
+/// An upgraded connection (a WebSocket tunnel): each read waits at most `client_body_timeout`.
+const TUNNEL: u8 = 3;
 
 /// Sent, without waiting, to a client whose request head missed its deadline.
 const REQUEST_TIMEOUT: &[u8] =
@@ -84,6 +90,11 @@ impl ConnShared {
         self.phase.store(IDLE, Ordering::Relaxed);
     }
 
+    /// The connection was upgraded: from now on it carries a tunnel's bytes.
+    pub fn upgraded(&self) {
+        self.phase.store(TUNNEL, Ordering::Relaxed);
+    }
+
     /// What the current head as it arrived shows and its parsed form does not (taken: asked
     /// once per request). Only heads read while the previous request was done are seen
     /// (a pipelined head that arrived with the one before it is not).
@@ -94,7 +105,8 @@ impl ConnShared {
 
 /// A client connection with the deadlines described in the [module docs](self).
 pub struct ClientStream {
-    inner: TcpStream,
+    /// The socket; its writes carry `send_timeout`.
+    inner: WriteStall<TcpStream>,
     shared: Arc<ConnShared>,
     head_deadline: Option<Instant>,
     /// Bytes of the current head have arrived (only then is a 408 worth sending).
@@ -105,11 +117,7 @@ pub struct ClientStream {
     expired: bool,
     timeouts: ClientTimeouts,
     timer: Option<Pin<Box<Sleep>>>,
-    /// Set while a write is waiting on the client.
-    send_deadline: Option<Instant>,
-    send_timer: Option<Pin<Box<Sleep>>>,
     header_expired: IntCounter,
-    send_expired: IntCounter,
 }
 
 /// The counters of expired deadlines (`portcullis_client_timeouts_total{phase}`).
@@ -123,7 +131,7 @@ impl ClientStream {
     /// Wrap an accepted connection; its first head's deadline starts now.
     pub fn new(inner: TcpStream, timeouts: ClientTimeouts, expired: &Expired) -> ClientStream {
         ClientStream {
-            inner,
+            inner: WriteStall::new(inner, timeouts.send, Some(expired.send.clone())),
             shared: Arc::default(),
             head_deadline: Some(Instant::now() + timeouts.header),
             head_started: false,
@@ -132,10 +140,7 @@ impl ClientStream {
             expired: false,
             timeouts,
             timer: None,
-            send_deadline: None,
-            send_timer: None,
             header_expired: expired.header.clone(),
-            send_expired: expired.send.clone(),
         }
     }
 
@@ -158,31 +163,6 @@ impl ClientStream {
             io::ErrorKind::TimedOut,
             "request head not complete within client_header_timeout",
         )))
-    }
-
-    /// A write is waiting on the client: fail it once it has waited `send_timeout`.
-    fn send_stalled<T>(&mut self, cx: &mut Context) -> Poll<io::Result<T>> {
-        let deadline = *self
-            .send_deadline
-            .get_or_insert_with(|| Instant::now() + self.timeouts.send);
-        if timer_fired(&mut self.send_timer, deadline, cx) {
-            self.send_expired.inc();
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client did not read within send_timeout",
-            )));
-        }
-        Poll::Pending
-    }
-
-    fn sent<T>(&mut self, result: Poll<io::Result<T>>, cx: &mut Context) -> Poll<io::Result<T>> {
-        match result {
-            Poll::Pending => self.send_stalled(cx),
-            ready => {
-                self.send_deadline = None;
-                ready
-            }
-        }
     }
 
     /// New bytes of a head arrived.
@@ -227,6 +207,21 @@ impl AsyncRead for ClientStream {
             this.idle_since = None;
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
+        if phase == TUNNEL {
+            let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+            if polled.is_pending() {
+                let since = *this.idle_since.get_or_insert_with(Instant::now);
+                if timer_fired(&mut this.timer, since + this.timeouts.body, cx) {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "tunnel idle longer than client_body_timeout",
+                    )));
+                }
+            } else {
+                this.idle_since = None;
+            }
+            return polled;
+        }
         let late = phase == HEAD && this.head_deadline.is_some_and(|d| Instant::now() >= d);
         if this.expired || late {
             return this.expire_head(cx);
@@ -258,39 +253,31 @@ impl AsyncRead for ClientStream {
 
 impl AsyncWrite for ClientStream {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.sent(result, cx)
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.sent(result, cx)
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let result = Pin::new(&mut this.inner).poll_flush(cx);
-        this.sent(result, cx)
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let result = Pin::new(&mut this.inner).poll_shutdown(cx);
-        this.sent(result, cx)
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

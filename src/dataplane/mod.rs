@@ -18,6 +18,7 @@ pub mod headers;
 pub mod pool;
 pub mod proxy;
 pub mod simple;
+pub mod stall;
 pub mod tunnel;
 pub mod upstreams;
 
@@ -101,32 +102,16 @@ fn server(header_timeout: Option<Duration>, max_buf: usize) -> http1::Builder {
 pub async fn run_proxy(
     worker: Rc<Worker>,
     listener: std::net::TcpListener,
-    mut stop: watch::Receiver<Stop>,
+    stop: watch::Receiver<Stop>,
 ) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "proxy listener");
-            return;
-        }
-    };
     let settings = worker.shared.settings;
+    let metrics = worker.shared.metrics.clone();
     let expired = Expired {
-        header: worker
-            .shared
-            .metrics
-            .client_timeouts
-            .with_label_values(&["header"]),
-        send: worker
-            .shared
-            .metrics
-            .client_timeouts
-            .with_label_values(&["send"]),
+        header: metrics.client_timeouts.with_label_values(&["header"]),
+        send: metrics.client_timeouts.with_label_values(&["send"]),
     };
     let max_buf = settings.limits.max_uri_bytes + settings.limits.max_header_bytes + 4096;
     let builder = server(None, max_buf);
-    let live = Live::default();
-    let metrics = worker.shared.metrics.clone();
     let sweeper = {
         let pool = worker.pool.clone();
         tokio::task::spawn_local(async move {
@@ -137,38 +122,23 @@ pub async fn run_proxy(
             }
         })
     };
-    let grace = loop {
-        if let Stop::Drain(grace) = *stop.borrow_and_update() {
-            break grace;
-        }
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let stream = ClientStream::new(stream, settings.timeouts, &expired);
-                let conn = Rc::new(Conn { stream: stream.shared(), client: peer.ip() });
-                let worker = worker.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    proxy::serve(worker.clone(), conn.clone(), req)
-                });
-                let connection = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                let ended = watched(connection, |c| c.graceful_shutdown(), stop.clone(), live.enter());
-                let metrics = metrics.clone();
-                tokio::task::spawn_local(async move { parse_refusal(&metrics, ended.await) });
-            }
-            changed = stop.changed() => {
-                match (changed, *stop.borrow()) {
-                    (Ok(()), Stop::Running) => continue,
-                    (Ok(()), Stop::Drain(grace)) => break grace,
-                    (Err(_), _) => break Duration::ZERO,
-                }
-            }
-        }
-    };
-    drop(listener);
-    let _ = tokio::time::timeout(grace, live.drained()).await;
+    accept_until_drained(listener, stop, |stream, peer, entered, stop| {
+        let stream = ClientStream::new(stream, settings.timeouts, &expired);
+        let conn = Rc::new(Conn {
+            stream: stream.shared(),
+            client: peer.ip(),
+        });
+        let worker = worker.clone();
+        let service =
+            hyper::service::service_fn(move |req| proxy::serve(worker.clone(), conn.clone(), req));
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let ended = watched(connection, |c| c.graceful_shutdown(), stop, entered);
+        let metrics = metrics.clone();
+        tokio::task::spawn_local(async move { parse_refusal(&metrics, ended.await) });
+    })
+    .await;
     sweeper.abort();
 }
 
@@ -177,7 +147,25 @@ pub async fn run_simple<H: simple::Handler>(
     handler: Rc<H>,
     listener: std::net::TcpListener,
     header_timeout: Duration,
+    stop: watch::Receiver<Stop>,
+) {
+    let builder = server(Some(header_timeout), 64 * 1024 + simple::MAX_URI);
+    accept_until_drained(listener, stop, |stream, _, entered, stop| {
+        let handler = handler.clone();
+        let service = hyper::service::service_fn(move |req| simple::serve(handler.clone(), req));
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let ended = watched(connection, |c| c.graceful_shutdown(), stop, entered);
+        tokio::task::spawn_local(async move { drop(ended.await) });
+    })
+    .await;
+}
+
+/// Accept on `listener` and hand each connection to `serve` until `stop` says drain; then
+/// stop accepting and wait, at most the grace, until every connection has ended.
+async fn accept_until_drained(
+    listener: std::net::TcpListener,
     mut stop: watch::Receiver<Stop>,
+    mut serve: impl FnMut(tokio::net::TcpStream, SocketAddr, Entered, watch::Receiver<Stop>),
 ) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -186,7 +174,6 @@ pub async fn run_simple<H: simple::Handler>(
             return;
         }
     };
-    let builder = server(Some(header_timeout), 64 * 1024 + simple::MAX_URI);
     let live = Live::default();
     let grace = loop {
         if let Stop::Drain(grace) = *stop.borrow_and_update() {
@@ -194,15 +181,9 @@ pub async fn run_simple<H: simple::Handler>(
         }
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    simple::serve(handler.clone(), req)
-                });
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
-                let ended = watched(connection, |c| c.graceful_shutdown(), stop.clone(), live.enter());
-                tokio::task::spawn_local(async move { drop(ended.await) });
+                serve(stream, peer, live.enter(), stop.clone());
             }
             changed = stop.changed() => {
                 match (changed, *stop.borrow()) {

@@ -10,18 +10,15 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 
 use super::body::ClientBody;
+use super::stall::WriteStall;
 
 /// `[upstream]` settings the pool applies.
 #[derive(Debug, Clone, Copy)]
@@ -96,7 +93,7 @@ impl Pool {
             .map_err(|_| ConnectError::Timeout)?
             .map_err(ConnectError::Refused)?;
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(WriteDeadline::new(stream, self.settings.write_timeout));
+        let io = TokioIo::new(WriteStall::new(stream, self.settings.write_timeout, None));
         let (sender, connection) = http1::Builder::new()
             .handshake(io)
             .await
@@ -149,96 +146,5 @@ impl Pool {
         for list in self.idle.borrow_mut().values_mut() {
             list.retain(|c| !c.sender.is_closed() && now - c.since < timeout);
         }
-    }
-}
-
-/// An upstream socket whose writes fail after waiting `limit` (`[upstream] write_timeout`).
-pub struct WriteDeadline {
-    inner: TcpStream,
-    limit: Duration,
-    waiting: Option<Pin<Box<Sleep>>>,
-}
-
-impl WriteDeadline {
-    fn new(inner: TcpStream, limit: Duration) -> WriteDeadline {
-        WriteDeadline {
-            inner,
-            limit,
-            waiting: None,
-        }
-    }
-
-    fn track<T>(
-        &mut self,
-        polled: Poll<io::Result<T>>,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<T>> {
-        match polled {
-            Poll::Pending => {
-                let limit = self.limit;
-                let timer = self
-                    .waiting
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "upstream write_timeout",
-                    )));
-                }
-                Poll::Pending
-            }
-            ready => {
-                self.waiting = None;
-                ready
-            }
-        }
-    }
-}
-
-use std::future::Future;
-
-impl AsyncRead for WriteDeadline {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for WriteDeadline {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.track(polled, cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.track(polled, cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_flush(cx);
-        this.track(polled, cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -98,7 +98,9 @@ pub async fn serve(
     let shared = worker.shared.clone();
     let stream = conn.stream.clone();
     let finish = Finish::new(move || {
-        if !tunnel {
+        if tunnel {
+            stream.upgraded();
+        } else {
             stream.request_done();
         }
         log_request(&shared.metrics, &record, status);
@@ -383,6 +385,12 @@ async fn send(
             }
         };
         record.upstream = Some(addr);
+        // An HTTP/1.0 client may send no Host; the upstream hop is HTTP/1.1, which needs one.
+        if !req.headers().contains_key(HOST) {
+            if let Ok(host) = HeaderValue::try_from(addr.to_string()) {
+                req.headers_mut().insert(HOST, host);
+            }
+        }
         let mut checkout = match made {
             Ok(checkout) => checkout,
             Err(e) => {
