@@ -69,6 +69,16 @@ pub struct Router {
 }
 
 impl Router {
+    /// How many routes there are; each route's [`Route::index`] is below this.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// No routes at all (config validation requires one).
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
     pub fn new(configs: &[RouteConfig]) -> Router {
         let routes: Vec<Arc<Route>> = configs
             .iter()

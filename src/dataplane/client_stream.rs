@@ -29,7 +29,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -75,6 +75,8 @@ pub const MAX_HEAD: usize = (2 << 20) + 4096;
 #[derive(Debug, Default)]
 pub struct ConnShared {
     phase: AtomicU8,
+    /// `notable` holds something: the common head takes no lock.
+    has_notable: AtomicBool,
     /// What the current head's parsed form lost, when anything.
     notable: Mutex<Option<Notable>>,
 }
@@ -99,6 +101,9 @@ impl ConnShared {
     /// once per request). Only heads read while the previous request was done are seen
     /// (a pipelined head that arrived with the one before it is not).
     pub fn notable(&self) -> Option<Notable> {
+        if !self.has_notable.swap(false, Ordering::Relaxed) {
+            return None;
+        }
         self.notable.lock().ok()?.take()
     }
 }
@@ -179,6 +184,7 @@ impl ClientStream {
             if let Some(notable) = self.head.notable() {
                 if let Ok(mut kept) = self.shared.notable.lock() {
                     *kept = Some(notable);
+                    self.shared.has_notable.store(true, Ordering::Relaxed);
                 }
             }
         }

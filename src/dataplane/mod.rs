@@ -75,17 +75,15 @@ pub fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
-/// The most header field lines a request may have.
-pub const MAX_HEADER_FIELDS: usize = 256;
-
 /// The HTTP/1.1 server settings every listener uses.
 fn server(header_timeout: Option<Duration>, max_buf: usize) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .max_buf_size(max_buf.max(8192))
-        // More field lines than this are 431 (RFC 6585 §5), before any other work.
-        .max_headers(MAX_HEADER_FIELDS)
+        // hyper's default limit of 100 field lines stays (Envoy's default too): more are 431
+        // (RFC 6585 §5), before any other work. Setting any limit makes hyper allocate and
+        // zero a table of that size for every head it parses.
         // A client that shuts its side down after a complete request still gets the answer.
         .half_close(true)
         .keep_alive(true);
@@ -273,6 +271,7 @@ pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
 /// Worker `index`'s state ([`proxy::Worker`]).
 pub fn worker(shared: Arc<proxy::Shared>, pool: pool::PoolSettings, index: usize) -> Rc<Worker> {
     Rc::new(Worker {
+        counters: proxy::RequestCounters::new(shared.metrics.clone(), shared.gate.router.len()),
         rotation: shared.upstreams.rotation(index),
         pool: pool::Pool::new(pool),
         shared,

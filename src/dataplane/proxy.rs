@@ -43,11 +43,56 @@ pub struct Settings {
     pub max_body_bytes: Option<u64>,
 }
 
-/// One worker's state: shared parts and its own pool and round-robin positions.
+/// One worker's state: shared parts and its own pool, round-robin positions and metric
+/// handles.
 pub struct Worker {
     pub shared: Arc<Shared>,
     pub pool: Rc<Pool>,
     pub rotation: Rotation,
+    pub counters: RequestCounters,
+}
+
+/// A worker's handles of `portcullis_requests_total{route, status}` and
+/// `portcullis_request_duration_seconds{route}`, looked up once per route and status class
+/// rather than per request (a label lookup hashes the values under the vector's lock).
+pub struct RequestCounters {
+    metrics: Metrics,
+    /// Per route index, then one more for requests with no route.
+    by_route: std::cell::RefCell<Vec<Option<RouteCounters>>>,
+}
+
+struct RouteCounters {
+    duration: prometheus::Histogram,
+    /// Per status class, in `status_class` order.
+    classes: [Option<prometheus::IntCounter>; 6],
+}
+
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+impl RequestCounters {
+    pub fn new(metrics: Metrics, routes: usize) -> RequestCounters {
+        RequestCounters {
+            metrics,
+            by_route: std::cell::RefCell::new((0..=routes).map(|_| None).collect()),
+        }
+    }
+
+    /// Count one answered request.
+    fn record(&self, route: Option<&Route>, status: u16, seconds: f64) {
+        let name = route.map_or(NO_ROUTE, |r| r.name.as_str());
+        let mut by_route = self.by_route.borrow_mut();
+        let slot = route.map_or(by_route.len() - 1, |r| r.index);
+        let counters = by_route[slot].get_or_insert_with(|| RouteCounters {
+            duration: self.metrics.request_duration.with_label_values(&[name]),
+            classes: Default::default(),
+        });
+        counters.duration.observe(seconds);
+        let class = status_class(status);
+        let i = CLASSES.iter().position(|c| *c == class).unwrap_or(5);
+        counters.classes[i]
+            .get_or_insert_with(|| self.metrics.requests.with_label_values(&[name, class]))
+            .inc();
+    }
 }
 
 /// One client connection, as its requests see it.
@@ -95,7 +140,6 @@ pub async fn serve(
     let response = forward(&worker, &conn, req, &mut record).await;
     let tunnel = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let status = response.status().as_u16();
-    let shared = worker.shared.clone();
     let stream = conn.stream.clone();
     let finish = Finish::new(move || {
         if tunnel {
@@ -103,22 +147,18 @@ pub async fn serve(
         } else {
             stream.request_done();
         }
-        log_request(&shared.metrics, &record, status);
+        let seconds = record.start.elapsed().as_secs_f64();
+        worker
+            .counters
+            .record(record.route.as_deref(), status, seconds);
+        log_request(&worker.shared.metrics, &record, status, seconds);
     });
     Ok(response.map(|body| body.with_finish(finish)))
 }
 
-fn log_request(metrics: &Metrics, record: &Record, status: u16) {
+/// The access line, and the upstream error counter (rare: looked up when it happens).
+fn log_request(metrics: &Metrics, record: &Record, status: u16, seconds: f64) {
     let route = record.route.as_ref().map_or(NO_ROUTE, |r| r.name.as_str());
-    let elapsed = record.start.elapsed();
-    metrics
-        .requests
-        .with_label_values(&[route, status_class(status)])
-        .inc();
-    metrics
-        .request_duration
-        .with_label_values(&[route])
-        .observe(elapsed.as_secs_f64());
     if let Some(kind) = record.error.get() {
         metrics
             .upstream_errors
@@ -131,7 +171,7 @@ fn log_request(metrics: &Metrics, record: &Record, status: u16) {
         method = record.method,
         route,
         status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        duration_ms = seconds * 1000.0,
         upstream = record.upstream.map_or_else(|| "-".to_owned(), |a| a.to_string()),
     );
 }
@@ -146,7 +186,15 @@ pub fn log_refused_head(metrics: &Metrics, status: u16) {
         upstream: None,
         error: Rc::default(),
     };
-    log_request(metrics, &record, status);
+    metrics
+        .requests
+        .with_label_values(&[NO_ROUTE, status_class(status)])
+        .inc();
+    metrics
+        .request_duration
+        .with_label_values(&[NO_ROUTE])
+        .observe(0.0);
+    log_request(metrics, &record, status, 0.0);
 }
 
 fn answer(synthetic: Synthetic) -> Response<ResBody> {
