@@ -107,7 +107,7 @@ fn upstream_headers(c: &mut Criterion) {
         trusted: false,
         method_override: false,
     };
-    let client = "10.1.2.3".parse().unwrap();
+    let client = headers::ClientAddr::new("10.1.2.3".parse().unwrap());
     let mut g = c.benchmark_group("upstream_headers_12_fields");
     // `forwarding_only` is the same run's baseline: what stripping adds is the difference.
     for (name, strip_first) in [("strip_and_forwarding", true), ("forwarding_only", false)] {
@@ -119,7 +119,7 @@ fn upstream_headers(c: &mut Criterion) {
                         headers::remove_hop_by_hop(&mut r);
                         headers::strip_client_headers(&mut r, strip);
                     }
-                    headers::set_forwarded_headers(&mut r, client, false);
+                    headers::set_forwarded_headers(&mut r, &client, false);
                     headers::set_request_id(&mut r);
                     r
                 },

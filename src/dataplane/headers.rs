@@ -5,7 +5,9 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::Principal;
@@ -19,8 +21,6 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
-static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
-static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
 
 /// Remove the hop-by-hop fields of one HTTP/1.1 hop (RFC 9110 §7.6.1): `Connection` and every
 /// field it names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`,
@@ -32,38 +32,55 @@ static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authentic
 /// `Upgrade: websocket`), the only upgrade the gateway passes on. `Trailer` (which fields the
 /// trailers hold, RFC 9110 §6.6.2) is end-to-end and stays.
 pub fn remove_hop_by_hop(map: &mut HeaderMap) -> Option<HeaderValue> {
+    // One pass over the names: most messages carry none of these, or only `Connection`.
+    if !map.keys().any(is_hop_by_hop) {
+        return None;
+    }
     let mut upgrade_asked = false;
     if map.contains_key(&CONNECTION) {
-        let named: Vec<HeaderName> = map
+        let mut named: Vec<HeaderName> = Vec::new();
+        let options = map
             .get_all(&CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|name| name.trim_matches([' ', '\t']))
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-            .collect();
-        for name in named {
-            if name == UPGRADE {
+            .filter_map(|v| v.to_str().ok());
+        for option in options.flat_map(|v| v.split(',')) {
+            let option = option.trim_matches([' ', '\t']);
+            if option.eq_ignore_ascii_case("upgrade") {
                 upgrade_asked = true;
-            } else if name != HOST {
+            } else if option.eq_ignore_ascii_case("keep-alive")
+                || option.eq_ignore_ascii_case("close")
+            {
+                // Options, not names of fields to remove (`Keep-Alive` goes below anyway).
+            } else if let Ok(name) = HeaderName::from_bytes(option.as_bytes()) {
+                named.push(name);
+            }
+        }
+        for name in named {
+            if name != HOST {
                 map.remove(&name);
             }
         }
         map.remove(&CONNECTION);
     }
     let upgrade = map.remove(&UPGRADE);
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TE,
-        &TRANSFER_ENCODING,
-        &HTTP2_SETTINGS,
-        &PROXY_AUTHORIZATION,
-        &PROXY_AUTHENTICATE,
-    ] {
-        map.remove(name);
+    let present: Vec<HeaderName> = map.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    for name in present {
+        map.remove(&name);
     }
     upgrade.filter(|v| upgrade_asked && is_websocket(v))
+}
+
+/// The fixed hop-by-hop names ([`remove_hop_by_hop`]).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == UPGRADE
+        || name == TE
+        || name == TRANSFER_ENCODING
+        || name == PROXY_AUTHORIZATION
+        || name == PROXY_AUTHENTICATE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == HTTP2_SETTINGS
 }
 
 /// `Upgrade: websocket` (one protocol, any case, RFC 6455 §4.1). `h2c` and every other
@@ -105,25 +122,11 @@ pub fn set_identity_headers(map: &mut HeaderMap, p: &Principal) {
 /// replaced. Trusted: the client address is appended to the list a proxy in front sent; the
 /// list's field lines are joined first, as one list (RFC 9110 §5.3), so a spoofed line ahead
 /// of the trusted proxy's stays ahead of it.
-pub fn set_forwarded_headers(map: &mut HeaderMap, client: IpAddr, trusted: bool) {
-    let client = client.to_string();
-    let forwarded_for = if trusted && map.contains_key(&X_FORWARDED_FOR) {
-        let prior: Vec<&str> = map
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(|v| v.trim_matches([' ', '\t']))
-            .filter(|v| !v.is_empty())
-            .collect();
-        match prior.is_empty() {
-            true => client,
-            false => format!("{}, {client}", prior.join(", ")),
-        }
+pub fn set_forwarded_headers(map: &mut HeaderMap, client: &ClientAddr, trusted: bool) {
+    if !(trusted && map.contains_key(&X_FORWARDED_FOR)) {
+        map.insert(X_FORWARDED_FOR.clone(), client.value.clone());
     } else {
-        client
-    };
-    if let Ok(v) = HeaderValue::try_from(forwarded_for) {
-        map.insert(X_FORWARDED_FOR.clone(), v);
+        append_forwarded_for(map, &client.text);
     }
     if !trusted || !map.contains_key(&X_FORWARDED_PROTO) {
         map.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
@@ -137,6 +140,42 @@ pub fn set_forwarded_headers(map: &mut HeaderMap, client: IpAddr, trusted: bool)
                 map.remove(&X_FORWARDED_HOST);
             }
         }
+    }
+}
+
+/// A client's address, rendered once per connection for `X-Forwarded-For`.
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    text: String,
+    value: HeaderValue,
+}
+
+impl ClientAddr {
+    pub fn new(ip: IpAddr) -> ClientAddr {
+        let text = ip.to_string();
+        let value = HeaderValue::try_from(text.as_str()).expect("an IP address is ASCII");
+        ClientAddr { text, value }
+    }
+}
+
+/// Trusted: the prior list's field lines joined, then the client address.
+fn append_forwarded_for(map: &mut HeaderMap, client: &str) {
+    let client = client.to_owned();
+    let forwarded_for = {
+        let prior: Vec<&str> = map
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|v| v.trim_matches([' ', '\t']))
+            .filter(|v| !v.is_empty())
+            .collect();
+        match prior.is_empty() {
+            true => client,
+            false => format!("{}, {client}", prior.join(", ")),
+        }
+    };
+    if let Ok(v) = HeaderValue::try_from(forwarded_for) {
+        map.insert(X_FORWARDED_FOR.clone(), v);
     }
 }
 
@@ -276,11 +315,11 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let mut untrusted = m.clone();
-        set_forwarded_headers(&mut untrusted, ip, false);
+        set_forwarded_headers(&mut untrusted, &ClientAddr::new(ip), false);
         assert_eq!(untrusted["x-forwarded-for"], "10.1.2.3");
         assert_eq!(untrusted["x-forwarded-proto"], "http");
         assert_eq!(untrusted["x-forwarded-host"], "api.example");
-        set_forwarded_headers(&mut m, ip, true);
+        set_forwarded_headers(&mut m, &ClientAddr::new(ip), true);
         assert_eq!(m["x-forwarded-for"], "6.6.6.6, 10.1.2.3");
         assert_eq!(m["x-forwarded-proto"], "https");
     }
@@ -293,10 +332,10 @@ mod tests {
             ("x-forwarded-for", "203.0.113.7, 10.0.0.1"),
         ]);
         let mut untrusted = m.clone();
-        set_forwarded_headers(&mut m, ip, true);
+        set_forwarded_headers(&mut m, &ClientAddr::new(ip), true);
         let all: Vec<_> = m.get_all("x-forwarded-for").iter().collect();
         assert_eq!(all, ["6.6.6.6, 203.0.113.7, 10.0.0.1, 127.0.0.1"]);
-        set_forwarded_headers(&mut untrusted, ip, false);
+        set_forwarded_headers(&mut untrusted, &ClientAddr::new(ip), false);
         let all: Vec<_> = untrusted.get_all("x-forwarded-for").iter().collect();
         assert_eq!(all, ["127.0.0.1"]);
     }

@@ -122,10 +122,7 @@ pub async fn run_proxy(
     };
     accept_until_drained(listener, stop, |stream, peer, entered, stop| {
         let stream = ClientStream::new(stream, settings.timeouts, &expired);
-        let conn = Rc::new(Conn {
-            stream: stream.shared(),
-            client: peer.ip(),
-        });
+        let conn = Rc::new(Conn::new(stream.shared(), peer.ip()));
         let worker = worker.clone();
         let service =
             hyper::service::service_fn(move |req| proxy::serve(worker.clone(), conn.clone(), req));

@@ -57,6 +57,8 @@ pub struct Worker {
 /// rather than per request (a label lookup hashes the values under the vector's lock).
 pub struct RequestCounters {
     metrics: Metrics,
+    /// `portcullis_client_timeouts_total{phase="body"}`.
+    body_timeouts: prometheus::IntCounter,
     /// Per route index, then one more for requests with no route.
     by_route: std::cell::RefCell<Vec<Option<RouteCounters>>>,
 }
@@ -72,6 +74,7 @@ const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 impl RequestCounters {
     pub fn new(metrics: Metrics, routes: usize) -> RequestCounters {
         RequestCounters {
+            body_timeouts: metrics.client_timeouts.with_label_values(&["body"]),
             metrics,
             by_route: std::cell::RefCell::new((0..=routes).map(|_| None).collect()),
         }
@@ -98,7 +101,17 @@ impl RequestCounters {
 /// One client connection, as its requests see it.
 pub struct Conn {
     pub stream: Arc<ConnShared>,
-    pub client: IpAddr,
+    /// The peer's address, rendered once for `X-Forwarded-For`.
+    pub client: headers::ClientAddr,
+}
+
+impl Conn {
+    pub fn new(stream: Arc<ConnShared>, client: IpAddr) -> Conn {
+        Conn {
+            stream,
+            client: headers::ClientAddr::new(client),
+        }
+    }
 }
 
 /// The request target as received, for the gate: origin-form as it came; absolute-form
@@ -298,7 +311,7 @@ async fn forward(
     // chunked (RFC 9110 §8.6). `Expect` was answered here, on the client's hop.
     map.remove(CONTENT_LENGTH);
     map.remove(EXPECT);
-    headers::set_forwarded_headers(map, conn.client, settings.trust_forwarded_headers);
+    headers::set_forwarded_headers(map, &conn.client, settings.trust_forwarded_headers);
     headers::set_request_id(map);
     if let Some(upgrade) = &websocket {
         map.insert(
@@ -313,13 +326,12 @@ async fn forward(
         .is_some()
         .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
         .flatten();
-    let timeouts = shared.metrics.client_timeouts.with_label_values(&["body"]);
     let body = ClientBody::new(
         body,
         settings.timeouts.body,
         settings.max_body_bytes,
         strip,
-        timeouts,
+        worker.counters.body_timeouts.clone(),
     );
     let fault = body.fault();
     let head_only = parts.method == Method::HEAD;
@@ -389,17 +401,16 @@ fn declared_length(parts: &http::request::Parts) -> Option<u64> {
 /// pass one value on (RFC 9110 §8.6). On a body hyper frames itself, it goes: the length of
 /// the streamed body decides. On a HEAD or 304 answer, which has no body, its value is kept.
 fn normalise_length(map: &mut http::HeaderMap, bodiless: bool) {
-    let Some(first) = map.get(CONTENT_LENGTH) else {
+    let Some(first) = map.remove(CONTENT_LENGTH) else {
         return;
     };
-    let value = first
-        .to_str()
-        .ok()
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim_matches([' ', '\t']).to_owned());
-    map.remove(CONTENT_LENGTH);
     if bodiless {
-        if let Some(v) = value.and_then(|v| HeaderValue::try_from(v).ok()) {
+        let value = first
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| HeaderValue::try_from(v.trim_matches([' ', '\t'])).ok());
+        if let Some(v) = value {
             map.insert(CONTENT_LENGTH, v);
         }
     }
