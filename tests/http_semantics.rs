@@ -190,6 +190,145 @@ async fn an_http_1_0_request_without_host_is_forwarded_with_one() {
     assert!(fields.contains(&format!("host: {}", up.addr)), "{fields:?}");
 }
 
+/// An upstream that sends a body after an answer that has none (HEAD, 204, 304), late, must
+/// not have those bytes read as the answer to another client's request: such a connection is
+/// never pooled (response queue poisoning, found by the red team).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_sent_late_after_a_bodiless_answer_reaches_no_other_client() {
+    for (request, answer) in [
+        (
+            &b"HEAD /p HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n"[..],
+        ),
+        (
+            b"GET /p HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 12\r\n\r\n",
+        ),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answer = answer.to_vec();
+        tokio::spawn(async move {
+            let mut first = true;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let poison = std::mem::replace(&mut first, false);
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut n = 0;
+                    loop {
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => got.extend_from_slice(&buf[..k]),
+                            }
+                        }
+                        n += 1;
+                        if poison && n == 1 {
+                            let _ = stream.write_all(&answer).await;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nPOISONED")
+                                .await;
+                        } else {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhonest")
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        let gw = common::start_gateway_text(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 1\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}",
+            open_route(addr)
+        ));
+        let _ = raw_request(gw.proxy_addr, request).await;
+        // The poisoned bytes come 100 ms after the first answer: the next requests, sent
+        // meanwhile and after, each get the upstream's answer to their own request.
+        for _ in 0..5 {
+            let next = raw_request(gw.proxy_addr, GET).await;
+            assert!(next.ends_with("honest"), "{next}");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+}
+
+/// Body framing is checked on every head as it arrived, whichever blank line ends it (hyper
+/// also ends a head at `\n\r\n`), and a request with a body pipelined behind another, whose
+/// head the gateway did not see as sent, is refused (found by the red team).
+#[tokio::test(flavor = "multi_thread")]
+async fn framing_refusals_hold_for_every_head_ending_and_for_pipelined_bodies() {
+    let up = EchoUpstream::start("app").await;
+    let gw = start_gateway(&open_route(up.addr));
+    for request in [
+        &b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\n\r\n0\r\n\r\n"[..],
+        b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\n\r\nhello",
+        b"\r\n\r\nPOST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        b"GET /public#/../admin HTTP/1.1\r\nHost: h\r\nConnection: close\n\r\n",
+    ] {
+        let answer = raw_request(gw.proxy_addr, request).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+    let pipelined = b"GET /first HTTP/1.1\r\nHost: h\r\n\r\n\
+        POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let answer = raw_request(gw.proxy_addr, pipelined).await;
+    let statuses: Vec<&str> = answer.matches("HTTP/1.1 ").map(|_| "").collect();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    assert_eq!(statuses.len(), 2, "{answer}");
+    let uris: Vec<String> = up.seen().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(uris, ["/first"], "only the first request was forwarded");
+}
+
+/// `read_timeout` counts from the end of the request body: an upload slower than it, within
+/// `client_body_timeout` per read, is answered (found by the red team).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_upload_is_not_an_upstream_timeout() {
+    // It answers once the whole body is in.
+    let up = Scripted::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = common::start_gateway_with_server(
+        "client_body_timeout = \"2s\"\n",
+        &format!("[upstream]\nread_timeout = \"1s\"\n{}", open_route(up.addr)),
+    );
+    let mut stream = TcpStream::connect(gw.proxy_addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    for byte in b"abcd" {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        stream.write_all(&[*byte]).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok"), "{answer}");
+    assert!(up.seen()[0].ends_with("abcd"), "{:?}", up.seen());
+}
+
+/// CONNECT is refused in every target form: a gateway is no tunnel.
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_is_refused() {
+    let up = EchoUpstream::start("app").await;
+    let gw = start_gateway(&open_route(up.addr));
+    for request in [
+        &b"CONNECT /x HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+        b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n",
+    ] {
+        let answer = raw_request(gw.proxy_addr, request).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+    assert_eq!(up.hits(), 0);
+}
+
 /// RFC 9110 §15.2.2: a server switches protocols only when asked; an upstream `101` to a
 /// request that asked for no upgrade is a broken upstream, 502.
 #[tokio::test(flavor = "multi_thread")]
@@ -300,6 +439,28 @@ async fn trailers_pass_both_ways() {
     );
     let lower = answer.to_ascii_lowercase();
     assert!(lower.contains("\r\n0\r\nx-status: done\r\n"), "{answer}");
+}
+
+/// Request trailers never carry a field the gateway sets in the head (found by the red team):
+/// an upstream that merges trailers into the headers would read the client's.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_trailers_cannot_carry_the_gateways_own_fields() {
+    let up = Scripted::start(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+    let gw = start_gateway(&open_route(up.addr));
+    let _ = raw_request(
+        gw.proxy_addr,
+        b"POST /x HTTP/1.1\r\nHost: h\r\nTrailer: x-forwarded-for, x-request-id, x-auth-subject, x-kept\r\n\
+          Transfer-Encoding: chunked\r\n\
+          Connection: close\r\n\r\n2\r\nhi\r\n0\r\nx-forwarded-for: 6.6.6.6\r\n\
+          x-request-id: forged\r\nx-auth-subject: admin\r\nx-kept: k\r\n\r\n",
+    )
+    .await;
+    let seen = up.seen()[0].to_ascii_lowercase();
+    let trailers = seen.rsplit("\r\n0\r\n").next().unwrap();
+    assert!(trailers.contains("x-kept: k"), "{seen}");
+    for gone in ["6.6.6.6", "forged", "x-auth-subject"] {
+        assert!(!trailers.contains(gone), "{gone} in the trailers: {seen}");
+    }
 }
 
 /// A client that names a header the gateway sets in `Connection` loses its own copy and the

@@ -68,8 +68,33 @@ pub struct ClientBody {
     limit: Option<u64>,
     seen: u64,
     strip: Strip,
-    fault: Rc<Cell<Option<BodyFault>>>,
+    state: Rc<BodyState>,
     timeouts: prometheus::IntCounter,
+}
+
+/// What a [`ClientBody`] tells the request that forwards it.
+#[derive(Default)]
+pub struct BodyState {
+    /// Why the body stopped, if it did.
+    pub fault: Cell<Option<BodyFault>>,
+    /// The body has been read to its end (and so sent, up to the socket).
+    done: Cell<bool>,
+    finished: tokio::sync::Notify,
+}
+
+impl BodyState {
+    /// Wait until the body has been read to its end; at once for a body that had ended.
+    pub async fn finished(&self) {
+        if !self.done.get() {
+            self.finished.notified().await;
+        }
+    }
+
+    fn finish(&self) {
+        if !self.done.replace(true) {
+            self.finished.notify_one();
+        }
+    }
 }
 
 impl ClientBody {
@@ -87,14 +112,22 @@ impl ClientBody {
             limit,
             seen: 0,
             strip,
-            fault: Rc::default(),
+            state: Rc::default(),
             timeouts,
         }
+        .ended_if_empty()
     }
 
-    /// Where the body's fault is recorded.
-    pub fn fault(&self) -> Rc<Cell<Option<BodyFault>>> {
-        self.fault.clone()
+    fn ended_if_empty(self) -> ClientBody {
+        if self.inner.is_end_stream() {
+            self.state.finish();
+        }
+        self
+    }
+
+    /// Where the body's fault and end are recorded.
+    pub fn state(&self) -> Rc<BodyState> {
+        self.state.clone()
     }
 
     fn fail(
@@ -102,14 +135,16 @@ impl ClientBody {
         fault: BodyFault,
         why: &'static str,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.fault.set(Some(fault));
+        self.state.fault.set(Some(fault));
         Poll::Ready(Some(Err(why.into())))
     }
 }
 
-/// Trailer fields never forwarded: framing, routing and identity fields, and every field the
-/// client may not choose in the head ([`gate_headers::unwanted`]). Frameworks that merge
-/// trailers into the headers would otherwise read them as the client's choice.
+/// Trailer fields never forwarded: framing, routing and identity fields, every field the
+/// client may not choose in the head ([`gate_headers::unwanted`]), and the fields the gateway
+/// sets in the head itself (`X-Forwarded-*`, `X-Request-Id`). Frameworks that merge trailers
+/// into the headers (Apache's `MergeTrailers`) would otherwise read them as the client's
+/// choice.
 fn keep_trailers(trailers: &mut HeaderMap, strip: Strip) {
     let drop: Vec<_> = trailers
         .keys()
@@ -127,7 +162,10 @@ fn keep_trailers(trailers: &mut HeaderMap, strip: Strip) {
                         | "connection"
                         | "cookie"
                         | "dpop"
+                        | "forwarded"
+                        | "x-request-id"
                 )
+                || n.starts_with("x-forwarded-")
         })
         .cloned()
         .collect();
@@ -161,11 +199,15 @@ impl Body for ClientBody {
                         if this.limit.is_some_and(|limit| this.seen > limit) {
                             return this.fail(BodyFault::TooLarge, "max_body_bytes");
                         }
+                        if this.inner.is_end_stream() {
+                            this.state.finish();
+                        }
                         Frame::data(data)
                     }
                     Err(frame) => match frame.into_trailers() {
                         Ok(mut trailers) => {
                             keep_trailers(&mut trailers, this.strip);
+                            this.state.finish();
                             Frame::trailers(trailers)
                         }
                         Err(_) => {
@@ -178,7 +220,10 @@ impl Body for ClientBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(_))) => this.fail(BodyFault::Malformed, "request body"),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.state.finish();
+                Poll::Ready(None)
+            }
         }
     }
 

@@ -29,7 +29,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -77,6 +77,8 @@ pub struct ConnShared {
     phase: AtomicU8,
     /// `notable` holds something: the common head takes no lock.
     has_notable: AtomicBool,
+    /// Heads collected whole so far (a head pipelined behind another in one read is not).
+    heads: AtomicU64,
     /// What the current head's parsed form lost, when anything.
     notable: Mutex<Option<Notable>>,
 }
@@ -90,6 +92,12 @@ impl ConnShared {
     /// The response is complete: the next bytes on this connection start a new head.
     pub fn request_done(&self) {
         self.phase.store(IDLE, Ordering::Relaxed);
+    }
+
+    /// How many heads this connection's stream has collected whole. A request whose number
+    /// on the connection is higher arrived with the one before it, unseen.
+    pub fn heads_seen(&self) -> u64 {
+        self.heads.load(Ordering::Relaxed)
     }
 
     /// The connection was upgraded: from now on it carries a tunnel's bytes.
@@ -181,6 +189,7 @@ impl ClientStream {
             self.shared.phase.store(HEAD, Ordering::Relaxed);
         }
         if self.head.collect(bytes) {
+            self.shared.heads.fetch_add(1, Ordering::Relaxed);
             if let Some(notable) = self.head.notable() {
                 if let Ok(mut kept) = self.shared.notable.lock() {
                     *kept = Some(notable);
@@ -314,24 +323,34 @@ impl RawHead {
         if self.complete || self.abandoned {
             return false;
         }
-        // The blank line may straddle reads: search from a few bytes back.
+        // Empty lines before a request line are skipped, as hyper skips them.
+        let read = match self.bytes.is_empty() {
+            true => {
+                let start = read.iter().position(|&b| b != b'\r' && b != b'\n');
+                &read[start.unwrap_or(read.len())..]
+            }
+            false => read,
+        };
+        if read.is_empty() {
+            return false;
+        }
+        // The blank line may straddle reads: search from a few bytes back. hyper's parser
+        // ends a head at `\n\n` or `\n\r\n` (so `\r\n\r\n` too): so does this.
         let from = self.bytes.len().saturating_sub(3);
-        let start = self.bytes.len();
-        if start + read.len() > MAX_HEAD {
+        if self.bytes.len() + read.len() > MAX_HEAD {
             self.abandoned = true;
             self.bytes = Vec::new();
             return false;
         }
         self.bytes.extend_from_slice(read);
         let end = self.bytes[from..]
-            .windows(2)
-            .position(|w| w == b"\n\n")
-            .map(|i| from + i + 2)
-            .or_else(|| {
-                self.bytes[from..]
-                    .windows(4)
-                    .position(|w| w == b"\r\n\r\n")
-                    .map(|i| from + i + 4)
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'\n')
+            .find_map(|(i, _)| match &self.bytes[from + i + 1..] {
+                [b'\n', ..] => Some(from + i + 2),
+                [b'\r', b'\n', ..] => Some(from + i + 3),
+                _ => None,
             });
         match end {
             Some(end) => {
@@ -400,13 +419,20 @@ mod tests {
     #[test]
     fn a_length_beside_chunked_is_seen_in_any_case_and_order() {
         for raw in [
-            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-LENGTH: 3\r\n\r\n"[..],
+            // hyper ends a head at `\n\r\n` too.
+            &b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\n\r\n0\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-LENGTH: 3\r\n\r\n",
             b"POST / HTTP/1.1\nContent-Length: 3\nTRANSFER-encoding: chunked\n\n",
         ] {
             let mut head = RawHead::default();
             assert!(head.collect(raw));
             assert!(head.notable().unwrap().length_beside_chunked);
         }
+        let mut leading = RawHead::default();
+        assert!(!leading.collect(b"\r\n\n"));
+        assert!(leading
+            .collect(b"\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"));
+        assert_eq!(leading.notable().unwrap().length_lines, 2);
         let mut plain = RawHead::default();
         assert!(plain.collect(b"POST /content-length: HTTP/1.1\r\nContent-Length: 3\r\n\r\n"));
         assert_eq!(plain.notable(), None);

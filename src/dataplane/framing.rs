@@ -56,6 +56,14 @@ pub fn check(
             "The request method is longer than this gateway accepts.",
         ));
     }
+    if req.method == http::Method::CONNECT {
+        // A gateway is no tunnel (RFC 9110 §9.3.6), in any target form.
+        return Some(refusal(
+            400,
+            "bad_request",
+            "CONNECT is not accepted by this gateway.",
+        ));
+    }
     if target.len() > limits.max_uri_bytes {
         return Some(refusal(
             414,

@@ -176,9 +176,19 @@ async fn accept_until_drained(
         }
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                serve(stream, peer, live.enter(), stop.clone());
+                match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        serve(stream, peer, live.enter(), stop.clone());
+                    }
+                    Err(e) => {
+                        // Out of file descriptors (or another resource): the pending connection
+                        // stays in the backlog and accept would fail again at once. Back off
+                        // instead of spinning, so the open connections keep being served.
+                        tracing::warn!(error = %e, "accept failed; retrying in 100 ms");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
             }
             changed = stop.changed() => {
                 match (changed, *stop.borrow()) {

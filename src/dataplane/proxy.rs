@@ -12,7 +12,7 @@ use http::header::{CONTENT_LENGTH, EXPECT, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
 
-use super::body::{BodyFault, ClientBody, Finish, ResBody, UpstreamBody};
+use super::body::{BodyFault, BodyState, ClientBody, Finish, ResBody, UpstreamBody};
 use super::client_stream::{ClientTimeouts, ConnShared};
 use super::framing::{self, RequestLimits};
 use super::headers::{self, Strip};
@@ -101,6 +101,8 @@ impl RequestCounters {
 /// One client connection, as its requests see it.
 pub struct Conn {
     pub stream: Arc<ConnShared>,
+    /// Requests served on this connection so far.
+    requests: Cell<u64>,
     /// The peer's address, rendered once for `X-Forwarded-For`.
     pub client: headers::ClientAddr,
 }
@@ -109,6 +111,7 @@ impl Conn {
     pub fn new(stream: Arc<ConnShared>, client: IpAddr) -> Conn {
         Conn {
             stream,
+            requests: Cell::new(0),
             client: headers::ClientAddr::new(client),
         }
     }
@@ -227,6 +230,22 @@ async fn forward(
     // A request answered before its body was read is not kept: the unread bytes would be
     // read as the next head.
     let early = |s: Synthetic| answer(if body_unread { s.closing() } else { s });
+    let number = conn.requests.get() + 1;
+    conn.requests.set(number);
+    if conn.stream.heads_seen() < number && body_unread {
+        // A head that arrived behind another in one read was not seen as sent, so its body
+        // framing (a Content-Length beside Transfer-Encoding, two Content-Length lines) cannot
+        // be checked: a request with a body is refused (RFC 9112 §9.3.2 allows a server to
+        // decline pipelining).
+        return answer(
+            Synthetic::error(
+                400,
+                "bad_request",
+                "A request with a body may not be pipelined behind another.",
+            )
+            .closing(),
+        );
+    }
     let notable = conn.stream.notable().unwrap_or_default();
     let target = raw_target(&parts.uri);
     let target_bytes = target.as_bytes();
@@ -333,15 +352,15 @@ async fn forward(
         strip,
         worker.counters.body_timeouts.clone(),
     );
-    let fault = body.fault();
+    let body_state = body.state();
     let head_only = parts.method == Method::HEAD;
     let upstream_req = Request::from_parts(parts, body);
 
-    let (response, checkout) = match send(worker, &route, upstream_req, record).await {
+    let (response, checkout) = match send(worker, &route, upstream_req, &body_state, record).await {
         Ok(sent) => sent,
         Err(kind) => {
             record.error.set(Some(kind));
-            return answer(match fault.get() {
+            return answer(match body_state.fault.get() {
                 Some(BodyFault::Timeout) => Synthetic::body_timeout(),
                 Some(BodyFault::Malformed) => Synthetic::bad_body(),
                 Some(BodyFault::TooLarge) => Synthetic::body_too_large(),
@@ -371,18 +390,17 @@ async fn forward(
         super::tunnel::spawn(client_upgrade, upstream_upgrade, checkout);
         return Response::from_parts(rparts, ResBody::empty());
     }
+    let bodiless = head_only
+        || rparts.status == StatusCode::NO_CONTENT
+        || rparts.status == StatusCode::NOT_MODIFIED;
+    // After an answer without a body, bytes an upstream sends anyway would be read as the
+    // answer to the next request on the connection (response queue poisoning): such a
+    // connection is not pooled, whatever it announced.
+    let checkout = (!bodiless).then_some(checkout);
     headers::remove_hop_by_hop(&mut rparts.headers);
     rparts.version = Version::HTTP_11;
-    normalise_length(
-        &mut rparts.headers,
-        head_only || rparts.status == StatusCode::NOT_MODIFIED,
-    );
-    let body = UpstreamBody::new(
-        rbody,
-        Some(checkout),
-        settings.read_timeout,
-        record.error.clone(),
-    );
+    normalise_length(&mut rparts.headers, bodiless);
+    let body = UpstreamBody::new(rbody, checkout, settings.read_timeout, record.error.clone());
     Response::from_parts(rparts, ResBody::upstream(body))
 }
 
@@ -424,6 +442,7 @@ async fn send(
     worker: &Worker,
     route: &Route,
     mut req: Request<ClientBody>,
+    body: &BodyState,
     record: &mut Record,
 ) -> Result<(Response<Incoming>, Checkout), UpstreamErrorKind> {
     let upstreams = &worker.shared.upstreams;
@@ -470,7 +489,18 @@ async fn send(
             }
             continue;
         }
-        let sent = tokio::time::timeout(read_timeout, checkout.sender.try_send_request(req)).await;
+        // `read_timeout` counts from the end of the request body: a slow upload is bounded by
+        // `client_body_timeout` per read, not by the upstream's answer time.
+        let answered = checkout.sender.try_send_request(req);
+        let waited = async {
+            body.finished().await;
+            tokio::time::sleep(read_timeout).await;
+        };
+        let sent = tokio::select! {
+            biased;
+            sent = answered => Ok(sent),
+            () = waited => Err(()),
+        };
         match sent {
             Ok(Ok(response)) => return Ok((response, checkout)),
             Ok(Err(mut e)) => match e.take_message() {

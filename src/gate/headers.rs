@@ -87,7 +87,7 @@ pub fn class(name: &str) -> Option<Class> {
         Cow::Borrowed(name)
     };
     let n = dashed.as_ref();
-    if n.len() > 7 && n.starts_with("x-auth-") {
+    if n.starts_with("x-auth-") {
         Some(Class::Identity)
     } else if ROUTING.contains(&n) {
         Some(Class::Routing)

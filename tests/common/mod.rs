@@ -219,6 +219,14 @@ pub fn start_gateway_with_server(server: &str, routes_and_more: &str) -> Running
         .spawn()
 }
 
+/// Start the real gateway in-process from a whole config text.
+pub fn start_gateway_text(text: &str) -> RunningApp {
+    let config = Config::parse(text).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+    App::build(&config, prometheus::Registry::new())
+        .unwrap()
+        .spawn()
+}
+
 /// A reqwest client that never reuses connections between tests and has a hard deadline.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
