@@ -282,6 +282,109 @@ async fn framing_refusals_hold_for_every_head_ending_and_for_pipelined_bodies() 
     assert_eq!(uris, ["/first"], "only the first request was forwarded");
 }
 
+/// A head pipelined behind another and split across segments is still checked as it arrived
+/// (red team, round 2: the checker took the second segment's first line for a request line).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipelined_head_split_across_segments_is_checked_whole() {
+    let up = EchoUpstream::start("app").await;
+    let gw = start_gateway(&open_route(up.addr));
+    for second in [
+        &b"gth: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"[..],
+        b"gth: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+    ] {
+        let before = up.hits();
+        let mut stream = TcpStream::connect(gw.proxy_addr).await.unwrap();
+        stream
+            .write_all(
+                b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n\
+                  POST /smuggled HTTP/1.1\r\nHost: a\r\nContent-Len",
+            )
+            .await
+            .unwrap();
+        // The first answer is out before the rest of the second head arrives.
+        let mut buf = vec![0u8; 4096];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        stream.write_all(second).await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(rest.starts_with("HTTP/1.1 400"), "{rest}");
+        let uris: Vec<String> = up.seen()[before..].iter().map(|s| s.uri.clone()).collect();
+        assert_eq!(uris, ["/first"]);
+    }
+}
+
+/// An upstream that answers before the request's body has arrived keeps its connection out of
+/// the pool until that body is through: what the client sends as its body never reaches the
+/// upstream as another client's request (red team, round 2).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_early_answer_does_not_hand_the_connection_to_another_client() {
+    // Answers every head at once with its own request line, and reads no body (as a server
+    // that ignores Content-Length would): what follows a head is read as the next head.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = buf.drain(..end + 4).collect();
+                        let line = String::from_utf8_lossy(&head);
+                        let line = line.lines().next().unwrap_or_default().to_owned();
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{line}",
+                            line.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let gw = common::start_gateway_text(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 1\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}",
+        open_route(addr)
+    ));
+    let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut a = TcpStream::connect(gw.proxy_addr).await.unwrap();
+    a.write_all(
+        format!(
+            "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+            smuggled.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = a.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).ends_with("POST /a HTTP/1.1"));
+    // B asks while A's body has not come; then A sends a body that is a request.
+    let b = tokio::spawn(raw_request(
+        gw.proxy_addr,
+        b"GET /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.write_all(smuggled).await.unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(10), b)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(b.ends_with("GET /b HTTP/1.1"), "{b}");
+}
+
 /// `read_timeout` counts from the end of the request body: an upload slower than it, within
 /// `client_body_timeout` per read, is answered (found by the red team).
 #[tokio::test(flavor = "multi_thread")]
@@ -449,16 +552,23 @@ async fn request_trailers_cannot_carry_the_gateways_own_fields() {
     let gw = start_gateway(&open_route(up.addr));
     let _ = raw_request(
         gw.proxy_addr,
-        b"POST /x HTTP/1.1\r\nHost: h\r\nTrailer: x-forwarded-for, x-request-id, x-auth-subject, x-kept\r\n\
+        b"POST /x HTTP/1.1\r\nHost: h\r\nTrailer: x-forwarded-for, x-request-id, x-auth-subject, proxy-authorization, upgrade, x-kept\r\n\
           Transfer-Encoding: chunked\r\n\
           Connection: close\r\n\r\n2\r\nhi\r\n0\r\nx-forwarded-for: 6.6.6.6\r\n\
-          x-request-id: forged\r\nx-auth-subject: admin\r\nx-kept: k\r\n\r\n",
+          x-request-id: forged\r\nx-auth-subject: admin\r\nproxy-authorization: Basic eA==\r\n\
+          upgrade: h2c\r\nx-kept: k\r\n\r\n",
     )
     .await;
     let seen = up.seen()[0].to_ascii_lowercase();
     let trailers = seen.rsplit("\r\n0\r\n").next().unwrap();
     assert!(trailers.contains("x-kept: k"), "{seen}");
-    for gone in ["6.6.6.6", "forged", "x-auth-subject"] {
+    for gone in [
+        "6.6.6.6",
+        "forged",
+        "x-auth-subject",
+        "proxy-authorization",
+        "h2c",
+    ] {
         assert!(!trailers.contains(gone), "{gone} in the trailers: {seen}");
     }
 }

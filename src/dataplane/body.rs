@@ -90,6 +90,11 @@ impl BodyState {
         }
     }
 
+    /// The body has been read to its end.
+    pub fn is_done(&self) -> bool {
+        self.done.get()
+    }
+
     fn finish(&self) {
         if !self.done.replace(true) {
             self.finished.notify_one();
@@ -164,6 +169,13 @@ fn keep_trailers(trailers: &mut HeaderMap, strip: Strip) {
                         | "dpop"
                         | "forwarded"
                         | "x-request-id"
+                        | "expect"
+                        | "upgrade"
+                        | "keep-alive"
+                        | "proxy-connection"
+                        | "proxy-authorization"
+                        | "proxy-authenticate"
+                        | "http2-settings"
                 )
                 || n.starts_with("x-forwarded-")
         })
@@ -237,11 +249,15 @@ impl Body for ClientBody {
 }
 
 /// An upstream's response body, streamed to the client. Each wait for the upstream is bounded by
-/// `read_timeout`. Its connection goes back to the worker's pool on the body's last frame, and
-/// is dropped (closed) if the body fails or is abandoned.
+/// `read_timeout`. Its connection goes back to the worker's pool on the body's last frame, when
+/// the request's body has been sent whole too; it is dropped (closed) if either body failed,
+/// was abandoned, or the request's was still arriving (an upstream that answered early would
+/// otherwise be handed to another request while this one's body, or what the client sends as
+/// its body, still follows on the connection).
 pub struct UpstreamBody {
     inner: Incoming,
     checkout: Option<Checkout>,
+    request: Rc<BodyState>,
     timeout: Duration,
     stall: Stall,
     /// Set when the upstream broke off the body or stalled: counted by [`Finish`].
@@ -252,12 +268,14 @@ impl UpstreamBody {
     pub fn new(
         inner: Incoming,
         checkout: Option<Checkout>,
+        request: Rc<BodyState>,
         timeout: Duration,
         broken: Rc<Cell<Option<crate::metrics::UpstreamErrorKind>>>,
     ) -> UpstreamBody {
         let mut body = UpstreamBody {
             inner,
             checkout,
+            request,
             timeout,
             stall: Stall::default(),
             broken,
@@ -268,7 +286,14 @@ impl UpstreamBody {
 
     fn release_if_done(&mut self) {
         if self.inner.is_end_stream() {
-            if let Some(checkout) = self.checkout.take() {
+            self.release();
+        }
+    }
+
+    /// The response has ended: pool the connection if the request's body has too.
+    fn release(&mut self) {
+        if let Some(checkout) = self.checkout.take() {
+            if self.request.is_done() && self.request.fault.get().is_none() {
                 checkout.release();
             }
         }
@@ -305,9 +330,7 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
-                if let Some(checkout) = this.checkout.take() {
-                    checkout.release();
-                }
+                this.release();
                 Poll::Ready(None)
             }
         }

@@ -15,6 +15,7 @@ pub mod body;
 pub mod client_stream;
 pub mod framing;
 pub mod headers;
+pub mod heads;
 pub mod pool;
 pub mod proxy;
 pub mod simple;

@@ -101,8 +101,6 @@ impl RequestCounters {
 /// One client connection, as its requests see it.
 pub struct Conn {
     pub stream: Arc<ConnShared>,
-    /// Requests served on this connection so far.
-    requests: Cell<u64>,
     /// The peer's address, rendered once for `X-Forwarded-For`.
     pub client: headers::ClientAddr,
 }
@@ -111,7 +109,6 @@ impl Conn {
     pub fn new(stream: Arc<ConnShared>, client: IpAddr) -> Conn {
         Conn {
             stream,
-            requests: Cell::new(0),
             client: headers::ClientAddr::new(client),
         }
     }
@@ -230,23 +227,19 @@ async fn forward(
     // A request answered before its body was read is not kept: the unread bytes would be
     // read as the next head.
     let early = |s: Synthetic| answer(if body_unread { s.closing() } else { s });
-    let number = conn.requests.get() + 1;
-    conn.requests.set(number);
-    if conn.stream.heads_seen() < number && body_unread {
-        // A head that arrived behind another in one read was not seen as sent, so its body
-        // framing (a Content-Length beside Transfer-Encoding, two Content-Length lines) cannot
-        // be checked: a request with a body is refused (RFC 9112 §9.3.2 allows a server to
-        // decline pipelining).
+    let Some(head) = conn.stream.next_head() else {
+        // The connection's bytes could not be framed as the HTTP parser frames them, so no
+        // head on it can be checked as it arrived: refused, and the connection closed.
         return answer(
             Synthetic::error(
                 400,
                 "bad_request",
-                "A request with a body may not be pipelined behind another.",
+                "The request's framing on this connection could not be followed.",
             )
             .closing(),
         );
-    }
-    let notable = conn.stream.notable().unwrap_or_default();
+    };
+    let notable = head.notable.map(|n| *n).unwrap_or_default();
     let target = raw_target(&parts.uri);
     let target_bytes = target.as_bytes();
     let length_beside_chunked = notable.length_beside_chunked;
@@ -400,7 +393,13 @@ async fn forward(
     headers::remove_hop_by_hop(&mut rparts.headers);
     rparts.version = Version::HTTP_11;
     normalise_length(&mut rparts.headers, bodiless);
-    let body = UpstreamBody::new(rbody, checkout, settings.read_timeout, record.error.clone());
+    let body = UpstreamBody::new(
+        rbody,
+        checkout,
+        body_state,
+        settings.read_timeout,
+        record.error.clone(),
+    );
     Response::from_parts(rparts, ResBody::upstream(body))
 }
 

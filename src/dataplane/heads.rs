@@ -1,0 +1,407 @@
+//! Every request head on a client connection, as it arrived.
+//!
+//! hyper's parsed request hides three things the gateway refuses (RFC 9112 §3.2, §6.1, RFC
+//! 9110 §8.6): a `#` fragment in the target (the `http` crate drops it), a `Content-Length`
+//! beside `Transfer-Encoding` (hyper drops the length) and several equal `Content-Length`
+//! lines (hyper keeps one). [`HeadTracker`] reads the connection's bytes in the order hyper
+//! reads them and follows the same framing hyper does: a head up to its blank line (`\n\n` or
+//! `\n\r\n`, after any empty lines), then a body of `Content-Length` bytes or chunked (sizes,
+//! data, trailers), then the next head. So the n-th head it finds is the n-th request hyper
+//! parses, pipelined or not, however the bytes were split into segments.
+//!
+//! If the bytes cannot be framed as hyper frames them (a malformed chunk, a head too large),
+//! the tracker is lost and says so: every later request on the connection is refused.
+
+use std::collections::VecDeque;
+
+/// The largest head kept: the largest `max_uri_bytes` and `max_header_bytes` (1 MiB each) and
+/// a little more; a larger one is refused by the parser.
+pub const MAX_HEAD: usize = (2 << 20) + 4096;
+
+/// The longest chunk-size line (with extensions) followed; hyper refuses long ones too.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// A head's facts that its parsed form lost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notable {
+    /// The request line as it arrived, when it held a `#`.
+    pub fragment_line: Option<Vec<u8>>,
+    /// The head had both `Content-Length` and `Transfer-Encoding` lines.
+    pub length_beside_chunked: bool,
+    /// The head's `Content-Length` lines.
+    pub length_lines: usize,
+}
+
+/// What one head said, for the request hyper parses from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Head {
+    /// `None` for the common head that hides nothing.
+    pub notable: Option<Box<Notable>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Collecting a head.
+    Head,
+    /// This many body bytes are left.
+    Length(u64),
+    /// A chunk-size line, this long so far.
+    ChunkSize(usize),
+    /// This many bytes of chunk data are left, then CRLF.
+    ChunkData(u64),
+    /// The CR, then the LF, after chunk data.
+    ChunkCr,
+    ChunkLf,
+    /// Trailer lines after the last chunk; the current line's length so far.
+    Trailers(usize),
+    /// Framing not followed: no later head can be trusted.
+    Lost,
+}
+
+/// Follows a client connection's bytes head by head ([module docs](self)).
+#[derive(Debug)]
+pub struct HeadTracker {
+    state: State,
+    head: Vec<u8>,
+    /// The current chunk-size line.
+    line: Vec<u8>,
+    /// Heads found, not yet asked for.
+    found: VecDeque<Head>,
+}
+
+impl Default for HeadTracker {
+    fn default() -> HeadTracker {
+        HeadTracker {
+            state: State::Head,
+            head: Vec::new(),
+            line: Vec::new(),
+            found: VecDeque::new(),
+        }
+    }
+}
+
+/// How the body after a head is framed, as hyper frames a request's.
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// hyper refuses such a head.
+    Bad,
+}
+
+impl HeadTracker {
+    /// The next head's facts, for the request hyper parsed from it; `None` when the tracker is
+    /// lost (or behind, which cannot happen: hyper reads only what this has seen).
+    pub fn next_head(&mut self) -> Option<Head> {
+        self.found.pop_front()
+    }
+
+    /// A head is being collected and has bytes (for the head deadline's 408).
+    pub fn in_head(&self) -> bool {
+        self.state == State::Head && !self.head.is_empty()
+    }
+
+    /// Follow `bytes`, read from the connection in order.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let used = match self.state {
+                State::Lost => return,
+                State::Head => self.feed_head(bytes),
+                State::Length(left) => {
+                    let take = left.min(bytes.len() as u64);
+                    self.state = match left - take {
+                        0 => State::Head,
+                        rest => State::Length(rest),
+                    };
+                    take as usize
+                }
+                State::ChunkData(left) => {
+                    let take = left.min(bytes.len() as u64);
+                    self.state = match left - take {
+                        0 => State::ChunkCr,
+                        rest => State::ChunkData(rest),
+                    };
+                    take as usize
+                }
+                State::ChunkCr => {
+                    self.state = if bytes[0] == b'\r' {
+                        State::ChunkLf
+                    } else {
+                        State::Lost
+                    };
+                    1
+                }
+                State::ChunkLf => {
+                    self.state = if bytes[0] == b'\n' {
+                        State::ChunkSize(0)
+                    } else {
+                        State::Lost
+                    };
+                    1
+                }
+                State::ChunkSize(_) => self.feed_chunk_size(bytes),
+                State::Trailers(len) => {
+                    let b = bytes[0];
+                    self.state = match (b, len) {
+                        (b'\n', 0) => State::Head,
+                        (b'\n', _) => State::Trailers(0),
+                        // A CR alone on a line still leaves it empty.
+                        (b'\r', 0) => State::Trailers(0),
+                        (_, n) if n < MAX_HEAD => State::Trailers(n + 1),
+                        _ => State::Lost,
+                    };
+                    1
+                }
+            };
+            bytes = &bytes[used..];
+        }
+    }
+
+    /// Collect head bytes; returns how many of `bytes` were used.
+    fn feed_head(&mut self, bytes: &[u8]) -> usize {
+        // Empty lines before a request line are skipped, as hyper skips them.
+        let mut start = 0;
+        if self.head.is_empty() {
+            start = bytes
+                .iter()
+                .position(|&b| b != b'\r' && b != b'\n')
+                .unwrap_or(bytes.len());
+            if start == bytes.len() {
+                return start;
+            }
+        }
+        // The blank line may straddle reads: search from a few bytes back.
+        let from = self.head.len().saturating_sub(2);
+        let before = self.head.len();
+        let room = MAX_HEAD.saturating_sub(before);
+        let chunk = &bytes[start..];
+        self.head.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let end = self.head[from..]
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'\n')
+            .find_map(|(i, _)| match &self.head[from + i + 1..] {
+                [b'\n', ..] => Some(from + i + 2),
+                [b'\r', b'\n', ..] => Some(from + i + 3),
+                _ => None,
+            });
+        let Some(end) = end else {
+            if chunk.len() > room {
+                self.state = State::Lost;
+            }
+            return bytes.len();
+        };
+        let used = start + (end - before);
+        self.head.truncate(end);
+        let (framing, notable) = inspect(&self.head);
+        self.found.push_back(Head {
+            notable: notable.map(Box::new),
+        });
+        self.state = match framing {
+            Framing::None | Framing::Length(0) => State::Head,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::ChunkSize(0),
+            Framing::Bad => State::Lost,
+        };
+        if self.head.capacity() > 16 * 1024 {
+            self.head = Vec::new();
+        }
+        self.head.clear();
+        used
+    }
+
+    /// Follow a chunk-size line (RFC 9112 §7.1: hex size, optional whitespace and extensions,
+    /// CRLF); returns how many of `bytes` were used.
+    fn feed_chunk_size(&mut self, bytes: &[u8]) -> usize {
+        let newline = bytes.iter().position(|&b| b == b'\n');
+        let take = newline.map_or(bytes.len(), |i| i + 1);
+        if self.line.len() + take > MAX_CHUNK_LINE {
+            self.state = State::Lost;
+            return bytes.len();
+        }
+        self.line.extend_from_slice(&bytes[..take]);
+        if newline.is_none() {
+            self.state = State::ChunkSize(self.line.len());
+            return take;
+        }
+        let size = chunk_size(&self.line);
+        self.line.clear();
+        self.state = match size {
+            Some(0) => State::Trailers(0),
+            Some(n) => State::ChunkData(n),
+            None => State::Lost,
+        };
+        take
+    }
+}
+
+/// The size of a chunk-size line ending in CRLF, or `None` if hyper would refuse it.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r\n")?;
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    let rest = &line[digits..];
+    let rest_ok = rest.iter().all(|&b| b != b'\r' && b != b'\n')
+        && rest
+            .iter()
+            .find(|&&b| b != b' ' && b != b'\t')
+            .is_none_or(|&b| b == b';');
+    if !rest_ok {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
+}
+
+/// The framing hyper applies to a request with this head, and what the head hides.
+fn inspect(head: &[u8]) -> (Framing, Option<Notable>) {
+    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let line = &head[..(line_end + 1).min(head.len())];
+    let http_10 = line.windows(8).any(|w| w == b"HTTP/1.0");
+    let (mut lengths, mut te, mut chunked) = (Vec::new(), false, false);
+    for field in head[(line_end + 1).min(head.len())..].split(|&b| b == b'\n') {
+        let Some(colon) = field.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = &field[..colon];
+        let value = trim(&field[colon + 1..]);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            lengths.push(value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te = true;
+            // hyper: chunked when the last coding of the last line is `chunked`.
+            let last = value.rsplit(|&b| b == b',').next().map(trim);
+            chunked = last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+        }
+    }
+    let framing = if te {
+        match (chunked, http_10) {
+            (true, false) => Framing::Chunked,
+            _ => Framing::Bad,
+        }
+    } else if let Some(first) = lengths.first() {
+        let parse = |v: &[u8]| -> Option<u64> {
+            (!v.is_empty() && v.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(v).ok()?.parse().ok())
+                .flatten()
+        };
+        match parse(first) {
+            Some(n) if lengths.iter().all(|v| parse(v) == Some(n)) => Framing::Length(n),
+            _ => Framing::Bad,
+        }
+    } else {
+        Framing::None
+    };
+    let fragment = line.contains(&b'#').then(|| line.to_vec());
+    let cl = lengths.len();
+    let notable = (fragment.is_some() || (cl > 0 && te) || cl > 1).then_some(Notable {
+        fragment_line: fragment,
+        length_beside_chunked: cl > 0 && te,
+        length_lines: cl,
+    });
+    (framing, notable)
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|&b| !matches!(b, b' ' | b'\t' | b'\r'));
+    let end = v.iter().rposition(|&b| !matches!(b, b' ' | b'\t' | b'\r'));
+    match (start, end) {
+        (Some(s), Some(e)) => &v[s..=e],
+        _ => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feed `bytes` split at every position: the heads found are the same.
+    fn heads_at_every_split(bytes: &[u8]) -> Vec<Option<Notable>> {
+        let mut whole = HeadTracker::default();
+        whole.feed(bytes);
+        let want: Vec<_> = whole
+            .found
+            .drain(..)
+            .map(|h| h.notable.map(|n| *n))
+            .collect();
+        for split in 0..bytes.len() {
+            let mut t = HeadTracker::default();
+            t.feed(&bytes[..split]);
+            t.feed(&bytes[split..]);
+            let got: Vec<_> = t.found.drain(..).map(|h| h.notable.map(|n| *n)).collect();
+            assert_eq!(got, want, "split at {split}");
+        }
+        want
+    }
+
+    #[test]
+    fn pipelined_heads_are_found_through_bodies_of_every_framing() {
+        let stream = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n\
+            POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+            POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
+            3;ext=1\r\nabc\r\n0\r\nx-t: 1\r\n\r\n\
+            POST /d HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello\
+            GET /e#x HTTP/1.1\nHost: h\n\r\n";
+        let heads = heads_at_every_split(stream);
+        assert_eq!(heads.len(), 5);
+        assert_eq!(heads[..3], [None, None, None]);
+        assert_eq!(heads[3].as_ref().unwrap().length_lines, 2);
+        assert!(heads[4].as_ref().unwrap().fragment_line.is_some());
+    }
+
+    #[test]
+    fn a_body_that_looks_like_a_head_is_a_body() {
+        // A POST whose body is a clean head, then the smuggling head: the tracker finds the
+        // second as a head, not the body.
+        let decoy = b"GET /f HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut stream = format!(
+            "POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+            decoy.len()
+        )
+        .into_bytes();
+        stream.extend_from_slice(decoy);
+        stream.extend_from_slice(
+            b"POST /s HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        );
+        let heads = heads_at_every_split(&stream);
+        assert_eq!(heads.len(), 2);
+        assert!(heads[1].as_ref().unwrap().length_beside_chunked);
+    }
+
+    #[test]
+    fn head_endings_and_leading_empty_lines_follow_hyper() {
+        let heads = heads_at_every_split(
+            b"\r\n\nPOST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\n\r\n0\r\n\r\n",
+        );
+        assert!(heads[0].as_ref().unwrap().length_beside_chunked);
+    }
+
+    #[test]
+    fn framing_it_cannot_follow_loses_the_tracker() {
+        for bad in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+        ] {
+            let mut t = HeadTracker::default();
+            t.feed(bad);
+            t.feed(b"GET / HTTP/1.1\r\n\r\n");
+            assert_eq!(t.state, State::Lost, "{}", String::from_utf8_lossy(bad));
+            assert!(t.found.len() <= 1, "nothing after is trusted");
+        }
+    }
+
+    #[test]
+    fn chunk_size_lines() {
+        assert_eq!(chunk_size(b"1a\r\n"), Some(26));
+        assert_eq!(chunk_size(b"5 ;x=y\r\n"), Some(5));
+        assert_eq!(chunk_size(b"0\r\n"), Some(0));
+        assert_eq!(chunk_size(b"5\n"), None);
+        assert_eq!(chunk_size(b"x\r\n"), None);
+        assert_eq!(chunk_size(b"5 x\r\n"), None);
+        assert_eq!(chunk_size(b"11111111111111111\r\n"), None);
+    }
+}
