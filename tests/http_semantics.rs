@@ -318,6 +318,39 @@ async fn a_pipelined_head_split_across_segments_is_checked_whole() {
     }
 }
 
+/// Trailers end only at CRLF CRLF, for the head checks as for the parser: a bare LF at the
+/// start of a trailer line does not end them (red team, round 3).
+#[tokio::test(flavor = "multi_thread")]
+async fn heads_after_odd_trailers_are_still_checked() {
+    let up = EchoUpstream::start("app").await;
+    let gw = start_gateway(&open_route(up.addr));
+    let mut stream = TcpStream::connect(gw.proxy_addr).await.unwrap();
+    stream
+        .write_all(b"POST /m1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\nX: y\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    stream
+        .write_all(b"POST /bad HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 400"), "{rest}");
+    let uris: Vec<String> = up.seen().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(uris, ["/m1"]);
+}
+
 /// An upstream that answers before the request's body has arrived keeps its connection out of
 /// the pool until that body is through: what the client sends as its body never reaches the
 /// upstream as another client's request (red team, round 2).

@@ -18,9 +18,6 @@ use std::collections::VecDeque;
 /// a little more; a larger one is refused by the parser.
 pub const MAX_HEAD: usize = (2 << 20) + 4096;
 
-/// The longest chunk-size line (with extensions) followed; hyper refuses long ones too.
-const MAX_CHUNK_LINE: usize = 4096;
-
 /// A head's facts that its parsed form lost.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Notable {
@@ -39,32 +36,54 @@ pub struct Head {
     pub notable: Option<Box<Notable>>,
 }
 
+/// Where the tracker is. The chunked states are hyper's own (`proto::h1::decode`), byte for
+/// byte, with its limits: 16 KiB of chunk extensions, 16 KiB and 100 lines of trailers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Collecting a head.
     Head,
     /// This many body bytes are left.
     Length(u64),
-    /// A chunk-size line, this long so far.
-    ChunkSize(usize),
-    /// This many bytes of chunk data are left, then CRLF.
+    /// A chunk-size line: the first hex digit, more digits (the size so far), whitespace after
+    /// them, an extension (its length so far), the LF after the CR.
+    ChunkStart,
+    ChunkSize(u64),
+    ChunkSizeLws(u64),
+    ChunkExtension(u64, u64),
+    ChunkSizeLf(u64),
+    /// This many bytes of chunk data are left, then CR LF.
     ChunkData(u64),
-    /// The CR, then the LF, after chunk data.
-    ChunkCr,
-    ChunkLf,
-    /// Trailer lines after the last chunk; the current line's length so far.
-    Trailers(usize),
+    ChunkDataCr,
+    ChunkDataLf,
+    /// After the last chunk: the CR that ends the body, or a trailer line; `bytes` and `lines`
+    /// of trailers so far.
+    EndCr {
+        bytes: usize,
+        lines: usize,
+    },
+    EndLf,
+    Trailer {
+        bytes: usize,
+        lines: usize,
+    },
+    TrailerLf {
+        bytes: usize,
+        lines: usize,
+    },
     /// Framing not followed: no later head can be trusted.
     Lost,
 }
+
+/// hyper's limits on what it reads of a chunked body beside the data.
+const MAX_EXTENSION_BYTES: u64 = 16 * 1024;
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+const MAX_TRAILER_LINES: usize = 100;
 
 /// Follows a client connection's bytes head by head ([module docs](self)).
 #[derive(Debug)]
 pub struct HeadTracker {
     state: State,
     head: Vec<u8>,
-    /// The current chunk-size line.
-    line: Vec<u8>,
     /// Heads found, not yet asked for.
     found: VecDeque<Head>,
 }
@@ -74,7 +93,6 @@ impl Default for HeadTracker {
         HeadTracker {
             state: State::Head,
             head: Vec::new(),
-            line: Vec::new(),
             found: VecDeque::new(),
         }
     }
@@ -108,49 +126,19 @@ impl HeadTracker {
             let used = match self.state {
                 State::Lost => return,
                 State::Head => self.feed_head(bytes),
-                State::Length(left) => {
+                State::Length(left) | State::ChunkData(left) => {
                     let take = left.min(bytes.len() as u64);
-                    self.state = match left - take {
-                        0 => State::Head,
-                        rest => State::Length(rest),
+                    let chunked = matches!(self.state, State::ChunkData(_));
+                    self.state = match (left - take, chunked) {
+                        (0, false) => State::Head,
+                        (0, true) => State::ChunkDataCr,
+                        (rest, false) => State::Length(rest),
+                        (rest, true) => State::ChunkData(rest),
                     };
                     take as usize
                 }
-                State::ChunkData(left) => {
-                    let take = left.min(bytes.len() as u64);
-                    self.state = match left - take {
-                        0 => State::ChunkCr,
-                        rest => State::ChunkData(rest),
-                    };
-                    take as usize
-                }
-                State::ChunkCr => {
-                    self.state = if bytes[0] == b'\r' {
-                        State::ChunkLf
-                    } else {
-                        State::Lost
-                    };
-                    1
-                }
-                State::ChunkLf => {
-                    self.state = if bytes[0] == b'\n' {
-                        State::ChunkSize(0)
-                    } else {
-                        State::Lost
-                    };
-                    1
-                }
-                State::ChunkSize(_) => self.feed_chunk_size(bytes),
-                State::Trailers(len) => {
-                    let b = bytes[0];
-                    self.state = match (b, len) {
-                        (b'\n', 0) => State::Head,
-                        (b'\n', _) => State::Trailers(0),
-                        // A CR alone on a line still leaves it empty.
-                        (b'\r', 0) => State::Trailers(0),
-                        (_, n) if n < MAX_HEAD => State::Trailers(n + 1),
-                        _ => State::Lost,
-                    };
+                state => {
+                    self.state = chunked_step(state, bytes[0]);
                     1
                 }
             };
@@ -201,7 +189,7 @@ impl HeadTracker {
         self.state = match framing {
             Framing::None | Framing::Length(0) => State::Head,
             Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::ChunkSize(0),
+            Framing::Chunked => State::ChunkStart,
             Framing::Bad => State::Lost,
         };
         if self.head.capacity() > 16 * 1024 {
@@ -210,49 +198,62 @@ impl HeadTracker {
         self.head.clear();
         used
     }
-
-    /// Follow a chunk-size line (RFC 9112 §7.1: hex size, optional whitespace and extensions,
-    /// CRLF); returns how many of `bytes` were used.
-    fn feed_chunk_size(&mut self, bytes: &[u8]) -> usize {
-        let newline = bytes.iter().position(|&b| b == b'\n');
-        let take = newline.map_or(bytes.len(), |i| i + 1);
-        if self.line.len() + take > MAX_CHUNK_LINE {
-            self.state = State::Lost;
-            return bytes.len();
-        }
-        self.line.extend_from_slice(&bytes[..take]);
-        if newline.is_none() {
-            self.state = State::ChunkSize(self.line.len());
-            return take;
-        }
-        let size = chunk_size(&self.line);
-        self.line.clear();
-        self.state = match size {
-            Some(0) => State::Trailers(0),
-            Some(n) => State::ChunkData(n),
-            None => State::Lost,
-        };
-        take
-    }
 }
 
-/// The size of a chunk-size line ending in CRLF, or `None` if hyper would refuse it.
-fn chunk_size(line: &[u8]) -> Option<u64> {
-    let line = line.strip_suffix(b"\r\n")?;
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
-        return None;
+/// One byte of a chunked body outside its data, as hyper's decoder takes it (RFC 9112 §7.1).
+fn chunked_step(state: State, b: u8) -> State {
+    let hex = |b: u8| (b as char).to_digit(16).map(u64::from);
+    let grow = |size: u64, digit: u64| size.checked_mul(16)?.checked_add(digit);
+    match (state, b) {
+        (State::ChunkStart, b) => match hex(b).and_then(|d| grow(0, d)) {
+            Some(size) => State::ChunkSize(size),
+            None => State::Lost,
+        },
+        (State::ChunkSize(size), b) if hex(b).is_some() => {
+            match hex(b).and_then(|d| grow(size, d)) {
+                Some(size) => State::ChunkSize(size),
+                None => State::Lost,
+            }
+        }
+        (State::ChunkSize(size) | State::ChunkSizeLws(size), b' ' | b'\t') => {
+            State::ChunkSizeLws(size)
+        }
+        (State::ChunkSize(size) | State::ChunkSizeLws(size), b';') => {
+            State::ChunkExtension(size, 0)
+        }
+        (State::ChunkSize(size) | State::ChunkSizeLws(size), b'\r') => State::ChunkSizeLf(size),
+        (State::ChunkExtension(size, _), b'\r') => State::ChunkSizeLf(size),
+        (State::ChunkExtension(_, _), b'\n') => State::Lost,
+        (State::ChunkExtension(size, n), _) if n + 1 < MAX_EXTENSION_BYTES => {
+            State::ChunkExtension(size, n + 1)
+        }
+        (State::ChunkSizeLf(0), b'\n') => State::EndCr { bytes: 0, lines: 0 },
+        (State::ChunkSizeLf(size), b'\n') => State::ChunkData(size),
+        (State::ChunkDataCr, b'\r') => State::ChunkDataLf,
+        (State::ChunkDataLf, b'\n') => State::ChunkStart,
+        (State::EndCr { .. }, b'\r') => State::EndLf,
+        (State::EndCr { bytes, lines } | State::Trailer { bytes, lines }, b) => {
+            if bytes + 1 > MAX_TRAILER_BYTES {
+                State::Lost
+            } else if b == b'\r' {
+                State::TrailerLf {
+                    bytes: bytes + 1,
+                    lines,
+                }
+            } else {
+                State::Trailer {
+                    bytes: bytes + 1,
+                    lines,
+                }
+            }
+        }
+        (State::TrailerLf { bytes, lines }, b'\n') if lines < MAX_TRAILER_LINES => State::EndCr {
+            bytes: bytes + 1,
+            lines: lines + 1,
+        },
+        (State::EndLf, b'\n') => State::Head,
+        _ => State::Lost,
     }
-    let rest = &line[digits..];
-    let rest_ok = rest.iter().all(|&b| b != b'\r' && b != b'\n')
-        && rest
-            .iter()
-            .find(|&&b| b != b' ' && b != b'\t')
-            .is_none_or(|&b| b == b';');
-    if !rest_ok {
-        return None;
-    }
-    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
 }
 
 /// The framing hyper applies to a request with this head, and what the head hides.
@@ -395,13 +396,53 @@ mod tests {
     }
 
     #[test]
-    fn chunk_size_lines() {
-        assert_eq!(chunk_size(b"1a\r\n"), Some(26));
-        assert_eq!(chunk_size(b"5 ;x=y\r\n"), Some(5));
-        assert_eq!(chunk_size(b"0\r\n"), Some(0));
-        assert_eq!(chunk_size(b"5\n"), None);
-        assert_eq!(chunk_size(b"x\r\n"), None);
-        assert_eq!(chunk_size(b"5 x\r\n"), None);
-        assert_eq!(chunk_size(b"11111111111111111\r\n"), None);
+    fn chunk_framing_follows_hyper_byte_for_byte() {
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let next = b"GET /next#x HTTP/1.1\r\n\r\n";
+        // (body, followed): hyper reads these to their end, and the next head is found.
+        for (body, followed) in [
+            (&b"1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n"[..], true),
+            (b"5 ;x=\"y\"\r\nhello\r\n0\r\n\r\n", true),
+            (
+                b"00000000000000005\r\nhello\r\n00000000000000000\r\n\r\n",
+                true,
+            ),
+            (b"0\r\nX: y\r\nZ: w\r\n\r\n", true),
+            // A bare LF in the trailers is a trailer byte: only CRLF CRLF ends them, so the
+            // "next head" is a trailer line here, as hyper reads it.
+            (b"0\r\n\nX: y\r\n\r\n", true),
+            (b"5\nhello\r\n0\r\n\r\n", false),
+            (b"\r\n", false),
+            (b"x\r\n", false),
+            (b"5 x\r\nhello\r\n0\r\n\r\n", false),
+            (b"5;a\nb\r\nhello\r\n0\r\n\r\n", false),
+            (b"3\r\nabcXY", false),
+            (b"11111111111111111\r\n", false),
+        ] {
+            let mut bytes = head.clone();
+            bytes.extend_from_slice(body);
+            bytes.extend_from_slice(next);
+            let mut t = HeadTracker::default();
+            t.feed(&bytes);
+            let found = t.found.len();
+            assert_eq!(found == 2, followed, "{}", String::from_utf8_lossy(body));
+            if !followed {
+                assert_eq!(t.state, State::Lost, "{}", String::from_utf8_lossy(body));
+            }
+        }
+        // The bare-LF trailer case: the would-be head is swallowed as a trailer, as hyper does,
+        // and the head after the real end of the trailers is found.
+        let mut t = HeadTracker::default();
+        t.feed(&head);
+        t.feed(b"0\r\n\nX: y\r\nGET /swallowed HTTP/1.1\r\n\r\nGET /real#x HTTP/1.1\r\n\r\n");
+        assert_eq!(t.found.len(), 2);
+        assert!(t.found[1]
+            .notable
+            .as_ref()
+            .unwrap()
+            .fragment_line
+            .as_ref()
+            .unwrap()
+            .starts_with(b"GET /real"));
     }
 }
