@@ -445,4 +445,156 @@ mod tests {
             .unwrap()
             .starts_with(b"GET /real"));
     }
+
+    /// One request of a generated stream: how its head lines end, its body's framing, and
+    /// the odd-but-valid spellings hyper accepts.
+    #[derive(Debug, Clone)]
+    enum Body {
+        None,
+        Length(Vec<u8>),
+        /// Chunks: (data, leading zeros of the size, upper-case hex, an extension), then
+        /// trailer lines.
+        Chunked(Vec<(Vec<u8>, usize, bool, Option<String>)>, Vec<String>),
+    }
+
+    fn request() -> impl proptest::strategy::Strategy<Value = (bool, bool, Body)> {
+        use proptest::prelude::*;
+        let data = proptest::collection::vec(any::<u8>(), 1..40);
+        let chunk = (
+            data.clone(),
+            0usize..20,
+            any::<bool>(),
+            proptest::option::of("[a-z]{1,5}(=\"[ a-z;]{0,6}\")?"),
+        );
+        let body = prop_oneof![
+            Just(Body::None),
+            proptest::collection::vec(any::<u8>(), 0..60).prop_map(Body::Length),
+            (
+                proptest::collection::vec(chunk, 0..4),
+                // A trailer line may start with a bare LF: hyper takes it as a trailer byte.
+                proptest::collection::vec("\n?x-[a-z]{1,6}: [a-z\t ]{0,8}", 0..3),
+            )
+                .prop_map(|(chunks, trailers)| Body::Chunked(chunks, trailers)),
+        ];
+        (any::<bool>(), any::<bool>(), body)
+    }
+
+    fn render(n: usize, (bare_lf, leading, body): &(bool, bool, Body)) -> Vec<u8> {
+        let eol: &[u8] = if *bare_lf { b"\n" } else { b"\r\n" };
+        let mut out = Vec::new();
+        if *leading {
+            out.extend_from_slice(b"\r\n");
+        }
+        let method = if matches!(body, Body::None) {
+            "GET"
+        } else {
+            "POST"
+        };
+        out.extend_from_slice(format!("{method} /r{n} HTTP/1.1").as_bytes());
+        out.extend_from_slice(eol);
+        out.extend_from_slice(b"Host: h");
+        out.extend_from_slice(eol);
+        match body {
+            Body::None => {}
+            Body::Length(data) => {
+                out.extend_from_slice(format!("Content-Length: {}", data.len()).as_bytes());
+                out.extend_from_slice(eol);
+            }
+            Body::Chunked(..) => {
+                out.extend_from_slice(b"Transfer-Encoding: chunked");
+                out.extend_from_slice(eol);
+            }
+        }
+        out.extend_from_slice(eol);
+        match body {
+            Body::None => {}
+            Body::Length(data) => out.extend_from_slice(data),
+            Body::Chunked(chunks, trailers) => {
+                for (data, zeros, upper, ext) in chunks {
+                    let size = format!("{}{:x}", "0".repeat(*zeros), data.len());
+                    let size = if *upper { size.to_uppercase() } else { size };
+                    out.extend_from_slice(size.as_bytes());
+                    if let Some(ext) = ext {
+                        out.extend_from_slice(format!(" ;{ext}").as_bytes());
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(data);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n");
+                for t in trailers {
+                    out.extend_from_slice(t.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        out
+    }
+
+    /// The requests hyper's server parses from `bytes`, by their targets.
+    fn hyper_reads(bytes: Vec<u8>) -> Vec<String> {
+        use http_body_util::BodyExt;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (mut client, server) = tokio::io::duplex(1 << 20);
+            let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+            let record = seen.clone();
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let record = record.clone();
+                    async move {
+                        record.borrow_mut().push(req.uri().to_string());
+                        let _ = req.into_body().collect().await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Empty::<bytes::Bytes>::new(),
+                        ))
+                    }
+                });
+            let local = tokio::task::LocalSet::new();
+            local
+                .run_until(async move {
+                    let conn = tokio::task::spawn_local(
+                        hyper::server::conn::http1::Builder::new()
+                            .half_close(true)
+                            .serve_connection(hyper_util::rt::TokioIo::new(server), service),
+                    );
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    client.write_all(&bytes).await.unwrap();
+                    client.shutdown().await.unwrap();
+                    let mut sink = Vec::new();
+                    let _ = client.read_to_end(&mut sink).await;
+                    let _ = conn.await;
+                })
+                .await;
+            let seen = seen.borrow().clone();
+            seen
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// On streams of valid requests in every framing and odd-but-valid spelling, split
+        /// anywhere, the tracker finds exactly the heads hyper parses.
+        #[test]
+        fn the_tracker_finds_the_heads_hyper_parses(
+            requests in proptest::collection::vec(request(), 1..6),
+            split in 0usize..400,
+        ) {
+            let bytes: Vec<u8> = requests.iter().enumerate().flat_map(|(n, r)| render(n, r)).collect();
+            let parsed = hyper_reads(bytes.clone());
+            let want: Vec<String> = (0..requests.len()).map(|n| format!("/r{n}")).collect();
+            proptest::prop_assert_eq!(&parsed, &want, "hyper's reading of {:?}", String::from_utf8_lossy(&bytes));
+            let mut t = HeadTracker::default();
+            let split = split.min(bytes.len());
+            t.feed(&bytes[..split]);
+            t.feed(&bytes[split..]);
+            proptest::prop_assert!(t.state != State::Lost);
+            proptest::prop_assert_eq!(t.found.len(), requests.len());
+        }
+    }
 }
