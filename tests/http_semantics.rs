@@ -91,6 +91,16 @@ fn split(answer: &str) -> (String, Vec<String>, String) {
 
 const GET: &[u8] = b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
 
+/// Everything the gateway still sends on `stream` until it closes (10 s at most).
+async fn rest_of(stream: &mut TcpStream) -> String {
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("the gateway closes within 10 s")
+        .unwrap();
+    String::from_utf8_lossy(&rest).into_owned()
+}
+
 /// RFC 9110 §8.6: a list of equal `Content-Length` values, or two equal lines, reach the client
 /// as one valid value. (pingora 0.9.1 passed both on unchanged.)
 #[tokio::test(flavor = "multi_thread")]
@@ -306,12 +316,7 @@ async fn a_pipelined_head_split_across_segments_is_checked_whole() {
         let n = stream.read(&mut buf).await.unwrap();
         assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
         stream.write_all(second).await.unwrap();
-        let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
-            .await
-            .unwrap()
-            .unwrap();
-        let rest = String::from_utf8_lossy(&rest);
+        let rest = rest_of(&mut stream).await;
         assert!(rest.starts_with("HTTP/1.1 400"), "{rest}");
         let uris: Vec<String> = up.seen()[before..].iter().map(|s| s.uri.clone()).collect();
         assert_eq!(uris, ["/first"]);
@@ -340,12 +345,7 @@ async fn heads_after_odd_trailers_are_still_checked() {
         .write_all(b"POST /bad HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
         .await
         .unwrap();
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
-        .await
-        .unwrap()
-        .unwrap();
-    let rest = String::from_utf8_lossy(&rest);
+    let rest = rest_of(&mut stream).await;
     assert!(rest.starts_with("HTTP/1.1 400"), "{rest}");
     let uris: Vec<String> = up.seen().iter().map(|s| s.uri.clone()).collect();
     assert_eq!(uris, ["/m1"]);
@@ -439,12 +439,7 @@ async fn a_slow_upload_is_not_an_upstream_timeout() {
         tokio::time::sleep(Duration::from_millis(600)).await;
         stream.write_all(&[*byte]).await.unwrap();
     }
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = rest_of(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("ok"), "{answer}");
     assert!(up.seen()[0].ends_with("abcd"), "{:?}", up.seen());
@@ -539,12 +534,7 @@ async fn a_half_closed_client_gets_its_answer() {
         .await
         .unwrap();
     stream.shutdown().await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = rest_of(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("app GET /half"), "{answer}");
 }
