@@ -148,7 +148,7 @@ pub fn refused_at_decision(name: &str, method_override: bool, convention: &[&str
 mod tests {
     use super::*;
 
-    const NAMES: [&str; 27] = [
+    const NAMES: [&str; 28] = [
         "forwarded",
         "x-real-ip",
         "true-client-ip",
@@ -173,6 +173,8 @@ mod tests {
         "x-envoy-original-path",
         "x-middleware-subrequest",
         "x-auth-subject",
+        // The identity namespace with an empty suffix (red team).
+        "x-auth-",
         "x-authorization-hint",
         "accept",
         "x-other",
@@ -254,6 +256,7 @@ mod tests {
                 "x-envoy-original-path",
                 "x-middleware-subrequest",
                 "x-auth-subject",
+                "x-auth-",
             ]
         );
         // The configured convention's own headers, in their standard spelling only.
