@@ -27,7 +27,7 @@ check: setup
 bench: setup
 	cargo bench --locked --bench hot_path
 
-# The load benchmark: Portcullis beside nginx and bare pingora on loopback, about 7 minutes.
+# The load benchmark: Portcullis beside nginx and bare hyper on loopback, about 10 minutes.
 # Pass options with ARGS, e.g. make load-bench ARGS="--rounds 5".
 load-bench:
 	./benches/load/run.py $(ARGS)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what building Portcullis needs and a fresh machine may lack.
-# pingora's libz-ng-sys builds with cmake; its C parts need a C compiler.
+# aws-lc-sys (the signature library's C core) builds with cmake and a C compiler.
 # `setup.sh test` also installs what the tests drive: nginx (the forward-auth end-to-end test),
 # Node.js and the authorization server of the interop tests (npm ci in tests/interop).
 # `setup.sh bench` installs what the load benchmark drives: nginx, wrk, openssl, taskset, python3.
