@@ -1,6 +1,6 @@
 //! The auth core's own settings: what [`super::Authenticator`] needs to run. The core owns
-//! these types; [`crate::config`] parses TOML and produces them (the arrow points into the
-//! core, never out of it), and re-exports them under their old paths.
+//! these types; the configuration module parses TOML and produces them (the arrow points into
+//! the core, never out of it), and re-exports them under their old paths.
 
 use std::time::Duration;
 
