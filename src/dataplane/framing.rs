@@ -136,7 +136,7 @@ fn body_framing(req: &Parts, raw_lengths: impl FnOnce() -> usize) -> Option<&'st
     (raw_lengths() > 0).then_some("Content-Length and Transfer-Encoding together are not allowed.")
 }
 
-/// Whether the request line as it arrived (`line`, [`super::client_stream::Notable`]) held a
+/// Whether the request line as it arrived (`line`, [`super::heads::Notable`]) held a
 /// fragment (`#...`) that the parsed `target` lost. The line counts only when its target up to
 /// the `#` is exactly `target` (an empty one is parsed as `/`), so a line kept from another
 /// request never refuses this one. RFC 9112 §3.2: a fragment is not part of a request target;
