@@ -115,11 +115,6 @@ impl HeadTracker {
         self.found.pop_front()
     }
 
-    /// A head is being collected and has bytes (for the head deadline's 408).
-    pub fn in_head(&self) -> bool {
-        self.state == State::Head && !self.head.is_empty()
-    }
-
     /// Follow `bytes`, read from the connection in order.
     pub fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {

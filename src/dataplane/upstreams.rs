@@ -101,11 +101,6 @@ impl Upstreams {
         })
     }
 
-    /// How many upstreams the route has.
-    pub fn len(&self, route: usize) -> usize {
-        self.groups[self.route_group[route]].len()
-    }
-
     /// A round-robin position for each group, for one worker. Worker `n` starts at each
     /// group's `n`-th upstream, so the workers' first requests do not all go to the first one.
     pub fn rotation(&self, worker: usize) -> Rotation {
