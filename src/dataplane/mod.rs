@@ -85,8 +85,10 @@ fn server(header_timeout: Option<Duration>, max_buf: usize) -> http1::Builder {
         // hyper's default limit of 100 field lines stays (Envoy's default too): more are 431
         // (RFC 6585 §5), before any other work. Setting any limit makes hyper allocate and
         // zero a table of that size for every head it parses.
-        // A client that shuts its side down after a complete request still gets the answer.
-        .half_close(true)
+        // A read of zero bytes while a request is in flight means the client left (a half-close
+        // looks the same): hyper then drops the request, which cancels the upstream exchange
+        // and records 499, as nginx, Envoy and Go's ReverseProxy do.
+        .half_close(false)
         .keep_alive(true);
     if let Some(timeout) = header_timeout {
         builder.header_read_timeout(timeout);

@@ -143,14 +143,20 @@ pub async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, std::convert::Infallible> {
     conn.stream.head_read();
-    let mut record = Record {
-        start: Instant::now(),
-        method: method_label(req.method()),
-        route: None,
-        upstream: None,
-        error: Rc::default(),
+    let mut pending = Abandoned {
+        worker: worker.clone(),
+        record: Some(Record {
+            start: Instant::now(),
+            method: method_label(req.method()),
+            route: None,
+            upstream: None,
+            error: Rc::default(),
+        }),
     };
-    let response = forward(&worker, &conn, req, &mut record).await;
+    let record = pending.record.as_mut().expect("set above");
+    let response = forward(&worker, &conn, req, record).await;
+    // The answer is ready: from here on the response body's end records the request.
+    let record = pending.record.take().expect("taken only here");
     let tunnel = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let status = response.status().as_u16();
     let stream = conn.stream.clone();
@@ -167,6 +173,29 @@ pub async fn serve(
         log_request(&worker.shared.metrics, &record, status, seconds);
     });
     Ok(response.map(|body| body.with_finish(finish)))
+}
+
+/// The record of a request whose future hyper dropped before its answer was ready: the client
+/// closed its connection. Counted and logged as 499, nginx's "client closed request", so that an
+/// abandoned request is never invisible.
+struct Abandoned {
+    worker: Rc<Worker>,
+    record: Option<Record>,
+}
+
+/// The status recorded for a request whose client went away before the answer.
+const CLIENT_CLOSED: u16 = 499;
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            let seconds = record.start.elapsed().as_secs_f64();
+            self.worker
+                .counters
+                .record(record.route.as_deref(), CLIENT_CLOSED, seconds);
+            log_request(&self.worker.shared.metrics, &record, CLIENT_CLOSED, seconds);
+        }
+    }
 }
 
 /// The access line, and the upstream error counter (rare: looked up when it happens).

@@ -285,7 +285,7 @@ pub async fn scrape(metrics_addr: SocketAddr) -> Metrics {
 }
 
 /// Scrape until `condition` holds (at most 10 s) and return that scrape. Counters are updated
-/// in pingora's logging hook, which runs after the client already has its response.
+/// when a response's end is recorded, which is after the client already has its response.
 pub async fn scrape_until(
     metrics_addr: SocketAddr,
     condition: impl Fn(&Metrics) -> bool,
