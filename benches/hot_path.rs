@@ -345,6 +345,7 @@ fn authorize_cache_hit(c: &mut Criterion) {
         endpoint = "{idp}/introspect"
         client_id = "bench"
         client_secret_env = "PORTCULLIS_BENCH_INTROSPECTION_SECRET"
+        audiences = ["api"]
         "#
     ))
     .unwrap();
@@ -395,7 +396,7 @@ async fn fixed_idp(jwks: String) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let active = format!(
-        r#"{{"active":true,"sub":"svc","scope":"orders:read","exp":{}}}"#,
+        r#"{{"active":true,"sub":"svc","aud":"api","scope":"orders:read","exp":{}}}"#,
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()

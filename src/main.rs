@@ -69,6 +69,9 @@ fn dev(listen: std::net::SocketAddr, metrics_listen: std::net::SocketAddr) -> Ex
 fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}: ok ({} routes, {} issuers, introspection {})",
                 path.display(),
@@ -102,6 +105,9 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    for warning in config.warnings() {
+        tracing::warn!(key = %warning.key, "{}", warning.message);
+    }
     let app = match App::build(&config, prometheus::default_registry().clone()) {
         Ok(app) => app,
         Err(e) => {

@@ -541,7 +541,7 @@ async fn nothing_secret_reaches_the_logs() {
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 1\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
          [[issuers]]\nissuer = \"{}\"\ndiscovery = true\naudiences = [\"api\"]\nalgorithms = [\"RS256\"]\n\
-         [introspection]\nendpoint = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_env = \"ATTACK_SECRET\"\n\
+         [introspection]\nendpoint = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_env = \"ATTACK_SECRET\"\naudiences = [\"api\"]\n\
          [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\n",
         idp.issuer(),
         authz.endpoint(),

@@ -13,7 +13,10 @@ use portcullis::config::Config;
 const ROUTE: &str =
     "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\n";
 
-const INTROSPECTION: &str = "[introspection]\nendpoint = \"https://id/introspect\"\nclient_id = \"gw\"\nclient_secret_env = \"GW_SECRET\"\n";
+const INTROSPECTION: &str = "[introspection]\nendpoint = \"https://id/introspect\"\nclient_id = \"gw\"\nclient_secret_env = \"GW_SECRET\"\naudiences = [\"api\"]\n";
+
+/// `[introspection]` without `audiences`.
+const INTROSPECTION_ANY: &str = "[introspection]\nendpoint = \"https://id/introspect\"\nclient_id = \"gw\"\nclient_secret_env = \"GW_SECRET\"\n";
 
 /// The problems `Config::parse` reports for `text`, one string each.
 fn problems(text: &str) -> Vec<String> {
@@ -37,6 +40,25 @@ fn the_shipped_config_passes_check() {
     );
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("ok (2 routes, 1 issuers, introspection off)"));
+}
+
+/// The audience escape hatch is accepted, and `portcullis check` warns about it.
+#[test]
+fn check_warns_about_allow_any_audience() {
+    let file = TempFile::with(&format!(
+        "{ROUTE}{INTROSPECTION_ANY}allow_any_audience = true\n"
+    ));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&file.0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.starts_with("warning: introspection.allow_any_audience: "),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -238,6 +260,15 @@ fn every_config_rule_names_its_key_and_fix() {
             "[[routes]]\nname = \"r\"\npath_prefix = \"/api\"\nupstreams = [\"127.0.0.1:9\"]\nauth = \"none\"\nallow_options_asterisk = true\n",
             "routes[0].allow_options_asterisk: OPTIONS * is routed to the route on path_prefix \"/\"",
         ),
+        // Refresh tokens introspect as active without `aud`: the audience check is required.
+        (
+            &format!("{ROUTE}{INTROSPECTION_ANY}"),
+            "introspection.audiences: is required: list the audiences (`aud`) of the APIs behind this gateway",
+        ),
+        (
+            &format!("{ROUTE}{INTROSPECTION}allow_any_audience = true\n"),
+            "introspection.allow_any_audience: contradicts `audiences`",
+        ),
     ];
     for (text, want) in cases {
         let got = problems(text);
@@ -269,7 +300,7 @@ fn defaults_fill_what_the_file_leaves_out() {
     assert_eq!(i.negative_cache_ttl, Duration::from_secs(10));
     assert_eq!(i.cache_capacity, 100_000);
     assert_eq!(i.max_in_flight, 64);
-    assert!(i.audiences.is_empty() && i.issuer.is_none());
+    assert!(i.audiences == ["api"] && !i.allow_any_audience && i.issuer.is_none());
 }
 
 /// SIGTERM while a request is in flight: the request completes, the process exits 0.

@@ -150,6 +150,14 @@ async fn active_answers_that_do_not_fit_are_refused() {
             with("token_type", json!("refresh_token")),
             "The token is not an access token.",
         ),
+        // How node-oidc-provider introspects a refresh token: active, with a scope, a subject
+        // and a client, and neither `token_type` nor `aud`. The required audience refuses it.
+        (
+            "refresh-token-as-node-oidc-provider-answers",
+            json!({ "active": true, "scope": "orders:read", "sub": "user-7", "client_id": "app-1",
+                    "iss": az.issuer(), "exp": now() + 86_400, "iat": now() }),
+            "The access token is not meant for this resource.",
+        ),
         (
             "expired",
             with("exp", json!(now() - 5)),
@@ -275,7 +283,7 @@ async fn an_unreachable_endpoint_gives_503() {
     init();
     let up = EchoUpstream::start("app").await;
     let gw = start_gateway(&format!(
-        "[introspection]\nendpoint = \"http://{}/introspect\"\nclient_id = \"c\"\nclient_secret_env = \"{SECRET_ENV}\"\n\
+        "[introspection]\nendpoint = \"http://{}/introspect\"\nclient_id = \"c\"\nclient_secret_env = \"{SECRET_ENV}\"\naudiences = [\"api\"]\n\
          [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\n",
         common::dead_addr(),
         up.addr
@@ -461,7 +469,7 @@ async fn tokens_reach_the_endpoint_intact() {
     assert_eq!(az.calls()[0].field("token"), Some(token));
 
     let config = portcullis::config::Config::parse(&format!(
-        "[introspection]\nendpoint = \"{}\"\nclient_id = \"gateway client\"\nclient_secret_env = \"{SECRET_ENV}\"\n\
+        "[introspection]\nendpoint = \"{}\"\nclient_id = \"gateway client\"\nclient_secret_env = \"{SECRET_ENV}\"\naudiences = [\"api\"]\n\
          [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\n",
         az.endpoint()
     ))
@@ -531,7 +539,7 @@ async fn the_endpoint_can_come_from_discovery() {
     init();
     let (az, up) = (MockAs::start().await, EchoUpstream::start("app").await);
     let gw = start_gateway(&format!(
-        "[introspection]\nissuer = \"{}\"\nclient_id = \"gateway client\"\nclient_secret_env = \"{SECRET_ENV}\"\n\
+        "[introspection]\nissuer = \"{}\"\nclient_id = \"gateway client\"\nclient_secret_env = \"{SECRET_ENV}\"\naudiences = [\"api\"]\n\
          [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\n",
         az.issuer(),
         up.addr

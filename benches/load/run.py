@@ -461,6 +461,7 @@ require_typ = true
 endpoint = "{issuer}/introspect"
 client_id = "bench"
 client_secret_env = "{SECRET_ENV}"
+audiences = ["bench-api"]
 [[routes]]
 name = "none"
 path_prefix = "/none"

@@ -168,8 +168,14 @@ pub struct IntrospectionConfig {
     pub cache_capacity: u64,
     /// `max_in_flight`, default `64`: concurrent calls to the endpoint.
     pub max_in_flight: usize,
-    /// `audiences`, optional: when set, an answer's `aud` must contain one of them.
+    /// `audiences`: an answer's `aud` must contain one of them. Required unless
+    /// `allow_any_audience`: a refresh token introspects as active, often without `aud` or
+    /// `token_type`, and is never meant for a resource server (RFC 6749 §1.5).
     pub audiences: Vec<String>,
+    /// `allow_any_audience`, default `false`: accept answers whatever their `aud` (and without
+    /// one). Only for an authorization server that never names audiences; `portcullis check`
+    /// warns about it.
+    pub allow_any_audience: bool,
     /// `leeway`, default `30s`: clock skew allowed on an answer's `nbf`.
     pub leeway: Duration,
     /// `allow_insecure_http`, default `false`: permit a plain-http endpoint off loopback.

@@ -238,6 +238,25 @@ impl Config {
         Config::try_from(parse_toml::<RawConfig>(text)?)
     }
 
+    /// Settings that are valid but weaken a default on purpose: `portcullis check` prints them
+    /// and the gateway logs them at start-up.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut warnings = Vec::new();
+        if self
+            .introspection
+            .as_ref()
+            .is_some_and(|i| i.allow_any_audience)
+        {
+            warnings.push(Problem {
+                key: "introspection.allow_any_audience".into(),
+                message: "introspection answers are accepted whatever their `aud`: a refresh token the \
+                          authorization server calls active opens the routes its scopes allow"
+                    .into(),
+            });
+        }
+        warnings
+    }
+
     /// The sections the auth core is built from.
     pub fn auth(&self) -> AuthConfig {
         AuthConfig {

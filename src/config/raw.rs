@@ -148,6 +148,7 @@ pub struct RawIntrospection {
     pub max_in_flight: Option<i64>,
     #[serde(default)]
     pub audiences: Vec<String>,
+    pub allow_any_audience: Option<bool>,
     pub leeway: Option<String>,
     pub allow_insecure_http: Option<bool>,
 }

@@ -435,6 +435,21 @@ fn introspection(p: &mut Problems, raw: &RawIntrospection) -> Option<Introspecti
             "must not contain an empty audience",
         );
     }
+    let allow_any_audience = raw.allow_any_audience.unwrap_or(false);
+    match (raw.audiences.is_empty(), allow_any_audience) {
+        (true, false) => p.push(
+            "introspection.audiences",
+            "is required: list the audiences (`aud`) of the APIs behind this gateway, e.g. [\"orders-api\"]. \
+             An answer without one of them is refused: refresh tokens introspect as active, often without `aud`, \
+             and are never meant for a resource server (RFC 6749 §1.5). Only if your authorization server never \
+             puts `aud` in its answers, set allow_any_audience = true instead",
+        ),
+        (false, true) => p.push(
+            "introspection.allow_any_audience",
+            "contradicts `audiences`; remove allow_any_audience to check the audiences listed",
+        ),
+        _ => {}
+    }
     if p.0.len() > before {
         return None;
     }
@@ -450,6 +465,7 @@ fn introspection(p: &mut Problems, raw: &RawIntrospection) -> Option<Introspecti
         cache_capacity,
         max_in_flight,
         audiences: raw.audiences.clone(),
+        allow_any_audience,
         leeway,
         allow_insecure_http: insecure_ok,
     })
