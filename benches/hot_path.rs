@@ -26,14 +26,13 @@ fn routes(n: usize) -> Vec<RouteConfig> {
             path_prefix: format!("/svc{}/v{}/res{i}", i % 20, i % 3),
             methods: Some(vec![Method::GET, Method::POST]),
             upstreams: vec!["127.0.0.1:1".into()],
-            scopes: vec![format!("svc{i}:read")],
-            scopes_any: vec![],
+            policy: RoutePolicy::new(vec![format!("svc{i}:read")], vec![]),
             auth: AuthMode::Required,
-            token_types: Default::default(),
             forward_token: false,
             allow_path_parameters: false,
             allow_method_override: false,
             allow_options_asterisk: false,
+            cors_preflight: false,
         })
         .collect()
 }
@@ -103,9 +102,12 @@ fn upstream_headers(c: &mut Criterion) {
     ] {
         req.append(name, HeaderValue::from_static(value));
     }
+    // The default list of other gateways' identity headers, as every request is checked against.
+    let identity = portcullis::config::IdentityNames::new(portcullis::gate::headers::DEFAULT_STRIP);
     let strip = headers::Strip {
         trusted: false,
         method_override: false,
+        identity: &identity,
     };
     let client = headers::ClientAddr::new("10.1.2.3".parse().unwrap());
     let mut g = c.benchmark_group("upstream_headers_12_fields");

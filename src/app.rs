@@ -140,6 +140,7 @@ impl App {
         let gate = Arc::new(Gate {
             router: Router::new(&config.routes),
             auth: auth.clone(),
+            identity: config.identity.clone(),
         });
         let s = &config.server;
         let settings = Settings {

@@ -106,7 +106,12 @@ impl Handler for DecisionApp {
         // listener would have removed as the client's choice of identity, path or method.
         let own = convention_headers(self.convention);
         let chooses = |name: &http::HeaderName| {
-            gate::headers::refused_at_decision(name.as_str(), route.method_override, own)
+            gate::headers::refused_at_decision(
+                name.as_str(),
+                route.method_override,
+                own,
+                &self.gate.identity,
+            )
         };
         if req.headers().keys().any(chooses) {
             return json(
@@ -115,16 +120,16 @@ impl Handler for DecisionApp {
                 "The request carries a header that would choose its identity, path or method.",
             );
         }
-        match self.gate.authorize(&routed, req.headers()).await {
+        match self.gate.authorize(&routed, &method, req.headers()).await {
             Ok(None) => json(200, "none", "This route checks no token."),
-            Ok(Some(principal)) => {
+            Ok(Some(grant)) => {
                 let mut resp = Response::new(Bytes::new());
                 let headers = resp.headers_mut();
                 headers.insert(
                     http::header::CACHE_CONTROL,
                     http::HeaderValue::from_static("no-store"),
                 );
-                for (name, value) in principal.identity_headers() {
+                for (name, value) in grant.headers() {
                     headers.append(name.clone(), value.clone());
                 }
                 resp

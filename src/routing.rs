@@ -35,6 +35,8 @@ pub struct Route {
     pub method_override: bool,
     /// `allow_options_asterisk`: `OPTIONS *` is routed here.
     pub options_asterisk: bool,
+    /// `cors_preflight = "forward"`: a CORS preflight passes without a token.
+    pub cors_preflight: bool,
 }
 
 /// The outcome of matching one request.
@@ -90,12 +92,12 @@ impl Router {
                     path_prefix: c.path_prefix.clone(),
                     methods: c.methods.clone(),
                     auth: c.auth,
-                    policy: RoutePolicy::new(c.scopes.clone(), c.scopes_any.clone())
-                        .with_token_types(c.token_types),
+                    policy: c.policy.clone(),
                     forward_token: c.forward_token,
                     path_parameters: c.allow_path_parameters,
                     method_override: c.allow_method_override,
                     options_asterisk: c.allow_options_asterisk,
+                    cors_preflight: c.cors_preflight,
                 })
             })
             .collect();

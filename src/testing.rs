@@ -33,13 +33,12 @@ pub fn route(name: &str, prefix: &str) -> crate::config::RouteConfig {
         path_prefix: prefix.into(),
         methods: None,
         upstreams: vec!["127.0.0.1:1".into()],
-        scopes: vec![],
-        scopes_any: vec![],
+        policy: Default::default(),
         auth: crate::config::AuthMode::None,
-        token_types: Default::default(),
         forward_token: false,
         allow_path_parameters: false,
         allow_method_override: false,
         allow_options_asterisk: false,
+        cors_preflight: false,
     }
 }

@@ -193,8 +193,8 @@ where
                     })
                     .await;
                 match decision {
-                    Ok(principal) => {
-                        let principal = Arc::unwrap_or_clone(principal);
+                    Ok(grant) => {
+                        let principal = Arc::unwrap_or_clone(grant.principal);
                         req.extensions_mut().insert::<Principal>(principal);
                         inner.call(req).await
                     }

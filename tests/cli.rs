@@ -107,7 +107,7 @@ fn every_config_rule_names_its_key_and_fix() {
         // Unknown keys: the typo that would leave a route open.
         (
             "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\nscope = [\"admin\"]\n",
-            "routes[0].scope: unknown field `scope`, expected one of `name`, `path_prefix`, `methods`, `upstreams`, `scopes`, `scopes_any`, `auth`, `token_types`, `forward_token`, `allow_path_parameters`, `allow_method_override`, `allow_options_asterisk` (<config> line 5)",
+            "routes[0].scope: unknown field `scope`, expected one of `name`, `path_prefix`, `methods`, `upstreams`, `scopes`, `scopes_any`, `auth`, `token_types`, `forward_token`, `allow_path_parameters`, `allow_method_override`, `allow_options_asterisk`, `issuers`, `audiences`, `claims_match`, `acr_values`, `max_age`, `cors_preflight`, `claims_header`, `claim_headers`, `claims` (<config> line 5)",
         ),
         ("[server]\nlisten_addr = \"x\"\n", "server.listen_addr: unknown field `listen_addr`"),
         ("[server]\nthreads = \"two\"\n", "server.threads: invalid type"),
@@ -291,7 +291,7 @@ fn defaults_fill_what_the_file_leaves_out() {
         portcullis::config::AuthMode::Required
     );
     assert!(config.routes[0].methods.is_none());
-    let tt = config.routes[0].token_types;
+    let tt = config.routes[0].policy.token_types;
     assert!(tt.jwt && tt.opaque, "both token types by default");
     let i = config.introspection.unwrap();
     assert_eq!(i.auth_method, portcullis::config::ClientAuth::Basic);

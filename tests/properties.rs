@@ -226,7 +226,7 @@ fn a_token_is_accepted_exactly_when_the_oracle_says_so() {
             should_accept(&c),
             "{:?} -> {:?}",
             c,
-            outcome.map(|p| p.subject.clone())
+            outcome.map(|p| p.principal.subject.clone())
         );
     });
 }

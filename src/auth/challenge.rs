@@ -33,6 +33,19 @@ impl Challenge {
                 if matches!(error, AuthError::InsufficientScope) && !scopes.is_empty() {
                     value.push_str(&format!(", scope=\"{}\"", scopes.join(" ")));
                 }
+                // RFC 9470 §3; both values come from the configuration.
+                if let AuthError::InsufficientUserAuthentication {
+                    acr_values,
+                    max_age,
+                } = error
+                {
+                    if !acr_values.is_empty() {
+                        value.push_str(&format!(", acr_values=\"{acr_values}\""));
+                    }
+                    if let Some(max_age) = max_age {
+                        value.push_str(&format!(", max_age=\"{max_age}\""));
+                    }
+                }
                 Some(value)
             }
         };
@@ -98,6 +111,16 @@ fn describe(error: &AuthError) -> (u16, Option<&'static str>, &'static str) {
             403,
             Some("insufficient_scope"),
             "The token does not carry the scopes this resource requires.",
+        ),
+        AuthError::ClaimsNotSatisfied => (
+            403,
+            Some("insufficient_scope"),
+            "The token does not satisfy the claim rules of this resource.",
+        ),
+        AuthError::InsufficientUserAuthentication { .. } => (
+            401,
+            Some("insufficient_user_authentication"),
+            "A different or more recent user authentication is required.",
         ),
         AuthError::IdpUnavailable { .. } => (
             503,

@@ -22,6 +22,18 @@ pub enum AuthError {
     /// The token is valid but lacks the route's scopes (RFC 6750 §3.1 `insufficient_scope`, 403).
     #[error("insufficient scope")]
     InsufficientScope,
+    /// The token's claims fail the route's claim rules: 403 `insufficient_scope` without a
+    /// `scope` attribute (no scope the client could ask for would help).
+    #[error("claim rules not satisfied")]
+    ClaimsNotSatisfied,
+    /// The user must authenticate again, more strongly or more recently (RFC 9470 §3): 401
+    /// `insufficient_user_authentication` with these `acr_values` (space-separated, may be
+    /// empty) and `max_age` (seconds).
+    #[error("insufficient user authentication")]
+    InsufficientUserAuthentication {
+        acr_values: String,
+        max_age: Option<u64>,
+    },
     /// The token cannot be checked because the identity provider is unreachable: 503, never 401.
     #[error("identity provider unavailable")]
     IdpUnavailable { retry_after: Duration },
@@ -104,6 +116,8 @@ impl AuthError {
             AuthError::InvalidRequest(_) => "invalid_request",
             AuthError::InvalidToken(fault) => fault.kind(),
             AuthError::InsufficientScope => "insufficient_scope",
+            AuthError::ClaimsNotSatisfied => "claims_not_satisfied",
+            AuthError::InsufficientUserAuthentication { .. } => "insufficient_user_authentication",
             AuthError::IdpUnavailable { .. } => "idp_unavailable",
         }
     }

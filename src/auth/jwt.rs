@@ -51,6 +51,19 @@ pub struct Claims {
     pub client_id: Option<String>,
     pub scope: Option<OneOrMany>,
     pub scp: Option<OneOrMany>,
+    /// Read leniently ([`seconds`], strings only for `acr`): only step-up uses them, and a
+    /// stray type must not refuse the token on every other route.
+    pub acr: Option<serde_json::Value>,
+    pub auth_time: Option<serde_json::Value>,
+}
+
+/// A JSON number of seconds, fractions truncated; anything else is `None`.
+pub fn seconds(v: &serde_json::Value) -> Option<i64> {
+    v.as_i64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.is_finite())
+            .map(|f| f.trunc() as i64)
+    })
 }
 
 /// A string or an array of strings (`aud`, RFC 7519 §4.1.3; `scp`).
@@ -173,6 +186,13 @@ pub fn parse(token: &str, max_size: usize) -> Result<Unverified<'_>, TokenFault>
         signing_input,
         signature,
     })
+}
+
+/// The payload of a token whose signature verified, as the whole claim set and its base64url
+/// form (the token's own second part).
+pub fn claim_set(signing_input: &str) -> Option<(super::claims::ClaimSet, &str)> {
+    let (_, payload) = signing_input.split_once('.')?;
+    Some((decode_json(payload).ok()?, payload))
 }
 
 /// base64url without padding, then a JSON object (serde refuses anything else for a struct) in

@@ -16,12 +16,14 @@
 pub mod bearer;
 pub mod cache;
 pub mod challenge;
+pub mod claims;
 pub mod error;
 pub mod fetch;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
+pub mod rules;
 pub mod scope;
 pub mod settings;
 
@@ -65,7 +67,7 @@ pub struct RequestInfo<'a> {
 ///
 /// Built with [`Principal::new`], which renders the identity headers once; a cached token's
 /// principal is shared (`Arc`) by every request that presents the token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
     /// `sub`, when the token has one.
     pub subject: Option<String>,
@@ -78,8 +80,48 @@ pub struct Principal {
     pub expires_at: Option<SystemTime>,
     /// How the token was validated.
     pub source: TokenSource,
+    /// What route policies read beyond the fields above.
+    pub verified: Verified,
     /// [`Principal::identity_headers`], rendered by [`Principal::new`] from the fields above.
     identity: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// The verified facts about a token that route policies read: per-route audiences, step-up
+/// (RFC 9470) and, when some route reads claims, the whole claim set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Verified {
+    /// `aud`, as a list.
+    pub audiences: Vec<String>,
+    /// `acr`: how the user authenticated (OpenID Connect Core §2).
+    pub acr: Option<String>,
+    /// `auth_time`, seconds since the epoch.
+    pub auth_time: Option<i64>,
+    /// Every verified claim (the JWT payload, or the introspection answer), kept only when
+    /// some route has claim rules or claim headers ([`settings::AuthConfig::keep_claims`]).
+    pub claims: Option<Arc<claims::ClaimSet>>,
+    /// The claim set as base64url JSON, for a route's `claims_header`.
+    pub encoded: Option<Arc<str>>,
+}
+
+/// A request the auth core lets through: who it acts for, and the headers that tell the
+/// upstream (the principal's `X-Auth-*` headers, when the route sends them, then the route's
+/// claim headers).
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub principal: Arc<Principal>,
+    auth_headers: bool,
+    claim_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Grant {
+    /// Every identity header for the upstream, in order.
+    pub fn headers(&self) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
+        let fixed: &[(HeaderName, HeaderValue)] = match self.auth_headers {
+            true => self.principal.identity_headers(),
+            false => &[],
+        };
+        fixed.iter().chain(self.claim_headers.iter())
+    }
 }
 
 /// The identity headers, in order, each with the spelling an adapter may send it with.
@@ -132,17 +174,7 @@ impl Principal {
         let mut identity = Vec::with_capacity(IDENTITY_HEADERS.len());
         for ((name, _), value) in IDENTITY_HEADERS.iter().zip(values) {
             let Some(value) = value else { continue };
-            // C0, DEL and C1 controls (NEL among them), and the Unicode line separators.
-            let unsafe_char = value
-                .chars()
-                .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'));
-            // Whitespace (Unicode's, too: Go's TrimSpace and .NET's Trim strip it) and the
-            // zero-width space and BOM at either end.
-            let trimmable = |c: char| c.is_whitespace() || matches!(c, '\u{200b}' | '\u{feff}');
-            let padded = value.starts_with(trimmable) || value.ends_with(trimmable);
-            if unsafe_char || padded || value.len() > MAX_IDENTITY_HEADER_BYTES {
-                return Err(TokenFault::UnsafeClaim);
-            }
+            claims::check_text(value)?;
             let value =
                 HeaderValue::from_bytes(value.as_bytes()).map_err(|_| TokenFault::UnsafeClaim)?;
             identity.push((name.clone(), value));
@@ -154,8 +186,15 @@ impl Principal {
             issuer,
             expires_at,
             source,
+            verified: Verified::default(),
             identity,
         })
+    }
+
+    /// The same principal with what route policies read.
+    pub fn with_verified(mut self, verified: Verified) -> Principal {
+        self.verified = verified;
+        self
     }
 
     /// `X-Auth-Subject`, `-Client-Id`, `-Scopes` (space-separated), `-Issuer`: what the
@@ -164,6 +203,40 @@ impl Principal {
     pub fn identity_headers(&self) -> &[(HeaderName, HeaderValue)] {
         &self.identity
     }
+}
+
+/// Clock skew allowed on `auth_time` for step-up (RFC 9470): an authentication this far in the
+/// future still counts as now.
+const STEP_UP_LEEWAY_SECS: i64 = 30;
+
+/// A valid token against the rest of its route's policy, in the order the answers mean:
+/// issuer and audience (401 `invalid_token`: the token is not for this resource), scopes (403),
+/// claim rules (403), step-up (401 `insufficient_user_authentication`: a new sign-in helps).
+fn permit(policy: &RoutePolicy, principal: &Principal, now: i64) -> Result<(), AuthError> {
+    if !policy.issuers.is_empty() && !policy.issuers.contains(&principal.issuer) {
+        return Err(AuthError::InvalidToken(TokenFault::UnknownIssuer));
+    }
+    let v = &principal.verified;
+    if !policy.audiences.is_empty() && !v.audiences.iter().any(|a| policy.audiences.contains(a)) {
+        return Err(AuthError::InvalidToken(TokenFault::WrongAudience));
+    }
+    if !policy.allows(&principal.scopes) {
+        return Err(AuthError::InsufficientScope);
+    }
+    if let Some(rules) = &policy.claim_rules {
+        if !rules.allow(v.claims.as_deref()) {
+            return Err(AuthError::ClaimsNotSatisfied);
+        }
+    }
+    if let Some(step_up) = &policy.step_up {
+        if !step_up.satisfied(v.acr.as_deref(), v.auth_time, now, STEP_UP_LEEWAY_SECS) {
+            return Err(AuthError::InsufficientUserAuthentication {
+                acr_values: step_up.acr_list(),
+                max_age: step_up.max_age.map(|d| d.as_secs()),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// How a token was validated.
@@ -188,6 +261,8 @@ pub struct Authenticator {
     cache: TokenCache,
     introspection: Option<Arc<Introspector>>,
     max_token_size: usize,
+    /// [`AuthConfig::keep_claims`].
+    keep_claims: bool,
     metrics: Metrics,
     /// `portcullis_token_cache_requests_total{result="hit"}` and `"miss"`, resolved once.
     cache_hits: prometheus::IntCounter,
@@ -223,11 +298,14 @@ impl Authenticator {
             issuers,
             by_iss,
             cache: TokenCache::new(config.tokens.cache_capacity, config.tokens.cache_max_ttl),
-            introspection: config
-                .introspection
-                .clone()
-                .map(|c| Arc::new(Introspector::new(c, http.clone(), metrics.clone()))),
+            introspection: config.introspection.clone().map(|c| {
+                Arc::new(
+                    Introspector::new(c, http.clone(), metrics.clone())
+                        .keeping_claims(config.keep_claims),
+                )
+            }),
             max_token_size: config.tokens.max_size,
+            keep_claims: config.keep_claims,
             cache_hits: metrics.token_cache.with_label_values(&["hit"]),
             cache_misses: metrics.token_cache.with_label_values(&["miss"]),
             metrics,
@@ -285,8 +363,8 @@ impl Authenticator {
         }
     }
 
-    /// Authorize one request: a [`Principal`], or why not. Records the decision metrics.
-    pub async fn authorize(&self, request: &RequestInfo<'_>) -> Result<Arc<Principal>, AuthError> {
+    /// Authorize one request: a [`Grant`], or why not. Records the decision metrics.
+    pub async fn authorize(&self, request: &RequestInfo<'_>) -> Result<Grant, AuthError> {
         let started = Instant::now();
         let result = self.decide(request, SystemTime::now()).await;
         self.metrics
@@ -305,23 +383,28 @@ impl Authenticator {
         Challenge::new(error, &self.realm, &policy.named())
     }
 
-    async fn decide(
-        &self,
-        request: &RequestInfo<'_>,
-        now: SystemTime,
-    ) -> Result<Arc<Principal>, AuthError> {
+    async fn decide(&self, request: &RequestInfo<'_>, now: SystemTime) -> Result<Grant, AuthError> {
         let token = match bearer::extract_with_query(request.headers, request.query) {
             Ok(Some(token)) => token,
             Ok(None) => return Err(AuthError::MissingToken),
             Err(fault) => return Err(AuthError::InvalidRequest(fault)),
         };
-        let principal = self
-            .validate(token, request.policy.token_types, now)
-            .await?;
-        if !request.policy.allows(&principal.scopes) {
-            return Err(AuthError::InsufficientScope);
-        }
-        Ok(principal)
+        let policy = request.policy;
+        let principal = self.validate(token, policy.token_types, now).await?;
+        permit(policy, &principal, jwt::unix_seconds(now))?;
+        let v = &principal.verified;
+        let claim_headers = match policy.claim_headers.is_empty() {
+            true => Vec::new(),
+            false => policy
+                .claim_headers
+                .render(v.claims.as_deref(), v.encoded.as_ref())
+                .map_err(AuthError::InvalidToken)?,
+        };
+        Ok(Grant {
+            principal,
+            auth_headers: policy.auth_headers,
+            claim_headers,
+        })
     }
 
     /// The token's principal: a JWT from a configured issuer locally (cache, then signature and
@@ -409,7 +492,8 @@ impl Authenticator {
                 Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0))),
                 TokenSource::Jwt,
             )
-            .map_err(AuthError::InvalidToken)?,
+            .map_err(AuthError::InvalidToken)?
+            .with_verified(self.verified_jwt(&parsed)),
         );
         if let Some(key) = key {
             self.cache.insert(
@@ -422,6 +506,26 @@ impl Authenticator {
             );
         }
         Ok(principal)
+    }
+
+    /// What route policies read of a verified JWT.
+    fn verified_jwt(&self, parsed: &jwt::Unverified<'_>) -> Verified {
+        let c = &parsed.claims;
+        let whole = self
+            .keep_claims
+            .then(|| jwt::claim_set(parsed.signing_input))
+            .flatten();
+        Verified {
+            audiences: match &c.aud {
+                Some(jwt::OneOrMany::One(a)) => vec![a.clone()],
+                Some(jwt::OneOrMany::Many(list)) => list.clone(),
+                None => Vec::new(),
+            },
+            acr: c.acr.as_ref().and_then(|v| v.as_str()).map(str::to_owned),
+            auth_time: c.auth_time.as_ref().and_then(jwt::seconds),
+            encoded: whole.as_ref().map(|(_, payload)| Arc::from(*payload)),
+            claims: whole.map(|(set, _)| Arc::new(set)),
+        }
     }
 
     /// A cache hit whose key is still in its issuer's set and whose `exp` has not passed.

@@ -1,11 +1,16 @@
-//! Route policies: which kinds of token a route accepts and the scopes it requires, checked on
-//! every request, cached token or not (RFC 6750 §3.1 `insufficient_scope`). A cache holds
-//! claims, never decisions.
+//! Route policies: which kinds of token a route accepts, from which issuers and for which
+//! audiences, the scopes it requires (RFC 6750 §3.1 `insufficient_scope`), its claim rules and
+//! step-up needs, and the claims it passes on. Checked on every request, cached token or not:
+//! a cache holds claims, never decisions.
 
+use std::sync::Arc;
+
+use super::claims::ClaimHeaders;
+use super::rules::{ClaimRules, StepUp};
 pub use super::settings::TokenTypes;
 
 /// What a route requires of a token.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RoutePolicy {
     /// Every one of these (`scopes`).
     pub all: Vec<String>,
@@ -13,16 +18,46 @@ pub struct RoutePolicy {
     pub any: Vec<String>,
     /// JWTs from configured issuers, opaque tokens by introspection, or both (`token_types`).
     pub token_types: TokenTypes,
+    /// `issuers`: when not empty, the token's issuer must be one of these.
+    pub issuers: Vec<String>,
+    /// `audiences`: when not empty, the token's `aud` must name one of these (beside the
+    /// issuer's own audience check).
+    pub audiences: Vec<String>,
+    /// `[[routes.claims]]`: rules on verified claims, checked after the scopes.
+    pub claim_rules: Option<Arc<ClaimRules>>,
+    /// `acr_values` / `max_age`: step-up authentication (RFC 9470).
+    pub step_up: Option<Arc<StepUp>>,
+    /// `X-Auth-Subject`, `-Client-Id`, `-Scopes`, `-Issuer` (`[identity] auth_headers`).
+    pub auth_headers: bool,
+    /// Claims passed on as headers (`claim_headers`, `claims_header`).
+    pub claim_headers: Arc<ClaimHeaders>,
+}
+
+impl Default for RoutePolicy {
+    fn default() -> RoutePolicy {
+        RoutePolicy::new(Vec::new(), Vec::new())
+    }
 }
 
 impl RoutePolicy {
-    /// A policy accepting both kinds of token.
+    /// A policy accepting both kinds of token, with the `X-Auth-*` headers and nothing else.
     pub fn new(all: Vec<String>, any: Vec<String>) -> RoutePolicy {
         RoutePolicy {
             all,
             any,
             token_types: TokenTypes::default(),
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            claim_rules: None,
+            step_up: None,
+            auth_headers: true,
+            claim_headers: Arc::default(),
         }
+    }
+
+    /// Whether the policy reads claims beyond the principal's fixed fields.
+    pub fn reads_claims(&self) -> bool {
+        self.claim_rules.is_some() || !self.claim_headers.is_empty()
     }
 
     /// Restrict the kinds of token accepted.

@@ -14,6 +14,10 @@ pub struct AuthConfig {
     pub tokens: TokensConfig,
     pub issuers: Vec<IssuerConfig>,
     pub introspection: Option<IntrospectionConfig>,
+    /// Not a key: keep every verified claim with the principal ([`super::Verified::claims`]).
+    /// The gateway sets it when some route has claim rules or claim headers; the middleware's
+    /// config always does, for handlers that read claims.
+    pub keep_claims: bool,
 }
 
 /// `[tokens]`: limits applied to every bearer token, and the verified-token cache.

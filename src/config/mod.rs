@@ -6,6 +6,7 @@
 //! holds typed values.
 
 mod issuer;
+mod policy;
 mod raw;
 mod validate;
 
@@ -19,6 +20,8 @@ pub use crate::auth::settings::{
     Algorithm, AuthConfig, ClientAuth, IntrospectionConfig, IssuerConfig, KeySource, ScopeClaim,
     TokenTypes, TokensConfig,
 };
+pub use crate::auth::RoutePolicy;
+pub use crate::gate::headers::IdentityNames;
 pub use raw::RawConfig;
 
 /// A configuration that passed validation.
@@ -31,6 +34,8 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     pub introspection: Option<IntrospectionConfig>,
     pub decision: Option<DecisionConfig>,
+    /// `[identity] strip_headers` and every mapped claim header: the names no client may send.
+    pub identity: IdentityNames,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -147,14 +152,13 @@ pub struct RouteConfig {
     pub methods: Option<Vec<Method>>,
     /// `upstreams`: `host:port` entries, resolved when the gateway starts.
     pub upstreams: Vec<String>,
-    /// `scopes`: every one required.
-    pub scopes: Vec<String>,
-    /// `scopes_any`: at least one required (when not empty).
-    pub scopes_any: Vec<String>,
+    /// What the route requires of a token: `scopes` (every one), `scopes_any` (at least one),
+    /// `token_types` (default `["jwt", "opaque"]`), `issuers`, `audiences`,
+    /// `[[routes.claims]]` with `claims_match`, `acr_values` and `max_age`; and the claims it
+    /// passes on (`claim_headers`, `claims_header`, or the `[identity]` defaults).
+    pub policy: RoutePolicy,
     /// `auth`, default `required`.
     pub auth: AuthMode,
-    /// `token_types`, default `["jwt", "opaque"]`.
-    pub token_types: TokenTypes,
     /// `forward_token`, default `false`: keep `Authorization` on the forwarded request.
     pub forward_token: bool,
     /// `allow_path_parameters`, default `false`: accept `;` parameters in the path (400
@@ -166,6 +170,10 @@ pub struct RouteConfig {
     pub allow_method_override: bool,
     /// `allow_options_asterisk`, default `false`: route `OPTIONS *` here (only on `/`).
     pub allow_options_asterisk: bool,
+    /// `cors_preflight`, default `"off"`; `"forward"`: a CORS preflight (`OPTIONS` with
+    /// `Origin` and `Access-Control-Request-Method`) passes without a token, to the upstream
+    /// that answers CORS.
+    pub cors_preflight: bool,
 }
 
 /// One thing wrong with a configuration: the key path and what to do about it.
@@ -249,9 +257,10 @@ impl Config {
         {
             warnings.push(Problem {
                 key: "introspection.allow_any_audience".into(),
-                message: "introspection answers are accepted whatever their `aud`: a refresh token the \
+                message:
+                    "introspection answers are accepted whatever their `aud`: a refresh token the \
                           authorization server calls active opens the routes its scopes allow"
-                    .into(),
+                        .into(),
             });
         }
         warnings
@@ -264,6 +273,7 @@ impl Config {
             tokens: self.tokens.clone(),
             issuers: self.issuers.clone(),
             introspection: self.introspection.clone(),
+            keep_claims: self.routes.iter().any(|r| r.policy.reads_claims()),
         }
     }
 }

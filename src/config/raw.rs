@@ -4,6 +4,8 @@
 //! never leave a route open. Nothing here is validated; [`super::Config::try_from`] turns these
 //! into typed values and names the key of every problem it finds.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 /// The whole file.
@@ -23,7 +25,32 @@ pub struct RawConfig {
     pub introspection: Option<RawIntrospection>,
     pub decision: Option<RawDecision>,
     #[serde(default)]
+    pub identity: RawIdentity,
+    #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+/// `[identity]`: what the upstream learns about the caller, and which client headers that
+/// could pose as it are removed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub auth_headers: Option<bool>,
+    pub claims_header: Option<String>,
+    pub strip_headers: Option<Vec<String>>,
+    pub claim_headers: Option<BTreeMap<String, String>>,
+}
+
+/// One `[[routes.claims]]` rule: a claim and exactly one matcher.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaimRule {
+    pub claim: Option<String>,
+    pub equals: Option<serde_json::Value>,
+    pub one_of: Option<Vec<serde_json::Value>>,
+    pub contains: Option<serde_json::Value>,
+    pub all_of: Option<Vec<serde_json::Value>>,
+    pub present: Option<bool>,
 }
 
 /// `[decision]`: the forward-auth listener.
@@ -172,4 +199,13 @@ pub struct RawRoute {
     pub allow_path_parameters: Option<bool>,
     pub allow_method_override: Option<bool>,
     pub allow_options_asterisk: Option<bool>,
+    pub issuers: Option<Vec<String>>,
+    pub audiences: Option<Vec<String>>,
+    pub claims_match: Option<String>,
+    pub acr_values: Option<Vec<String>>,
+    pub max_age: Option<String>,
+    pub cors_preflight: Option<String>,
+    pub claims_header: Option<String>,
+    pub claim_headers: Option<BTreeMap<String, String>>,
+    pub claims: Option<Vec<RawClaimRule>>,
 }

@@ -169,12 +169,27 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             convention: convention?,
         })
     });
+    let identity = super::policy::identity(&mut p, &raw.identity);
+    let issuers_known: Vec<String> = auth
+        .issuers
+        .iter()
+        .map(|i| i.issuer.clone())
+        .chain(auth.introspection.iter().filter_map(|i| i.issuer.clone()))
+        .collect();
+    let context = RouteContext {
+        identity: &identity,
+        issuers_known: &issuers_known,
+    };
     let routes = raw
         .routes
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| route(&mut p, &format!("routes[{i}]"), r))
+        .filter_map(|(i, r)| route(&mut p, &format!("routes[{i}]"), r, &context))
         .collect::<Vec<_>>();
+    let identity_names = super::policy::identity_names(
+        &identity,
+        &routes.iter().map(|r| &r.policy).collect::<Vec<_>>(),
+    );
     if raw.routes.is_empty() {
         p.push("routes", "must list at least one [[routes]] entry");
     }
@@ -195,6 +210,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             issuers: auth.issuers,
             introspection: auth.introspection,
             decision,
+            identity: identity_names,
             routes,
         })
     } else {
@@ -267,6 +283,7 @@ fn auth_sections(
         tokens,
         issuers: valid_issuers,
         introspection: introspection.and_then(|i| self::introspection(p, i)),
+        keep_claims: true,
     }
 }
 
@@ -514,7 +531,13 @@ fn is_route_name(s: &str) -> bool {
 }
 
 /// A scope token (RFC 6749 §3.3): printable ASCII except space, `"` and `\`.
-fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
+/// What every route's validation needs from the rest of the file.
+struct RouteContext<'a> {
+    identity: &'a super::policy::Identity,
+    issuers_known: &'a [String],
+}
+
+fn route(p: &mut Problems, key: &str, raw: &RawRoute, cx: &RouteContext) -> Option<RouteConfig> {
     let before = p.0.len();
     let name = raw.name.clone().unwrap_or_default();
     if !is_route_name(&name) {
@@ -614,6 +637,49 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
             "a route with auth = \"none\" checks no token; remove token_types or set auth = \"required\"",
         );
     }
+    let token_policy = [
+        ("issuers", raw.issuers.is_some()),
+        ("audiences", raw.audiences.is_some()),
+        ("claims", raw.claims.is_some()),
+        ("claims_match", raw.claims_match.is_some()),
+        ("acr_values", raw.acr_values.is_some()),
+        ("max_age", raw.max_age.is_some()),
+        ("claim_headers", raw.claim_headers.is_some()),
+        ("claims_header", raw.claims_header.is_some()),
+        ("cors_preflight", raw.cors_preflight.is_some()),
+    ];
+    for (name, _) in token_policy.iter().filter(|(_, set)| *set) {
+        if auth == AuthMode::None {
+            p.push(
+                format!("{key}.{name}"),
+                format!("a route with auth = \"none\" checks no token; remove {name} or set auth = \"required\""),
+            );
+        }
+    }
+    let cors_preflight = match raw.cors_preflight.as_deref() {
+        None | Some("off") => false,
+        Some("forward") => true,
+        Some(other) => {
+            p.push(
+                format!("{key}.cors_preflight"),
+                format!("{other:?} is not a mode; use \"off\" or \"forward\" (the upstream answers CORS preflights)"),
+            );
+            false
+        }
+    };
+    if cors_preflight
+        && raw
+            .methods
+            .as_ref()
+            .is_some_and(|m| !m.iter().any(|m| m == "OPTIONS"))
+    {
+        p.push(
+            format!("{key}.cors_preflight"),
+            "the route's methods leave out OPTIONS, so no preflight reaches it; add \"OPTIONS\" to methods",
+        );
+    }
+    let policy =
+        super::policy::route_policy(p, key, raw, token_types, cx.identity, cx.issuers_known);
     if p.0.len() > before {
         return None;
     }
@@ -622,14 +688,13 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<RouteConfig> {
         path_prefix: path_prefix?,
         methods,
         upstreams: raw.upstreams.clone(),
-        scopes: raw.scopes.clone(),
-        scopes_any: raw.scopes_any.clone(),
+        policy,
         auth,
-        token_types,
         forward_token: raw.forward_token.unwrap_or(false),
         allow_path_parameters: raw.allow_path_parameters.unwrap_or(false),
         allow_method_override: raw.allow_method_override.unwrap_or(false),
         allow_options_asterisk: raw.allow_options_asterisk.unwrap_or(false),
+        cors_preflight,
     })
 }
 
@@ -690,10 +755,11 @@ fn check_validators(p: &mut Problems, routes: &[RouteConfig], issuers: bool, int
         if r.auth != AuthMode::Required {
             continue;
         }
-        let jwt = r.token_types.jwt && issuers;
-        let opaque = r.token_types.opaque && introspection;
+        let types = r.policy.token_types;
+        let jwt = types.jwt && issuers;
+        let opaque = types.opaque && introspection;
         if !jwt && !opaque {
-            let fix = match (r.token_types.jwt, r.token_types.opaque) {
+            let fix = match (types.jwt, types.opaque) {
                 (true, false) => "it accepts only JWTs but no [[issuers]] entry is configured",
                 (false, true) => {
                     "it accepts only opaque tokens but [introspection] is not configured"

@@ -16,7 +16,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Sleep;
 
 use super::pool::Checkout;
-use crate::gate::headers::{self as gate_headers, Strip};
+use crate::gate::headers::{self as gate_headers, IdentityNames, Strip};
 
 /// A boxed error, as hyper wants from a body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -67,7 +67,7 @@ pub struct ClientBody {
     stall: Stall,
     limit: Option<u64>,
     seen: u64,
-    strip: Strip,
+    strip: TrailerRule,
     state: Rc<BodyState>,
     timeouts: prometheus::IntCounter,
 }
@@ -102,12 +102,20 @@ impl BodyState {
     }
 }
 
+/// What [`keep_trailers`] needs: the request's [`Strip`], owned by the body.
+pub struct TrailerRule {
+    pub trusted: bool,
+    pub method_override: bool,
+    /// The worker's copy of the gate's names (an `Rc`: no atomic per request).
+    pub identity: Rc<IdentityNames>,
+}
+
 impl ClientBody {
     pub fn new(
         inner: Incoming,
         timeout: Duration,
         limit: Option<u64>,
-        strip: Strip,
+        strip: TrailerRule,
         timeouts: prometheus::IntCounter,
     ) -> ClientBody {
         ClientBody {
@@ -150,7 +158,12 @@ impl ClientBody {
 /// sets in the head itself (`X-Forwarded-*`, `X-Request-Id`). Frameworks that merge trailers
 /// into the headers (Apache's `MergeTrailers`) would otherwise read them as the client's
 /// choice.
-fn keep_trailers(trailers: &mut HeaderMap, strip: Strip) {
+fn keep_trailers(trailers: &mut HeaderMap, rule: &TrailerRule) {
+    let strip = Strip {
+        trusted: rule.trusted,
+        method_override: rule.method_override,
+        identity: &rule.identity,
+    };
     let drop: Vec<_> = trailers
         .keys()
         .filter(|name| {
@@ -218,7 +231,7 @@ impl Body for ClientBody {
                     }
                     Err(frame) => match frame.into_trailers() {
                         Ok(mut trailers) => {
-                            keep_trailers(&mut trailers, this.strip);
+                            keep_trailers(&mut trailers, &this.strip);
                             this.state.finish();
                             Frame::trailers(trailers)
                         }

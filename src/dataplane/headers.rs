@@ -10,7 +10,7 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::auth::Principal;
+use crate::auth::Grant;
 use crate::gate::headers;
 pub use crate::gate::headers::Strip;
 
@@ -111,9 +111,9 @@ pub fn strip_client_headers(map: &mut HeaderMap, strip: Strip) {
     }
 }
 
-/// The identity headers of [`Principal::identity_headers`]: set only by the gateway.
-pub fn set_identity_headers(map: &mut HeaderMap, p: &Principal) {
-    for (name, value) in p.identity_headers() {
+/// The identity headers of [`Grant::headers`]: set only by the gateway.
+pub fn set_identity_headers(map: &mut HeaderMap, grant: &Grant) {
+    for (name, value) in grant.headers() {
         map.insert(name.clone(), value.clone());
     }
 }
@@ -301,6 +301,7 @@ mod tests {
         let strip = Strip {
             trusted: false,
             method_override: false,
+            identity: &Default::default(),
         };
         strip_client_headers(&mut m, strip);
         assert_eq!(names(&m), ["x-authorization-hint", "x-other"]);

@@ -284,6 +284,7 @@ pub fn worker(shared: Arc<proxy::Shared>, pool: pool::PoolSettings, index: usize
         counters: proxy::RequestCounters::new(shared.metrics.clone(), shared.gate.router.len()),
         rotation: shared.upstreams.rotation(index),
         pool: pool::Pool::new(pool),
+        identity: Rc::new(shared.gate.identity.clone()),
         shared,
     })
 }

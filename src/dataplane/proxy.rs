@@ -12,12 +12,13 @@ use http::header::{CONTENT_LENGTH, EXPECT, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
 
-use super::body::{BodyFault, BodyState, ClientBody, Finish, ResBody, UpstreamBody};
+use super::body::{BodyFault, BodyState, ClientBody, Finish, ResBody, TrailerRule, UpstreamBody};
 use super::client_stream::{ClientTimeouts, ConnShared};
 use super::framing::{self, RequestLimits};
 use super::headers::{self, Strip};
 use super::pool::{Checkout, ConnectError, Pool};
 use super::upstreams::{Rotation, Upstreams};
+use crate::gate::headers::IdentityNames;
 use crate::gate::{Denied, Gate, Refusal, TargetFault};
 use crate::metrics::{method_label, status_class, Metrics, UpstreamErrorKind, NO_ROUTE};
 use crate::response::Synthetic;
@@ -50,6 +51,8 @@ pub struct Worker {
     pub pool: Rc<Pool>,
     pub rotation: Rotation,
     pub counters: RequestCounters,
+    /// The gate's identity header names, this worker's copy.
+    pub identity: Rc<IdentityNames>,
 }
 
 /// A worker's handles of `portcullis_requests_total{route, status}` and
@@ -326,7 +329,7 @@ async fn forward(
     } else {
         None
     };
-    let principal = pass.principal;
+    let grant = pass.grant;
     drop(target);
     if let Some((uri, authority)) = rewrite {
         parts.uri = uri;
@@ -340,10 +343,11 @@ async fn forward(
     let strip = Strip {
         trusted: settings.trust_forwarded_headers,
         method_override: route.method_override,
+        identity: &worker.identity,
     };
     headers::strip_client_headers(map, strip);
-    if let Some(principal) = &principal {
-        headers::set_identity_headers(map, principal);
+    if let Some(grant) = &grant {
+        headers::set_identity_headers(map, grant);
     }
     if !route.forward_token {
         map.remove(http::header::AUTHORIZATION);
@@ -371,7 +375,11 @@ async fn forward(
         body,
         settings.timeouts.body,
         settings.max_body_bytes,
-        strip,
+        TrailerRule {
+            trusted: strip.trusted,
+            method_override: strip.method_override,
+            identity: worker.identity.clone(),
+        },
         worker.counters.body_timeouts.clone(),
     );
     let body_state = body.state();

@@ -72,6 +72,113 @@ const CLIENT_ADDRESS: [&str; 14] = [
     "front-end-https",
 ];
 
+/// The identity headers of the gateways and auth proxies our users come from, removed from
+/// every client request by default (`[identity] strip_headers`): an application that trusted
+/// them behind oauth2-proxy, Kong, Apache, an AWS ALB, Google IAP, Cloudflare Access or Azure
+/// App Service must never read them from a client. A trailing `*` matches by prefix.
+pub const DEFAULT_STRIP: [&str; 31] = [
+    // oauth2-proxy
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-forwarded-access-token",
+    "x-auth-request-*",
+    // Apache (mod_auth_*, REMOTE_USER), Authelia, generic
+    "remote-user",
+    "remote-email",
+    "remote-groups",
+    "remote-name",
+    "x-remote-user",
+    "x-remote-group",
+    "x-user",
+    "x-user-id",
+    "x-email",
+    // Kong
+    "x-authenticated-userid",
+    "x-authenticated-scope",
+    "x-authenticated-groups",
+    "x-consumer-*",
+    "x-credential-identifier",
+    "x-userinfo",
+    // tokens passed on by proxies
+    "x-id-token",
+    "x-access-token",
+    "x-jwt-assertion",
+    "x-jwt-payload",
+    // AWS ALB, Google IAP and ESP, Cloudflare Access, Azure App Service
+    "x-amzn-oidc-*",
+    "x-goog-authenticated-user-*",
+    "x-goog-iap-jwt-assertion",
+    "x-endpoint-api-userinfo",
+    "cf-access-*",
+    "x-ms-client-principal*",
+];
+
+/// Identity header names the client may not send ([`DEFAULT_STRIP`] or the configured list,
+/// and every name the gateway maps claims to). Compared lower-case with `_` read as `-`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityNames {
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+    /// The first byte of every name and prefix: most headers are passed after one lookup.
+    first: [bool; 256],
+}
+
+impl Default for IdentityNames {
+    /// No names.
+    fn default() -> IdentityNames {
+        IdentityNames {
+            exact: Vec::new(),
+            prefixes: Vec::new(),
+            first: [false; 256],
+        }
+    }
+}
+
+impl IdentityNames {
+    /// From names, lower-cased; a trailing `*` makes a prefix.
+    pub fn new<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> IdentityNames {
+        let mut out = IdentityNames::default();
+        for name in names {
+            let name = name.as_ref().to_ascii_lowercase().replace('_', "-");
+            let Some(&b) = name.as_bytes().first() else {
+                continue;
+            };
+            out.first[usize::from(b)] = true;
+            match name.strip_suffix('*') {
+                Some(prefix) => out.prefixes.push(prefix.to_owned()),
+                None => out.exact.push(name),
+            }
+        }
+        out
+    }
+
+    /// Whether `name` (lower-case, as the http crate keeps names) is one of them.
+    pub fn contains(&self, name: &str) -> bool {
+        let Some(&b) = name.as_bytes().first() else {
+            return false;
+        };
+        if !self.first[usize::from(b)] {
+            return false;
+        }
+        self.exact.iter().any(|n| same_dashed(name, n))
+            || self
+                .prefixes
+                .iter()
+                .any(|p| name.len() >= p.len() && same_dashed(&name[..p.len()], p))
+    }
+}
+
+/// `name` equals `listed`, an `_` in `name` read as `-`.
+fn same_dashed(name: &str, listed: &str) -> bool {
+    name.len() == listed.len()
+        && name
+            .bytes()
+            .zip(listed.bytes())
+            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+}
+
 /// The three `X-Forwarded-*` headers the proxy listener sets itself.
 pub const GATEWAY_SETS: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
 
@@ -102,22 +209,24 @@ pub fn class(name: &str) -> Option<Class> {
 
 /// What the client may not choose on a request to forward.
 #[derive(Debug, Clone, Copy)]
-pub struct Strip {
+pub struct Strip<'a> {
     /// `trust_forwarded_headers`: a proxy in front sets the client-address headers.
     pub trusted: bool,
     /// The route's `allow_method_override`.
     pub method_override: bool,
+    /// Other gateways' identity headers, and every name the gateway maps claims to.
+    pub identity: &'a IdentityNames,
 }
 
 /// Whether the proxy listener removes this header before forwarding:
 /// - every name with `_`, as nginx does by default (`underscores_in_headers off`): CGI-style
 ///   servers read `X_Auth_Subject` as `X-Auth-Subject` and `Content_Length` beside
 ///   `Content-Length`;
-/// - [`Class::Identity`] and [`Class::Routing`], always;
+/// - [`Class::Identity`] and [`Class::Routing`], and [`Strip::identity`], always;
 /// - [`Class::Method`] unless the route sets `allow_method_override`;
 /// - [`Class::ClientAddress`] other than [`GATEWAY_SETS`] unless `trust_forwarded_headers`.
 pub fn unwanted(name: &str, strip: Strip) -> bool {
-    if name.contains('_') {
+    if name.contains('_') || strip.identity.contains(name) {
         return true;
     }
     match class(name) {
@@ -133,8 +242,16 @@ pub fn unwanted(name: &str, strip: Strip) -> bool {
 /// choose the identity, path or method the application acts on makes the answer wrong. Not
 /// refused: `convention`, the configured convention's own original-request headers (the asking
 /// proxy sets them), client-address headers (their trust is the asking proxy's setting), and
-/// method overrides on a route that allows them.
-pub fn refused_at_decision(name: &str, method_override: bool, convention: &[&str]) -> bool {
+/// method overrides on a route that allows them. `identity`: as in [`Strip::identity`].
+pub fn refused_at_decision(
+    name: &str,
+    method_override: bool,
+    convention: &[&str],
+    identity: &IdentityNames,
+) -> bool {
+    if identity.contains(name) {
+        return true;
+    }
     match class(name) {
         Some(Class::Identity) => true,
         Some(Class::Routing | Class::Method) if convention.contains(&name) => false,
@@ -189,6 +306,7 @@ mod tests {
         let strip = Strip {
             trusted: false,
             method_override: false,
+            identity: &IdentityNames::default(),
         };
         assert_eq!(
             kept(strip),
@@ -208,6 +326,7 @@ mod tests {
         let strip = Strip {
             trusted: true,
             method_override: true,
+            identity: &IdentityNames::default(),
         };
         assert_eq!(
             kept(strip),
@@ -233,6 +352,7 @@ mod tests {
         let no_override = Strip {
             trusted: true,
             method_override: false,
+            identity: &IdentityNames::default(),
         };
         assert!(!kept(no_override).iter().any(|n| n.contains("method")));
     }
@@ -242,7 +362,7 @@ mod tests {
         let nginx = ["x-original-method", "x-original-uri"];
         let refused: Vec<_> = NAMES
             .into_iter()
-            .filter(|n| refused_at_decision(n, false, &nginx))
+            .filter(|n| refused_at_decision(n, false, &nginx, &IdentityNames::default()))
             .collect();
         assert_eq!(
             refused,
@@ -260,11 +380,91 @@ mod tests {
             ]
         );
         // The configured convention's own headers, in their standard spelling only.
-        assert!(refused_at_decision("x_original_uri", false, &nginx));
-        assert!(refused_at_decision("x-original-uri", false, &[]));
-        assert!(refused_at_decision("x-original-method", false, &[]));
-        assert!(!refused_at_decision("x-forwarded-uri", false, &[]));
-        assert!(!refused_at_decision("x-http-method-override", true, &[]));
-        assert!(refused_at_decision("x_auth_subject", true, &nginx));
+        assert!(refused_at_decision(
+            "x_original_uri",
+            false,
+            &nginx,
+            &IdentityNames::default()
+        ));
+        assert!(refused_at_decision(
+            "x-original-uri",
+            false,
+            &[],
+            &IdentityNames::default()
+        ));
+        assert!(refused_at_decision(
+            "x-original-method",
+            false,
+            &[],
+            &IdentityNames::default()
+        ));
+        assert!(!refused_at_decision(
+            "x-forwarded-uri",
+            false,
+            &[],
+            &IdentityNames::default()
+        ));
+        assert!(!refused_at_decision(
+            "x-http-method-override",
+            true,
+            &[],
+            &IdentityNames::default()
+        ));
+        assert!(refused_at_decision(
+            "x_auth_subject",
+            true,
+            &nginx,
+            &IdentityNames::default()
+        ));
+    }
+
+    #[test]
+    fn other_gateways_identity_headers_are_never_the_clients_to_send() {
+        let names = IdentityNames::new(DEFAULT_STRIP.iter().chain(&["X-Tenant"]));
+        for trusted in [false, true] {
+            let strip = Strip {
+                trusted,
+                method_override: true,
+                identity: &names,
+            };
+            for name in [
+                "x-forwarded-user",
+                "x-forwarded-email",
+                "x-forwarded-groups",
+                "x-remote-user",
+                "x-user",
+                "x-user-id",
+                "x-authenticated-userid",
+                "remote-user",
+                "x-auth-request-user",
+                "x-auth-request-email",
+                "x-userinfo",
+                "x-id-token",
+                "x-access-token",
+                "x-consumer-username",
+                "x-amzn-oidc-identity",
+                "x-goog-authenticated-user-email",
+                "cf-access-jwt-assertion",
+                "x-ms-client-principal-name",
+                "x-tenant",
+            ] {
+                assert!(unwanted(name, strip), "{name} passes (trusted {trusted})");
+                assert!(
+                    refused_at_decision(name, false, &[], &names),
+                    "{name} at the decision endpoint"
+                );
+            }
+            for name in [
+                "x-user-agent-hint",
+                "x-users",
+                "remote-addr",
+                "x-tenant-id",
+                "accept",
+            ] {
+                assert!(!unwanted(name, strip), "{name} is removed");
+            }
+        }
+        assert!(names.contains("x_forwarded_user") && names.contains("x-tenant"));
+        assert!(!IdentityNames::default().contains("x-user"));
     }
 }

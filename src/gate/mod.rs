@@ -14,7 +14,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Method};
 
 use crate::auth::bearer::query_has_param;
-use crate::auth::{Authenticator, Challenge, Principal, RequestInfo};
+use crate::auth::{Authenticator, Challenge, Grant, RequestInfo};
 use crate::config::AuthMode;
 use crate::routing::{Route, RouteMatch, Router};
 pub use target::{canonical, valid_host, Target, TargetFault};
@@ -92,19 +92,21 @@ impl Refusal<'_> {
     }
 }
 
-/// The decision every adapter shares: one router, one auth core.
+/// The decision every adapter shares: one router, one auth core, and the identity header
+/// names no client may send.
 pub struct Gate {
     pub router: Router,
     pub auth: Arc<Authenticator>,
+    pub identity: headers::IdentityNames,
 }
 
 /// A request the gate lets through: its route, its canonical target, and who it acts for
-/// (`None` on a route with `auth = "none"`).
+/// (`None` on a route with `auth = "none"`, and for a CORS preflight the route forwards).
 #[derive(Debug)]
 pub struct Pass<'r, 't> {
     pub route: &'r Arc<Route>,
     pub target: Target<'t>,
-    pub principal: Option<Arc<Principal>>,
+    pub grant: Option<Grant>,
 }
 
 /// Why the gate refuses a request: before any token is looked at, or by the token's check.
@@ -130,14 +132,16 @@ impl Gate {
     }
 
     /// The routed request's token against its route's policy: who it acts for, `None` on a
-    /// route that checks no token, or the challenge. Records the decision metrics.
+    /// route that checks no token (or a CORS preflight it forwards), or the challenge. Records
+    /// the decision metrics.
     pub async fn authorize(
         &self,
         routed: &Routed<'_, '_>,
+        method: &Method,
         headers: &HeaderMap,
-    ) -> Result<Option<Arc<Principal>>, Challenge> {
+    ) -> Result<Option<Grant>, Challenge> {
         let route = routed.route;
-        if route.auth == AuthMode::None {
+        if route.auth == AuthMode::None || route.cors_preflight && is_preflight(method, headers) {
             return Ok(None);
         }
         let info = RequestInfo {
@@ -147,7 +151,7 @@ impl Gate {
             policy: &route.policy,
         };
         match self.auth.authorize(&info).await {
-            Ok(principal) => Ok(Some(principal)),
+            Ok(grant) => Ok(Some(grant)),
             Err(error) => {
                 tracing::debug!(route = %route.name, outcome = error.kind(), "request refused");
                 Err(self.auth.challenge(&error, &route.policy))
@@ -163,8 +167,8 @@ impl Gate {
         headers: &HeaderMap,
     ) -> Result<Pass<'g, 't>, Denied<'g>> {
         let routed = self.route(method, raw_target).map_err(Denied::Refused)?;
-        let principal = self
-            .authorize(&routed, headers)
+        let grant = self
+            .authorize(&routed, method, headers)
             .await
             .map_err(|challenge| Denied::Challenged {
                 route: routed.route,
@@ -173,9 +177,19 @@ impl Gate {
         Ok(Pass {
             route: routed.route,
             target: routed.target,
-            principal,
+            grant,
         })
     }
+}
+
+/// A CORS preflight (Fetch Standard §3.2.2): `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`. Browsers send it without credentials, so a route whose
+/// upstream answers CORS itself (`cors_preflight = "forward"`) lets exactly this request pass
+/// without a token; every other method, and an `OPTIONS` without both headers, needs one.
+fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
+    *method == Method::OPTIONS
+        && headers.contains_key(http::header::ORIGIN)
+        && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 /// Canonicalise `raw_target` (the request-target exactly as received) and match a route on it.

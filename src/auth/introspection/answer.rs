@@ -25,6 +25,10 @@ pub struct Claims {
     pub nbf: Option<i64>,
     pub aud: Vec<String>,
     pub iss: Option<String>,
+    /// `acr`, when a string (OpenID Connect Core §2; RFC 9470 step-up reads it).
+    pub acr: Option<String>,
+    /// `auth_time`, when a number.
+    pub auth_time: Option<i64>,
 }
 
 /// Why an answer could not be read: the endpoint misbehaves, so the request gets 503.
@@ -66,6 +70,10 @@ pub fn parse(body: &[u8]) -> Result<Answer, BadAnswer> {
         nbf: Option<NumericDate>,
         aud: Option<OneOrMany>,
         iss: Option<String>,
+        // Read leniently: only step-up uses them, and a stray type must not refuse tokens
+        // on every other route.
+        acr: Option<serde_json::Value>,
+        auth_time: Option<serde_json::Value>,
     }
     // serde would read a struct from a JSON array too; only an object is an answer. JSON is
     // UTF-8 (RFC 8259 §8.1); serde_json checks that only in the strings it keeps, so the whole
@@ -102,6 +110,8 @@ pub fn parse(body: &[u8]) -> Result<Answer, BadAnswer> {
         nbf: full.nbf.map(|d| d.0),
         aud,
         iss: full.iss,
+        acr: full.acr.and_then(|v| v.as_str().map(str::to_owned)),
+        auth_time: full.auth_time.as_ref().and_then(super::super::jwt::seconds),
     }))
 }
 

@@ -28,8 +28,9 @@ use tokio::sync::Semaphore;
 use url::Url;
 
 use self::answer::{Answer, BadAnswer, Claims, Expectations};
+use super::claims::ClaimSet;
 use super::fetch::{self, FetchError};
-use super::{AuthError, Principal, TokenFault, TokenSource, RETRY_AFTER};
+use super::{AuthError, Principal, TokenFault, TokenSource, Verified, RETRY_AFTER};
 use crate::auth::settings::{ClientAuth, IntrospectionConfig};
 use crate::metrics::Metrics;
 
@@ -114,6 +115,8 @@ pub struct Introspector {
     cache: Option<Cache<[u8; 32], Arc<Entry>>>,
     slots: Semaphore,
     metrics: Metrics,
+    /// Keep each active answer's whole claim set with its principal.
+    keep_claims: bool,
 }
 
 /// Counts a call in `portcullis_introspection_in_flight` while it lives.
@@ -167,7 +170,15 @@ impl Introspector {
             slots: Semaphore::new(config.max_in_flight),
             metrics,
             config,
+            keep_claims: false,
         }
+    }
+
+    /// Keep every active answer's whole claim set with its principal, for claim rules and
+    /// claim headers (`AuthConfig::keep_claims`).
+    pub fn keeping_claims(mut self, keep: bool) -> Introspector {
+        self.keep_claims = keep;
+        self
     }
 
     /// Whether the client secret was found in the environment.
@@ -204,8 +215,19 @@ impl Introspector {
         answer.principal.clone().map_err(AuthError::InvalidToken)
     }
 
-    /// Who an active answer speaks for.
-    fn principal_of(&self, claims: &Claims) -> Result<Principal, TokenFault> {
+    /// Who an active answer speaks for; `whole`: the answer's every member, when kept.
+    fn principal_of(
+        &self,
+        claims: &Claims,
+        whole: Option<ClaimSet>,
+    ) -> Result<Principal, TokenFault> {
+        let verified = Verified {
+            audiences: claims.aud.clone(),
+            acr: claims.acr.clone(),
+            auth_time: claims.auth_time,
+            encoded: whole.as_ref().map(crate::auth::claims::encode),
+            claims: whole.map(Arc::new),
+        };
         Principal::new(
             claims.sub.clone(),
             claims.client_id.clone(),
@@ -221,6 +243,7 @@ impl Introspector {
                 .map(|e| UNIX_EPOCH + Duration::from_secs(e)),
             TokenSource::Introspection,
         )
+        .map(|p| p.with_verified(verified))
     }
 
     /// Refresh the entry-count gauge (moka counts lazily: apply pending work first).
@@ -318,7 +341,7 @@ impl Introspector {
         self.metrics
             .introspection_duration
             .observe(started.elapsed().as_secs_f64());
-        let answer = result?;
+        let (answer, whole) = result?;
         let ttl = match &answer {
             Answer::Active(claims) => {
                 let left = claims.exp.map_or(self.config.cache_ttl, |exp| {
@@ -330,7 +353,7 @@ impl Introspector {
             Answer::Inactive => self.config.negative_cache_ttl,
         };
         let principal = match &answer {
-            Answer::Active(claims) => self.principal_of(claims).map(Arc::new),
+            Answer::Active(claims) => self.principal_of(claims, whole).map(Arc::new),
             Answer::Inactive => Err(TokenFault::Inactive),
         };
         Ok(Entry {
@@ -346,7 +369,7 @@ impl Introspector {
         endpoint: &Url,
         token: &str,
         secret: &Secret,
-    ) -> Result<Answer, CallError> {
+    ) -> Result<(Answer, Option<ClaimSet>), CallError> {
         let response = self
             .request(endpoint, token, secret)
             .send()
@@ -357,14 +380,19 @@ impl Introspector {
             })?;
         match response.status().as_u16() {
             200 => {}
-            400 => return Ok(Answer::Inactive),
+            400 => return Ok((Answer::Inactive, None)),
             status @ (401 | 403) => return Err(CallError::Unauthorized { status }),
             status => return Err(CallError::Status { status }),
         }
         let body = fetch::read_capped(endpoint, response, MAX_ANSWER_BYTES)
             .await
             .map_err(CallError::Fetch)?;
-        answer::parse(&body).map_err(CallError::BadAnswer)
+        let answer = answer::parse(&body).map_err(CallError::BadAnswer)?;
+        // An active answer is a JSON object already; its members are the claim set.
+        let whole = (self.keep_claims && matches!(answer, Answer::Active(_)))
+            .then(|| serde_json::from_slice::<ClaimSet>(&body).ok())
+            .flatten();
+        Ok((answer, whole))
     }
 
     /// `POST` form `token=...&token_type_hint=access_token`, form-url-encoded, with the client

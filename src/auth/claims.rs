@@ -1,0 +1,268 @@
+//! Verified claims beyond scopes: finding a claim by path, and rendering claims into the
+//! headers a route maps them to.
+//!
+//! A value bound for a header follows the same rule as the `X-Auth-*` headers
+//! ([`super::Principal::new`]): when the upstream could read it otherwise (a control character,
+//! padding, too long), the token is refused ([`TokenFault::UnsafeClaim`]) rather than the
+//! header dropped or mended.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use http::{HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+
+use super::error::TokenFault;
+use super::MAX_IDENTITY_HEADER_BYTES;
+
+/// The verified claim set: a JWT's payload or an introspection answer.
+pub type ClaimSet = Map<String, Value>;
+
+/// The largest whole-claim-set header (`claims_header`), in bytes.
+pub const MAX_CLAIMS_HEADER_BYTES: usize = 16 * 1024;
+
+/// The separator of an array claim's elements in a header: the list separator of RFC 9110
+/// §5.6.1, which every framework's header-list parser splits on.
+pub const ARRAY_SEPARATOR: char = ',';
+
+/// Where a claim is: a member name as written, or, when the claim set has no member of that
+/// exact name, a dotted path into nested objects (`org.id`). Namespaced claims such as
+/// `https://example.com/roles` are found by their whole name first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimPath {
+    whole: String,
+    segments: Vec<String>,
+}
+
+impl ClaimPath {
+    /// `None` when a segment would be empty (`a..b`, `.a`, `a.`) or the path is empty.
+    pub fn parse(path: &str) -> Option<ClaimPath> {
+        let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
+        if segments.iter().any(String::is_empty) {
+            return None;
+        }
+        Some(ClaimPath {
+            whole: path.to_owned(),
+            segments,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.whole
+    }
+
+    /// The claim's value, `None` when absent (a JSON `null` counts as absent).
+    pub fn find<'c>(&self, claims: &'c ClaimSet) -> Option<&'c Value> {
+        let found = match claims.get(&self.whole) {
+            Some(v) => Some(v),
+            None if self.segments.len() > 1 => {
+                let mut value = claims.get(&self.segments[0])?;
+                for segment in &self.segments[1..] {
+                    value = value.as_object()?.get(segment)?;
+                }
+                Some(value)
+            }
+            None => None,
+        };
+        found.filter(|v| !v.is_null())
+    }
+}
+
+/// Which claims a route passes on as headers (`claim_headers`, `claims_header`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimHeaders {
+    /// Header name, claim path; in the order configured.
+    pub map: Vec<(HeaderName, ClaimPath)>,
+    /// The whole verified claim set as base64url JSON, in this header.
+    pub whole: Option<HeaderName>,
+}
+
+impl ClaimHeaders {
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty() && self.whole.is_none()
+    }
+
+    /// The headers for these claims (`encoded`: the claim set as base64url JSON). A claim that
+    /// is absent has no header.
+    pub fn render(
+        &self,
+        claims: Option<&ClaimSet>,
+        encoded: Option<&Arc<str>>,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, TokenFault> {
+        let mut out = Vec::with_capacity(self.map.len() + 1);
+        for (name, path) in &self.map {
+            let Some(value) = claims.and_then(|c| path.find(c)) else {
+                continue;
+            };
+            out.push((name.clone(), header_value(value)?));
+        }
+        if let (Some(name), Some(encoded)) = (&self.whole, encoded) {
+            if encoded.len() > MAX_CLAIMS_HEADER_BYTES {
+                return Err(TokenFault::UnsafeClaim);
+            }
+            let value = HeaderValue::from_str(encoded).map_err(|_| TokenFault::UnsafeClaim)?;
+            out.push((name.clone(), value));
+        }
+        Ok(out)
+    }
+}
+
+/// The claim set as base64url JSON, for `claims_header`.
+pub fn encode(claims: &ClaimSet) -> Arc<str> {
+    let json = serde_json::to_string(claims).unwrap_or_default();
+    URL_SAFE_NO_PAD.encode(json).into()
+}
+
+/// One claim as a header value:
+/// - a string as it is; a number or boolean as its JSON text;
+/// - an array of those, its elements joined by [`ARRAY_SEPARATOR`]; an element that holds the
+///   separator, or is empty, would be read as other elements, so it refuses the token;
+/// - an object, or an array holding one, as compact JSON.
+pub fn header_value(value: &Value) -> Result<HeaderValue, TokenFault> {
+    let text = match value {
+        Value::Array(items) if items.iter().all(is_scalar) => {
+            let mut joined = String::new();
+            for (i, item) in items.iter().enumerate() {
+                let item = scalar_text(item);
+                if item.is_empty() || item.contains(ARRAY_SEPARATOR) {
+                    return Err(TokenFault::UnsafeClaim);
+                }
+                check_text(&item)?;
+                if i > 0 {
+                    joined.push(ARRAY_SEPARATOR);
+                }
+                joined.push_str(&item);
+            }
+            joined
+        }
+        Value::Array(_) | Value::Object(_) => {
+            serde_json::to_string(value).map_err(|_| TokenFault::UnsafeClaim)?
+        }
+        scalar => scalar_text(scalar).into_owned(),
+    };
+    check_text(&text)?;
+    HeaderValue::from_bytes(text.as_bytes()).map_err(|_| TokenFault::UnsafeClaim)
+}
+
+fn is_scalar(v: &Value) -> bool {
+    matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
+}
+
+fn scalar_text(v: &Value) -> std::borrow::Cow<'_, str> {
+    match v {
+        Value::String(s) => std::borrow::Cow::Borrowed(s),
+        other => std::borrow::Cow::Owned(other.to_string()),
+    }
+}
+
+/// The rule of every identity header value ([`super::Principal::new`]).
+pub(super) fn check_text(value: &str) -> Result<(), TokenFault> {
+    // C0, DEL and C1 controls (NEL among them), and the Unicode line separators.
+    let unsafe_char = value
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'));
+    // Whitespace (Unicode's, too: Go's TrimSpace and .NET's Trim strip it) and the zero-width
+    // space and BOM at either end.
+    let trimmable = |c: char| c.is_whitespace() || matches!(c, '\u{200b}' | '\u{feff}');
+    let padded = value.starts_with(trimmable) || value.ends_with(trimmable);
+    if unsafe_char || padded || value.len() > MAX_IDENTITY_HEADER_BYTES {
+        return Err(TokenFault::UnsafeClaim);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn set(v: Value) -> ClaimSet {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn paths_find_whole_names_first_then_nested_members() {
+        let claims = set(json!({
+            "sub": "u1",
+            "org": {"id": "acme", "unit": {"name": "eng"}},
+            "https://example.com/roles": ["admin"],
+            "a.b": "flat",
+            "a": {"b": "nested"},
+            "gone": null,
+        }));
+        let find = |p: &str| ClaimPath::parse(p).unwrap().find(&claims).cloned();
+        assert_eq!(find("sub"), Some(json!("u1")));
+        assert_eq!(find("org.id"), Some(json!("acme")));
+        assert_eq!(find("org.unit.name"), Some(json!("eng")));
+        assert_eq!(find("https://example.com/roles"), Some(json!(["admin"])));
+        assert_eq!(find("a.b"), Some(json!("flat")));
+        assert_eq!(find("org.missing"), None);
+        assert_eq!(find("sub.x"), None);
+        assert_eq!(find("gone"), None);
+        for bad in ["", "a..b", ".a", "a."] {
+            assert!(ClaimPath::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn values_render_as_documented_and_unsafe_ones_refuse_the_token() {
+        let ok = |v: Value| header_value(&v).map(|h| h.to_str().unwrap().to_owned());
+        assert_eq!(ok(json!("acme")), Ok("acme".into()));
+        assert_eq!(ok(json!(42)), Ok("42".into()));
+        assert_eq!(ok(json!(true)), Ok("true".into()));
+        assert_eq!(ok(json!(["a", "b", 3])), Ok("a,b,3".into()));
+        assert_eq!(ok(json!({"k": "v"})), Ok("{\"k\":\"v\"}".into()));
+        assert_eq!(ok(json!([{"k": 1}])), Ok("[{\"k\":1}]".into()));
+        for bad in [
+            json!("a\r\nX-Auth-Subject: admin"),
+            json!(" admin"),
+            json!("admin\u{a0}"),
+            json!(["admins,root"]),
+            json!(["a", ""]),
+            json!(["ok", "x\ny"]),
+            json!("x".repeat(MAX_IDENTITY_HEADER_BYTES + 1)),
+        ] {
+            assert_eq!(header_value(&bad), Err(TokenFault::UnsafeClaim), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_mapping_renders_present_claims_and_the_whole_set() {
+        let claims = set(json!({"sub": "u1", "groups": ["a", "b"]}));
+        let headers = ClaimHeaders {
+            map: vec![
+                (
+                    HeaderName::from_static("x-user-id"),
+                    ClaimPath::parse("sub").unwrap(),
+                ),
+                (
+                    HeaderName::from_static("x-tenant"),
+                    ClaimPath::parse("org.id").unwrap(),
+                ),
+                (
+                    HeaderName::from_static("x-groups"),
+                    ClaimPath::parse("groups").unwrap(),
+                ),
+            ],
+            whole: Some(HeaderName::from_static("x-claims")),
+        };
+        let encoded = encode(&claims);
+        let got = headers.render(Some(&claims), Some(&encoded)).unwrap();
+        let got: Vec<(&str, &str)> = got
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("x-user-id", "u1"),
+                ("x-groups", "a,b"),
+                ("x-claims", encoded.as_ref())
+            ]
+        );
+        let decoded = URL_SAFE_NO_PAD.decode(encoded.as_bytes()).unwrap();
+        let back: Value = serde_json::from_slice(&decoded).unwrap();
+        assert_eq!(back, json!({"sub": "u1", "groups": ["a", "b"]}));
+    }
+}
