@@ -33,6 +33,7 @@ fn routes(n: usize) -> Vec<RouteConfig> {
             allow_method_override: false,
             allow_options_asterisk: false,
             cors_preflight: false,
+            resource: None,
         })
         .collect()
 }

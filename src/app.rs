@@ -141,6 +141,7 @@ impl App {
             router: Router::new(&config.routes),
             auth: auth.clone(),
             identity: config.identity.clone(),
+            metadata: config.resource_metadata.clone(),
         });
         let s = &config.server;
         let settings = Settings {

@@ -3,7 +3,8 @@
 //! build one and render it; none writes its own error bodies.
 //!
 //! The JSON body is `{"error": ..., "error_description": ...}` with fixed text, never the
-//! request's bytes. Every synthetic answer carries `Cache-Control: no-store`.
+//! request's bytes. Every synthetic answer carries `Cache-Control: no-store`, except the public
+//! documents of [`Synthetic::public`].
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
@@ -22,6 +23,8 @@ pub struct Synthetic {
     pub body: Bytes,
     /// Answer with `Connection: close` and close the connection afterwards.
     pub close: bool,
+    /// `Cache-Control`: `no-store` but for [`Synthetic::public`].
+    pub cache_control: &'static str,
 }
 
 impl Synthetic {
@@ -39,6 +42,7 @@ impl Synthetic {
             content_type: "application/json",
             body,
             close: false,
+            cache_control: "no-store",
         }
     }
 
@@ -50,6 +54,7 @@ impl Synthetic {
             content_type,
             body: body.into(),
             close: false,
+            cache_control: "no-store",
         }
     }
 
@@ -104,6 +109,20 @@ impl Synthetic {
         .closing()
     }
 
+    /// The same answer as a public document that caches may keep for five minutes (RFC 9728
+    /// metadata: the same for every client, and holding nothing secret).
+    pub fn public(mut self) -> Synthetic {
+        self.cache_control = "public, max-age=300";
+        self
+    }
+
+    /// The same answer with `Allow: allow` (a 405).
+    pub fn allow(mut self, allow: &'static str) -> Synthetic {
+        self.headers
+            .push((http::header::ALLOW, HeaderValue::from_static(allow)));
+        self
+    }
+
     /// The same answer, with the connection closed after it.
     pub fn closing(mut self) -> Synthetic {
         self.close = true;
@@ -118,7 +137,7 @@ impl Synthetic {
             StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static(self.cache_control));
         if self.close {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }

@@ -37,6 +37,8 @@ pub struct Route {
     pub options_asterisk: bool,
     /// `cors_preflight = "forward"`: a CORS preflight passes without a token.
     pub cors_preflight: bool,
+    /// The URL of the route's RFC 9728 document, for its challenges' `resource_metadata`.
+    pub resource_metadata: Option<String>,
 }
 
 /// The outcome of matching one request.
@@ -98,6 +100,10 @@ impl Router {
                     method_override: c.allow_method_override,
                     options_asterisk: c.allow_options_asterisk,
                     cors_preflight: c.cors_preflight,
+                    resource_metadata: c
+                        .resource
+                        .as_deref()
+                        .map(crate::gate::metadata::document_url),
                 })
             })
             .collect();

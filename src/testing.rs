@@ -40,5 +40,6 @@ pub fn route(name: &str, prefix: &str) -> crate::config::RouteConfig {
         allow_method_override: false,
         allow_options_asterisk: false,
         cors_preflight: false,
+        resource: None,
     }
 }

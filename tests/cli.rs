@@ -15,6 +15,9 @@ const ROUTE: &str =
 
 const INTROSPECTION: &str = "[introspection]\nendpoint = \"https://id/introspect\"\nclient_id = \"gw\"\nclient_secret_env = \"GW_SECRET\"\naudiences = [\"api\"]\n";
 
+/// One issuer, for routes that check tokens.
+const ISSUER: &str = "[[issuers]]\nissuer = \"https://id\"\njwks_uri = \"https://id/jwks\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\n";
+
 /// `[introspection]` without `audiences`.
 const INTROSPECTION_ANY: &str = "[introspection]\nendpoint = \"https://id/introspect\"\nclient_id = \"gw\"\nclient_secret_env = \"GW_SECRET\"\n";
 
@@ -107,7 +110,7 @@ fn every_config_rule_names_its_key_and_fix() {
         // Unknown keys: the typo that would leave a route open.
         (
             "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\nscope = [\"admin\"]\n",
-            "routes[0].scope: unknown field `scope`, expected one of `name`, `path_prefix`, `methods`, `upstreams`, `scopes`, `scopes_any`, `auth`, `token_types`, `forward_token`, `allow_path_parameters`, `allow_method_override`, `allow_options_asterisk`, `issuers`, `audiences`, `claims_match`, `acr_values`, `max_age`, `cors_preflight`, `claims_header`, `claim_headers`, `claims` (<config> line 5)",
+            "routes[0].scope: unknown field `scope`, expected one of `name`, `path_prefix`, `methods`, `upstreams`, `scopes`, `scopes_any`, `auth`, `token_types`, `forward_token`, `allow_path_parameters`, `allow_method_override`, `allow_options_asterisk`, `issuers`, `audiences`, `claims_match`, `acr_values`, `max_age`, `cors_preflight`, `claims_header`, `claim_headers`, `claims`, `resource` (<config> line 5)",
         ),
         ("[server]\nlisten_addr = \"x\"\n", "server.listen_addr: unknown field `listen_addr`"),
         ("[server]\nthreads = \"two\"\n", "server.threads: invalid type"),
@@ -260,6 +263,36 @@ fn every_config_rule_names_its_key_and_fix() {
             "[[routes]]\nname = \"r\"\npath_prefix = \"/api\"\nupstreams = [\"127.0.0.1:9\"]\nauth = \"none\"\nallow_options_asterisk = true\n",
             "routes[0].allow_options_asterisk: OPTIONS * is routed to the route on path_prefix \"/\"",
         ),
+        // Policy beyond scopes: each key named with its fix.
+        (
+            &format!("{ROUTE}issuers = [\"https://other\"]\n{ISSUER}"),
+            "routes[0].issuers[0]: \"https://other\" is not a configured issuer",
+        ),
+        (&format!("{ROUTE}audiences = []\n{ISSUER}"), "routes[0].audiences: must list non-empty audiences"),
+        (&format!("{ROUTE}claims_match = \"most\"\n[[routes.claims]]\nclaim = \"g\"\npresent = true\n{ISSUER}"), "routes[0].claims_match: \"most\" is not a combination"),
+        (&format!("{ROUTE}[[routes.claims]]\nclaim = \"g\"\n{ISSUER}"), "routes[0].claims[0]: needs exactly one matcher"),
+        (&format!("{ROUTE}[[routes.claims]]\nclaim = \"g\"\nequals = \"a\"\ncontains = \"b\"\n{ISSUER}"), "routes[0].claims[0]: needs exactly one matcher"),
+        (&format!("{ROUTE}[[routes.claims]]\nequals = \"a\"\n{ISSUER}"), "routes[0].claims[0].claim: is required"),
+        (&format!("{ROUTE}[[routes.claims]]\nclaim = \"org..id\"\nequals = \"a\"\n{ISSUER}"), "routes[0].claims[0].claim: \"org..id\" is not a claim path"),
+        (&format!("{ROUTE}[[routes.claims]]\nclaim = \"g\"\nequals = [\"a\"]\n{ISSUER}"), "routes[0].claims[0].equals: must be a string, a number or a boolean"),
+        (&format!("{ROUTE}[[routes.claims]]\nclaim = \"g\"\nequals = \"a\"\nregex = \".*\"\n{ISSUER}"), "routes[0].claims[0].regex: unknown field `regex`"),
+        (&format!("{ROUTE}acr_values = [\"a b\"]\n{ISSUER}"), "routes[0].acr_values[0]: must be printable ASCII without spaces"),
+        (&format!("{ROUTE}max_age = \"0s\"\n{ISSUER}"), "routes[0].max_age: must be longer than zero"),
+        (&format!("{ROUTE}cors_preflight = \"allow\"\n{ISSUER}"), "routes[0].cors_preflight: \"allow\" is not a mode"),
+        (&format!("{ROUTE}methods = [\"GET\"]\ncors_preflight = \"forward\"\n{ISSUER}"), "routes[0].cors_preflight: the route's methods leave out OPTIONS"),
+        (&format!("{ROUTE}auth = \"none\"\n[[routes.claims]]\nclaim = \"g\"\npresent = true\n"), "routes[0].claims: a route with auth = \"none\" checks no token"),
+        (&format!("{ROUTE}[routes.claim_headers]\n\"X Bad\" = \"sub\"\n{ISSUER}"), "routes[0].claim_headers.X Bad: \"X Bad\" is not a header name"),
+        (&format!("[identity.claim_headers]\nHost = \"sub\"\n{ROUTE}{ISSUER}"), "identity.claim_headers.Host: Host carries framing"),
+        (&format!("[identity.claim_headers]\nX-Real-IP = \"sub\"\n{ROUTE}{ISSUER}"), "identity.claim_headers.X-Real-IP: X-Real-IP carries framing"),
+        (&format!("[identity.claim_headers]\nX-Auth-Subject = \"sub\"\n{ROUTE}{ISSUER}"), "identity.claim_headers.X-Auth-Subject: X-Auth-Subject is set by [identity] auth_headers"),
+        (&format!("[identity.claim_headers]\nX-Org = \".id\"\n{ROUTE}{ISSUER}"), "identity.claim_headers.X-Org: \".id\" is not a claim path"),
+        (&format!("[identity]\nclaims_header = \"Authorization\"\n{ROUTE}{ISSUER}"), "identity.claims_header: Authorization carries framing"),
+        (&format!("[identity]\nstrip_headers = [\"x user\"]\n{ROUTE}{ISSUER}"), "identity.strip_headers[0]: \"x user\" is not a header name"),
+        (&format!("[identity]\nclaim_header = \"X\"\n{ROUTE}{ISSUER}"), "identity.claim_header: unknown field `claim_header`"),
+        (&format!("[resource_metadata]\nresource_name = \"x\"\n{ROUTE}{ISSUER}"), "resource_metadata.resource: is required"),
+        (&format!("[resource_metadata]\nresource = \"http://api.example\"\n{ROUTE}{ISSUER}"), "resource_metadata.resource: \"http://api.example\" must be an https URL"),
+        (&format!("[resource_metadata]\nresource = \"https://api.example/#x\"\n{ROUTE}{ISSUER}"), "resource_metadata.resource: \"https://api.example/#x\" must be an https URL without query or fragment"),
+        (&format!("{ROUTE}resource = \"https://api.example/r\"\n{ISSUER}"), "routes[0].resource: needs a [resource_metadata] section"),
         // Refresh tokens introspect as active without `aud`: the audience check is required.
         (
             &format!("{ROUTE}{INTROSPECTION_ANY}"),

@@ -482,3 +482,90 @@ async fn the_decision_endpoint_applies_the_same_policy() {
         assert_eq!(resp.status(), 403, "{header:?}");
     }
 }
+
+/// RFC 9728: a client that knows only the API's URL gets a 401, follows the challenge's
+/// `resource_metadata` to the document, and from its `authorization_servers` reaches the
+/// provider's discovery metadata and key set. No Rust client library implements RFC 9728
+/// discovery, so the client's steps are written out here.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_discovers_the_authorization_server_from_a_401() {
+    let w = World::start(
+        "[resource_metadata]\nresource = \"https://api.example.com\"\nresource_name = \"Orders API\"\n",
+        "[[routes]]\nname = \"orders\"\npath_prefix = \"/orders\"\nupstreams = [\"{up}\"]\nscopes = [\"orders:read\"]\nissuers = [\"{one}\"]\n\
+         [[routes]]\nname = \"billing\"\npath_prefix = \"/billing\"\nupstreams = [\"{up}\"]\nscopes = [\"billing\"]\nresource = \"https://api.example.com/billing\"\n\
+         [[routes]]\nname = \"rest\"\npath_prefix = \"/\"\nupstreams = [\"{up}\"]\nscopes = [\"read\"]\n",
+    )
+    .await;
+    // 1. The request without a token.
+    let resp = w.send("GET", "/orders/7", None, &[]).await;
+    assert_eq!(resp.status(), 401);
+    let header = challenge(&resp);
+    let url = header
+        .split("resource_metadata=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no resource_metadata in {header}"));
+    assert_eq!(
+        url,
+        "https://api.example.com/.well-known/oauth-protected-resource"
+    );
+    // 2. The document, from the resource's origin (here: the gateway that serves it).
+    let path = &url["https://api.example.com".len()..];
+    let resp = w.send("GET", path, None, &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let doc: Value = resp.json().await.unwrap();
+    // RFC 9728 §3.3: the document must be about the resource the client asked for.
+    assert_eq!(doc["resource"], "https://api.example.com");
+    assert_eq!(doc["resource_name"], "Orders API");
+    assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
+    assert_eq!(doc["scopes_supported"], json!(["orders:read", "read"]));
+    let servers: Vec<String> =
+        serde_json::from_value(doc["authorization_servers"].clone()).unwrap();
+    assert_eq!(servers, [w.one.0.issuer(), w.two.0.issuer()]);
+    // 3. The authorization server's own metadata (OpenID Connect Discovery), then its keys.
+    let discovery: Value = client()
+        .get(format!("{}/.well-known/openid-configuration", servers[0]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(discovery["issuer"], servers[0].as_str());
+    let jwks = discovery["jwks_uri"].as_str().unwrap();
+    assert!(client()
+        .get(jwks)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+
+    // A route with its own resource is described at the path-suffixed document (§3.1).
+    let resp = w.send("GET", "/billing", Some("not-a-jwt"), &[]).await;
+    assert_eq!(resp.status(), 401);
+    assert!(challenge(&resp).ends_with(
+        ", resource_metadata=\"https://api.example.com/.well-known/oauth-protected-resource/billing\""
+    ));
+    let doc: Value = w
+        .send(
+            "GET",
+            "/.well-known/oauth-protected-resource/billing",
+            None,
+            &[],
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["resource"], "https://api.example.com/billing");
+    assert_eq!(doc["scopes_supported"], json!(["billing"]));
+    // The documents are the gateway's: never forwarded, and only to read.
+    let hits = w.up.hits();
+    let resp = w
+        .send("POST", "/.well-known/oauth-protected-resource", None, &[])
+        .await;
+    assert_eq!(resp.status(), 405);
+    assert_eq!(w.up.hits(), hits);
+}

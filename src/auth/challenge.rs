@@ -68,6 +68,15 @@ impl Challenge {
 }
 
 impl Challenge {
+    /// Add `resource_metadata="<url>"` (RFC 9728 §5.1) to a challenge, so a client can find
+    /// the authorization servers to get a token from. `url` comes from the configuration.
+    pub fn with_resource_metadata(mut self, url: &str) -> Challenge {
+        if let Some(value) = &mut self.www_authenticate {
+            value.push_str(&format!(", resource_metadata=\"{url}\""));
+        }
+        self
+    }
+
     /// The complete HTTP answer: status, `WWW-Authenticate` (or `Retry-After` for 503), a JSON
     /// body, `Cache-Control: no-store`.
     pub fn into_response<B: From<String>>(self) -> http::Response<B> {

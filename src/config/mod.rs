@@ -22,6 +22,7 @@ pub use crate::auth::settings::{
 };
 pub use crate::auth::RoutePolicy;
 pub use crate::gate::headers::IdentityNames;
+pub use crate::gate::metadata::ResourceMetadata;
 pub use raw::RawConfig;
 
 /// A configuration that passed validation.
@@ -36,6 +37,8 @@ pub struct Config {
     pub decision: Option<DecisionConfig>,
     /// `[identity] strip_headers` and every mapped claim header: the names no client may send.
     pub identity: IdentityNames,
+    /// `[resource_metadata]` and the routes' `resource`: the RFC 9728 documents to serve.
+    pub resource_metadata: Option<ResourceMetadata>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -174,6 +177,10 @@ pub struct RouteConfig {
     /// `Origin` and `Access-Control-Request-Method`) passes without a token, to the upstream
     /// that answers CORS.
     pub cors_preflight: bool,
+    /// The route's resource identifier (RFC 9728): its own `resource`, else
+    /// `[resource_metadata] resource`; `None` without `[resource_metadata]`. Its challenges
+    /// carry the document's URL as `resource_metadata`.
+    pub resource: Option<String>,
 }
 
 /// One thing wrong with a configuration: the key path and what to do about it.

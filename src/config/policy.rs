@@ -366,3 +366,98 @@ pub(super) fn identity_names(identity: &Identity, policies: &[&RoutePolicy]) -> 
         );
     IdentityNames::new(strip.chain(global).chain(mapped).collect::<Vec<_>>())
 }
+
+/// A resource identifier (RFC 9728 §1.2): an `https` URL (plain http on loopback) without
+/// query or fragment.
+pub(super) fn resource_id(p: &mut Problems, key: &str, value: &str) -> Option<String> {
+    let ok = url::Url::parse(value).ok().filter(|u| {
+        super::issuer::secure_enough(u, false)
+            && u.host().is_some()
+            && u.query().is_none()
+            && u.fragment().is_none()
+    });
+    if ok.is_none() {
+        p.push(
+            key.to_owned(),
+            format!("{value:?} must be an https URL without query or fragment (RFC 9728 §1.2), e.g. \"https://api.example.com/orders\""),
+        );
+    }
+    ok.map(|_| value.to_owned())
+}
+
+/// One document per resource the routes name: its authorization servers are the issuers its
+/// routes accept (every configured one, unless a route restricts them), its scopes those its
+/// routes require.
+pub(super) fn resource_metadata(
+    p: &mut Problems,
+    raw: &super::raw::RawResourceMetadata,
+    routes: &[super::RouteConfig],
+    issuers_known: &[String],
+) -> crate::gate::metadata::ResourceMetadata {
+    use crate::gate::metadata::{Resource, ResourceMetadata};
+    let documentation = raw
+        .resource_documentation
+        .as_deref()
+        .and_then(|d| resource_id(p, "resource_metadata.resource_documentation", d));
+    if raw
+        .resource_name
+        .as_deref()
+        .is_some_and(|n| n.is_empty() || n.chars().any(char::is_control))
+    {
+        p.push(
+            "resource_metadata.resource_name",
+            "must be non-empty text without control characters",
+        );
+    }
+    let mut resources: Vec<Resource> = Vec::new();
+    for route in routes {
+        let Some(id) = &route.resource else { continue };
+        let index = match resources.iter().position(|r| &r.resource == id) {
+            Some(i) => i,
+            None => {
+                resources.push(Resource {
+                    resource: id.clone(),
+                    authorization_servers: Vec::new(),
+                    scopes_supported: Vec::new(),
+                    resource_name: raw.resource_name.clone(),
+                    resource_documentation: documentation.clone(),
+                });
+                resources.len() - 1
+            }
+        };
+        let r = &mut resources[index];
+        if route.auth == super::AuthMode::None {
+            continue;
+        }
+        let issuers = match route.policy.issuers.is_empty() {
+            true => issuers_known,
+            false => &route.policy.issuers[..],
+        };
+        let scopes = route.policy.all.iter().chain(&route.policy.any);
+        for (list, items) in [
+            (
+                &mut r.authorization_servers,
+                issuers.iter().collect::<Vec<_>>(),
+            ),
+            (&mut r.scopes_supported, scopes.collect()),
+        ] {
+            for item in items {
+                if !list.contains(item) {
+                    list.push(item.clone());
+                }
+            }
+        }
+    }
+    for r in &mut resources {
+        r.scopes_supported.sort();
+    }
+    let mut paths: Vec<String> = resources.iter().map(Resource::path).collect();
+    paths.sort();
+    if paths.windows(2).any(|w| w[0] == w[1]) {
+        p.push(
+            "resource_metadata.resource",
+            "two resources are described at the same path; give routes resources with different paths",
+        );
+    }
+    ResourceMetadata::new(&resources)
+}

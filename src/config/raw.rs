@@ -26,6 +26,7 @@ pub struct RawConfig {
     pub decision: Option<RawDecision>,
     #[serde(default)]
     pub identity: RawIdentity,
+    pub resource_metadata: Option<RawResourceMetadata>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
 }
@@ -39,6 +40,15 @@ pub struct RawIdentity {
     pub claims_header: Option<String>,
     pub strip_headers: Option<Vec<String>>,
     pub claim_headers: Option<BTreeMap<String, String>>,
+}
+
+/// `[resource_metadata]`: RFC 9728 protected resource metadata.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResourceMetadata {
+    pub resource: Option<String>,
+    pub resource_name: Option<String>,
+    pub resource_documentation: Option<String>,
 }
 
 /// One `[[routes.claims]]` rule: a claim and exactly one matcher.
@@ -208,4 +218,5 @@ pub struct RawRoute {
     pub claims_header: Option<String>,
     pub claim_headers: Option<BTreeMap<String, String>>,
     pub claims: Option<Vec<RawClaimRule>>,
+    pub resource: Option<String>,
 }

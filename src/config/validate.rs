@@ -176,9 +176,20 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         .map(|i| i.issuer.clone())
         .chain(auth.introspection.iter().filter_map(|i| i.issuer.clone()))
         .collect();
+    let global_resource = raw.resource_metadata.as_ref().and_then(|m| match &m.resource {
+        Some(r) => super::policy::resource_id(&mut p, "resource_metadata.resource", r),
+        None => {
+            p.push(
+                "resource_metadata.resource",
+                "is required: the resource identifier clients ask tokens for, e.g. \"https://api.example.com\"",
+            );
+            None
+        }
+    });
     let context = RouteContext {
         identity: &identity,
         issuers_known: &issuers_known,
+        resource: global_resource.as_deref(),
     };
     let routes = raw
         .routes
@@ -186,6 +197,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         .enumerate()
         .filter_map(|(i, r)| route(&mut p, &format!("routes[{i}]"), r, &context))
         .collect::<Vec<_>>();
+    let resource_metadata = raw
+        .resource_metadata
+        .as_ref()
+        .map(|m| super::policy::resource_metadata(&mut p, m, &routes, &issuers_known));
     let identity_names = super::policy::identity_names(
         &identity,
         &routes.iter().map(|r| &r.policy).collect::<Vec<_>>(),
@@ -211,6 +226,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             introspection: auth.introspection,
             decision,
             identity: identity_names,
+            resource_metadata,
             routes,
         })
     } else {
@@ -535,6 +551,8 @@ fn is_route_name(s: &str) -> bool {
 struct RouteContext<'a> {
     identity: &'a super::policy::Identity,
     issuers_known: &'a [String],
+    /// `[resource_metadata] resource`, when valid.
+    resource: Option<&'a str>,
 }
 
 fn route(p: &mut Problems, key: &str, raw: &RawRoute, cx: &RouteContext) -> Option<RouteConfig> {
@@ -647,6 +665,7 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute, cx: &RouteContext) -> Opti
         ("claim_headers", raw.claim_headers.is_some()),
         ("claims_header", raw.claims_header.is_some()),
         ("cors_preflight", raw.cors_preflight.is_some()),
+        ("resource", raw.resource.is_some()),
     ];
     for (name, _) in token_policy.iter().filter(|(_, set)| *set) {
         if auth == AuthMode::None {
@@ -680,6 +699,17 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute, cx: &RouteContext) -> Opti
     }
     let policy =
         super::policy::route_policy(p, key, raw, token_types, cx.identity, cx.issuers_known);
+    let resource = match (&raw.resource, cx.resource) {
+        (Some(own), Some(_)) => super::policy::resource_id(p, &format!("{key}.resource"), own),
+        (Some(_), None) => {
+            p.push(
+                format!("{key}.resource"),
+                "needs a [resource_metadata] section (its resource is the default of every route)",
+            );
+            None
+        }
+        (None, global) => global.map(str::to_owned),
+    };
     if p.0.len() > before {
         return None;
     }
@@ -695,6 +725,7 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute, cx: &RouteContext) -> Opti
         allow_method_override: raw.allow_method_override.unwrap_or(false),
         allow_options_asterisk: raw.allow_options_asterisk.unwrap_or(false),
         cors_preflight,
+        resource,
     })
 }
 

@@ -242,6 +242,20 @@ pub fn log_refused_head(metrics: &Metrics, status: u16) {
     log_request(metrics, &record, status, 0.0);
 }
 
+/// An RFC 9728 document (§3.2): public JSON, cacheable, to `GET` and `HEAD` only.
+fn resource_document(method: &Method, document: &bytes::Bytes) -> Synthetic {
+    if *method == Method::GET || *method == Method::HEAD {
+        Synthetic::json(200, document.clone()).public()
+    } else {
+        Synthetic::error(
+            405,
+            "method_not_allowed",
+            "This document accepts GET and HEAD.",
+        )
+        .allow("GET, HEAD")
+    }
+}
+
 fn answer(synthetic: Synthetic) -> Response<ResBody> {
     synthetic.render()
 }
@@ -296,6 +310,9 @@ async fn forward(
         .is_some_and(|line| framing::target_lost_fragment(&line, target_bytes))
     {
         return early(Synthetic::refusal(Refusal::Target(TargetFault::RawByte)));
+    }
+    if let Some(document) = shared.gate.resource_document(parts.uri.path()) {
+        return early(resource_document(&parts.method, document));
     }
     let pass = match shared
         .gate

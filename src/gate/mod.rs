@@ -7,6 +7,7 @@
 //! canonical form only refuses or renames without changing what a decoding application reads.
 
 pub mod headers;
+pub mod metadata;
 pub mod target;
 
 use std::sync::Arc;
@@ -98,6 +99,8 @@ pub struct Gate {
     pub router: Router,
     pub auth: Arc<Authenticator>,
     pub identity: headers::IdentityNames,
+    /// The RFC 9728 documents, when `[resource_metadata]` is configured.
+    pub metadata: Option<metadata::ResourceMetadata>,
 }
 
 /// A request the gate lets through: its route, its canonical target, and who it acts for
@@ -122,6 +125,11 @@ pub enum Denied<'r> {
 }
 
 impl Gate {
+    /// The RFC 9728 document served at `path`, if any.
+    pub fn resource_document(&self, path: &str) -> Option<&bytes::Bytes> {
+        self.metadata.as_ref()?.document(path)
+    }
+
     /// Canonical target and route ([`route`]).
     pub fn route<'g, 't>(
         &'g self,
@@ -154,7 +162,11 @@ impl Gate {
             Ok(grant) => Ok(Some(grant)),
             Err(error) => {
                 tracing::debug!(route = %route.name, outcome = error.kind(), "request refused");
-                Err(self.auth.challenge(&error, &route.policy))
+                let challenge = self.auth.challenge(&error, &route.policy);
+                Err(match &route.resource_metadata {
+                    Some(url) => challenge.with_resource_metadata(url),
+                    None => challenge,
+                })
             }
         }
     }
