@@ -34,6 +34,7 @@ fn routes(n: usize) -> Vec<RouteConfig> {
             allow_options_asterisk: false,
             cors_preflight: false,
             resource: None,
+            rate_limit: None,
         })
         .collect()
 }

@@ -142,6 +142,7 @@ impl App {
             auth: auth.clone(),
             identity: config.identity.clone(),
             metadata: config.resource_metadata.clone(),
+            rate_limited: metrics.rate_limited.clone(),
         });
         let s = &config.server;
         let settings = Settings {

@@ -21,7 +21,7 @@ use http::{HeaderMap, Method, Request, Response};
 
 use crate::config::Convention;
 use crate::dataplane::proxy::raw_target;
-use crate::dataplane::simple::Handler;
+use crate::dataplane::simple::{Handler, Peer};
 use crate::gate::{self, Gate, Refusal};
 use crate::response::Synthetic;
 
@@ -68,6 +68,14 @@ fn convention_headers(convention: Convention) -> &'static [&'static str] {
         Convention::Traefik => &["x-forwarded-method", "x-forwarded-uri"],
         Convention::Envoy => &["x-envoy-original-path"],
     }
+}
+
+/// The address a check request's client is counted by for rate limits: the last
+/// `X-Forwarded-For` entry, which the asking proxy appends for the client it asks about;
+/// without one, the asking proxy's own address.
+fn decision_client(headers: &http::HeaderMap, peer: Option<&Peer>) -> std::net::IpAddr {
+    let peer = peer.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |p| p.0.ip());
+    crate::gate::limit::client_address(headers, peer, true)
 }
 
 fn json(status: u16, error: &str, description: &str) -> Response<Bytes> {
@@ -120,7 +128,12 @@ impl Handler for DecisionApp {
                 "The request carries a header that would choose its identity, path or method.",
             );
         }
-        match self.gate.authorize(&routed, &method, req.headers()).await {
+        let client = decision_client(req.headers(), req.extensions().get::<Peer>());
+        match self
+            .gate
+            .authorize(&routed, &method, req.headers(), client)
+            .await
+        {
             Ok(None) => json(200, "none", "This route checks no token."),
             Ok(Some(grant)) => {
                 let mut resp = Response::new(Bytes::new());
@@ -134,7 +147,7 @@ impl Handler for DecisionApp {
                 }
                 resp
             }
-            Err(challenge) => Synthetic::from(challenge).render(),
+            Err(denied) => Synthetic::denied(denied).render(),
         }
     }
 }

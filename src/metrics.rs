@@ -26,6 +26,8 @@ pub struct Metrics {
     pub upstream_healthy: IntGaugeVec,
     /// `portcullis_auth_decisions_total{route,outcome}`; outcome from `AuthError::kind` or `allowed`.
     pub auth_decisions: IntCounterVec,
+    /// `portcullis_rate_limited_total{route}`: requests answered 429.
+    pub rate_limited: IntCounterVec,
     /// `portcullis_auth_duration_seconds`: time spent deciding, including any key refetch.
     pub auth_duration: Histogram,
     /// `portcullis_jwks_fetch_total{issuer,result}`.
@@ -187,6 +189,13 @@ impl Metrics {
             "portcullis_introspection_in_flight",
             "Calls to the introspection endpoint outstanding now.",
         )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "portcullis_rate_limited_total",
+                "Requests refused with 429 by their route's rate limit, by route.",
+            ),
+            &["route"],
+        )?;
         let client_timeouts = IntCounterVec::new(
             Opts::new(
                 "portcullis_client_timeouts_total",
@@ -204,6 +213,7 @@ impl Metrics {
             &introspection_requests,
             &introspection_cache,
             &client_timeouts,
+            &rate_limited,
         ] {
             registry.register(Box::new(metric.clone()))?;
         }
@@ -221,6 +231,7 @@ impl Metrics {
             upstream_errors,
             upstream_healthy,
             auth_decisions,
+            rate_limited,
             auth_duration,
             jwks_fetches,
             jwks_keys,

@@ -11,7 +11,8 @@ use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_T
 use http::StatusCode;
 
 use crate::auth::Challenge;
-use crate::gate::Refusal;
+use crate::gate::limit::Limited;
+use crate::gate::{Denied, Refusal};
 
 /// A response the gateway makes itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +65,47 @@ impl Synthetic {
         if let Refusal::MethodNotAllowed { allow } = refusal {
             if let Ok(v) = HeaderValue::from_str(allow) {
                 answer.headers.push((http::header::ALLOW, v));
+            }
+        }
+        answer
+    }
+
+    /// Any refusal of the gate: a [`Refusal`], a challenge, or a rate limit.
+    pub fn denied(denied: Denied<'_>) -> Synthetic {
+        match denied {
+            Denied::Refused(refusal) => Synthetic::refusal(refusal),
+            Denied::Challenged { challenge, .. } => Synthetic::from(challenge),
+            Denied::Limited { limited, .. } => Synthetic::rate_limited(limited),
+        }
+    }
+
+    /// 429 (RFC 6585 §4) with `Retry-After`, and the route's quota in the `RateLimit-Policy`
+    /// and `RateLimit` fields of the IETF httpapi draft (draft-ietf-httpapi-ratelimit-headers:
+    /// `q` requests per window of `w` seconds; `r` left, `t` seconds until more).
+    pub fn rate_limited(limited: Limited) -> Synthetic {
+        let mut answer = Synthetic::error(
+            429,
+            "rate_limited",
+            "Too many requests for this route; retry after the time in Retry-After.",
+        );
+        let Limited {
+            retry_after,
+            quota,
+            window,
+        } = limited;
+        for (name, value) in [
+            (http::header::RETRY_AFTER, retry_after.to_string()),
+            (
+                HeaderName::from_static("ratelimit-policy"),
+                format!("\"route\";q={quota};w={window}"),
+            ),
+            (
+                HeaderName::from_static("ratelimit"),
+                format!("\"route\";r=0;t={retry_after}"),
+            ),
+        ] {
+            if let Ok(v) = HeaderValue::try_from(value) {
+                answer.headers.push((name, v));
             }
         }
         answer

@@ -39,6 +39,8 @@ pub struct Route {
     pub cors_preflight: bool,
     /// The URL of the route's RFC 9728 document, for its challenges' `resource_metadata`.
     pub resource_metadata: Option<String>,
+    /// `[routes.rate_limit]`: this instance's counters.
+    pub limiter: Option<crate::gate::limit::Limiter>,
 }
 
 /// The outcome of matching one request.
@@ -104,6 +106,7 @@ impl Router {
                         .resource
                         .as_deref()
                         .map(crate::gate::metadata::document_url),
+                    limiter: c.rate_limit.clone().map(crate::gate::limit::Limiter::new),
                 })
             })
             .collect();

@@ -41,5 +41,6 @@ pub fn route(name: &str, prefix: &str) -> crate::config::RouteConfig {
         allow_options_asterisk: false,
         cors_preflight: false,
         resource: None,
+        rate_limit: None,
     }
 }

@@ -569,3 +569,104 @@ async fn a_client_discovers_the_authorization_server_from_a_401() {
     assert_eq!(resp.status(), 405);
     assert_eq!(w.up.hits(), hits);
 }
+
+/// Rate limits: by client address before the token is checked (bad tokens count), by subject
+/// after it; 429 with `Retry-After` and the draft RateLimit fields; counted per route.
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_answer_429_per_key() {
+    let w = World::start_with(
+        "trust_forwarded_headers = true",
+        "[decision]\nlisten = \"127.0.0.1:0\"\nconvention = \"envoy\"\n",
+        "[[routes]]\nname = \"by_address\"\npath_prefix = \"/addr\"\nupstreams = [\"{up}\"]\n\
+         [routes.rate_limit]\nkey = \"client_address\"\nrequests = 3\nper = \"1m\"\n\
+         [[routes]]\nname = \"by_sub\"\npath_prefix = \"/sub\"\nupstreams = [\"{up}\"]\n\
+         [routes.rate_limit]\nkey = \"sub\"\nrequests = 2\nper = \"1m\"\n",
+    )
+    .await;
+    let token = w.token(json!({}));
+    let from = |ip: &'static str| [("X-Forwarded-For", ip)];
+    // Two good requests and one with a bad token use up 192.0.2.1's three.
+    for (t, want) in [
+        (token.as_str(), 200),
+        ("bad-token", 401),
+        (token.as_str(), 200),
+    ] {
+        let resp = w.send("GET", "/addr/x", Some(t), &from("192.0.2.1")).await;
+        assert_eq!(resp.status(), want);
+    }
+    let resp = w
+        .send("GET", "/addr/x", Some(&token), &from("192.0.2.1"))
+        .await;
+    assert_eq!(resp.status(), 429);
+    let h = resp.headers();
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(h["ratelimit-policy"], "\"route\";q=3;w=60");
+    assert_eq!(
+        h["ratelimit"].to_str().unwrap(),
+        format!("\"route\";r=0;t={retry}")
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    // Another address has its own count; a spoofed earlier entry does not change whose it is.
+    let resp = w
+        .send(
+            "GET",
+            "/addr/x",
+            Some(&token),
+            &from("203.0.113.5, 192.0.2.9"),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+
+    // By subject: user-7 has two, user-8 its own two, wherever they come from.
+    let other = w.token(json!({"sub": "user-8"}));
+    for (t, ip, want) in [
+        (&token, "192.0.2.20", 200),
+        (&token, "192.0.2.21", 200),
+        (&token, "192.0.2.22", 429),
+        (&other, "192.0.2.22", 200),
+    ] {
+        let resp = w.send("GET", "/sub/x", Some(t), &from(ip)).await;
+        assert_eq!(resp.status(), want, "{ip}");
+    }
+    // The decision endpoint counts the same way, on the same counters.
+    let decision = w.gw.decision_addr.unwrap();
+    let resp = client()
+        .get(format!("http://{decision}/sub/x"))
+        .bearer_auth(&other)
+        .header("X-Forwarded-For", "192.0.2.30")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = client()
+        .get(format!("http://{decision}/sub/x"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    let upstream_hits = 2 + 1 + 2 + 1;
+    assert_eq!(w.up.hits(), upstream_hits);
+    let m = scrape_until(w.gw.metrics_addr, |m| {
+        m.get("portcullis_rate_limited_total", &[("route", "by_sub")]) >= 2.0
+    })
+    .await;
+    assert_eq!(
+        m.get("portcullis_rate_limited_total", &[("route", "by_address")]),
+        1.0
+    );
+    assert_eq!(
+        m.get("portcullis_rate_limited_total", &[("route", "by_sub")]),
+        2.0
+    );
+    assert_eq!(
+        m.get(
+            "portcullis_requests_total",
+            &[("route", "by_sub"), ("status", "4xx")]
+        ),
+        1.0
+    );
+}

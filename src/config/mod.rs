@@ -22,6 +22,7 @@ pub use crate::auth::settings::{
 };
 pub use crate::auth::RoutePolicy;
 pub use crate::gate::headers::IdentityNames;
+pub use crate::gate::limit::{LimitKey, RateLimit};
 pub use crate::gate::metadata::ResourceMetadata;
 pub use raw::RawConfig;
 
@@ -181,6 +182,8 @@ pub struct RouteConfig {
     /// `[resource_metadata] resource`; `None` without `[resource_metadata]`. Its challenges
     /// carry the document's URL as `resource_metadata`.
     pub resource: Option<String>,
+    /// `[routes.rate_limit]`: `key`, `requests` per `per`, `burst`.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// One thing wrong with a configuration: the key path and what to do about it.

@@ -461,3 +461,65 @@ pub(super) fn resource_metadata(
     }
     ResourceMetadata::new(&resources)
 }
+
+/// `[routes.rate_limit]`: `requests` per `per` on average, at most `burst` at once.
+pub(super) fn rate_limit(
+    p: &mut Problems,
+    key: &str,
+    raw: &super::raw::RawRateLimit,
+    auth: super::AuthMode,
+) -> Option<crate::gate::limit::RateLimit> {
+    use crate::gate::limit::{LimitKey, RateLimit};
+    let before = p.0.len();
+    let limit_key = match raw.key.as_deref() {
+        Some("client_address") => LimitKey::ClientAddress,
+        Some("sub") => LimitKey::Subject,
+        Some("client_id") => LimitKey::ClientId,
+        other => {
+            p.push(
+                format!("{key}.key"),
+                format!("{other:?}: use \"client_address\", \"sub\" or \"client_id\""),
+            );
+            LimitKey::ClientAddress
+        }
+    };
+    if auth == super::AuthMode::None && limit_key != LimitKey::ClientAddress {
+        p.push(
+            format!("{key}.key"),
+            "a route with auth = \"none\" checks no token, so it can count only by \"client_address\"",
+        );
+    }
+    let requests = p.positive(&format!("{key}.requests"), raw.requests, 0, 1_000_000_000);
+    if raw.requests.is_none() {
+        p.push(
+            format!("{key}.requests"),
+            "is required: how many requests per `per`, e.g. 100",
+        );
+    }
+    let per = p.duration(
+        &format!("{key}.per"),
+        raw.per.as_deref(),
+        Duration::from_secs(1),
+    );
+    let burst = match raw.burst {
+        None => requests,
+        Some(_) => p.positive(&format!("{key}.burst"), raw.burst, requests, 1_000_000_000),
+    };
+    if p.0.len() > before {
+        return None;
+    }
+    let limit = RateLimit {
+        key: limit_key,
+        requests: u32::try_from(requests).unwrap_or(u32::MAX),
+        per,
+        burst: u32::try_from(burst).unwrap_or(u32::MAX),
+    };
+    if limit.window() < Duration::from_secs(1) {
+        p.push(
+            key.to_owned(),
+            "counts over burst / rate, which must be at least 1s (e.g. requests = 100, per = \"1s\", or a larger burst)",
+        );
+        return None;
+    }
+    Some(limit)
+}

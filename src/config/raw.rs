@@ -219,4 +219,15 @@ pub struct RawRoute {
     pub claim_headers: Option<BTreeMap<String, String>>,
     pub claims: Option<Vec<RawClaimRule>>,
     pub resource: Option<String>,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+/// `[routes.rate_limit]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub key: Option<String>,
+    pub requests: Option<i64>,
+    pub per: Option<String>,
+    pub burst: Option<i64>,
 }

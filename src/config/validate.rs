@@ -68,7 +68,13 @@ impl Problems {
         })
     }
 
-    fn positive(&mut self, key: &str, value: Option<i64>, default: usize, max: usize) -> usize {
+    pub(super) fn positive(
+        &mut self,
+        key: &str,
+        value: Option<i64>,
+        default: usize,
+        max: usize,
+    ) -> usize {
         match value {
             None => default,
             Some(n) if n >= 1 && (n as u64) <= max as u64 => n as usize,
@@ -699,6 +705,10 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute, cx: &RouteContext) -> Opti
     }
     let policy =
         super::policy::route_policy(p, key, raw, token_types, cx.identity, cx.issuers_known);
+    let rate_limit = raw
+        .rate_limit
+        .as_ref()
+        .and_then(|r| super::policy::rate_limit(p, &format!("{key}.rate_limit"), r, auth));
     let resource = match (&raw.resource, cx.resource) {
         (Some(own), Some(_)) => super::policy::resource_id(p, &format!("{key}.resource"), own),
         (Some(_), None) => {
@@ -726,6 +736,7 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute, cx: &RouteContext) -> Opti
         allow_options_asterisk: raw.allow_options_asterisk.unwrap_or(false),
         cors_preflight,
         resource,
+        rate_limit,
     })
 }
 

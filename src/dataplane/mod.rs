@@ -148,9 +148,10 @@ pub async fn run_simple<H: simple::Handler>(
     stop: watch::Receiver<Stop>,
 ) {
     let builder = server(Some(header_timeout), 64 * 1024 + simple::MAX_URI);
-    accept_until_drained(listener, stop, |stream, _, entered, stop| {
+    accept_until_drained(listener, stop, |stream, peer, entered, stop| {
         let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req| simple::serve(handler.clone(), req));
+        let service =
+            hyper::service::service_fn(move |req| simple::serve(handler.clone(), peer, req));
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let ended = watched(connection, |c| c.graceful_shutdown(), stop, entered);
         tokio::task::spawn_local(async move { drop(ended.await) });

@@ -19,7 +19,7 @@ use super::headers::{self, Strip};
 use super::pool::{Checkout, ConnectError, Pool};
 use super::upstreams::{Rotation, Upstreams};
 use crate::gate::headers::IdentityNames;
-use crate::gate::{Denied, Gate, Refusal, TargetFault};
+use crate::gate::{limit, Denied, Gate, Refusal, TargetFault};
 use crate::metrics::{method_label, status_class, Metrics, UpstreamErrorKind, NO_ROUTE};
 use crate::response::Synthetic;
 use crate::routing::Route;
@@ -106,6 +106,8 @@ pub struct Conn {
     pub stream: Arc<ConnShared>,
     /// The peer's address, rendered once for `X-Forwarded-For`.
     pub client: headers::ClientAddr,
+    /// The peer's address.
+    pub ip: IpAddr,
 }
 
 impl Conn {
@@ -113,6 +115,7 @@ impl Conn {
         Conn {
             stream,
             client: headers::ClientAddr::new(client),
+            ip: client,
         }
     }
 }
@@ -314,16 +317,18 @@ async fn forward(
     if let Some(document) = shared.gate.resource_document(parts.uri.path()) {
         return early(resource_document(&parts.method, document));
     }
+    let client = limit::client_address(&parts.headers, conn.ip, settings.trust_forwarded_headers);
     let pass = match shared
         .gate
-        .check(&parts.method, target_bytes, &parts.headers)
+        .check(&parts.method, target_bytes, &parts.headers, client)
         .await
     {
         Ok(pass) => pass,
-        Err(Denied::Refused(refusal)) => return early(Synthetic::refusal(refusal)),
-        Err(Denied::Challenged { route, challenge }) => {
-            record.route = Some(route.clone());
-            return early(Synthetic::from(challenge));
+        Err(denied) => {
+            if let Denied::Challenged { route, .. } | Denied::Limited { route, .. } = &denied {
+                record.route = Some((*route).clone());
+            }
+            return early(Synthetic::denied(denied));
         }
     };
     let route = pass.route.clone();

@@ -20,6 +20,10 @@ pub const MAX_URI: usize = 1 << 20;
 /// The largest request body a simple listener reads.
 const MAX_BODY: usize = 64 * 1024;
 
+/// The client's address, in every request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
 /// A service that answers each request whole.
 pub trait Handler: 'static {
     fn handle(&self, req: Request<Bytes>) -> impl Future<Output = Response<Bytes>>;
@@ -28,9 +32,11 @@ pub trait Handler: 'static {
 /// Read the body (bounded), then ask the handler.
 pub async fn serve<H: Handler>(
     handler: Rc<H>,
+    peer: std::net::SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, std::convert::Infallible> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    parts.extensions.insert(Peer(peer));
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return Ok(Synthetic::body_too_large().render()),

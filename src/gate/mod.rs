@@ -7,9 +7,11 @@
 //! canonical form only refuses or renames without changing what a decoding application reads.
 
 pub mod headers;
+pub mod limit;
 pub mod metadata;
 pub mod target;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
@@ -101,6 +103,8 @@ pub struct Gate {
     pub identity: headers::IdentityNames,
     /// The RFC 9728 documents, when `[resource_metadata]` is configured.
     pub metadata: Option<metadata::ResourceMetadata>,
+    /// `portcullis_rate_limited_total{route}`.
+    pub rate_limited: prometheus::IntCounterVec,
 }
 
 /// A request the gate lets through: its route, its canonical target, and who it acts for
@@ -122,6 +126,11 @@ pub enum Denied<'r> {
         route: &'r Arc<Route>,
         challenge: Challenge,
     },
+    /// Over the route's rate limit: 429.
+    Limited {
+        route: &'r Arc<Route>,
+        limited: limit::Limited,
+    },
 }
 
 impl Gate {
@@ -140,18 +149,53 @@ impl Gate {
     }
 
     /// The routed request's token against its route's policy: who it acts for, `None` on a
-    /// route that checks no token (or a CORS preflight it forwards), or the challenge. Records
+    /// route that checks no token (or a CORS preflight it forwards), or why not: the challenge,
+    /// or the rate limit (counted by `client`, or by the token's subject or client). Records
     /// the decision metrics.
-    pub async fn authorize(
-        &self,
-        routed: &Routed<'_, '_>,
+    pub async fn authorize<'g>(
+        &'g self,
+        routed: &Routed<'g, '_>,
         method: &Method,
         headers: &HeaderMap,
-    ) -> Result<Option<Grant>, Challenge> {
+        client: IpAddr,
+    ) -> Result<Option<Grant>, Denied<'g>> {
         let route = routed.route;
+        let limited = |limited| {
+            self.rate_limited.with_label_values(&[&route.name]).inc();
+            Denied::Limited { route, limited }
+        };
+        // Counted by address before the token is looked at: a flood of bad tokens is limited.
+        if let Some(l) = route
+            .limiter
+            .as_ref()
+            .filter(|l| l.key() == limit::LimitKey::ClientAddress)
+        {
+            l.admit(None, client).map_err(limited)?;
+        }
         if route.auth == AuthMode::None || route.cors_preflight && is_preflight(method, headers) {
             return Ok(None);
         }
+        let grant = self
+            .authorize_token(routed, headers)
+            .await
+            .map_err(|challenge| Denied::Challenged { route, challenge })?;
+        if let Some(l) = route
+            .limiter
+            .as_ref()
+            .filter(|l| l.key() != limit::LimitKey::ClientAddress)
+        {
+            l.admit(Some(&grant.principal), client).map_err(limited)?;
+        }
+        Ok(Some(grant))
+    }
+
+    /// The token against the route's policy.
+    async fn authorize_token(
+        &self,
+        routed: &Routed<'_, '_>,
+        headers: &HeaderMap,
+    ) -> Result<Grant, Challenge> {
+        let route = routed.route;
         let info = RequestInfo {
             headers,
             query: routed.target.query(),
@@ -159,7 +203,7 @@ impl Gate {
             policy: &route.policy,
         };
         match self.auth.authorize(&info).await {
-            Ok(grant) => Ok(Some(grant)),
+            Ok(grant) => Ok(grant),
             Err(error) => {
                 tracing::debug!(route = %route.name, outcome = error.kind(), "request refused");
                 let challenge = self.auth.challenge(&error, &route.policy);
@@ -171,21 +215,17 @@ impl Gate {
         }
     }
 
-    /// The whole decision: canonical target, route, auth mode, token and policy.
+    /// The whole decision: canonical target, route, auth mode, token, policy and rate limit
+    /// (`client`: the address requests are counted by, [`limit::client_address`]).
     pub async fn check<'g, 't>(
         &'g self,
         method: &Method,
         raw_target: &'t [u8],
         headers: &HeaderMap,
+        client: IpAddr,
     ) -> Result<Pass<'g, 't>, Denied<'g>> {
         let routed = self.route(method, raw_target).map_err(Denied::Refused)?;
-        let grant = self
-            .authorize(&routed, method, headers)
-            .await
-            .map_err(|challenge| Denied::Challenged {
-                route: routed.route,
-                challenge,
-            })?;
+        let grant = self.authorize(&routed, method, headers, client).await?;
         Ok(Pass {
             route: routed.route,
             target: routed.target,
