@@ -49,6 +49,16 @@ cache_ttl = "2s"
 name = "profile"
 path_prefix = "/profile"
 upstreams = ["{up}"]
+[[routes]]
+name = "fresh"
+path_prefix = "/fresh"
+upstreams = ["{up}"]
+max_age = "10m"
+[[routes]]
+name = "mfa"
+path_prefix = "/mfa"
+upstreams = ["{up}"]
+acr_values = ["urn:example:mfa"]
 "#
     )
 }
@@ -539,5 +549,93 @@ async fn id_token_is_refused_as_an_access_token_with_require_typ() {
         last_identity(&lax, "identity headers")[0].as_deref(),
         Some("carol"),
         "step `the ID token's subject` broke"
+    );
+}
+
+/// Step-up (RFC 9470) with the provider's own `auth_time` and `acr`: alice signed in moments ago
+/// (her token passes `max_age`), but not with the route's `acr` (401
+/// `insufficient_user_authentication`); a client-credentials token has no sign-in at all.
+/// And the refresh token, which the provider introspects as active without an audience, opens
+/// no route.
+#[tokio::test(flavor = "multi_thread")]
+async fn step_up_and_refresh_tokens_against_the_provider() {
+    let world = World::start().await;
+    let tokens = world
+        .op
+        .authorization_code("alice", "openid orders:read", JWT_RESOURCE)
+        .await;
+    expect(
+        &world,
+        "a fresh sign-in meets max_age",
+        "GET",
+        "/fresh/x",
+        &tokens.access_token,
+        200,
+    )
+    .await;
+    let answer = expect(
+        &world,
+        "a sign-in without the acr",
+        "GET",
+        "/mfa/x",
+        &tokens.access_token,
+        401,
+    )
+    .await;
+    assert!(
+        answer
+            .challenge
+            .contains(r#"error="insufficient_user_authentication""#)
+            && answer.challenge.contains(r#"acr_values="urn:example:mfa""#),
+        "step `step-up challenge` broke: {:?}",
+        answer.challenge
+    );
+    let service = world
+        .op
+        .client_credentials("orders:read", JWT_RESOURCE)
+        .await;
+    let answer = expect(
+        &world,
+        "no sign-in, no auth_time",
+        "GET",
+        "/fresh/x",
+        &service.access_token,
+        401,
+    )
+    .await;
+    assert!(
+        answer.challenge.contains(r#"max_age="600""#),
+        "step `max_age challenge` broke: {:?}",
+        answer.challenge
+    );
+
+    let refresh = tokens
+        .refresh_token
+        .expect("step `authorization code grant yields a refresh token` broke");
+    let introspected = world.op.introspect(&refresh).await;
+    assert_eq!(
+        (introspected["active"].as_bool(), introspected.get("aud")),
+        (Some(true), None),
+        "step `the provider calls the refresh token active, without aud` broke: {introspected}"
+    );
+    let hits = world.up.hits();
+    let answer = expect(
+        &world,
+        "the refresh token as an access token",
+        "GET",
+        "/orders/7",
+        &refresh,
+        401,
+    )
+    .await;
+    assert!(
+        answer.challenge.contains(r#"error="invalid_token""#),
+        "step `refresh token gets invalid_token` broke: {:?}",
+        answer.challenge
+    );
+    assert_eq!(
+        world.up.hits(),
+        hits,
+        "step `nothing reached the upstream` broke"
     );
 }

@@ -50,9 +50,14 @@ SCENARIOS = [
     # The reused JWT sent to the auth = none route, which ignores it. Against "none" it prices
     # carrying a 700-byte header through the data plane; against "jwt", checking it.
     ("portcullis, auth = none, reused JWT sent anyway", "cached", "/none", "reused.txt", "2xx"),
+    # The reused JWT on a route with a rate limit by `sub` that never triggers: what counting
+    # every request costs (against "jwt").
+    ("portcullis, JWT, one reused token, rate-limited route", "cached", "/jwt-limited",
+     "reused.txt", "2xx"),
 ]
 # Short names for --only, in the order above.
-KEYS = ["direct", "nginx", "bare", "none", "jwt", "rs256", "es256", "forged", "opaque", "none+jwt"]
+KEYS = ["direct", "nginx", "bare", "none", "jwt", "rs256", "es256", "forged", "opaque", "none+jwt",
+        "jwt+limit"]
 
 WRK_DYNAMIC = r"""
 local reqs, i = {}, 0
@@ -473,6 +478,16 @@ path_prefix = "/jwt"
 upstreams = ["127.0.0.1:{upstream_port}"]
 scopes = ["orders:read"]
 token_types = ["jwt"]
+[[routes]]
+name = "jwt-limited"
+path_prefix = "/jwt-limited"
+upstreams = ["127.0.0.1:{upstream_port}"]
+scopes = ["orders:read"]
+token_types = ["jwt"]
+[routes.rate_limit]
+key = "sub"
+requests = 1000000000
+per = "1s"
 [[routes]]
 name = "opaque"
 path_prefix = "/opaque"

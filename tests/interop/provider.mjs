@@ -78,6 +78,14 @@ function configuration() {
     pkce: { required: () => true },
     // Every client allowed the refresh_token grant gets one, with or without offline_access.
     issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+    // RFC 9470 step-up needs how and when the user signed in: the grant's `acr` and
+    // `auth_time` go into the access tokens issued for a user (none for client credentials).
+    extraTokenClaims: async (ctx, token) => {
+      const { AuthorizationCode, RefreshToken, DeviceCode } = ctx.oidc.entities;
+      const grant = AuthorizationCode || RefreshToken || DeviceCode;
+      if (token.kind !== 'AccessToken' || !grant || !grant.authTime) return undefined;
+      return { auth_time: grant.authTime, ...(grant.acr ? { acr: grant.acr } : {}) };
+    },
     features: {
       devInteractions: { enabled: true },
       clientCredentials: { enabled: true },
