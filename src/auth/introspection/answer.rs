@@ -9,7 +9,7 @@ use crate::auth::TokenFault;
 /// What the authorization server said about a token.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    Active(Claims),
+    Active(Box<Claims>),
     /// `"active": false`, or a 400 for a token the endpoint cannot introspect.
     Inactive,
 }
@@ -94,7 +94,7 @@ pub fn parse(body: &[u8]) -> Result<Answer, BadAnswer> {
         Some(OneOrMany::One(a)) => vec![a],
         Some(OneOrMany::Many(list)) => list,
     };
-    Ok(Answer::Active(Claims {
+    Ok(Answer::Active(Box::new(Claims {
         scopes: full
             .scope
             .as_deref()
@@ -112,7 +112,7 @@ pub fn parse(body: &[u8]) -> Result<Answer, BadAnswer> {
         iss: full.iss,
         acr: full.acr.and_then(|v| v.as_str().map(str::to_owned)),
         auth_time: full.auth_time.as_ref().and_then(super::super::jwt::seconds),
-    }))
+    })))
 }
 
 /// `token_type` values that name an access token presented as a bearer token. Anything else
