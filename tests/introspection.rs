@@ -662,3 +662,46 @@ async fn a_flapping_endpoint_caches_no_failure_and_lets_nothing_through() {
         "each fresh token is asked about once per state; cached answers are not asked again"
     );
 }
+
+/// Claim rules and claim headers read an introspection answer's members as they read a JWT's
+/// claims: nested members, arrays, the whole answer as base64url JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn claim_rules_and_claim_headers_read_the_answer() {
+    use base64::Engine as _;
+    let (az, up) = (MockAs::start().await, EchoUpstream::start("app").await);
+    let gw = gateway(
+        &az,
+        &up,
+        "",
+        &format!(
+            "[[routes]]\nname = \"admin\"\npath_prefix = \"/admin\"\nupstreams = [\"{}\"]\n\
+             [[routes.claims]]\nclaim = \"groups\"\ncontains = \"admins\"\n\
+             [identity]\nclaims_header = \"X-Claims\"\n[identity.claim_headers]\nX-Tenant = \"org.id\"\nX-Groups = \"groups\"\n",
+            up.addr
+        ),
+    );
+    let answer = |groups: serde_json::Value| {
+        json!({ "active": true, "scope": "orders:read", "aud": "api", "sub": "user-7",
+                "exp": now() + 600, "org": {"id": "acme"}, "groups": groups })
+    };
+    az.set_answer("admin", answer(json!(["admins", "eng"])));
+    az.set_answer("member", answer(json!(["eng"])));
+    let resp = send(&gw, "GET", "/admin/x", "admin").await;
+    assert_eq!(resp.status(), 200);
+    let seen = up.seen().pop().unwrap().headers;
+    assert_eq!(seen["x-tenant"], "acme");
+    assert_eq!(seen["x-groups"], "admins,eng");
+    let whole: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(seen["x-claims"].as_bytes())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(whole["org"]["id"], "acme");
+    assert_eq!(whole["active"], true);
+    let resp = send(&gw, "GET", "/admin/x", "member").await;
+    assert_eq!(resp.status(), 403);
+    // The same cached answer on a route without the rule.
+    assert_eq!(status(&gw, "member").await, 200);
+    assert_eq!(up.seen().pop().unwrap().headers["x-groups"], "eng");
+}

@@ -86,8 +86,19 @@ fn inner(
         calls.fetch_add(1, Ordering::SeqCst);
         let p = req.extensions().get::<Principal>().cloned();
         async move {
+            // The verified claims ride along for handlers (the middleware's config keeps them).
             let body = p.map_or("no principal".into(), |p| {
-                format!("{} {}", p.subject.unwrap_or_default(), p.scopes.join(","))
+                let aud = p
+                    .verified
+                    .claims
+                    .as_ref()
+                    .and_then(|c| c.get("aud").cloned());
+                format!(
+                    "{} {} aud={}",
+                    p.subject.unwrap_or_default(),
+                    p.scopes.join(","),
+                    aud.unwrap_or_default()
+                )
             });
             Ok::<_, Infallible>(Response::new(body))
         }
@@ -126,7 +137,7 @@ async fn the_layer_allows_refuses_and_puts_the_principal_in_extensions() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.body(), "user-7 orders:read,profile");
+    assert_eq!(resp.body(), "user-7 orders:read,profile aud=\"api\"");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     let resp = svc.clone().oneshot(get(None)).await.unwrap();
