@@ -452,10 +452,29 @@ async fn the_decision_endpoint_applies_the_same_policy() {
         "[decision]\nlisten = \"127.0.0.1:0\"\nconvention = \"envoy\"\n[identity.claim_headers]\nX-Tenant = \"org.id\"\n",
         "[[routes]]\nname = \"admin\"\npath_prefix = \"/admin\"\nupstreams = [\"{up}\"]\n\
          [[routes.claims]]\nclaim = \"groups\"\ncontains = \"admins\"\n\
-         [[routes]]\nname = \"pay\"\npath_prefix = \"/pay\"\nupstreams = [\"{up}\"]\nacr_values = [\"urn:mfa\"]\n",
+         [[routes]]\nname = \"pay\"\npath_prefix = \"/pay\"\nupstreams = [\"{up}\"]\nacr_values = [\"urn:mfa\"]\n\
+         [[routes]]\nname = \"cors\"\npath_prefix = \"/cors\"\nupstreams = [\"{up}\"]\ncors_preflight = \"forward\"\n",
     )
     .await;
     let decision = w.gw.decision_addr.expect("decision listener");
+    // A CORS preflight on the forwarding route passes without a token; a GET does not.
+    let preflight = client()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("http://{decision}/cors/x"),
+        )
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Method", "PUT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 200);
+    let get = client()
+        .get(format!("http://{decision}/cors/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 401);
     let ask = |path: &str, token: String, extra: Option<(&'static str, &'static str)>| {
         let mut req = client()
             .get(format!("http://{decision}{path}"))
