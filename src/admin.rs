@@ -16,6 +16,8 @@ use crate::response::Synthetic;
 /// have loaded once, and the introspection endpoint (when discovered) is known.
 pub struct Readiness {
     proxy_listening: AtomicBool,
+    /// SIGTERM arrived: not ready, whatever else holds, so load balancers stop sending.
+    draining: AtomicBool,
     auth: Arc<Authenticator>,
 }
 
@@ -23,6 +25,7 @@ impl Readiness {
     pub fn new(auth: Arc<Authenticator>) -> Readiness {
         Readiness {
             proxy_listening: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             auth,
         }
     }
@@ -31,9 +34,17 @@ impl Readiness {
         self.proxy_listening.store(true, Ordering::Release);
     }
 
+    /// From now on `/readyz` answers 503.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
     /// The conditions not met yet; empty when ready.
     pub fn pending(&self) -> Vec<String> {
         let mut pending = Vec::new();
+        if self.draining.load(Ordering::Acquire) {
+            pending.push("draining: shutting down".to_owned());
+        }
         if !self.proxy_listening.load(Ordering::Acquire) {
             pending.push("proxy listener not started".to_owned());
         }

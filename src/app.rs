@@ -81,6 +81,7 @@ pub struct App {
     extras: Vec<Extra>,
     pool: PoolSettings,
     grace: Duration,
+    drain_delay: Duration,
     header_timeout: Duration,
     health_interval: Duration,
     connect_timeout: Duration,
@@ -187,6 +188,7 @@ impl App {
                 max_idle: u.keepalive_pool_size,
             },
             grace: s.shutdown_grace,
+            drain_delay: s.drain_delay,
             header_timeout: s.client_header_timeout,
             health_interval: u.health_check_interval,
             connect_timeout: u.connect_timeout,
@@ -239,10 +241,13 @@ impl App {
         self.metrics_addr
     }
 
-    /// Run until SIGTERM or SIGINT, then stop accepting, let in-flight requests finish within
+    /// Run until SIGTERM or SIGINT. On SIGTERM `/readyz` turns 503 at once and the listeners
+    /// keep accepting for `server.drain_delay` (a second signal ends the delay); then, and at
+    /// once on SIGINT, stop accepting, let in-flight requests finish within
     /// `server.shutdown_grace`, and return as soon as none is left.
     pub fn run_until_signal(self) -> Result<(), StartupError> {
-        let grace = self.grace;
+        let (grace, delay) = (self.grace, self.drain_delay);
+        let readiness = self.readiness.clone();
         self.run(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let (Ok(mut term), Ok(mut int)) = (
@@ -252,10 +257,20 @@ impl App {
                 tracing::error!("cannot install the SIGTERM / SIGINT handlers");
                 return Stop::Drain(grace);
             };
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: draining"),
-                _ = int.recv() => tracing::info!("SIGINT: draining"),
+            let delayed = tokio::select! {
+                _ = term.recv() => true,
+                _ = int.recv() => false,
+            };
+            readiness.set_draining();
+            if delayed && !delay.is_zero() {
+                tracing::info!(drain_delay = ?delay, "SIGTERM: not ready; still accepting for drain_delay");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
+            tracing::info!("draining: no new connections");
             Stop::Drain(grace)
         })
     }

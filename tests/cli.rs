@@ -377,7 +377,7 @@ async fn sigterm_exits_as_soon_as_nothing_is_in_flight() {
     let up = EchoUpstream::start("a").await;
     let gateway = GatewayProcess::start(
         &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"60s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"60s\"\ndrain_delay = \"0s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
              [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
             up.addr
         ),
@@ -402,6 +402,76 @@ async fn sigterm_exits_as_soon_as_nothing_is_in_flight() {
     // The idle connection was closed by the gateway.
     let read = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+}
+
+/// SIGTERM with a `drain_delay`: `/readyz` turns 503 at once, while a client that keeps opening
+/// connections is still served, every request answered, until the listener closes after the
+/// delay; then the process exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_keeps_accepting_for_the_drain_delay_while_not_ready() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = EchoUpstream::start("a").await;
+    let gateway = GatewayProcess::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_delay = \"2s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+            up.addr
+        ),
+        &[],
+    );
+    let readyz = format!("http://{}/readyz", gateway.metrics);
+    assert!(common::became_ready(&gateway.metrics.to_string(), Duration::from_secs(15)).await);
+    let sent = std::time::Instant::now();
+    gateway.sigterm();
+    let not_ready = common::eventually(Duration::from_secs(5), || {
+        let readyz = readyz.clone();
+        async move {
+            client()
+                .get(&readyz)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .ok()
+                == Some(503)
+        }
+    })
+    .await;
+    assert!(not_ready, "/readyz did not turn 503 after SIGTERM");
+    let mut served_while_not_ready = 0;
+    let refused_at = loop {
+        let mut stream = match tokio::net::TcpStream::connect(gateway.proxy).await {
+            Ok(s) => s,
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+                break sent.elapsed();
+            }
+        };
+        stream
+            .write_all(b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        stream
+            .read_to_end(&mut answer)
+            .await
+            .expect("no reset while the listener accepts");
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "answer during the drain delay: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        served_while_not_ready += 1;
+        assert!(
+            sent.elapsed() < Duration::from_secs(30),
+            "the listener never closed"
+        );
+    };
+    assert!(served_while_not_ready > 0);
+    assert!(
+        refused_at >= Duration::from_secs(2),
+        "the listener closed {refused_at:?} after SIGTERM, before the 2 s drain_delay"
+    );
+    assert_eq!(gateway.wait().await, Some(0));
 }
 
 /// `portcullis dev` does what its printed instructions say: token, then 200, 401 and 403.

@@ -448,6 +448,7 @@ def start_to_ready(work, issuer, upstream_port):
 def gateway_config(port, admin, issuer, upstream_port, cache, threads=1):
     return f"""
 [server]
+drain_delay = "0s"
 listen = "127.0.0.1:{port}"
 threads = {threads}
 [metrics]

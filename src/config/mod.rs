@@ -83,6 +83,10 @@ pub struct ServerConfig {
     pub threads: usize,
     /// `shutdown_grace`, default `5s`: after SIGTERM/SIGINT, how long in-flight requests may run.
     pub shutdown_grace: Duration,
+    /// `drain_delay`, default `5s`: after SIGTERM, `/readyz` answers 503 at once while the
+    /// listeners keep accepting this long (load balancers stop sending meanwhile); then the
+    /// drain of `shutdown_grace` begins. SIGINT drains without the delay.
+    pub drain_delay: Duration,
     /// `trust_forwarded_headers`, default `false`: when true, `X-Forwarded-For` from the client
     /// is appended to and `X-Forwarded-Proto` / `-Host` are kept; when false they are replaced.
     pub trust_forwarded_headers: bool,

@@ -96,6 +96,8 @@ pub struct RawServer {
     pub threads: Option<i64>,
     /// Default `5s`.
     pub shutdown_grace: Option<String>,
+    /// Default `5s`.
+    pub drain_delay: Option<String>,
     /// Default `false`.
     pub trust_forwarded_headers: Option<bool>,
     /// Default 8192.

@@ -114,6 +114,17 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             s.shutdown_grace.as_deref(),
             Duration::from_secs(5),
         ),
+        drain_delay: {
+            let d = p.duration(
+                "server.drain_delay",
+                s.drain_delay.as_deref(),
+                Duration::from_secs(5),
+            );
+            if d > Duration::from_secs(3600) {
+                p.push("server.drain_delay", "must be at most 1h");
+            }
+            d
+        },
         trust_forwarded_headers: s.trust_forwarded_headers.unwrap_or(false),
         // Each at most 1 MiB: the head buffer holds both.
         max_uri_bytes: p.positive("server.max_uri_bytes", s.max_uri_bytes, 8192, 1 << 20),
