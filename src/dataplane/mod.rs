@@ -203,7 +203,20 @@ async fn accept_until_drained(
             }
         }
     };
-    drop(listener);
+    // Connections the kernel completed before the listener closes are served their request,
+    // not reset with the listening socket. (One whose handshake completes between this and the
+    // close is still reset: the kernel allows no gentler close of a listening socket.)
+    if let Ok(backlog) = listener.into_std() {
+        while let Ok((stream, peer)) = backlog.accept() {
+            let stream = stream
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpStream::from_std(stream));
+            if let Ok(stream) = stream {
+                let _ = stream.set_nodelay(true);
+                serve(stream, peer, live.enter(), stop.clone());
+            }
+        }
+    }
     let _ = tokio::time::timeout(grace, live.drained()).await;
 }
 
