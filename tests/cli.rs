@@ -280,6 +280,7 @@ fn every_config_rule_names_its_key_and_fix() {
         (&format!("{ROUTE}max_age = \"0s\"\n{ISSUER}"), "routes[0].max_age: must be longer than zero"),
         (&format!("{ROUTE}cors_preflight = \"allow\"\n{ISSUER}"), "routes[0].cors_preflight: \"allow\" is not a mode"),
         (&format!("{ROUTE}methods = [\"GET\"]\ncors_preflight = \"forward\"\n{ISSUER}"), "routes[0].cors_preflight: the route's methods leave out OPTIONS"),
+        (&format!("{ROUTE}allow_method_override = true\ncors_preflight = \"forward\"\n{ISSUER}"), "routes[0].cors_preflight: cannot be combined with allow_method_override"),
         (&format!("{ROUTE}auth = \"none\"\n[[routes.claims]]\nclaim = \"g\"\npresent = true\n"), "routes[0].claims: a route with auth = \"none\" checks no token"),
         (&format!("{ROUTE}[routes.claim_headers]\n\"X Bad\" = \"sub\"\n{ISSUER}"), "routes[0].claim_headers.X Bad: \"X Bad\" is not a header name"),
         (&format!("[identity.claim_headers]\nHost = \"sub\"\n{ROUTE}{ISSUER}"), "identity.claim_headers.Host: Host carries framing"),

@@ -437,6 +437,34 @@ async fn cors_preflights_pass_only_where_forwarded() {
     }
     let resp = w.send("OPTIONS", "/plain/x", None, &preflight).await;
     assert_eq!(resp.status(), 401);
+    // What browsers never put on a preflight makes it an ordinary request, which needs a
+    // token (red team: a preflight-shaped WebSocket handshake became an unchecked tunnel).
+    let origin = ("Origin", "https://app.example");
+    let acrm = ("Access-Control-Request-Method", "GET");
+    for extra in [
+        &[
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ][..],
+        &[("Authorization", "Bearer garbage")][..],
+        &[("Cookie", "session=1")][..],
+    ] {
+        let mut headers = vec![origin, acrm];
+        headers.extend_from_slice(extra);
+        let resp = w.send("OPTIONS", "/cors/x", None, &headers).await;
+        assert_eq!(resp.status(), 401, "{extra:?}");
+    }
+    for headers in [
+        &[("Origin", ""), acrm][..],
+        &[origin, ("Access-Control-Request-Method", "")][..],
+        &[origin, ("Access-Control-Request-Method", "G E T")][..],
+        &[origin, origin, acrm][..],
+    ] {
+        let resp = w.send("OPTIONS", "/cors/x", None, headers).await;
+        assert_eq!(resp.status(), 401, "{headers:?}");
+    }
     // A token on the forwarded route still gets its policy.
     let reader = w.token(json!({}));
     let resp = w.send("DELETE", "/cors/x", Some(&reader), &preflight).await;
@@ -688,4 +716,27 @@ async fn rate_limits_answer_429_per_key() {
         ),
         1.0
     );
+}
+
+/// A preflight with a body is an ordinary request: it needs a token (raw bytes, so the body
+/// really is there).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_preflight_with_a_body_needs_a_token() {
+    let w = World::start(
+        "",
+        "[[routes]]\nname = \"cors\"\npath_prefix = \"/cors\"\nupstreams = [\"{up}\"]\ncors_preflight = \"forward\"\n",
+    )
+    .await;
+    for framing in [
+        "Content-Length: 5\r\n\r\nhello",
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let request = format!(
+            "OPTIONS /cors/x HTTP/1.1\r\nHost: h\r\nOrigin: https://app.example\r\n\
+             Access-Control-Request-Method: GET\r\nConnection: close\r\n{framing}"
+        );
+        let answer = common::raw_request(w.gw.proxy_addr, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{framing:?}: {answer}");
+    }
+    assert_eq!(w.up.hits(), 0);
 }

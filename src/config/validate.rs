@@ -703,6 +703,12 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute, cx: &RouteContext) -> Opti
             false
         }
     };
+    if cors_preflight && raw.allow_method_override == Some(true) {
+        p.push(
+            format!("{key}.cors_preflight"),
+            "cannot be combined with allow_method_override: an unchecked preflight could carry another method to the upstream",
+        );
+    }
     if cors_preflight
         && raw
             .methods

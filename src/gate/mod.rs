@@ -234,14 +234,36 @@ impl Gate {
     }
 }
 
-/// A CORS preflight (Fetch Standard §3.2.2): `OPTIONS` with `Origin` and
-/// `Access-Control-Request-Method`. Browsers send it without credentials, so a route whose
-/// upstream answers CORS itself (`cors_preflight = "forward"`) lets exactly this request pass
-/// without a token; every other method, and an `OPTIONS` without both headers, needs one.
+/// A CORS preflight as browsers send it (Fetch Standard §4.8): `OPTIONS` with one non-empty
+/// `Origin` and one `Access-Control-Request-Method` naming a method, and nothing a browser never
+/// puts on a preflight: no credentials (`Authorization`, `Cookie`), no body (`Content-Length`
+/// other than 0, `Transfer-Encoding`), no `Upgrade` (a WebSocket handshake would become an
+/// unchecked tunnel). A route whose upstream answers CORS itself (`cors_preflight =
+/// "forward"`) lets exactly this request pass without a token; anything else needs one.
 fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
+    use http::header::{
+        ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION, CONTENT_LENGTH, COOKIE, ORIGIN,
+        TRANSFER_ENCODING, UPGRADE,
+    };
+    let one = |name| {
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => Some(v.as_bytes()),
+            _ => None,
+        }
+    };
+    let origin = one(ORIGIN).is_some_and(|v| !v.is_empty());
+    let requested =
+        one(ACCESS_CONTROL_REQUEST_METHOD).is_some_and(|v| Method::from_bytes(v).is_ok());
+    let no_body = headers.get_all(CONTENT_LENGTH).iter().all(|v| v == "0")
+        && !headers.contains_key(TRANSFER_ENCODING);
     *method == Method::OPTIONS
-        && headers.contains_key(http::header::ORIGIN)
-        && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        && origin
+        && requested
+        && no_body
+        && ![AUTHORIZATION, COOKIE, UPGRADE]
+            .iter()
+            .any(|h| headers.contains_key(h))
 }
 
 /// Canonicalise `raw_target` (the request-target exactly as received) and match a route on it.
