@@ -76,7 +76,7 @@ const CLIENT_ADDRESS: [&str; 14] = [
 /// every client request by default (`[identity] strip_headers`): an application that trusted
 /// them behind oauth2-proxy, Kong, Apache, an AWS ALB, Google IAP, Cloudflare Access or Azure
 /// App Service must never read them from a client. A trailing `*` matches by prefix.
-pub const DEFAULT_STRIP: [&str; 31] = [
+pub const DEFAULT_STRIP: [&str; 47] = [
     // oauth2-proxy
     "x-forwarded-user",
     "x-forwarded-email",
@@ -113,6 +113,27 @@ pub const DEFAULT_STRIP: [&str; 31] = [
     "x-endpoint-api-userinfo",
     "cf-access-*",
     "x-ms-client-principal*",
+    "x-ms-token-*",
+    // Grafana, Gitea and Forgejo auth proxy; the Kubernetes API server's authenticating proxy
+    // and impersonation
+    "x-webauth-*",
+    "x-remote-extra-*",
+    "impersonate-*",
+    // Pomerium, authentik, Vouch, Tailscale, Teleport
+    "x-pomerium-*",
+    "x-authentik-*",
+    "x-vouch-*",
+    "tailscale-*",
+    "teleport-jwt-assertion",
+    // Client certificates as TLS-terminating proxies pass them on (nginx, HAProxy, Envoy,
+    // Traefik): the client's own copy would pose as a verified certificate
+    "x-ssl-client-*",
+    "ssl-client-*",
+    "x-client-cert*",
+    "x-client-dn",
+    "x-client-verify",
+    "x-forwarded-client-cert",
+    "x-forwarded-tls-client-cert*",
 ];
 
 /// Identity header names the client may not send ([`DEFAULT_STRIP`] or the configured list,
@@ -453,6 +474,24 @@ mod tests {
                     refused_at_decision(name, false, &[], &names),
                     "{name} at the decision endpoint"
                 );
+            }
+            for name in [
+                "x-webauth-user",
+                "x-remote-extra-scopes",
+                "impersonate-user",
+                "x-pomerium-jwt-assertion",
+                "x-authentik-username",
+                "x-vouch-user",
+                "x-ms-token-aad-id-token",
+                "tailscale-user-login",
+                "teleport-jwt-assertion",
+                "x-ssl-client-dn",
+                "ssl-client-cert",
+                "x-client-cert",
+                "x-forwarded-client-cert",
+                "x-forwarded-tls-client-cert",
+            ] {
+                assert!(unwanted(name, strip), "{name} passes (trusted {trusted})");
             }
             for name in [
                 "x-user-agent-hint",
