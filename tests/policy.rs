@@ -740,3 +740,43 @@ async fn a_preflight_with_a_body_needs_a_token() {
     }
     assert_eq!(w.up.hits(), 0);
 }
+
+/// With claims read whole (claim rules or claim headers configured), a claim set that cannot be
+/// read as one (a member name repeated at any depth, a lone surrogate escape) refuses the
+/// token: the rule passed on the last `id` while `X-Claims` carried both, and a first-wins
+/// parser upstream read the other (red team).
+#[tokio::test(flavor = "multi_thread")]
+async fn claim_sets_with_repeated_members_are_refused_where_claims_are_read() {
+    let w = World::start(
+        "[identity]\nclaims_header = \"X-Claims\"\n",
+        "[[routes]]\nname = \"rules\"\npath_prefix = \"/rules\"\nupstreams = [\"{up}\"]\n\
+         [[routes.claims]]\nclaim = \"org.id\"\nequals = \"acme\"\n",
+    )
+    .await;
+    let (idp, key) = &w.one;
+    let header = r#"{"alg":"ES256","kid":"one","typ":"at+jwt"}"#;
+    let claims = |extra: &str| {
+        format!(
+            r#"{{"iss":"{}","sub":"user-7","aud":"api","scope":"read","iat":{},"exp":{}{extra}}}"#,
+            idp.issuer(),
+            now(),
+            now() + 600
+        )
+    };
+    let good = key.sign_text(header, &claims(r#","org":{"id":"acme"}"#));
+    assert_eq!(w.get("/rules/x", &good).await.status(), 200);
+    for extra in [
+        r#","org":{"id":"evil","id":"acme"}"#,
+        r#","org":{"id":"acme"},"role":"user","role":"admin""#,
+        r#","org":{"id":"acme"},"name":"x\ud800""#,
+    ] {
+        let token = key.sign_text(header, &claims(extra));
+        let resp = w.get("/rules/x", &token).await;
+        assert_eq!(resp.status(), 401, "{extra}");
+        assert!(
+            challenge(&resp).contains("error=\"invalid_token\""),
+            "{extra}"
+        );
+    }
+    assert_eq!(w.up.hits(), 1);
+}

@@ -108,6 +108,74 @@ impl ClaimHeaders {
     }
 }
 
+/// A claim set from JSON text, refusing a repeated member name at any depth (RFC 7519 §4:
+/// claim names are unique; and an upstream whose parser keeps the first of two would read
+/// another value than the one checked). `None` for anything but such an object.
+pub fn parse_claim_set(text: &[u8]) -> Option<ClaimSet> {
+    match serde_json::from_slice::<Unique>(text).ok()?.0 {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+/// A JSON value whose objects have no repeated member names.
+struct Unique(Value);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Unique, D::Error> {
+        d.deserialize_any(UniqueVisitor)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Unique;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON without repeated member names")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Unique, E> {
+        Ok(Unique(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Unique, E> {
+        Ok(Unique(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Unique, E> {
+        Ok(Unique(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Unique, E> {
+        Ok(Unique(
+            serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
+        ))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Unique, E> {
+        Ok(Unique(Value::String(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Unique, E> {
+        Ok(Unique(Value::String(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Unique, E> {
+        Ok(Unique(Value::Null))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Unique, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Unique(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Unique(Value::Array(items)))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Unique, A::Error> {
+        let mut out = Map::new();
+        while let Some((key, Unique(value))) = map.next_entry::<String, Unique>()? {
+            if out.insert(key, value).is_some() {
+                return Err(serde::de::Error::custom("a repeated member name"));
+            }
+        }
+        Ok(Unique(Value::Object(out)))
+    }
+}
+
 /// The claim set as base64url JSON, for `claims_header`.
 pub fn encode(claims: &ClaimSet) -> Arc<str> {
     let json = serde_json::to_string(claims).unwrap_or_default();
@@ -224,6 +292,25 @@ mod tests {
             json!("x".repeat(MAX_IDENTITY_HEADER_BYTES + 1)),
         ] {
             assert_eq!(header_value(&bad), Err(TokenFault::UnsafeClaim), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_member_name_anywhere_refuses_the_claim_set() {
+        assert!(parse_claim_set(br#"{"a":1,"org":{"id":"x"},"l":[{"k":1}]}"#).is_some());
+        for bad in [
+            &br#"{"role":"user","role":"admin"}"#[..],
+            br#"{"org":{"id":"evil","id":"acme"}}"#,
+            br#"{"l":[{"k":1,"k":2}]}"#,
+            br#"{"name":"x\ud800"}"#,
+            br#"[1]"#,
+            br#"{"a":1} x"#,
+        ] {
+            assert!(
+                parse_claim_set(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

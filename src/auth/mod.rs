@@ -493,7 +493,10 @@ impl Authenticator {
                 TokenSource::Jwt,
             )
             .map_err(AuthError::InvalidToken)?
-            .with_verified(self.verified_jwt(&parsed)),
+            .with_verified(
+                self.verified_jwt(&parsed)
+                    .map_err(AuthError::InvalidToken)?,
+            ),
         );
         if let Some(key) = key {
             self.cache.insert(
@@ -508,14 +511,16 @@ impl Authenticator {
         Ok(principal)
     }
 
-    /// What route policies read of a verified JWT.
-    fn verified_jwt(&self, parsed: &jwt::Unverified<'_>) -> Verified {
+    /// What route policies read of a verified JWT. When the claim set is kept, one that cannot
+    /// be read whole (a repeated member name at any depth, a lone surrogate escape) refuses the
+    /// token: its rules and headers would read something else than an upstream may.
+    fn verified_jwt(&self, parsed: &jwt::Unverified<'_>) -> Result<Verified, TokenFault> {
         let c = &parsed.claims;
-        let whole = self
-            .keep_claims
-            .then(|| jwt::claim_set(parsed.signing_input))
-            .flatten();
-        Verified {
+        let whole = match self.keep_claims {
+            true => Some(jwt::claim_set(parsed.signing_input).ok_or(TokenFault::Malformed)?),
+            false => None,
+        };
+        Ok(Verified {
             audiences: match &c.aud {
                 Some(jwt::OneOrMany::One(a)) => vec![a.clone()],
                 Some(jwt::OneOrMany::Many(list)) => list.clone(),
@@ -525,7 +530,7 @@ impl Authenticator {
             auth_time: c.auth_time.as_ref().and_then(jwt::seconds),
             encoded: whole.as_ref().map(|(_, payload)| Arc::from(*payload)),
             claims: whole.map(|(set, _)| Arc::new(set)),
-        }
+        })
     }
 
     /// A cache hit whose key is still in its issuer's set and whose `exp` has not passed.

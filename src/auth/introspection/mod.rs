@@ -215,12 +215,18 @@ impl Introspector {
         answer.principal.clone().map_err(AuthError::InvalidToken)
     }
 
-    /// Who an active answer speaks for; `whole`: the answer's every member, when kept.
+    /// Who an active answer speaks for; `whole`: the answer's every member, when kept (`None`
+    /// inside: the answer cannot be read whole, which refuses the token).
     fn principal_of(
         &self,
         claims: &Claims,
-        whole: Option<ClaimSet>,
+        whole: Option<Option<ClaimSet>>,
     ) -> Result<Principal, TokenFault> {
+        let whole = match whole {
+            Some(None) => return Err(TokenFault::Malformed),
+            Some(Some(set)) => Some(set),
+            None => None,
+        };
         let verified = Verified {
             audiences: claims.aud.clone(),
             acr: claims.acr.clone(),
@@ -369,7 +375,7 @@ impl Introspector {
         endpoint: &Url,
         token: &str,
         secret: &Secret,
-    ) -> Result<(Answer, Option<ClaimSet>), CallError> {
+    ) -> Result<(Answer, Option<Option<ClaimSet>>), CallError> {
         let response = self
             .request(endpoint, token, secret)
             .send()
@@ -388,10 +394,10 @@ impl Introspector {
             .await
             .map_err(CallError::Fetch)?;
         let answer = answer::parse(&body).map_err(CallError::BadAnswer)?;
-        // An active answer is a JSON object already; its members are the claim set.
+        // An active answer is a JSON object already; its members are the claim set, read whole
+        // or not at all (a repeated member name refuses the token, below).
         let whole = (self.keep_claims && matches!(answer, Answer::Active(_)))
-            .then(|| serde_json::from_slice::<ClaimSet>(&body).ok())
-            .flatten();
+            .then(|| crate::auth::claims::parse_claim_set(&body));
         Ok((answer, whole))
     }
 
