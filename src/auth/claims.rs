@@ -95,7 +95,9 @@ impl ClaimHeaders {
             let Some(value) = claims.and_then(|c| path.find(c)) else {
                 continue;
             };
-            out.push((name.clone(), header_value(value)?));
+            if let Some(value) = header_value(value)? {
+                out.push((name.clone(), value));
+            }
         }
         if let (Some(name), Some(encoded)) = (&self.whole, encoded) {
             if encoded.len() > MAX_CLAIMS_HEADER_BYTES {
@@ -182,18 +184,23 @@ pub fn encode(claims: &ClaimSet) -> Arc<str> {
     URL_SAFE_NO_PAD.encode(json).into()
 }
 
-/// One claim as a header value:
+/// One claim as a header value, `None` for an empty array (no header):
 /// - a string as it is; a number or boolean as its JSON text;
-/// - an array of those, its elements joined by [`ARRAY_SEPARATOR`]; an element that holds the
-///   separator, or is empty, would be read as other elements, so it refuses the token;
+/// - an array of those, its elements joined by [`ARRAY_SEPARATOR`];
 /// - an object, or an array holding one, as compact JSON.
-pub fn header_value(value: &Value) -> Result<HeaderValue, TokenFault> {
+///
+/// A string or element holding the separator refuses the token: an upstream reading the header
+/// as a list would see other values than the claim's (and `"a,admin"` would read like the
+/// array `["a", "admin"]`); so does an empty element. So does a number beyond 2^53 that JSON
+/// parsing made approximate: two different claims would give the same header.
+pub fn header_value(value: &Value) -> Result<Option<HeaderValue>, TokenFault> {
     let text = match value {
+        Value::Array(items) if items.is_empty() => return Ok(None),
         Value::Array(items) if items.iter().all(is_scalar) => {
             let mut joined = String::new();
             for (i, item) in items.iter().enumerate() {
-                let item = scalar_text(item);
-                if item.is_empty() || item.contains(ARRAY_SEPARATOR) {
+                let item = scalar_text(item)?;
+                if item.is_empty() {
                     return Err(TokenFault::UnsafeClaim);
                 }
                 check_text(&item)?;
@@ -207,20 +214,28 @@ pub fn header_value(value: &Value) -> Result<HeaderValue, TokenFault> {
         Value::Array(_) | Value::Object(_) => {
             serde_json::to_string(value).map_err(|_| TokenFault::UnsafeClaim)?
         }
-        scalar => scalar_text(scalar).into_owned(),
+        scalar => scalar_text(scalar)?.into_owned(),
     };
     check_text(&text)?;
-    HeaderValue::from_bytes(text.as_bytes()).map_err(|_| TokenFault::UnsafeClaim)
+    HeaderValue::from_bytes(text.as_bytes())
+        .map(Some)
+        .map_err(|_| TokenFault::UnsafeClaim)
 }
 
 fn is_scalar(v: &Value) -> bool {
     matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
 }
 
-fn scalar_text(v: &Value) -> std::borrow::Cow<'_, str> {
+/// A string, number or boolean as text; see [`header_value`] for what refuses the token.
+fn scalar_text(v: &Value) -> Result<std::borrow::Cow<'_, str>, TokenFault> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     match v {
-        Value::String(s) => std::borrow::Cow::Borrowed(s),
-        other => std::borrow::Cow::Owned(other.to_string()),
+        Value::String(s) if s.contains(ARRAY_SEPARATOR) => Err(TokenFault::UnsafeClaim),
+        Value::String(s) => Ok(std::borrow::Cow::Borrowed(s)),
+        Value::Number(n) if n.is_f64() && n.as_f64().is_some_and(|f| f.abs() >= EXACT) => {
+            Err(TokenFault::UnsafeClaim)
+        }
+        other => Ok(std::borrow::Cow::Owned(other.to_string())),
     }
 }
 
@@ -230,14 +245,26 @@ pub(super) fn check_text(value: &str) -> Result<(), TokenFault> {
     let unsafe_char = value
         .chars()
         .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'));
-    // Whitespace (Unicode's, too: Go's TrimSpace and .NET's Trim strip it) and the zero-width
-    // space and BOM at either end.
-    let trimmable = |c: char| c.is_whitespace() || matches!(c, '\u{200b}' | '\u{feff}');
+    // Whitespace (Unicode's, too: Go's TrimSpace and .NET's Trim strip it) and the characters
+    // that display as nothing at either end: a normaliser that drops them would make
+    // `admin\u{200d}` `admin`.
+    let trimmable = |c: char| c.is_whitespace() || is_invisible(c);
     let padded = value.starts_with(trimmable) || value.ends_with(trimmable);
     if unsafe_char || padded || value.len() > MAX_IDENTITY_HEADER_BYTES {
         return Err(TokenFault::UnsafeClaim);
     }
     Ok(())
+}
+
+/// Unicode's default-ignorable code points (zero-width and format characters, variation
+/// selectors, the Hangul fillers, tag characters) and the bidirectional controls.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}'
+        | '\u{ffa0}' | '\u{fff0}'..='\u{fff8}' | '\u{1bca0}'..='\u{1bca3}'
+        | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}')
 }
 
 #[cfg(test)]
@@ -275,13 +302,20 @@ mod tests {
 
     #[test]
     fn values_render_as_documented_and_unsafe_ones_refuse_the_token() {
-        let ok = |v: Value| header_value(&v).map(|h| h.to_str().unwrap().to_owned());
+        let ok = |v: Value| header_value(&v).map(|h| h.unwrap().to_str().unwrap().to_owned());
         assert_eq!(ok(json!("acme")), Ok("acme".into()));
         assert_eq!(ok(json!(42)), Ok("42".into()));
         assert_eq!(ok(json!(true)), Ok("true".into()));
         assert_eq!(ok(json!(["a", "b", 3])), Ok("a,b,3".into()));
         assert_eq!(ok(json!({"k": "v"})), Ok("{\"k\":\"v\"}".into()));
         assert_eq!(ok(json!([{"k": 1}])), Ok("[{\"k\":1}]".into()));
+        assert_eq!(
+            ok(json!(9_007_199_254_740_991u64)),
+            Ok("9007199254740991".into())
+        );
+        assert_eq!(ok(json!(1.5)), Ok("1.5".into()));
+        assert_eq!(header_value(&json!([])), Ok(None));
+        assert_eq!(ok(json!("")), Ok("".into()));
         for bad in [
             json!("a\r\nX-Auth-Subject: admin"),
             json!(" admin"),
@@ -290,6 +324,12 @@ mod tests {
             json!(["a", ""]),
             json!(["ok", "x\ny"]),
             json!("x".repeat(MAX_IDENTITY_HEADER_BYTES + 1)),
+            json!("acme,evil"),
+            json!(1.2345678901234568e29),
+            json!("admin\u{200d}"),
+            json!("\u{202e}admin"),
+            json!("admin\u{e0041}"),
+            json!("admin\u{3164}"),
         ] {
             assert_eq!(header_value(&bad), Err(TokenFault::UnsafeClaim), "{bad}");
         }
