@@ -297,7 +297,9 @@ fn every_config_rule_names_its_key_and_fix() {
         (&format!("{ROUTE}[routes.rate_limit]\nkey = \"ip\"\nrequests = 5\n{ISSUER}"), "routes[0].rate_limit.key: Some(\"ip\"): use \"client_address\", \"sub\" or \"client_id\""),
         (&format!("{ROUTE}[routes.rate_limit]\nkey = \"sub\"\n{ISSUER}"), "routes[0].rate_limit.requests: is required"),
         (&format!("{ROUTE}auth = \"none\"\n[routes.rate_limit]\nkey = \"sub\"\nrequests = 5\n"), "routes[0].rate_limit.key: a route with auth = \"none\" checks no token, so it can count only by \"client_address\""),
-        (&format!("{ROUTE}[routes.rate_limit]\nkey = \"sub\"\nrequests = 10\nper = \"1s\"\nburst = 5\n{ISSUER}"), "routes[0].rate_limit: counts over burst / rate, which must be at least 1s"),
+        (&format!("{ROUTE}[routes.rate_limit]\nkey = \"sub\"\nrequests = 10\nper = \"1s\"\nburst = 5\n{ISSUER}"), "routes[0].rate_limit: counts over burst / rate, which must be from 1s to 24h"),
+        // A window too long for a duration is an error, not a panic (red team).
+        (&format!("{ROUTE}[routes.rate_limit]\nkey = \"sub\"\nrequests = 1\nper = \"600y\"\nburst = 1000000000\n{ISSUER}"), "routes[0].rate_limit: counts over burst / rate, which must be from 1s to 24h"),
         (&format!("{ROUTE}[routes.rate_limit]\nkey = \"sub\"\nrequests = 10\nrate = 5\n{ISSUER}"), "routes[0].rate_limit.rate: unknown field `rate`"),
         // Refresh tokens introspect as active without `aud`: the audience check is required.
         (

@@ -673,6 +673,8 @@ async fn rate_limits_answer_429_per_key() {
         (&token, "192.0.2.21", 200),
         (&token, "192.0.2.22", 429),
         (&other, "192.0.2.22", 200),
+        // The same `sub` from another issuer is another key.
+        (&sign(&w.two, json!({})), "192.0.2.23", 200),
     ] {
         let resp = w.send("GET", "/sub/x", Some(t), &from(ip)).await;
         assert_eq!(resp.status(), want, "{ip}");
@@ -695,7 +697,7 @@ async fn rate_limits_answer_429_per_key() {
         .unwrap();
     assert_eq!(resp.status(), 429);
     assert!(resp.headers().contains_key("retry-after"));
-    let upstream_hits = 2 + 1 + 2 + 1;
+    let upstream_hits = 2 + 1 + 2 + 1 + 1;
     assert_eq!(w.up.hits(), upstream_hits);
     let m = scrape_until(w.gw.metrics_addr, |m| {
         m.get("portcullis_rate_limited_total", &[("route", "by_sub")]) >= 2.0

@@ -514,10 +514,11 @@ pub(super) fn rate_limit(
         per,
         burst: u32::try_from(burst).unwrap_or(u32::MAX),
     };
-    if limit.window() < Duration::from_secs(1) {
+    let fits = |w: Duration| (Duration::from_secs(1)..=crate::gate::limit::MAX_WINDOW).contains(&w);
+    if !limit.window().is_some_and(fits) {
         p.push(
             key.to_owned(),
-            "counts over burst / rate, which must be at least 1s (e.g. requests = 100, per = \"1s\", or a larger burst)",
+            "counts over burst / rate, which must be from 1s to 24h (e.g. requests = 100, per = \"1s\", or a larger burst)",
         );
         return None;
     }

@@ -16,6 +16,9 @@ use pingora_limits::rate::{Rate, RateComponents};
 
 use crate::auth::Principal;
 
+/// The longest window validation allows.
+pub const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
 /// Counters per sketch row: 2 windows × 4 rows × 16384 × 8 bytes = 1 MiB per limited route.
 pub const SLOTS: usize = 16 * 1024;
 const HASHES: usize = 4;
@@ -45,10 +48,11 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// The window the estimate counts over: `burst / rate`.
-    pub fn window(&self) -> Duration {
-        self.per
-            .mul_f64(f64::from(self.burst) / f64::from(self.requests.max(1)))
+    /// The window the estimate counts over: `burst / rate`; `None` when it cannot be a
+    /// duration at all (validation refuses it, and any window over [`MAX_WINDOW`]).
+    pub fn window(&self) -> Option<Duration> {
+        let secs = self.per.as_secs_f64() * f64::from(self.burst) / f64::from(self.requests.max(1));
+        Duration::try_from_secs_f64(secs).ok()
     }
 }
 
@@ -77,19 +81,35 @@ impl std::fmt::Debug for Limiter {
     }
 }
 
-/// What a request is counted as (the sketch keeps only counts, under hashes of this).
+/// What a request is counted as (the sketch keeps only counts, under hashes of this). A
+/// subject or client counts under its issuer: another issuer's `sub` is another key.
 #[derive(Hash)]
 enum Counted<'a> {
     Address(IpAddr),
-    Subject(&'a str),
-    Client(&'a str),
+    Subject(&'a str, &'a str),
+    Client(&'a str, &'a str),
+}
+
+/// An address as counted: IPv4-mapped IPv6 as IPv4, and IPv6 by its /64 (one subscriber or
+/// host usually holds a whole /64, so counting single addresses would let it rotate).
+fn counted_address(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
 }
 
 impl Limiter {
     /// The window must be at least a second (config validation checks it): pingora-limits
     /// counts in milliseconds from its start.
     pub fn new(settings: RateLimit) -> Limiter {
-        let window = settings.window().max(Duration::from_secs(1));
+        let window = settings
+            .window()
+            .unwrap_or(MAX_WINDOW)
+            .clamp(Duration::from_secs(1), MAX_WINDOW);
         Limiter {
             rate: Rate::new_with_estimator_config(window, HASHES, SLOTS),
             window,
@@ -107,17 +127,21 @@ impl Limiter {
         let counted = match (self.settings.key, principal) {
             (
                 LimitKey::Subject,
-                Some(Principal {
-                    subject: Some(s), ..
-                }),
-            ) => Counted::Subject(s),
+                Some(
+                    p @ Principal {
+                        subject: Some(s), ..
+                    },
+                ),
+            ) => Counted::Subject(&p.issuer, s),
             (
                 LimitKey::ClientId,
-                Some(Principal {
-                    client_id: Some(c), ..
-                }),
-            ) => Counted::Client(c),
-            _ => Counted::Address(client),
+                Some(
+                    p @ Principal {
+                        client_id: Some(c), ..
+                    },
+                ),
+            ) => Counted::Client(&p.issuer, c),
+            _ => Counted::Address(counted_address(client)),
         };
         let key = counted;
         let burst = f64::from(self.settings.burst);
@@ -139,7 +163,9 @@ impl Limiter {
 }
 
 /// The address a request is counted by: the peer's, or with a trusted proxy in front
-/// (`trust_forwarded_headers`), the last `X-Forwarded-For` entry, the one that proxy appended.
+/// (`trust_forwarded_headers`), the last `X-Forwarded-For` entry, the one that proxy appended,
+/// in the forms proxies write it: `192.0.2.1`, `192.0.2.1:443`, `2001:db8::1`,
+/// `[2001:db8::1]:443`, `fe80::1%eth0`. An entry in no such form counts as the peer (the proxy).
 pub fn client_address(headers: &http::HeaderMap, peer: IpAddr, trusted: bool) -> IpAddr {
     if !trusted {
         return peer;
@@ -150,8 +176,23 @@ pub fn client_address(headers: &http::HeaderMap, peer: IpAddr, trusted: bool) ->
         .next_back()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit(',').next())
-        .and_then(|last| last.trim().parse().ok())
+        .and_then(|last| parse_entry(last.trim()))
         .unwrap_or(peer)
+}
+
+fn parse_entry(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse() {
+        return Some(ip);
+    }
+    if let Ok(addr) = entry.parse::<std::net::SocketAddr>() {
+        return Some(addr.ip());
+    }
+    let bare = entry
+        .strip_prefix('[')
+        .and_then(|e| e.strip_suffix(']'))
+        .unwrap_or(entry);
+    let unzoned = bare.split_once('%').map_or(bare, |(ip, _)| ip);
+    unzoned.parse().ok()
 }
 
 #[cfg(test)]
@@ -197,6 +238,38 @@ mod tests {
     }
 
     #[test]
+    fn addresses_are_read_in_every_form_and_counted_by_v4_or_v6_64() {
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut headers = http::HeaderMap::new();
+        for (entry, want) in [
+            ("192.0.2.7", "192.0.2.7"),
+            ("192.0.2.7:443", "192.0.2.7"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("fe80::1%eth0", "fe80::1"),
+            ("spoofed, 198.51.100.2", "198.51.100.2"),
+            ("garbage", "10.0.0.1"),
+        ] {
+            headers.insert("x-forwarded-for", entry.parse().unwrap());
+            assert_eq!(
+                client_address(&headers, peer, true).to_string(),
+                want,
+                "{entry}"
+            );
+            assert_eq!(client_address(&headers, peer, false), peer);
+        }
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(counted_address(mapped), counted_address(v4));
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(counted_address(a), counted_address(b));
+        assert_ne!(counted_address(a), counted_address(c));
+    }
+
+    #[test]
     fn the_window_is_burst_over_rate() {
         let l = RateLimit {
             key: LimitKey::Subject,
@@ -204,6 +277,6 @@ mod tests {
             per: Duration::from_secs(1),
             burst: 300,
         };
-        assert_eq!(l.window(), Duration::from_secs(3));
+        assert_eq!(l.window(), Some(Duration::from_secs(3)));
     }
 }
