@@ -283,7 +283,7 @@ async fn an_unreachable_endpoint_gives_503() {
     init();
     let up = EchoUpstream::start("app").await;
     let gw = start_gateway(&format!(
-        "[introspection]\nendpoint = \"http://{}/introspect\"\nclient_id = \"c\"\nclient_secret_env = \"{SECRET_ENV}\"\naudiences = [\"api\"]\n\
+        "[introspection]\nendpoint = \"http://{}/introspect\"\nclient_id = \"gateway client\"\nclient_secret_env = \"{SECRET_ENV}\"\naudiences = [\"api\"]\n\
          [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\n",
         common::dead_addr(),
         up.addr
@@ -704,4 +704,41 @@ async fn claim_rules_and_claim_headers_read_the_answer() {
     // The same cached answer on a route without the rule.
     assert_eq!(status(&gw, "member").await, 200);
     assert_eq!(up.seen().pop().unwrap().headers["x-groups"], "eng");
+}
+
+/// A route restricted to an issuer accepts an introspected token only when `[introspection]
+/// issuer` vouches for it: without that setting the answer names its issuer itself, or the
+/// endpoint's origin stands in, and that origin may be a JWT issuer's name (red team).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_restricted_to_an_issuer_trusts_no_self_named_introspection_issuer() {
+    init();
+    let (az, up) = (MockAs::start().await, EchoUpstream::start("app").await);
+    let origin = az.issuer();
+    let routes = |introspection_issuer: &str| {
+        format!(
+            "[[issuers]]\nissuer = \"{origin}\"\njwks_uri = \"{origin}/jwks\"\naudiences = [\"api\"]\nalgorithms = [\"ES256\"]\n\
+             [introspection]\nendpoint = \"{}\"\n{introspection_issuer}client_id = \"gateway client\"\nclient_secret_env = \"{SECRET_ENV}\"\naudiences = [\"api\"]\n\
+             [[routes]]\nname = \"only\"\npath_prefix = \"/only\"\nupstreams = [\"{}\"]\nissuers = [\"{origin}\"]\n",
+            az.endpoint(),
+            up.addr
+        )
+    };
+    az.set_answer(
+        "no-iss",
+        json!({ "active": true, "aud": "api", "exp": now() + 600 }),
+    );
+    az.set_answer(
+        "self-named",
+        json!({ "active": true, "aud": "api", "iss": origin, "exp": now() + 600 }),
+    );
+    let unvouched = start_gateway(&routes(""));
+    for token in ["no-iss", "self-named"] {
+        let resp = send(&unvouched, "GET", "/only/x", token).await;
+        assert_eq!(resp.status(), 401, "{token}");
+    }
+    let vouched = start_gateway(&routes(&format!("issuer = \"{origin}\"\n")));
+    for token in ["no-iss", "self-named"] {
+        let resp = send(&vouched, "GET", "/only/x", token).await;
+        assert_eq!(resp.status(), 200, "{token}");
+    }
 }

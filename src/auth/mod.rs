@@ -92,6 +92,11 @@ pub struct Principal {
 pub struct Verified {
     /// `aud`, as a list.
     pub audiences: Vec<String>,
+    /// The principal's `issuer` is a configured one: a JWT's issuer, or the `[introspection]
+    /// issuer` the answer was checked against. An introspected token without that setting
+    /// names its issuer itself (or the endpoint's origin stands in), which a route's
+    /// `issuers` must not trust.
+    pub issuer_configured: bool,
     /// `acr`: how the user authenticated (OpenID Connect Core §2).
     pub acr: Option<String>,
     /// `auth_time`, seconds since the epoch.
@@ -213,10 +218,12 @@ const STEP_UP_LEEWAY_SECS: i64 = 30;
 /// issuer and audience (401 `invalid_token`: the token is not for this resource), scopes (403),
 /// claim rules (403), step-up (401 `insufficient_user_authentication`: a new sign-in helps).
 fn permit(policy: &RoutePolicy, principal: &Principal, now: i64) -> Result<(), AuthError> {
-    if !policy.issuers.is_empty() && !policy.issuers.contains(&principal.issuer) {
+    let v = &principal.verified;
+    if !policy.issuers.is_empty()
+        && !(v.issuer_configured && policy.issuers.contains(&principal.issuer))
+    {
         return Err(AuthError::InvalidToken(TokenFault::UnknownIssuer));
     }
-    let v = &principal.verified;
     if !policy.audiences.is_empty() && !v.audiences.iter().any(|a| policy.audiences.contains(a)) {
         return Err(AuthError::InvalidToken(TokenFault::WrongAudience));
     }
@@ -521,6 +528,7 @@ impl Authenticator {
             false => None,
         };
         Ok(Verified {
+            issuer_configured: true,
             audiences: match &c.aud {
                 Some(jwt::OneOrMany::One(a)) => vec![a.clone()],
                 Some(jwt::OneOrMany::Many(list)) => list.clone(),

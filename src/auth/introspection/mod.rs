@@ -228,6 +228,7 @@ impl Introspector {
             None => None,
         };
         let verified = Verified {
+            issuer_configured: self.config.issuer.is_some(),
             audiences: claims.aud.clone(),
             acr: claims.acr.clone(),
             auth_time: claims.auth_time,
