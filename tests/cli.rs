@@ -416,7 +416,7 @@ async fn sigterm_keeps_accepting_for_the_drain_delay_while_not_ready() {
     let up = EchoUpstream::start("a").await;
     let gateway = GatewayProcess::start(
         &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_delay = \"2s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 1\ndrain_delay = \"2s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
              [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
             up.addr
         ),
@@ -442,7 +442,9 @@ async fn sigterm_keeps_accepting_for_the_drain_delay_while_not_ready() {
     assert!(not_ready, "/readyz did not turn 503 after SIGTERM");
     let mut served_while_not_ready = 0;
     // The one connection whose handshake races the listener's close may be reset (the kernel
-    // resets a closing listener's backlog); after it, connections must be refused.
+    // resets a closing listener's backlog); after it, connections must be refused. One worker:
+    // with several, each closes its own listener, and one closing a moment after another
+    // still accepts.
     let mut raced = None;
     let refused_at = loop {
         let mut stream = match tokio::net::TcpStream::connect(gateway.proxy).await {

@@ -158,6 +158,23 @@ async fn active_answers_that_do_not_fit_are_refused() {
                     "iss": az.issuer(), "exp": now() + 86_400, "iat": now() }),
             "The access token is not meant for this resource.",
         ),
+        // Bound to a client certificate or a DPoP key: not a bearer token (RFC 9449 §7.1).
+        (
+            "certificate-bound",
+            with(
+                "cnf",
+                json!({"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}),
+            ),
+            "The access token is bound to a key or certificate",
+        ),
+        (
+            "dpop-bound",
+            with(
+                "cnf",
+                json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
+            ),
+            "The access token is bound to a key or certificate",
+        ),
         (
             "expired",
             with("exp", json!(now() - 5)),

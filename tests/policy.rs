@@ -782,3 +782,48 @@ async fn claim_sets_with_repeated_members_are_refused_where_claims_are_read() {
     }
     assert_eq!(w.up.hits(), 1);
 }
+
+/// A JWT bound to a key or certificate (`cnf`, RFC 7800) is valid only with a proof of
+/// possession this gateway does not check yet: refused as a bearer token (RFC 9449 §7.1,
+/// RFC 8705 §3), counted as `sender_constrained` (red team: it passed).
+#[tokio::test(flavor = "multi_thread")]
+async fn sender_constrained_jwts_are_not_bearer_tokens() {
+    let w = World::start(
+        "",
+        "[[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstreams = [\"{up}\"]\n",
+    )
+    .await;
+    for cnf in [
+        json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
+        json!({"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}),
+        json!({"jwk": {"kty": "EC"}}),
+    ] {
+        let resp = w.get("/api/x", &w.token(json!({ "cnf": cnf }))).await;
+        assert_eq!(resp.status(), 401, "{cnf}");
+        assert!(
+            challenge(&resp).contains("bound to a key or certificate"),
+            "{}",
+            challenge(&resp)
+        );
+    }
+    assert_eq!(
+        w.get("/api/x", &w.token(json!({ "cnf": null })))
+            .await
+            .status(),
+        200
+    );
+    let m = scrape_until(w.gw.metrics_addr, |m| {
+        m.get(
+            "portcullis_auth_decisions_total",
+            &[("outcome", "sender_constrained")],
+        ) >= 3.0
+    })
+    .await;
+    assert_eq!(
+        m.get(
+            "portcullis_auth_decisions_total",
+            &[("outcome", "sender_constrained")]
+        ),
+        3.0
+    );
+}

@@ -149,6 +149,9 @@ fn token_description(fault: TokenFault) -> &'static str {
         TokenFault::UnknownIssuer => "The access token comes from an untrusted issuer.",
         TokenFault::Inactive => "The access token is not active.",
         TokenFault::TypeNotAccepted => "This resource does not accept this kind of access token.",
+        TokenFault::SenderConstrained => {
+            "The access token is bound to a key or certificate, and this resource accepts only bearer tokens."
+        }
         TokenFault::UnsafeClaim => {
             "The access token carries a claim that cannot be passed on (control characters, length, padding or scope syntax)."
         }

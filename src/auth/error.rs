@@ -81,6 +81,10 @@ pub enum TokenFault {
     /// control character, too long, whitespace at an end, or a scope that is no scope-token
     /// ([`super::Principal::new`]).
     UnsafeClaim,
+    /// A `cnf` claim (RFC 7800) binds the token to a key (DPoP, RFC 9449) or a client
+    /// certificate (RFC 8705): it is valid only with a proof of possession, which this gateway
+    /// does not check yet, so it is not accepted as a bearer token (RFC 9449 §7.1).
+    SenderConstrained,
 }
 
 impl TokenFault {
@@ -104,6 +108,7 @@ impl TokenFault {
             TokenFault::Inactive => "inactive",
             TokenFault::TypeNotAccepted => "token_type_not_accepted",
             TokenFault::UnsafeClaim => "unsafe_claim",
+            TokenFault::SenderConstrained => "sender_constrained",
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct Claims {
     pub acr: Option<String>,
     /// `auth_time`, when a number.
     pub auth_time: Option<i64>,
+    /// A `cnf` member (RFC 7800, RFC 8705 §3.2, RFC 9449 §6.2) other than `null`.
+    pub bound: bool,
 }
 
 /// Why an answer could not be read: the endpoint misbehaves, so the request gets 503.
@@ -74,6 +76,7 @@ pub fn parse(body: &[u8]) -> Result<Answer, BadAnswer> {
         // on every other route.
         acr: Option<serde_json::Value>,
         auth_time: Option<serde_json::Value>,
+        cnf: Option<serde_json::Value>,
     }
     // serde would read a struct from a JSON array too; only an object is an answer. JSON is
     // UTF-8 (RFC 8259 §8.1); serde_json checks that only in the strings it keeps, so the whole
@@ -112,6 +115,7 @@ pub fn parse(body: &[u8]) -> Result<Answer, BadAnswer> {
         iss: full.iss,
         acr: full.acr.and_then(|v| v.as_str().map(str::to_owned)),
         auth_time: full.auth_time.as_ref().and_then(super::super::jwt::seconds),
+        bound: full.cnf.is_some(),
     })))
 }
 
@@ -131,6 +135,9 @@ impl Claims {
     /// Check an active answer at `now` (seconds since the epoch). Run on every request, so a
     /// cached answer stops working the moment its `exp` passes.
     pub fn check(&self, expect: &Expectations, now: i64) -> Result<(), TokenFault> {
+        if self.bound {
+            return Err(TokenFault::SenderConstrained);
+        }
         if self
             .token_type
             .as_deref()
