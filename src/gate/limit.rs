@@ -71,6 +71,7 @@ pub struct Limiter {
     settings: RateLimit,
     rate: Rate,
     window: Duration,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -114,6 +115,7 @@ impl Limiter {
             rate: Rate::new_with_estimator_config(window, HASHES, SLOTS),
             window,
             settings,
+            hasher: Default::default(),
         }
     }
 
@@ -143,7 +145,9 @@ impl Limiter {
             ) => Counted::Client(&p.issuer, c),
             _ => Counted::Address(counted_address(client)),
         };
-        let key = counted;
+        // Hashed once here (with this limiter's random keys): the sketch hashes its key again
+        // for each of its rows, twice per request.
+        let key = std::hash::BuildHasher::hash_one(&self.hasher, &counted);
         let burst = f64::from(self.settings.burst);
         let (estimate, left) = self.rate.rate_with(&key, |c: RateComponents| {
             let count =
