@@ -109,6 +109,18 @@ impl App {
             }
         }
         let metrics = Metrics::new(registry)?;
+        metrics.initialise(&crate::metrics::Known {
+            routes: config
+                .routes
+                .iter()
+                .map(|r| {
+                    let checks = r.auth == crate::config::AuthMode::Required;
+                    (r.name.as_str(), checks, r.rate_limit.is_some())
+                })
+                .collect(),
+            issuers: config.issuers.iter().map(|i| i.issuer.as_str()).collect(),
+            introspection: config.introspection.is_some(),
+        });
         let auth = Arc::new(Authenticator::new(&config.auth(), metrics.clone()));
         let readiness = Arc::new(Readiness::new(auth.clone()));
         let threads = config.server.threads;

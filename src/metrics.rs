@@ -54,6 +54,39 @@ pub struct Metrics {
     pub client_timeouts: IntCounterVec,
 }
 
+/// What [`Metrics::initialise`] needs to know of the configuration.
+pub struct Known<'a> {
+    /// Each route's name, whether it checks tokens, and whether it has a rate limit.
+    pub routes: Vec<(&'a str, bool, bool)>,
+    pub issuers: Vec<&'a str>,
+    pub introspection: bool,
+}
+
+/// The `result` values of `portcullis_jwks_fetch_total` (`FetchError::kind`, and `ok`).
+const JWKS_RESULTS: [&str; 6] = [
+    "ok",
+    "unreachable",
+    "bad_status",
+    "bad_jwks",
+    "bad_discovery",
+    "bad_secret",
+];
+
+/// The `result` values of `portcullis_introspection_requests_total` (`CallError::kind`, and
+/// the two answers).
+const INTROSPECTION_RESULTS: [&str; 10] = [
+    "active",
+    "inactive",
+    "no_endpoint",
+    "overloaded",
+    "timeout",
+    "bad_answer",
+    "unreachable",
+    "unauthorized",
+    "bad_status",
+    "no_secret",
+];
+
 /// Why a request could not be served by its upstream: the `kind` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamErrorKind {
@@ -68,6 +101,13 @@ pub enum UpstreamErrorKind {
 }
 
 impl UpstreamErrorKind {
+    pub const ALL: [UpstreamErrorKind; 4] = [
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::NoHealthyUpstream,
+        UpstreamErrorKind::Protocol,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             UpstreamErrorKind::Connect => "connect",
@@ -79,6 +119,51 @@ impl UpstreamErrorKind {
 }
 
 impl Metrics {
+    /// Create every labelled series the configuration can produce, at 0, so that dashboards
+    /// and alerts see a 0 rather than no data before the first event: routes × status classes,
+    /// outcomes and upstream error kinds, issuers × key-fetch results, introspection results.
+    pub fn initialise(&self, known: &Known) {
+        for &(route, checks_tokens, limited) in &known.routes {
+            for class in ["2xx", "4xx", "5xx"] {
+                self.requests.with_label_values(&[route, class]);
+            }
+            for kind in UpstreamErrorKind::ALL {
+                self.upstream_errors
+                    .with_label_values(&[route, kind.as_str()]);
+            }
+            if checks_tokens {
+                for outcome in crate::auth::AuthError::OUTCOMES {
+                    self.auth_decisions.with_label_values(&[route, outcome]);
+                }
+            }
+            if limited {
+                self.rate_limited.with_label_values(&[route]);
+            }
+        }
+        for class in ["4xx", "5xx"] {
+            self.requests.with_label_values(&[NO_ROUTE, class]);
+        }
+        for issuer in &known.issuers {
+            for result in JWKS_RESULTS {
+                self.jwks_fetches.with_label_values(&[issuer, result]);
+            }
+        }
+        if known.introspection {
+            for result in INTROSPECTION_RESULTS {
+                self.introspection_requests.with_label_values(&[result]);
+            }
+            for result in ["hit", "negative_hit", "miss"] {
+                self.introspection_cache.with_label_values(&[result]);
+            }
+        }
+        for result in ["hit", "miss"] {
+            self.token_cache.with_label_values(&[result]);
+        }
+        for phase in ["header", "body", "send"] {
+            self.client_timeouts.with_label_values(&[phase]);
+        }
+    }
+
     /// Create and register every metric. Fails only if a name is already registered.
     pub fn new(registry: Registry) -> Result<Metrics, prometheus::Error> {
         let requests = IntCounterVec::new(
@@ -224,6 +309,27 @@ impl Metrics {
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(upstream_healthy.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_build_info",
+                "Always 1; the version of the running binary is its label.",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+        // process_max_fds, process_virtual_memory_bytes, process_start_time_seconds. The
+        // default registry has them already (the crate's `process` feature registers them).
+        #[cfg(target_os = "linux")]
+        match registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            Ok(()) | Err(prometheus::Error::AlreadyReg) => {}
+            Err(e) => return Err(e),
+        }
         Ok(Metrics {
             registry,
             requests,

@@ -588,3 +588,62 @@ async fn dev_mode_shows_a_200_a_401_and_a_403() {
     common::sigterm(&child);
     assert_eq!(common::exit_code(child).await, Some(0));
 }
+
+/// Before any request, `/metrics` has the process series, the build info, and every labelled
+/// series the configuration can produce at 0, so dashboards and alerts read 0, not no data.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_exist_before_their_first_event() {
+    let up = EchoUpstream::start("a").await;
+    let gateway = GatewayProcess::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [[issuers]]\nissuer = \"https://id.example\"\njwks_uri = \"http://{}/jwks\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\n\
+             [[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstreams = [\"{}\"]\n\
+             [routes.rate_limit]\nkey = \"sub\"\nrequests = 10\n\
+             [[routes]]\nname = \"open\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+            common::dead_addr(),
+            up.addr,
+            up.addr
+        ),
+        &[],
+    );
+    let m = common::scrape(gateway.metrics).await;
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(m.get("portcullis_build_info", &[("version", version)]), 1.0);
+    assert!(m.get("process_resident_memory_bytes", &[]) > 0.0);
+    assert!(m.get("process_start_time_seconds", &[]) > 0.0);
+    assert!(m.get("process_open_fds", &[]) > 0.0);
+    for (name, labels) in [
+        (
+            "portcullis_auth_decisions_total",
+            &[("route", "api"), ("outcome", "expired")][..],
+        ),
+        (
+            "portcullis_auth_decisions_total",
+            &[("route", "api"), ("outcome", "claims_not_satisfied")],
+        ),
+        (
+            "portcullis_requests_total",
+            &[("route", "open"), ("status", "5xx")],
+        ),
+        (
+            "portcullis_requests_total",
+            &[("route", "(none)"), ("status", "4xx")],
+        ),
+        (
+            "portcullis_upstream_errors_total",
+            &[("route", "api"), ("kind", "timeout")],
+        ),
+        ("portcullis_rate_limited_total", &[("route", "api")]),
+        (
+            "portcullis_jwks_fetch_total",
+            &[("issuer", "https://id.example"), ("result", "bad_jwks")],
+        ),
+        ("portcullis_client_timeouts_total", &[("phase", "header")]),
+    ] {
+        assert!(m.has(name, labels), "{name} {labels:?} is absent");
+        assert_eq!(m.get(name, labels), 0.0, "{name} {labels:?}");
+    }
+    // A route that checks no token has no decisions to count.
+    assert!(!m.has("portcullis_auth_decisions_total", &[("route", "open")]));
+}

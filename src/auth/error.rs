@@ -114,6 +114,34 @@ impl TokenFault {
 }
 
 impl AuthError {
+    /// Every value of [`AuthError::kind`], and `allowed`: the `outcome` label's whole set, so
+    /// that its series exist (at 0) before the first such decision.
+    pub const OUTCOMES: [&'static str; 23] = [
+        "allowed",
+        "missing_token",
+        "invalid_request",
+        "no_validator",
+        "malformed",
+        "algorithm_not_allowed",
+        "wrong_issuer",
+        "unknown_key",
+        "bad_signature",
+        "expired",
+        "not_yet_valid",
+        "missing_claim",
+        "wrong_audience",
+        "wrong_type",
+        "lifetime_too_long",
+        "inactive",
+        "token_type_not_accepted",
+        "unsafe_claim",
+        "sender_constrained",
+        "insufficient_scope",
+        "claims_not_satisfied",
+        "insufficient_user_authentication",
+        "idp_unavailable",
+    ];
+
     /// The `outcome` metric label: a fixed set of values.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -124,6 +152,61 @@ impl AuthError {
             AuthError::ClaimsNotSatisfied => "claims_not_satisfied",
             AuthError::InsufficientUserAuthentication { .. } => "insufficient_user_authentication",
             AuthError::IdpUnavailable { .. } => "idp_unavailable",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_is_listed() {
+        use TokenFault::*;
+        let faults = [
+            NoValidator,
+            Oversize,
+            Malformed,
+            CriticalHeader,
+            AlgorithmNotAllowed,
+            UnknownIssuer,
+            UnknownKey,
+            AmbiguousKey,
+            BadSignature,
+            Expired,
+            NotYetValid,
+            MissingClaim,
+            WrongAudience,
+            WrongType,
+            LifetimeTooLong,
+            Inactive,
+            TypeNotAccepted,
+            UnsafeClaim,
+            SenderConstrained,
+        ];
+        let errors = faults.into_iter().map(AuthError::InvalidToken).chain([
+            AuthError::MissingToken,
+            AuthError::InvalidRequest(BearerFault::Malformed),
+            AuthError::InsufficientScope,
+            AuthError::ClaimsNotSatisfied,
+            AuthError::InsufficientUserAuthentication {
+                acr_values: String::new(),
+                max_age: None,
+            },
+            AuthError::IdpUnavailable {
+                retry_after: Duration::ZERO,
+            },
+        ]);
+        let mut seen: Vec<&str> = errors.map(|e| e.kind()).collect();
+        seen.push("allowed");
+        for kind in &seen {
+            assert!(AuthError::OUTCOMES.contains(kind), "{kind} is not listed");
+        }
+        for listed in AuthError::OUTCOMES {
+            assert!(
+                seen.contains(&listed),
+                "{listed} is listed but never produced"
+            );
         }
     }
 }
