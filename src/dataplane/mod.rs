@@ -249,8 +249,14 @@ impl Drop for Entered {
     }
 }
 
-/// Drive one connection; once `stop` says drain, ask it to finish its in-flight request and
-/// close (`graceful`), and drive it to its end.
+/// How long a connection is still driven as usual once the drain begins, before it is asked to
+/// close (within the grace).
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// Drive one connection; once `stop` says drain, drive it [`SETTLE`] more, then ask it to
+/// finish its in-flight request and close (`graceful`), and drive it to its end. The settling
+/// moment is for a connection accepted just before the drain: its request has usually been
+/// sent but not read yet, and hyper would take it for idle and close it unanswered (red team).
 async fn watched<C: Future>(
     connection: C,
     graceful: impl FnOnce(Pin<&mut C>),
@@ -261,6 +267,16 @@ async fn watched<C: Future>(
     tokio::select! {
         ended = connection.as_mut() => return ended,
         _ = stop.wait_for(|s| *s != Stop::Running) => {}
+    }
+    let settle = match *stop.borrow() {
+        Stop::Drain(grace) => grace.min(SETTLE),
+        Stop::Running => Duration::ZERO,
+    };
+    if !settle.is_zero() {
+        tokio::select! {
+            ended = connection.as_mut() => return ended,
+            _ = tokio::time::sleep(settle) => {}
+        }
     }
     graceful(connection.as_mut());
     connection.await
