@@ -473,7 +473,8 @@ async fn cors_preflights_pass_only_where_forwarded() {
 }
 
 /// The decision endpoint makes the same decisions: claim rules and step-up, claim headers in
-/// its answer, and other gateways' identity headers refused (it cannot remove them).
+/// its answer, and other gateways' identity headers refused (it cannot remove them); CORS
+/// preflights are never forwarded unchecked there.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_decision_endpoint_applies_the_same_policy() {
     let w = World::start(
@@ -485,7 +486,9 @@ async fn the_decision_endpoint_applies_the_same_policy() {
     )
     .await;
     let decision = w.gw.decision_addr.expect("decision listener");
-    // A CORS preflight on the forwarding route passes without a token; a GET does not.
+    // Even a real-looking preflight needs a token here: the asking proxy drops Upgrade and the
+    // body from its check request, so this endpoint cannot tell a preflight from a WebSocket
+    // handshake or a request with a body (red team: an unchecked tunnel behind nginx).
     let preflight = client()
         .request(
             reqwest::Method::OPTIONS,
@@ -496,7 +499,7 @@ async fn the_decision_endpoint_applies_the_same_policy() {
         .send()
         .await
         .unwrap();
-    assert_eq!(preflight.status(), 200);
+    assert_eq!(preflight.status(), 401);
     let get = client()
         .get(format!("http://{decision}/cors/x"))
         .send()

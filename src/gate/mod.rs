@@ -149,15 +149,22 @@ impl Gate {
     }
 
     /// The routed request's token against its route's policy: who it acts for, `None` on a
-    /// route that checks no token (or a CORS preflight it forwards), or why not: the challenge,
-    /// or the rate limit (counted by `client`, or by the token's subject or client). Records
-    /// the decision metrics.
+    /// route that checks no token (or a CORS preflight it forwards, where `preflights` says the
+    /// request's framing headers are the client's own), or why not: the challenge, or the rate
+    /// limit (counted by `client`, or by the token's subject or client). Records the decision
+    /// metrics.
+    ///
+    /// The decision endpoint passes `preflights = false`: the proxy that asks it drops
+    /// `Upgrade` and the body from its check request (nginx's documented `auth_request` setup,
+    /// Traefik's forwardAuth), so a preflight-shaped WebSocket handshake or request with a body
+    /// would look like a real preflight there, and pass unchecked (red team).
     pub async fn authorize<'g>(
         &'g self,
         routed: &Routed<'g, '_>,
         method: &Method,
         headers: &HeaderMap,
         client: IpAddr,
+        preflights: bool,
     ) -> Result<Option<Grant>, Denied<'g>> {
         let route = routed.route;
         let limited = |limited| {
@@ -172,7 +179,8 @@ impl Gate {
         {
             l.admit(None, client).map_err(limited)?;
         }
-        if route.auth == AuthMode::None || route.cors_preflight && is_preflight(method, headers) {
+        let preflight = preflights && route.cors_preflight && is_preflight(method, headers);
+        if route.auth == AuthMode::None || preflight {
             return Ok(None);
         }
         let grant = self
@@ -225,7 +233,9 @@ impl Gate {
         client: IpAddr,
     ) -> Result<Pass<'g, 't>, Denied<'g>> {
         let routed = self.route(method, raw_target).map_err(Denied::Refused)?;
-        let grant = self.authorize(&routed, method, headers, client).await?;
+        let grant = self
+            .authorize(&routed, method, headers, client, true)
+            .await?;
         Ok(Pass {
             route: routed.route,
             target: routed.target,
