@@ -55,7 +55,11 @@ const METHOD: [&str; 4] = [
 ];
 
 /// [`Class::ClientAddress`]; names starting with `x-forwarded-` are matched by prefix.
-const CLIENT_ADDRESS: [&str; 14] = [
+const CLIENT_ADDRESS: [&str; 18] = [
+    "x-envoy-external-address",
+    "x-envoy-internal",
+    "fly-client-ip",
+    "x-azure-clientip",
     "forwarded",
     "x-forwarded",
     "forwarded-for",
@@ -76,7 +80,7 @@ const CLIENT_ADDRESS: [&str; 14] = [
 /// every client request by default (`[identity] strip_headers`): an application that trusted
 /// them behind oauth2-proxy, Kong, Apache, an AWS ALB, Google IAP, Cloudflare Access or Azure
 /// App Service must never read them from a client. A trailing `*` matches by prefix.
-pub const DEFAULT_STRIP: [&str; 47] = [
+pub const DEFAULT_STRIP: [&str; 69] = [
     // oauth2-proxy
     "x-forwarded-user",
     "x-forwarded-email",
@@ -84,6 +88,11 @@ pub const DEFAULT_STRIP: [&str; 47] = [
     "x-forwarded-preferred-username",
     "x-forwarded-access-token",
     "x-auth-request-*",
+    "gap-auth",
+    // SonarQube's SSO defaults (and the like): X-Forwarded-* names that are identities
+    "x-forwarded-login",
+    "x-forwarded-name",
+    "x-forwarded-uid",
     // Apache (mod_auth_*, REMOTE_USER), Authelia, generic
     "remote-user",
     "remote-email",
@@ -91,13 +100,17 @@ pub const DEFAULT_STRIP: [&str; 47] = [
     "remote-name",
     "x-remote-user",
     "x-remote-group",
+    "x-remote-groups",
     "x-user",
     "x-user-id",
+    "x-user-email",
+    "x-user-name",
+    "x-username",
+    "x-preferred-username",
     "x-email",
-    // Kong
-    "x-authenticated-userid",
-    "x-authenticated-scope",
-    "x-authenticated-groups",
+    "x-roles",
+    // Kong, and the generic X-Authenticated-* names
+    "x-authenticated-*",
     "x-consumer-*",
     "x-credential-identifier",
     "x-userinfo",
@@ -106,19 +119,31 @@ pub const DEFAULT_STRIP: [&str; 47] = [
     "x-access-token",
     "x-jwt-assertion",
     "x-jwt-payload",
-    // AWS ALB, Google IAP and ESP, Cloudflare Access, Azure App Service
+    "x-serverless-authorization",
+    // AWS ALB, Google IAP, ESP and App Engine, Cloudflare Access, Azure App Service
     "x-amzn-oidc-*",
+    "x-amzn-mtls-clientcert*",
     "x-goog-authenticated-user-*",
     "x-goog-iap-jwt-assertion",
     "x-endpoint-api-userinfo",
+    "x-appengine-user-*",
+    "x-appengine-cron",
     "cf-access-*",
     "x-ms-client-principal*",
     "x-ms-token-*",
+    "x-arr-clientcert",
     // Grafana, Gitea and Forgejo auth proxy; the Kubernetes API server's authenticating proxy
-    // and impersonation
+    // and impersonation; IBM WebSEAL; OpenSearch and Elasticsearch proxy auth; Hasura
     "x-webauth-*",
     "x-remote-extra-*",
     "impersonate-*",
+    "iv-user",
+    "iv-groups",
+    "iv-creds",
+    "x-proxy-user",
+    "x-proxy-roles",
+    "es-security-runas-user",
+    "x-hasura-*",
     // Pomerium, authentik, Vouch, Tailscale, Teleport
     "x-pomerium-*",
     "x-authentik-*",
@@ -126,12 +151,14 @@ pub const DEFAULT_STRIP: [&str; 47] = [
     "tailscale-*",
     "teleport-jwt-assertion",
     // Client certificates as TLS-terminating proxies pass them on (nginx, HAProxy, Envoy,
-    // Traefik): the client's own copy would pose as a verified certificate
-    "x-ssl-client-*",
+    // Traefik, RFC 9440): the client's own copy would pose as a verified certificate
+    "x-ssl-*",
     "ssl-client-*",
     "x-client-cert*",
     "x-client-dn",
     "x-client-verify",
+    "client-cert",
+    "client-cert-chain",
     "x-forwarded-client-cert",
     "x-forwarded-tls-client-cert*",
 ];
@@ -490,8 +517,27 @@ mod tests {
                 "x-client-cert",
                 "x-forwarded-client-cert",
                 "x-forwarded-tls-client-cert",
+                "x-forwarded-login",
+                "iv-user",
+                "client-cert",
+                "x-arr-clientcert",
+                "x-amzn-mtls-clientcert-leaf",
+                "x-ssl-cert",
+                "x-ssl-verified",
+                "x-proxy-user",
+                "es-security-runas-user",
+                "x-appengine-user-email",
+                "gap-auth",
+                "x-hasura-role",
+                "x-authenticated-user",
+                "x-remote-groups",
+                "x-username",
+                "x-preferred-username",
+                "x-user-email",
+                "x-roles",
             ] {
                 assert!(unwanted(name, strip), "{name} passes (trusted {trusted})");
+                assert!(refused_at_decision(name, false, &[], &names), "{name}");
             }
             for name in [
                 "x-user-agent-hint",
