@@ -229,6 +229,9 @@ async fn claims_reach_the_upstream_as_mapped_headers() {
         json!({"org": {"id": "acme\r\nX-Admin: 1"}}),
         json!({"groups": ["eng,admins"]}),
         json!({"org": {"id": " acme"}}),
+        // Nested values would reach the header as JSON text, past every check (red team).
+        json!({"groups": [{"k": "x,admins,y"}]}),
+        json!({"org": {"id": {"a": "x", "b": "y"}}}),
     ] {
         let resp = w.get("/api/x", &w.token(bad.clone())).await;
         assert_eq!(resp.status(), 401, "{bad}");
