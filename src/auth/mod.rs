@@ -219,9 +219,9 @@ const STEP_UP_LEEWAY_SECS: i64 = 30;
 /// claim rules (403), step-up (401 `insufficient_user_authentication`: a new sign-in helps).
 fn permit(policy: &RoutePolicy, principal: &Principal, now: i64) -> Result<(), AuthError> {
     let v = &principal.verified;
-    if !policy.issuers.is_empty()
-        && !(v.issuer_configured && policy.issuers.contains(&principal.issuer))
-    {
+    let issuer_ok = policy.issuers.is_empty()
+        || v.issuer_configured && policy.issuers.contains(&principal.issuer);
+    if !issuer_ok {
         return Err(AuthError::InvalidToken(TokenFault::UnknownIssuer));
     }
     if !policy.audiences.is_empty() && !v.audiences.iter().any(|a| policy.audiences.contains(a)) {
