@@ -159,6 +159,7 @@ impl App {
         });
         let s = &config.server;
         let settings = Settings {
+            log_subject: config.log.log_subject,
             trust_forwarded_headers: s.trust_forwarded_headers,
             limits: RequestLimits {
                 max_uri_bytes: s.max_uri_bytes,

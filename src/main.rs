@@ -56,7 +56,7 @@ fn main() -> ExitCode {
 }
 
 fn dev(listen: std::net::SocketAddr, metrics_listen: std::net::SocketAddr) -> ExitCode {
-    portcullis::logging::init();
+    portcullis::logging::init(false);
     match portcullis::dev::run(listen, metrics_listen) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -95,10 +95,13 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
-    portcullis::logging::init();
     let config = match Config::load(path) {
-        Ok(config) => config,
+        Ok(config) => {
+            portcullis::logging::init(config.log.json);
+            config
+        }
         Err(e) => {
+            portcullis::logging::init(false);
             for line in e.lines() {
                 tracing::error!("{line}");
             }

@@ -240,6 +240,7 @@ mod tests {
             www_authenticate: None,
             retry_after: Some(7),
             body: "{}".into(),
+            outcome: "idp_unavailable",
         };
         let r: http::Response<Bytes> = Synthetic::from(c).render();
         assert_eq!(r.status(), 503);

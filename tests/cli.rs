@@ -301,6 +301,8 @@ fn every_config_rule_names_its_key_and_fix() {
         // A window too long for a duration is an error, not a panic (red team).
         (&format!("{ROUTE}[routes.rate_limit]\nkey = \"sub\"\nrequests = 1\nper = \"600y\"\nburst = 1000000000\n{ISSUER}"), "routes[0].rate_limit: counts over burst / rate, which must be from 1s to 24h"),
         (&format!("{ROUTE}[routes.rate_limit]\nkey = \"sub\"\nrequests = 10\nrate = 5\n{ISSUER}"), "routes[0].rate_limit.rate: unknown field `rate`"),
+        (&format!("[log]\nformat = \"yaml\"\n{ROUTE}{ISSUER}"), "log.format: \"yaml\" is not a format; use \"text\" or \"json\""),
+        (&format!("[log]\nlevel = \"debug\"\n{ROUTE}{ISSUER}"), "log.level: unknown field `level`"),
         // Refresh tokens introspect as active without `aud`: the audience check is required.
         (
             &format!("{ROUTE}{INTROSPECTION_ANY}"),
@@ -689,4 +691,97 @@ async fn a_request_arriving_as_the_drain_begins_is_answered() {
         String::from_utf8_lossy(&answer)
     );
     assert_eq!(gateway.wait().await, Some(0));
+}
+
+/// `[log] format = "json"`: every line is one JSON object; the access line carries the request
+/// id, route, status, auth outcome, client address and `client_id`, and `sub` only with
+/// `log_subject = true`; never the path, the query or the token.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_access_lines_carry_the_request_id_outcome_and_client() {
+    use portcullis::devkeys::DevKey;
+    let key = DevKey::generate(portcullis::config::Algorithm::ES256, "k1");
+    let idp = common::idp::MockIdp::start(&[&key]).await;
+    let up = EchoUpstream::start("a").await;
+    for log_subject in [false, true] {
+        let gateway = GatewayProcess::start(
+            &format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 1\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+                 [log]\nformat = \"json\"\nlog_subject = {log_subject}\n\
+                 [[issuers]]\nissuer = \"{}\"\ndiscovery = true\naudiences = [\"api\"]\nalgorithms = [\"ES256\"]\n\
+                 [[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstreams = [\"{}\"]\n\
+                 [[routes]]\nname = \"open\"\npath_prefix = \"/open\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+                idp.issuer(),
+                up.addr,
+                up.addr
+            ),
+            &[],
+        );
+        assert!(common::became_ready(&gateway.metrics.to_string(), Duration::from_secs(15)).await);
+        let token = key.sign(&common::idp::claims(&idp, "read"));
+        let base = format!("http://{}", gateway.proxy);
+        let sent = [
+            client()
+                .get(format!("{base}/api/SECRETPATH?q=SECRETQUERY"))
+                .bearer_auth(&token)
+                .header("X-Request-Id", "req-123")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            client()
+                .get(format!("{base}/open/x"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            client()
+                .get(format!("{base}/api/x"))
+                .bearer_auth("not.a.jwt")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+        ];
+        assert_eq!(sent.map(|s| s.as_u16()), [200, 200, 401]);
+        let logged = common::eventually(Duration::from_secs(10), || {
+            let log = gateway.log();
+            async move { log.matches("portcullis::access").count() >= 3 }
+        })
+        .await;
+        let log = gateway.log();
+        assert!(logged, "{log}");
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        let access: Vec<&serde_json::Value> = lines
+            .iter()
+            .filter(|l| l["target"] == "portcullis::access")
+            .collect();
+        let ok = access
+            .iter()
+            .find(|l| l["request_id"] == "req-123")
+            .expect("the id is logged");
+        assert_eq!(ok["route"], "api");
+        assert_eq!(ok["status"], 200);
+        assert_eq!(ok["outcome"], "allowed");
+        assert_eq!(ok["client"], "127.0.0.1");
+        assert_eq!(ok["client_id"], "app");
+        assert_eq!(
+            ok.get("sub").and_then(|s| s.as_str()),
+            log_subject.then_some("user-7")
+        );
+        let open = access.iter().find(|l| l["route"] == "open").unwrap();
+        assert_eq!(open["outcome"], "none");
+        assert_eq!(
+            open["request_id"].as_str().map(str::len),
+            Some(36),
+            "a UUID is made"
+        );
+        let refused = access.iter().find(|l| l["status"] == 401).unwrap();
+        assert_eq!(refused["outcome"], "malformed");
+        for secret in ["SECRETPATH", "SECRETQUERY", token.as_str(), "not.a.jwt"] {
+            assert!(!log.contains(secret), "{secret} is in the log");
+        }
+    }
 }

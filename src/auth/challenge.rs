@@ -17,6 +17,8 @@ pub struct Challenge {
     pub retry_after: Option<u64>,
     /// JSON: `{"error": ..., "error_description": ...}`.
     pub body: String,
+    /// The decision's `outcome` label ([`AuthError::kind`]), for the access line.
+    pub outcome: &'static str,
 }
 
 impl Challenge {
@@ -63,6 +65,7 @@ impl Challenge {
             www_authenticate,
             retry_after,
             body,
+            outcome: error.kind(),
         }
     }
 }

@@ -40,7 +40,20 @@ pub struct Config {
     pub identity: IdentityNames,
     /// `[resource_metadata]` and the routes' `resource`: the RFC 9728 documents to serve.
     pub resource_metadata: Option<ResourceMetadata>,
+    /// `[log]`.
+    pub log: LogConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[log]`: the binary's log lines on stderr (`RUST_LOG` filters them, default `info`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `format`, default `"text"`; `"json"`: one JSON object per line, the event's fields at
+    /// the top level beside `timestamp`, `level` and `target`.
+    pub json: bool,
+    /// `log_subject`, default `false`: the access line also names the token's `sub`, which is
+    /// personal data in many places.
+    pub log_subject: bool,
 }
 
 /// `[decision]`: a listener answering forward-auth checks for other proxies.

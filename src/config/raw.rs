@@ -28,6 +28,8 @@ pub struct RawConfig {
     pub identity: RawIdentity,
     pub resource_metadata: Option<RawResourceMetadata>,
     #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
     pub routes: Vec<RawRoute>,
 }
 
@@ -40,6 +42,14 @@ pub struct RawIdentity {
     pub claims_header: Option<String>,
     pub strip_headers: Option<Vec<String>>,
     pub claim_headers: Option<BTreeMap<String, String>>,
+}
+
+/// `[log]`: the binary's log lines.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<String>,
+    pub log_subject: Option<bool>,
 }
 
 /// `[resource_metadata]`: RFC 9728 protected resource metadata.

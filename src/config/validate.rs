@@ -214,6 +214,20 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         .enumerate()
         .filter_map(|(i, r)| route(&mut p, &format!("routes[{i}]"), r, &context))
         .collect::<Vec<_>>();
+    let log = super::LogConfig {
+        json: match raw.log.format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                p.push(
+                    "log.format",
+                    format!("{other:?} is not a format; use \"text\" or \"json\""),
+                );
+                false
+            }
+        },
+        log_subject: raw.log.log_subject.unwrap_or(false),
+    };
     let resource_metadata = raw
         .resource_metadata
         .as_ref()
@@ -244,6 +258,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             decision,
             identity: identity_names,
             resource_metadata,
+            log,
             routes,
         })
     } else {

@@ -180,12 +180,15 @@ fn append_forwarded_for(map: &mut HeaderMap, client: &str) {
 }
 
 /// Keep a client's `X-Request-Id` when it is short printable ASCII; otherwise set a new one.
-pub fn set_request_id(map: &mut HeaderMap) {
-    if !map
-        .get(&X_REQUEST_ID)
-        .is_some_and(|v| is_request_id(v.as_bytes()))
-    {
-        map.insert(X_REQUEST_ID.clone(), request_id());
+/// Returns the id, for the access line.
+pub fn set_request_id(map: &mut HeaderMap) -> HeaderValue {
+    match map.get(&X_REQUEST_ID) {
+        Some(v) if is_request_id(v.as_bytes()) => v.clone(),
+        _ => {
+            let id = request_id();
+            map.insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use super::framing::{self, RequestLimits};
 use super::headers::{self, Strip};
 use super::pool::{Checkout, ConnectError, Pool};
 use super::upstreams::{Rotation, Upstreams};
+use crate::auth::Grant;
 use crate::gate::headers::IdentityNames;
 use crate::gate::{limit, Denied, Gate, Refusal, TargetFault};
 use crate::metrics::{method_label, status_class, Metrics, UpstreamErrorKind, NO_ROUTE};
@@ -42,6 +43,8 @@ pub struct Settings {
     pub read_timeout: Duration,
     /// `[server] max_body_bytes`: a longer request body is refused (413); `None`: no limit.
     pub max_body_bytes: Option<u64>,
+    /// `[log] log_subject`.
+    pub log_subject: bool,
 }
 
 /// One worker's state: shared parts and its own pool, round-robin positions and metric
@@ -140,6 +143,34 @@ struct Record {
     route: Option<Arc<Route>>,
     upstream: Option<SocketAddr>,
     error: Rc<Cell<Option<UpstreamErrorKind>>>,
+    /// The `X-Request-Id` forwarded (the client's, when it is short printable ASCII).
+    request_id: Option<HeaderValue>,
+    /// The client's address (with `trust_forwarded_headers`, the one requests are counted by).
+    client: Option<IpAddr>,
+    /// The auth decision: an `outcome` label of `portcullis_auth_decisions_total`, `none` on a
+    /// route that checks no token, `rate_limited`, or `-` when refused before.
+    outcome: &'static str,
+    /// Who the request acted for, once it passed.
+    grant: Option<Grant>,
+    /// `[log] log_subject`: the access line names the token's `sub`.
+    log_subject: bool,
+}
+
+impl Record {
+    fn new(method: &'static str) -> Record {
+        Record {
+            start: Instant::now(),
+            method,
+            route: None,
+            upstream: None,
+            error: Rc::default(),
+            request_id: None,
+            client: None,
+            outcome: "-",
+            grant: None,
+            log_subject: false,
+        }
+    }
 }
 
 /// Serve one request. Never fails: every refusal and upstream failure is a response.
@@ -152,11 +183,8 @@ pub async fn serve(
     let mut pending = Abandoned {
         worker: worker.clone(),
         record: Some(Record {
-            start: Instant::now(),
-            method: method_label(req.method()),
-            route: None,
-            upstream: None,
-            error: Rc::default(),
+            log_subject: worker.shared.settings.log_subject,
+            ..Record::new(method_label(req.method()))
         }),
     };
     let record = pending.record.as_mut().expect("set above");
@@ -213,27 +241,42 @@ fn log_request(metrics: &Metrics, record: &Record, status: u16, seconds: f64) {
             .with_label_values(&[route, kind.as_str()])
             .inc();
     }
-    // tracing evaluates the fields only when the access log is enabled.
-    tracing::info!(
-        target: "portcullis::access",
-        method = record.method,
-        route,
-        status,
-        duration_ms = seconds * 1000.0,
-        upstream = record.upstream.map_or_else(|| "-".to_owned(), |a| a.to_string()),
-    );
+    // tracing evaluates field values only when the line is written (the bench runs at warn):
+    // the addresses are rendered inside the macros.
+    let principal = record.grant.as_ref().map(|g| &*g.principal);
+    let client_id = principal
+        .and_then(|p| p.client_id.as_deref())
+        .unwrap_or("-");
+    let request_id = record
+        .request_id
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let text = |a: Option<String>| a.unwrap_or_else(|| "-".to_owned());
+    let duration_ms = seconds * 1000.0;
+    let (method, outcome) = (record.method, record.outcome);
+    match principal.and_then(|p| p.subject.as_deref()) {
+        Some(sub) if record.log_subject => tracing::info!(
+            target: "portcullis::access",
+            request_id, method, route, status, outcome, duration_ms,
+            upstream = text(record.upstream.map(|a| a.to_string())),
+            client = text(record.client.map(|a| a.to_string())),
+            client_id, sub,
+        ),
+        _ => tracing::info!(
+            target: "portcullis::access",
+            request_id, method, route, status, outcome, duration_ms,
+            upstream = text(record.upstream.map(|a| a.to_string())),
+            client = text(record.client.map(|a| a.to_string())),
+            client_id,
+        ),
+    }
 }
 
 /// A head refused by hyper's parser (see `parse_refusal` in the module above): counted under
 /// no route, logged with no method (none was read).
 pub fn log_refused_head(metrics: &Metrics, status: u16) {
-    let record = Record {
-        start: Instant::now(),
-        method: "-",
-        route: None,
-        upstream: None,
-        error: Rc::default(),
-    };
+    let record = Record::new("-");
     metrics
         .requests
         .with_label_values(&[NO_ROUTE, status_class(status)])
@@ -288,6 +331,8 @@ async fn forward(
             .closing(),
         );
     };
+    record.request_id = Some(headers::set_request_id(&mut parts.headers));
+    record.client = Some(conn.ip);
     let notable = head.notable.map(|n| *n).unwrap_or_default();
     let target = raw_target(&parts.uri);
     let target_bytes = target.as_bytes();
@@ -325,11 +370,25 @@ async fn forward(
     {
         Ok(pass) => pass,
         Err(denied) => {
-            if let Denied::Challenged { route, .. } | Denied::Limited { route, .. } = &denied {
-                record.route = Some((*route).clone());
+            match &denied {
+                Denied::Challenged { route, challenge } => {
+                    record.route = Some((*route).clone());
+                    record.outcome = challenge.outcome;
+                }
+                Denied::Limited { route, .. } => {
+                    record.route = Some((*route).clone());
+                    record.outcome = "rate_limited";
+                }
+                Denied::Refused(_) => {}
             }
             return early(Synthetic::denied(denied));
         }
+    };
+    record.client = Some(client);
+    record.outcome = if pass.grant.is_some() {
+        "allowed"
+    } else {
+        "none"
     };
     let route = pass.route.clone();
     record.route = Some(route.clone());
@@ -379,7 +438,7 @@ async fn forward(
     map.remove(CONTENT_LENGTH);
     map.remove(EXPECT);
     headers::set_forwarded_headers(map, &conn.client, settings.trust_forwarded_headers);
-    headers::set_request_id(map);
+    record.grant = grant;
     if let Some(upgrade) = &websocket {
         map.insert(
             http::header::CONNECTION,

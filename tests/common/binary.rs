@@ -61,7 +61,12 @@ impl GatewayProcess {
                 "the gateway exited before listening; it said:\n{seen}"
             );
             seen.push_str(&line);
+            // Text (`proxy=ADDR`) or JSON (`"proxy":"ADDR"`, `[log] format = "json"`).
+            let json: Option<serde_json::Value> = serde_json::from_str(&line).ok();
             let field = |name: &str| -> Option<SocketAddr> {
+                if let Some(v) = &json {
+                    return v.get(name)?.as_str()?.parse().ok();
+                }
                 let rest = line.split(&format!("{name}=")).nth(1)?;
                 rest.split_whitespace().next()?.parse().ok()
             };
