@@ -155,7 +155,14 @@ impl App {
             auth: auth.clone(),
             identity: config.identity.clone(),
             metadata: config.resource_metadata.clone(),
-            rate_limited: metrics.rate_limited.clone(),
+            rate_limited: config
+                .routes
+                .iter()
+                .map(|r| {
+                    let counter = || metrics.rate_limited.with_label_values(&[&r.name]);
+                    r.rate_limit.as_ref().map(|_| counter())
+                })
+                .collect(),
         });
         let s = &config.server;
         let settings = Settings {
