@@ -94,6 +94,22 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Whether a file that failed validation still says `[log] format = "json"`, so that its
+/// problems reach a log pipeline in the format it parses.
+fn asks_for_json(path: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(value) = text.parse::<toml::Table>() else {
+        return false;
+    };
+    value
+        .get("log")
+        .and_then(|l| l.get("format"))
+        .and_then(|f| f.as_str())
+        == Some("json")
+}
+
 fn run(path: &std::path::Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => {
@@ -101,7 +117,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             config
         }
         Err(e) => {
-            portcullis::logging::init(false);
+            portcullis::logging::init(asks_for_json(path));
             for line in e.lines() {
                 tracing::error!("{line}");
             }

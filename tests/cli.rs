@@ -785,3 +785,27 @@ async fn json_access_lines_carry_the_request_id_outcome_and_client() {
         }
     }
 }
+
+/// A file that fails validation but asks for JSON logs gets its problems as JSON lines, so a
+/// log pipeline parses them (red team: they came as text).
+#[test]
+fn config_problems_are_json_when_the_file_asks_for_json() {
+    let file = TempFile::with("[log]\nformat = \"json\"\n[server]\nlisten = \"x\"\n");
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&file.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("server.listen:"))),
+        "{stderr}"
+    );
+}

@@ -231,7 +231,11 @@ fn is_scalar(v: &Value) -> bool {
 fn scalar_text(v: &Value) -> Result<std::borrow::Cow<'_, str>, TokenFault> {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     match v {
-        Value::String(s) if s.contains(ARRAY_SEPARATOR) => Err(TokenFault::UnsafeClaim),
+        // A quote or backslash would let a quote-aware list parser (RFC 9110 §5.6.4, structured
+        // fields) read other elements than the claim's, as a comma would (red team).
+        Value::String(s) if s.contains([ARRAY_SEPARATOR, '"', '\\']) => {
+            Err(TokenFault::UnsafeClaim)
+        }
         Value::String(s) => Ok(std::borrow::Cow::Borrowed(s)),
         Value::Number(n) if n.is_f64() && n.as_f64().is_some_and(|f| f.abs() >= EXACT) => {
             Err(TokenFault::UnsafeClaim)
@@ -335,6 +339,9 @@ mod tests {
             json!([{"k": "x,admins,y"}]),
             json!([["x\",admins,\"y"]]),
             json!([[9_007_199_254_740_993u64]]),
+            json!(["\"a", "admin\""]),
+            json!("\"admin\""),
+            json!("a\\b"),
         ] {
             assert_eq!(header_value(&bad), Err(TokenFault::UnsafeClaim), "{bad}");
         }
