@@ -9,8 +9,8 @@ use http::{HeaderMap, HeaderValue, Method};
 use portcullis::auth::jwt::{self, ClaimRules};
 use portcullis::auth::keys::{self, KeySet, Lookup};
 use portcullis::auth::{
-    bearer, AuthError, Authenticator, Challenge, Principal, RequestInfo, RoutePolicy, TokenCache,
-    TokenSource,
+    bearer, AuthError, Authenticator, Challenge, Principal, RequestInfo, RequestUri, RoutePolicy,
+    TokenCache, TokenSource,
 };
 use portcullis::config::{Algorithm, AuthConfig, AuthMode, RouteConfig, ScopeClaim};
 use portcullis::devkeys::{jwks, DevKey};
@@ -408,6 +408,8 @@ fn authorize_cache_hit(c: &mut Criterion) {
             query: None,
             route: "bench",
             policy: &policy,
+            method: "GET",
+            uri: RequestUri::exact("/orders", Some("api.example.com")),
         };
         rt.block_on(auth.authorize(&info))
             .expect("the first call fills the cache");

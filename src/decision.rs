@@ -131,7 +131,7 @@ impl Handler for DecisionApp {
         let client = decision_client(req.headers(), req.extensions().get::<Peer>());
         match self
             .gate
-            .authorize(&routed, &method, req.headers(), client, false)
+            .authorize(&routed, &method, req.headers(), client, false, true)
             .await
         {
             Ok(None) => json(200, "none", "This route checks no token."),

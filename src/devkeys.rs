@@ -107,6 +107,53 @@ impl DevKey {
         }
     }
 
+    /// The public key's JWK SHA-256 thumbprint (RFC 7638 §3), computed from the JWK's
+    /// required members sorted by name: what a token's `cnf.jkt` names.
+    pub fn thumbprint(&self) -> String {
+        let jwk = self.jwk();
+        let required: &[&str] = match jwk["kty"].as_str() {
+            Some("RSA") => &["e", "kty", "n"],
+            Some("EC") => &["crv", "kty", "x", "y"],
+            _ => &["crv", "kty", "x"],
+        };
+        let members: std::collections::BTreeMap<&str, &Value> =
+            required.iter().map(|&m| (m, &jwk[m])).collect();
+        let canonical = serde_json::to_string(&members).expect("JSON");
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+        URL_SAFE_NO_PAD.encode(digest)
+    }
+
+    /// A DPoP proof (RFC 9449 §4.2) by this key for `method` and `htu`, naming `token` (`ath`),
+    /// issued now with a fresh random `jti`; `extra` claims are set over these (`null` removes).
+    pub fn dpop_proof(&self, method: &str, htu: &str, token: &str, extra: &Value) -> String {
+        let mut jti = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut jti).expect("random");
+        let ath = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            token.as_bytes(),
+        ));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut claims = json!({ "jti": URL_SAFE_NO_PAD.encode(jti), "htm": method, "htu": htu,
+                                 "iat": now, "ath": ath });
+        let members = claims.as_object_mut().expect("an object");
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            match v {
+                Value::Null => drop(members.remove(k)),
+                v => drop(members.insert(k.clone(), v.clone())),
+            }
+        }
+        let mut jwk = self.jwk();
+        for private in ["kid", "use"] {
+            jwk.as_object_mut().map(|j| j.remove(private));
+        }
+        self.sign_raw(
+            &json!({ "typ": "dpop+jwt", "alg": self.alg.name(), "jwk": jwk }),
+            &claims,
+        )
+    }
+
     /// A compact JWS with header `{"alg", "kid", "typ": "at+jwt"}`.
     pub fn sign(&self, claims: &Value) -> String {
         self.sign_raw(

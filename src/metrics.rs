@@ -5,7 +5,7 @@
 //! Never a token, a subject, or a request path.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -52,6 +52,12 @@ pub struct Metrics {
     /// slow; phase `header` (`client_header_timeout`), `body` (`client_body_timeout`) or `send`
     /// (`send_timeout`).
     pub client_timeouts: IntCounterVec,
+    /// `portcullis_dpop_replay_evictions_total`: proofs dropped from the in-memory replay cache
+    /// for room before their window ended. Above 0, a replay of such a proof would pass:
+    /// raise `[dpop] replay_cache_capacity`.
+    pub dpop_replay_evictions: IntCounter,
+    /// `portcullis_dpop_replay_cache_entries`: proofs remembered in memory, set at each scrape.
+    pub dpop_replay_entries: IntGauge,
 }
 
 /// What [`Metrics::initialise`] needs to know of the configuration.
@@ -288,6 +294,16 @@ impl Metrics {
             ),
             &["phase"],
         )?;
+        let dpop_replay_evictions = IntCounter::new(
+            "portcullis_dpop_replay_evictions_total",
+            "DPoP proofs dropped from the in-memory replay cache for room before their window ended.",
+        )?;
+        let dpop_replay_entries = IntGauge::new(
+            "portcullis_dpop_replay_cache_entries",
+            "DPoP proofs remembered in memory against replay.",
+        )?;
+        registry.register(Box::new(dpop_replay_evictions.clone()))?;
+        registry.register(Box::new(dpop_replay_entries.clone()))?;
         registry.register(Box::new(introspection_duration.clone()))?;
         registry.register(Box::new(introspection_cache_entries.clone()))?;
         registry.register(Box::new(introspection_in_flight.clone()))?;
@@ -349,6 +365,8 @@ impl Metrics {
             introspection_cache_entries,
             introspection_in_flight,
             client_timeouts,
+            dpop_replay_evictions,
+            dpop_replay_entries,
         })
     }
 

@@ -190,15 +190,20 @@ impl Synthetic {
     }
 }
 
+/// `DPoP-Nonce` (RFC 9449 §8.1).
+static DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
+
 impl From<Challenge> for Synthetic {
     /// RFC 6750 §3: the status, `WWW-Authenticate` (or `Retry-After` for 503) and JSON body.
     fn from(c: Challenge) -> Synthetic {
         let mut answer = Synthetic::json(c.status, Bytes::from(c.body));
-        if let Some(v) = c
-            .www_authenticate
-            .and_then(|v| HeaderValue::try_from(v).ok())
-        {
-            answer.headers.push((http::header::WWW_AUTHENTICATE, v));
+        for v in c.www_authenticate {
+            if let Ok(v) = HeaderValue::try_from(v) {
+                answer.headers.push((http::header::WWW_AUTHENTICATE, v));
+            }
+        }
+        if let Some(v) = c.dpop_nonce.and_then(|v| HeaderValue::try_from(v).ok()) {
+            answer.headers.push((DPOP_NONCE.clone(), v));
         }
         if let Some(secs) = c.retry_after {
             answer
@@ -237,8 +242,9 @@ mod tests {
     fn a_challenge_keeps_its_header_and_retry_after() {
         let c = Challenge {
             status: 503,
-            www_authenticate: None,
+            www_authenticate: Vec::new(),
             retry_after: Some(7),
+            dpop_nonce: None,
             body: "{}".into(),
             outcome: "idp_unavailable",
         };

@@ -19,7 +19,9 @@ use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::auth::{Authenticator, Principal, RequestInfo, RoutePolicy, TokenTypes};
+use crate::auth::{
+    Authenticator, DpopMode, Principal, RequestInfo, RequestUri, RoutePolicy, TokenTypes,
+};
 
 /// The authenticator and its background tasks, shared by every layer and service cloned from
 /// one [`AuthLayer::new`].
@@ -73,6 +75,7 @@ pub struct AuthLayer {
     shared: Arc<Shared>,
     policy: Arc<RoutePolicy>,
     route: Arc<str>,
+    trust_forwarded_headers: bool,
 }
 
 impl AuthLayer {
@@ -84,6 +87,7 @@ impl AuthLayer {
             shared: Arc::new(Shared { auth, tasks }),
             policy: Arc::new(RoutePolicy::default()),
             route: Arc::from("tower"),
+            trust_forwarded_headers: false,
         }
     }
 
@@ -114,6 +118,20 @@ impl AuthLayer {
     /// Accept only these kinds of token (default: JWTs and opaque tokens).
     pub fn token_types(mut self, token_types: TokenTypes) -> AuthLayer {
         Arc::make_mut(&mut self.policy).token_types = token_types;
+        self
+    }
+
+    /// Take DPoP-bound tokens (RFC 9449): `Optional` also takes bearer tokens, `Required`
+    /// only DPoP-bound ones. The authenticator's config needs a `[dpop]` section.
+    pub fn dpop(mut self, mode: DpopMode) -> AuthLayer {
+        Arc::make_mut(&mut self.policy).dpop = mode;
+        self
+    }
+
+    /// A proxy in front sets `X-Forwarded-Proto` and `X-Forwarded-Host`: a DPoP proof names
+    /// the URI they give (default: the request's own URI and `Host`).
+    pub fn trust_forwarded_headers(mut self, trust: bool) -> AuthLayer {
+        self.trust_forwarded_headers = trust;
         self
     }
 
@@ -190,6 +208,17 @@ where
                         query: req.uri().query(),
                         route: &layer.route,
                         policy: &layer.policy,
+                        method: req.method().as_str(),
+                        uri: RequestUri {
+                            path: req.uri().path(),
+                            authority: req.uri().authority().map(|a| a.as_str()),
+                            scheme: req.uri().scheme_str().map_or("http", |s| match s {
+                                "https" => "https",
+                                _ => "http",
+                            }),
+                            forwarded: layer.trust_forwarded_headers,
+                            normalise: crate::gate::target::normalise_proof_path,
+                        },
                     })
                     .await;
                 match decision {
@@ -198,7 +227,9 @@ where
                         req.extensions_mut().insert::<Principal>(principal);
                         inner.call(req).await
                     }
-                    Err(error) => Ok(auth.challenge(&error, &layer.policy).into_response()),
+                    Err(error) => Ok(auth
+                        .challenge(&error, &layer.policy, req.headers())
+                        .into_response()),
                 }
             }),
         }

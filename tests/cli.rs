@@ -110,7 +110,7 @@ fn every_config_rule_names_its_key_and_fix() {
         // Unknown keys: the typo that would leave a route open.
         (
             "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\nscope = [\"admin\"]\n",
-            "routes[0].scope: unknown field `scope`, expected one of `name`, `path_prefix`, `methods`, `upstreams`, `scopes`, `scopes_any`, `auth`, `token_types`, `forward_token`, `allow_path_parameters`, `allow_method_override`, `allow_options_asterisk`, `issuers`, `audiences`, `claims_match`, `acr_values`, `max_age`, `cors_preflight`, `claims_header`, `claim_headers`, `claims`, `resource`, `rate_limit` (<config> line 5)",
+            "routes[0].scope: unknown field `scope`, expected one of `name`, `path_prefix`, `methods`, `upstreams`, `scopes`, `scopes_any`, `auth`, `token_types`, `forward_token`, `allow_path_parameters`, `allow_method_override`, `allow_options_asterisk`, `issuers`, `audiences`, `claims_match`, `acr_values`, `max_age`, `cors_preflight`, `claims_header`, `claim_headers`, `claims`, `resource`, `rate_limit`, `dpop` (<config> line 5)",
         ),
         ("[server]\nlisten_addr = \"x\"\n", "server.listen_addr: unknown field `listen_addr`"),
         ("[server]\nthreads = \"two\"\n", "server.threads: invalid type"),
@@ -312,6 +312,21 @@ fn every_config_rule_names_its_key_and_fix() {
             &format!("{ROUTE}{INTROSPECTION}allow_any_audience = true\n"),
             "introspection.allow_any_audience: contradicts `audiences`",
         ),
+        // DPoP (RFC 9449).
+        (&format!("{ROUTE}dpop = \"yes\"\n{ISSUER}"), "routes[0].dpop: \"yes\" is not a mode"),
+        (&format!("{ROUTE}auth = \"none\"\ndpop = \"required\"\n{ISSUER}"), "routes[0].dpop: a route with auth = \"none\" checks no token"),
+        (&format!("[dpop]\nalgorithms = [\"HS256\"]\n{ROUTE}{ISSUER}"), "dpop.algorithms[0]: HS256 is symmetric"),
+        (&format!("[dpop]\nalgorithms = [\"none\"]\n{ROUTE}{ISSUER}"), "dpop.algorithms[0]: unknown algorithm \"none\""),
+        (&format!("[dpop]\nalgorithms = []\n{ROUTE}{ISSUER}"), "dpop.algorithms: must list at least one algorithm"),
+        (&format!("[dpop]\nproof_max_age = \"2h\"\n{ROUTE}{ISSUER}"), "dpop.proof_max_age: must be between 1s and 10m"),
+        (&format!("[dpop]\nreplay_cache_capacity = 0\n{ROUTE}{ISSUER}"), "dpop.replay_cache_capacity: must be above 0"),
+        (&format!("[dpop]\nreplay_store = \"http://redis:6379\"\n{ROUTE}{ISSUER}"), "dpop.replay_store: is not a Redis URL"),
+        (&format!("[dpop]\nreplay_store_timeout = \"1s\"\n{ROUTE}{ISSUER}"), "dpop.replay_store_timeout: goes with replay_store"),
+        (&format!("[dpop]\nnonce = true\n{ROUTE}{ISSUER}"), "dpop.nonce_secret_env: nonce = true needs exactly one of nonce_secret_env or nonce_secret_file"),
+        (&format!("[dpop]\nnonce = true\nnonce_secret_env = \"PORTCULLIS_TEST_UNSET_NONCE\"\n{ROUTE}{ISSUER}"), "dpop.nonce_secret_env: the environment variable PORTCULLIS_TEST_UNSET_NONCE is not set"),
+        (&format!("[dpop]\nnonce = true\nnonce_secret_file = \"/nonexistent/secret\"\n{ROUTE}{ISSUER}"), "dpop.nonce_secret_file: cannot be read"),
+        (&format!("[dpop]\nnonce_lifetime = \"1m\"\n{ROUTE}{ISSUER}"), "dpop.nonce_lifetime: goes with nonce = true"),
+        (&format!("[dpop]\nnonces = true\n{ROUTE}{ISSUER}"), "dpop.nonces: unknown field `nonces`"),
     ];
     for (text, want) in cases {
         let got = problems(text);

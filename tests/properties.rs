@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::idp::{now, MockIdp};
 use http::{HeaderMap, HeaderValue};
-use portcullis::auth::{Authenticator, RequestInfo, RoutePolicy};
+use portcullis::auth::{Authenticator, RequestInfo, RequestUri, RoutePolicy};
 use portcullis::config::{Algorithm, AuthConfig};
 use portcullis::devkeys::DevKey;
 use proptest::prelude::*;
@@ -219,7 +219,14 @@ fn a_token_is_accepted_exactly_when_the_oracle_says_so() {
         let jwt = token(&keys, &issuer, &c);
         let mut headers = HeaderMap::new();
         headers.insert("authorization", HeaderValue::from_str(&format!("Bearer {jwt}")).unwrap());
-        let info = RequestInfo { headers: &headers, query: None, route: "p", policy: &policy };
+        let info = RequestInfo {
+            headers: &headers,
+            query: None,
+            route: "p",
+            policy: &policy,
+            method: "GET",
+            uri: RequestUri::exact("/", None),
+        };
         let outcome = rt.block_on(auth.authorize(&info));
         prop_assert_eq!(
             outcome.is_ok(),

@@ -96,15 +96,63 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<&str>, BearerFault> {
     parse(value.as_bytes())
 }
 
+/// The scheme an access token was presented with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Bearer,
+    /// `DPoP` (RFC 9449 §7.1): the token comes with a proof.
+    Dpop,
+}
+
+/// The access token of a request and its scheme: `Bearer`, or also `DPoP` when `dpop` (the
+/// route takes DPoP-bound tokens; elsewhere a `DPoP` credential is no credential at all). The
+/// `DPoP` scheme's token has the same b64token syntax (RFC 9449 §7.1).
+pub fn credential<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&str>,
+    dpop: bool,
+) -> Result<Option<(Scheme, &'a str)>, BearerFault> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(BearerFault::MultipleAuthorization);
+    }
+    let value = value.as_bytes();
+    let found = match parse(value)? {
+        Some(token) => Some((Scheme::Bearer, token)),
+        None if dpop => parse_scheme(value, b"dpop")?.map(|t| (Scheme::Dpop, t)),
+        None => None,
+    };
+    if found.is_some() && query.is_some_and(has_access_token_param) {
+        return Err(BearerFault::TokenInHeaderAndQuery);
+    }
+    Ok(found)
+}
+
+/// The scheme of an `Authorization` value is `DPoP`.
+pub fn is_dpop_scheme(headers: &HeaderMap) -> bool {
+    headers.get(AUTHORIZATION).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() > 4 && v[..4].eq_ignore_ascii_case(b"dpop") && v[4] == b' '
+    })
+}
+
 /// Parse one `Authorization` field value.
 pub fn parse(value: &[u8]) -> Result<Option<&str>, BearerFault> {
+    parse_scheme(value, b"bearer")
+}
+
+/// Parse one `Authorization` field value for a token with `scheme` (lower case).
+fn parse_scheme<'v>(value: &'v [u8], wanted: &[u8]) -> Result<Option<&'v str>, BearerFault> {
     // The scheme is a token (RFC 9110 §5.6.2); it ends at the first byte that is not a tchar.
     let scheme_end = value
         .iter()
         .position(|&b| !is_tchar(b))
         .unwrap_or(value.len());
     let (scheme, rest) = value.split_at(scheme_end);
-    if !scheme.eq_ignore_ascii_case(b"bearer") {
+    if !scheme.eq_ignore_ascii_case(wanted) {
         return Ok(None);
     }
     if !rest.starts_with(b" ") {

@@ -5,54 +5,86 @@
 //! nothing from the request is ever echoed, so no value needs escaping.
 
 use super::bearer::BearerFault;
+use super::dpop::DpopFault;
 use super::error::{AuthError, TokenFault};
 
 /// The HTTP answer to a request that failed authorization.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
     pub status: u16,
-    /// The `WWW-Authenticate` value; `None` for 503, which is not a challenge.
-    pub www_authenticate: Option<String>,
+    /// The `WWW-Authenticate` values, one field line each: the `Bearer` challenge, the `DPoP`
+    /// one (RFC 9449 §7.1), or both, the one carrying the error first. Empty for 503, which
+    /// is not a challenge.
+    pub www_authenticate: Vec<String>,
     /// Seconds for `Retry-After` (503 only).
     pub retry_after: Option<u64>,
+    /// `DPoP-Nonce` (RFC 9449 §9): a fresh nonce, sent with `use_dpop_nonce`.
+    pub dpop_nonce: Option<String>,
     /// JSON: `{"error": ..., "error_description": ...}`.
     pub body: String,
     /// The decision's `outcome` label ([`AuthError::kind`]), for the access line.
     pub outcome: &'static str,
 }
 
+/// The schemes a route's challenges name, and the one the refused request used.
+#[derive(Debug, Clone, Copy)]
+pub struct Schemes<'a> {
+    /// The route takes `Bearer` tokens.
+    pub bearer: bool,
+    /// The route takes DPoP-bound tokens: the `algs` attribute (RFC 9449 §7.1).
+    pub dpop: Option<&'a str>,
+    /// The request used the `DPoP` scheme: its error goes on the `DPoP` challenge.
+    pub used_dpop: bool,
+}
+
+impl Schemes<'_> {
+    /// A route that takes bearer tokens only.
+    pub const BEARER: Schemes<'static> = Schemes {
+        bearer: true,
+        dpop: None,
+        used_dpop: false,
+    };
+}
+
 impl Challenge {
-    /// Build the answer for `error` on a route in `realm` that requires `scopes`.
+    /// Build the answer for `error` on a bearer-only route in `realm` that requires `scopes`.
     pub fn new(error: &AuthError, realm: &str, scopes: &[String]) -> Challenge {
+        Challenge::with_schemes(error, realm, scopes, Schemes::BEARER, None)
+    }
+
+    /// Build the answer for `error` on a route taking `schemes`; `nonce` is a fresh DPoP
+    /// nonce, sent with `use_dpop_nonce`.
+    pub fn with_schemes(
+        error: &AuthError,
+        realm: &str,
+        scopes: &[String],
+        schemes: Schemes<'_>,
+        nonce: Option<String>,
+    ) -> Challenge {
         let (status, code, description) = describe(error);
-        let www_authenticate = match (status, code) {
-            (503, _) => None,
-            // RFC 6750 §3.1: no error attribute when the request carried no credentials.
-            (_, None) => Some(format!("Bearer realm=\"{realm}\"")),
-            (_, Some(code)) => {
-                let mut value =
-                    format!("Bearer realm=\"{realm}\", error=\"{code}\", error_description=\"{description}\"");
-                if matches!(error, AuthError::InsufficientScope) && !scopes.is_empty() {
-                    value.push_str(&format!(", scope=\"{}\"", scopes.join(" ")));
-                }
-                // RFC 9470 §3; both values come from the configuration.
-                if let AuthError::InsufficientUserAuthentication {
-                    acr_values,
-                    max_age,
-                } = error
-                {
-                    if !acr_values.is_empty() {
-                        value.push_str(&format!(", acr_values=\"{acr_values}\""));
-                    }
-                    if let Some(max_age) = max_age {
-                        value.push_str(&format!(", max_age=\"{max_age}\""));
-                    }
-                }
-                Some(value)
+        let bearer = format!("Bearer realm=\"{realm}\"");
+        let dpop = schemes
+            .dpop
+            .map(|algs| format!("DPoP realm=\"{realm}\", algs=\"{algs}\""));
+        let mut www_authenticate = Vec::new();
+        if status != 503 {
+            // The scheme the error belongs to: the request's own, or the only one there is.
+            let on_dpop = dpop.is_some() && (schemes.used_dpop || !schemes.bearer);
+            let (mut first, second) = match on_dpop {
+                true => (dpop.unwrap_or_default(), schemes.bearer.then_some(bearer)),
+                false => (bearer, dpop),
+            };
+            if let Some(code) = code {
+                first.push_str(&attributes(error, code, description, scopes));
             }
-        };
+            www_authenticate.push(first);
+            www_authenticate.extend(second);
+        }
         let retry_after = match error {
-            AuthError::IdpUnavailable { retry_after } => Some(retry_after.as_secs().max(1)),
+            AuthError::IdpUnavailable { retry_after }
+            | AuthError::ReplayStoreUnavailable { retry_after } => {
+                Some(retry_after.as_secs().max(1))
+            }
             _ => None,
         };
         let body = serde_json::json!({
@@ -64,17 +96,41 @@ impl Challenge {
             status,
             www_authenticate,
             retry_after,
+            dpop_nonce: nonce
+                .filter(|_| matches!(error, AuthError::InvalidProof(DpopFault::NonceRequired))),
             body,
             outcome: error.kind(),
         }
     }
 }
 
+/// `, error="…", error_description="…"` and what the error adds: `scope` (RFC 6750 §3.1),
+/// `acr_values` and `max_age` (RFC 9470 §3). Every value is fixed text or configuration.
+fn attributes(error: &AuthError, code: &str, description: &str, scopes: &[String]) -> String {
+    let mut value = format!(", error=\"{code}\", error_description=\"{description}\"");
+    if matches!(error, AuthError::InsufficientScope) && !scopes.is_empty() {
+        value.push_str(&format!(", scope=\"{}\"", scopes.join(" ")));
+    }
+    if let AuthError::InsufficientUserAuthentication {
+        acr_values,
+        max_age,
+    } = error
+    {
+        if !acr_values.is_empty() {
+            value.push_str(&format!(", acr_values=\"{acr_values}\""));
+        }
+        if let Some(max_age) = max_age {
+            value.push_str(&format!(", max_age=\"{max_age}\""));
+        }
+    }
+    value
+}
+
 impl Challenge {
     /// Add `resource_metadata="<url>"` (RFC 9728 §5.1) to a challenge, so a client can find
     /// the authorization servers to get a token from. `url` comes from the configuration.
     pub fn with_resource_metadata(mut self, url: &str) -> Challenge {
-        if let Some(value) = &mut self.www_authenticate {
+        for value in &mut self.www_authenticate {
             value.push_str(&format!(", resource_metadata=\"{url}\""));
         }
         self
@@ -87,8 +143,11 @@ impl Challenge {
             .status(self.status)
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::CACHE_CONTROL, "no-store");
-        if let Some(v) = self.www_authenticate {
+        for v in self.www_authenticate {
             builder = builder.header(http::header::WWW_AUTHENTICATE, v);
+        }
+        if let Some(nonce) = self.dpop_nonce {
+            builder = builder.header("dpop-nonce", nonce);
         }
         if let Some(secs) = self.retry_after {
             builder = builder.header(http::header::RETRY_AFTER, secs);
@@ -139,6 +198,49 @@ fn describe(error: &AuthError) -> (u16, Option<&'static str>, &'static str) {
             Some("temporarily_unavailable"),
             "The identity provider cannot be reached; retry later.",
         ),
+        AuthError::ReplayStoreUnavailable { .. } => (
+            503,
+            Some("temporarily_unavailable"),
+            "The DPoP replay store cannot be reached; retry later.",
+        ),
+        AuthError::DpopRequired => (
+            401,
+            None,
+            "This resource requires a DPoP-bound access token and a DPoP proof.",
+        ),
+        AuthError::InvalidProof(DpopFault::NonceRequired) => (
+            401,
+            Some("use_dpop_nonce"),
+            "The DPoP proof must carry the nonce in the DPoP-Nonce header.",
+        ),
+        AuthError::InvalidProof(fault) => {
+            (401, Some("invalid_dpop_proof"), proof_description(*fault))
+        }
+    }
+}
+
+/// Fixed sentences per proof fault, never echoing the proof.
+fn proof_description(fault: DpopFault) -> &'static str {
+    match fault {
+        DpopFault::Missing => "The DPoP scheme needs a DPoP proof header.",
+        DpopFault::Multiple => "The request carries more than one DPoP header.",
+        DpopFault::Malformed => "The DPoP proof is not a well-formed proof JWT.",
+        DpopFault::WrongType => "The DPoP proof must have typ dpop+jwt.",
+        DpopFault::AlgorithmNotAllowed => {
+            "The DPoP proof is signed with an algorithm this resource does not accept."
+        }
+        DpopFault::BadKey => "The DPoP proof carries no usable public key.",
+        DpopFault::PrivateKey => "The DPoP proof carries a private key.",
+        DpopFault::BadSignature => "The DPoP proof signature does not verify.",
+        DpopFault::WrongMethod => "The DPoP proof is for another HTTP method.",
+        DpopFault::WrongUri => "The DPoP proof is for another URI.",
+        DpopFault::Stale => "The DPoP proof is too old or from the future.",
+        DpopFault::WrongTokenHash => "The DPoP proof does not name this access token (ath).",
+        DpopFault::KeyMismatch => {
+            "The DPoP proof is not signed by the key the access token is bound to."
+        }
+        DpopFault::Replayed => "The DPoP proof was used before.",
+        DpopFault::NonceRequired => "The DPoP proof must carry a current nonce.",
     }
 }
 
@@ -155,6 +257,10 @@ fn token_description(fault: TokenFault) -> &'static str {
         TokenFault::SenderConstrained => {
             "The access token is bound to a key or certificate, and this resource accepts only bearer tokens."
         }
+        TokenFault::DpopBoundAsBearer => {
+            "The access token is DPoP-bound: send it with the DPoP scheme and a DPoP proof."
+        }
+        TokenFault::NotDpopBound => "The DPoP scheme needs a DPoP-bound access token.",
         TokenFault::UnsafeClaim => {
             "The access token carries a claim that cannot be passed on (control characters, length, padding or scope syntax)."
         }
@@ -172,8 +278,8 @@ mod tests {
         let scopes = vec!["orders:read".to_string(), "orders:write".to_string()];
         let c = Challenge::new(&AuthError::MissingToken, "api", &scopes);
         assert_eq!(
-            (c.status, c.www_authenticate.as_deref()),
-            (401, Some("Bearer realm=\"api\""))
+            (c.status, c.www_authenticate.clone()),
+            (401, vec!["Bearer realm=\"api\"".to_string()])
         );
 
         let c = Challenge::new(
@@ -182,10 +288,9 @@ mod tests {
             &scopes,
         );
         assert_eq!(c.status, 400);
-        assert!(c
-            .www_authenticate
-            .unwrap()
-            .starts_with("Bearer realm=\"api\", error=\"invalid_request\""));
+        assert!(
+            c.www_authenticate[0].starts_with("Bearer realm=\"api\", error=\"invalid_request\"")
+        );
 
         let c = Challenge::new(
             &AuthError::InvalidToken(TokenFault::NoValidator),
@@ -193,17 +298,11 @@ mod tests {
             &[],
         );
         assert_eq!(c.status, 401);
-        assert!(c
-            .www_authenticate
-            .unwrap()
-            .contains("error=\"invalid_token\""));
+        assert!(c.www_authenticate[0].contains("error=\"invalid_token\""));
 
         let c = Challenge::new(&AuthError::InsufficientScope, "api", &scopes);
         assert_eq!(c.status, 403);
-        assert!(c
-            .www_authenticate
-            .unwrap()
-            .ends_with(", scope=\"orders:read orders:write\""));
+        assert!(c.www_authenticate[0].ends_with(", scope=\"orders:read orders:write\""));
 
         let c = Challenge::new(
             &AuthError::IdpUnavailable {
@@ -214,7 +313,7 @@ mod tests {
         );
         assert_eq!(
             (c.status, c.www_authenticate, c.retry_after),
-            (503, None, Some(5))
+            (503, vec![], Some(5))
         );
     }
 

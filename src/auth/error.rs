@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use super::bearer::BearerFault;
+use super::dpop::DpopFault;
 
 /// Why a request was not authorized.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +38,17 @@ pub enum AuthError {
     /// The token cannot be checked because the identity provider is unreachable: 503, never 401.
     #[error("identity provider unavailable")]
     IdpUnavailable { retry_after: Duration },
+    /// The DPoP proof fails a check (RFC 9449 §4.3): 401 `invalid_dpop_proof`, or
+    /// `use_dpop_nonce` with a fresh nonce (§9).
+    #[error("invalid DPoP proof: {0:?}")]
+    InvalidProof(DpopFault),
+    /// A `Bearer` token on a route that takes only DPoP-bound tokens: an authentication method
+    /// the route does not support, so a bare `DPoP` challenge (RFC 6750 §3.1, RFC 9449 §7.1).
+    #[error("the route requires DPoP")]
+    DpopRequired,
+    /// The shared DPoP replay store cannot be reached: 503, never a pass.
+    #[error("DPoP replay store unavailable")]
+    ReplayStoreUnavailable { retry_after: Duration },
 }
 
 /// Why a token was refused.
@@ -83,8 +95,14 @@ pub enum TokenFault {
     UnsafeClaim,
     /// A `cnf` claim (RFC 7800) binds the token to a key (DPoP, RFC 9449) or a client
     /// certificate (RFC 8705): it is valid only with a proof of possession, which this gateway
-    /// does not check yet, so it is not accepted as a bearer token (RFC 9449 §7.1).
+    /// does not check on this route (or at all, for certificates), so it is not accepted as a
+    /// bearer token (RFC 9449 §7.1).
     SenderConstrained,
+    /// A DPoP-bound token (`cnf.jkt`) sent with the `Bearer` scheme on a route that takes
+    /// DPoP: it needs the `DPoP` scheme and a proof (RFC 9449 §7.1).
+    DpopBoundAsBearer,
+    /// The `DPoP` scheme with a token that is not DPoP-bound (no `cnf.jkt`, RFC 9449 §7.1).
+    NotDpopBound,
 }
 
 impl TokenFault {
@@ -109,6 +127,8 @@ impl TokenFault {
             TokenFault::TypeNotAccepted => "token_type_not_accepted",
             TokenFault::UnsafeClaim => "unsafe_claim",
             TokenFault::SenderConstrained => "sender_constrained",
+            TokenFault::DpopBoundAsBearer => "dpop_bound_token_as_bearer",
+            TokenFault::NotDpopBound => "dpop_token_not_bound",
         }
     }
 }
@@ -116,7 +136,7 @@ impl TokenFault {
 impl AuthError {
     /// Every value of [`AuthError::kind`], and `allowed`: the `outcome` label's whole set, so
     /// that its series exist (at 0) before the first such decision.
-    pub const OUTCOMES: [&'static str; 23] = [
+    pub const OUTCOMES: [&'static str; 42] = [
         "allowed",
         "missing_token",
         "invalid_request",
@@ -140,6 +160,25 @@ impl AuthError {
         "claims_not_satisfied",
         "insufficient_user_authentication",
         "idp_unavailable",
+        "dpop_bound_token_as_bearer",
+        "dpop_token_not_bound",
+        "dpop_required",
+        "dpop_replay_store_unavailable",
+        "dpop_proof_missing",
+        "dpop_proof_multiple",
+        "dpop_proof_malformed",
+        "dpop_proof_wrong_type",
+        "dpop_proof_algorithm_not_allowed",
+        "dpop_proof_bad_key",
+        "dpop_proof_private_key",
+        "dpop_proof_bad_signature",
+        "dpop_proof_wrong_method",
+        "dpop_proof_wrong_uri",
+        "dpop_proof_stale",
+        "dpop_proof_wrong_ath",
+        "dpop_proof_key_mismatch",
+        "dpop_proof_replayed",
+        "dpop_nonce_required",
     ];
 
     /// The `outcome` metric label: a fixed set of values.
@@ -152,6 +191,9 @@ impl AuthError {
             AuthError::ClaimsNotSatisfied => "claims_not_satisfied",
             AuthError::InsufficientUserAuthentication { .. } => "insufficient_user_authentication",
             AuthError::IdpUnavailable { .. } => "idp_unavailable",
+            AuthError::InvalidProof(fault) => fault.kind(),
+            AuthError::DpopRequired => "dpop_required",
+            AuthError::ReplayStoreUnavailable { .. } => "dpop_replay_store_unavailable",
         }
     }
 }
@@ -183,20 +225,30 @@ mod tests {
             TypeNotAccepted,
             UnsafeClaim,
             SenderConstrained,
+            DpopBoundAsBearer,
+            NotDpopBound,
         ];
-        let errors = faults.into_iter().map(AuthError::InvalidToken).chain([
-            AuthError::MissingToken,
-            AuthError::InvalidRequest(BearerFault::Malformed),
-            AuthError::InsufficientScope,
-            AuthError::ClaimsNotSatisfied,
-            AuthError::InsufficientUserAuthentication {
-                acr_values: String::new(),
-                max_age: None,
-            },
-            AuthError::IdpUnavailable {
-                retry_after: Duration::ZERO,
-            },
-        ]);
+        let errors = faults
+            .into_iter()
+            .map(AuthError::InvalidToken)
+            .chain([
+                AuthError::MissingToken,
+                AuthError::InvalidRequest(BearerFault::Malformed),
+                AuthError::InsufficientScope,
+                AuthError::ClaimsNotSatisfied,
+                AuthError::InsufficientUserAuthentication {
+                    acr_values: String::new(),
+                    max_age: None,
+                },
+                AuthError::IdpUnavailable {
+                    retry_after: Duration::ZERO,
+                },
+                AuthError::DpopRequired,
+                AuthError::ReplayStoreUnavailable {
+                    retry_after: Duration::ZERO,
+                },
+            ])
+            .chain(DpopFault::ALL.into_iter().map(AuthError::InvalidProof));
         let mut seen: Vec<&str> = errors.map(|e| e.kind()).collect();
         seen.push("allowed");
         for kind in &seen {

@@ -17,6 +17,7 @@ pub mod bearer;
 pub mod cache;
 pub mod challenge;
 pub mod claims;
+pub mod dpop;
 pub mod error;
 pub mod fetch;
 pub mod introspection;
@@ -37,12 +38,15 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub use cache::TokenCache;
 pub use challenge::Challenge;
+pub use dpop::{DpopMode, RequestUri};
 pub use error::{AuthError, TokenFault};
 pub use introspection::Introspector;
 pub use jwks::IssuerKeys;
 pub use scope::{RoutePolicy, TokenTypes};
 
 use crate::metrics::Metrics;
+use bearer::Scheme;
+use dpop::{Dpop, DpopFault};
 use jwks::Refetch;
 use jwt::ClaimRules;
 use keys::Lookup;
@@ -61,6 +65,10 @@ pub struct RequestInfo<'a> {
     pub route: &'a str,
     /// The matched route's policy: token kinds and scopes.
     pub policy: &'a RoutePolicy,
+    /// The request's method: a DPoP proof's `htm`.
+    pub method: &'a str,
+    /// The request's URI as routed: a DPoP proof's `htu`.
+    pub uri: RequestUri<'a>,
 }
 
 /// Who a request acts for: the permit an authorized request carries to the upstream.
@@ -106,6 +114,9 @@ pub struct Verified {
     pub claims: Option<Arc<claims::ClaimSet>>,
     /// The claim set as base64url JSON, for a route's `claims_header`.
     pub encoded: Option<Arc<str>>,
+    /// `cnf.jkt`: the token is DPoP-bound to the key with this RFC 7638 thumbprint, and valid
+    /// only with a proof by that key (RFC 9449 §6).
+    pub jkt: Option<String>,
 }
 
 /// A request the auth core lets through: who it acts for, and the headers that tell the
@@ -246,6 +257,26 @@ fn permit(policy: &RoutePolicy, principal: &Principal, now: i64) -> Result<(), A
     Ok(())
 }
 
+/// A valid token against the proof that came with it (RFC 9449 §7.1, §6): a DPoP-bound token
+/// needs a proof by its key, and a proof needs a bound token. The verified-token cache holds the
+/// binding with the claims, so a cached bound token is held to it on every request.
+fn binding(
+    mode: DpopMode,
+    principal: &Principal,
+    proof: Option<&dpop::Checked>,
+) -> Result<(), AuthError> {
+    match (principal.verified.jkt.as_deref(), proof) {
+        (None, None) => Ok(()),
+        (Some(_), None) if mode == DpopMode::Off => {
+            Err(AuthError::InvalidToken(TokenFault::SenderConstrained))
+        }
+        (Some(_), None) => Err(AuthError::InvalidToken(TokenFault::DpopBoundAsBearer)),
+        (None, Some(_)) => Err(AuthError::InvalidToken(TokenFault::NotDpopBound)),
+        (Some(jkt), Some(proof)) if jkt == proof.jkt => Ok(()),
+        (Some(_), Some(_)) => Err(AuthError::InvalidProof(DpopFault::KeyMismatch)),
+    }
+}
+
 /// How a token was validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenSource {
@@ -267,6 +298,8 @@ pub struct Authenticator {
     by_iss: HashMap<String, usize>,
     cache: TokenCache,
     introspection: Option<Arc<Introspector>>,
+    /// Proof checks, replay state and nonces, when some route takes DPoP.
+    dpop: Option<Dpop>,
     max_token_size: usize,
     /// [`AuthConfig::keep_claims`].
     keep_claims: bool,
@@ -311,6 +344,10 @@ impl Authenticator {
                         .keeping_claims(config.keep_claims),
                 )
             }),
+            dpop: config
+                .dpop
+                .clone()
+                .map(|d| Dpop::new(d, metrics.dpop_replay_evictions.clone())),
             max_token_size: config.tokens.max_size,
             keep_claims: config.keep_claims,
             cache_hits: metrics.token_cache.with_label_values(&["hit"]),
@@ -359,6 +396,10 @@ impl Authenticator {
         if let Some(i) = &self.introspection {
             i.update_gauges().await;
         }
+        if let Some(d) = &self.dpop {
+            let entries = i64::try_from(d.replay_entries()).unwrap_or(i64::MAX);
+            self.metrics.dpop_replay_entries.set(entries);
+        }
         let now = Instant::now();
         for i in &self.issuers {
             if let Some(age) = i.keys.age(now) {
@@ -385,20 +426,68 @@ impl Authenticator {
         result
     }
 
-    /// The answer to a refused request on a route with this policy.
-    pub fn challenge(&self, error: &AuthError, policy: &RoutePolicy) -> Challenge {
-        Challenge::new(error, &self.realm, &policy.named())
+    /// The answer to a refused request with these `headers` on a route with this policy: the
+    /// `Bearer` challenge, the `DPoP` one (RFC 9449 §7.1), or both, as the route's `dpop` says.
+    pub fn challenge(
+        &self,
+        error: &AuthError,
+        policy: &RoutePolicy,
+        headers: &HeaderMap,
+    ) -> Challenge {
+        let dpop = self.dpop.as_ref().filter(|_| policy.dpop != DpopMode::Off);
+        let schemes = challenge::Schemes {
+            bearer: dpop.is_none() || policy.dpop == DpopMode::Optional,
+            dpop: dpop.map(Dpop::algs),
+            used_dpop: dpop.is_some() && bearer::is_dpop_scheme(headers),
+        };
+        let nonce = dpop.and_then(|d| d.nonce(jwt::unix_seconds(SystemTime::now())));
+        Challenge::with_schemes(error, &self.realm, &policy.named(), schemes, nonce)
+    }
+
+    /// The `DPoP` proof algorithms, when some route takes DPoP (RFC 9728
+    /// `dpop_signing_alg_values_supported`).
+    pub fn dpop_algorithms(&self) -> Option<&[settings::Algorithm]> {
+        self.dpop.as_ref().map(|d| d.settings.algorithms.as_slice())
+    }
+
+    /// Proofs remembered against replay in memory now.
+    pub fn dpop_replay_entries(&self) -> u64 {
+        self.dpop.as_ref().map_or(0, Dpop::replay_entries)
     }
 
     async fn decide(&self, request: &RequestInfo<'_>, now: SystemTime) -> Result<Grant, AuthError> {
-        let token = match bearer::extract_with_query(request.headers, request.query) {
-            Ok(Some(token)) => token,
-            Ok(None) => return Err(AuthError::MissingToken),
-            Err(fault) => return Err(AuthError::InvalidRequest(fault)),
-        };
         let policy = request.policy;
+        let dpop = self.dpop.as_ref().filter(|_| policy.dpop != DpopMode::Off);
+        let (scheme, token) =
+            match bearer::credential(request.headers, request.query, dpop.is_some()) {
+                Ok(Some(found)) => found,
+                Ok(None) => return Err(AuthError::MissingToken),
+                Err(fault) => return Err(AuthError::InvalidRequest(fault)),
+            };
+        if scheme == Scheme::Bearer && policy.dpop == DpopMode::Required {
+            return Err(AuthError::DpopRequired);
+        }
+        if token.len() > self.max_token_size {
+            return Err(AuthError::InvalidToken(TokenFault::Oversize));
+        }
+        let seconds = jwt::unix_seconds(now);
+        // The proof first: local work, before any call to the identity provider.
+        let proof = match (scheme, dpop) {
+            (Scheme::Dpop, Some(d)) => Some(
+                d.check(
+                    request.headers,
+                    request.method,
+                    &request.uri,
+                    token,
+                    seconds,
+                )
+                .map_err(AuthError::InvalidProof)?,
+            ),
+            _ => None,
+        };
         let principal = self.validate(token, policy.token_types, now).await?;
-        permit(policy, &principal, jwt::unix_seconds(now))?;
+        binding(policy.dpop, &principal, proof.as_ref())?;
+        permit(policy, &principal, seconds)?;
         let v = &principal.verified;
         let claim_headers = match policy.claim_headers.is_empty() {
             true => Vec::new(),
@@ -407,6 +496,18 @@ impl Authenticator {
                 .render(v.claims.as_deref(), v.encoded.as_ref())
                 .map_err(AuthError::InvalidToken)?,
         };
+        // Last, so that only a request that would pass costs a replay-store call.
+        if let (Some(proof), Some(d)) = (&proof, dpop) {
+            match d.first_use(proof).await {
+                Ok(true) => {}
+                Ok(false) => return Err(AuthError::InvalidProof(DpopFault::Replayed)),
+                Err(dpop::StoreUnavailable) => {
+                    return Err(AuthError::ReplayStoreUnavailable {
+                        retry_after: RETRY_AFTER,
+                    })
+                }
+            }
+        }
         Ok(Grant {
             principal,
             auth_headers: policy.auth_headers,
@@ -538,6 +639,7 @@ impl Authenticator {
             auth_time: c.auth_time.as_ref().and_then(jwt::seconds),
             encoded: whole.as_ref().map(|(_, payload)| Arc::from(*payload)),
             claims: whole.map(|(set, _)| Arc::new(set)),
+            jkt: dpop::bound_key(c.cnf.as_ref())?,
         })
     }
 

@@ -31,6 +31,8 @@ pub struct RoutePolicy {
     pub auth_headers: bool,
     /// Claims passed on as headers (`claim_headers`, `claims_header`).
     pub claim_headers: Arc<ClaimHeaders>,
+    /// `dpop`: whether the route takes DPoP-bound tokens (RFC 9449).
+    pub dpop: super::dpop::DpopMode,
 }
 
 impl Default for RoutePolicy {
@@ -52,6 +54,7 @@ impl RoutePolicy {
             step_up: None,
             auth_headers: true,
             claim_headers: Arc::default(),
+            dpop: super::dpop::DpopMode::Off,
         }
     }
 

@@ -14,6 +14,8 @@ pub struct AuthConfig {
     pub tokens: TokensConfig,
     pub issuers: Vec<IssuerConfig>,
     pub introspection: Option<IntrospectionConfig>,
+    /// `[dpop]`: set when some route takes DPoP-bound tokens.
+    pub dpop: Option<super::dpop::DpopSettings>,
     /// Not a key: keep every verified claim with the principal ([`super::Verified::claims`]).
     /// The gateway sets it when some route has claim rules or claim headers; the middleware's
     /// config always does, for handlers that read claims.

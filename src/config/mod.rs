@@ -5,6 +5,7 @@
 //! URLs, durations, addresses and methods are parsed here, so the running gateway only ever
 //! holds typed values.
 
+mod dpop;
 mod issuer;
 mod policy;
 mod raw;
@@ -35,6 +36,8 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub issuers: Vec<IssuerConfig>,
     pub introspection: Option<IntrospectionConfig>,
+    /// `[dpop]`; the defaults when only a route's `dpop` asks for DPoP.
+    pub dpop: Option<crate::auth::dpop::DpopSettings>,
     pub decision: Option<DecisionConfig>,
     /// `[identity] strip_headers` and every mapped claim header: the names no client may send.
     pub identity: IdentityNames,
@@ -300,6 +303,7 @@ impl Config {
             tokens: self.tokens.clone(),
             issuers: self.issuers.clone(),
             introspection: self.introspection.clone(),
+            dpop: self.dpop.clone(),
             keep_claims: self.routes.iter().any(|r| r.policy.reads_claims()),
         }
     }

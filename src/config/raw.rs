@@ -23,6 +23,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub issuers: Vec<RawIssuer>,
     pub introspection: Option<RawIntrospection>,
+    pub dpop: Option<RawDpop>,
     pub decision: Option<RawDecision>,
     #[serde(default)]
     pub identity: RawIdentity,
@@ -92,6 +93,24 @@ pub struct RawAuthConfig {
     #[serde(default)]
     pub issuers: Vec<RawIssuer>,
     pub introspection: Option<RawIntrospection>,
+    pub dpop: Option<RawDpop>,
+}
+
+/// `[dpop]`: how DPoP proofs (RFC 9449) are checked, for routes with `dpop` set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDpop {
+    pub algorithms: Option<Vec<String>>,
+    pub proof_max_age: Option<String>,
+    pub proof_leeway: Option<String>,
+    pub replay_cache_capacity: Option<u64>,
+    pub replay_store: Option<String>,
+    pub replay_store_timeout: Option<String>,
+    pub replay_store_prefix: Option<String>,
+    pub nonce: Option<bool>,
+    pub nonce_secret_env: Option<String>,
+    pub nonce_secret_file: Option<String>,
+    pub nonce_lifetime: Option<String>,
 }
 
 /// `[server]`: the proxy listener.
@@ -232,6 +251,7 @@ pub struct RawRoute {
     pub claims: Option<Vec<RawClaimRule>>,
     pub resource: Option<String>,
     pub rate_limit: Option<RawRateLimit>,
+    pub dpop: Option<String>,
 }
 
 /// `[routes.rate_limit]`.

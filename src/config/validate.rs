@@ -104,6 +104,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         &raw.tokens,
         &raw.issuers,
         raw.introspection.as_ref(),
+        raw.dpop.as_ref(),
     );
     let server = ServerConfig {
         listen: p.socket_addr("server.listen", s.listen.as_deref(), "0.0.0.0:8080"),
@@ -255,6 +256,13 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             tokens: auth.tokens,
             issuers: auth.issuers,
             introspection: auth.introspection,
+            // A route's `dpop` alone takes the defaults.
+            dpop: auth.dpop.or_else(|| {
+                routes
+                    .iter()
+                    .any(|r| r.policy.dpop != crate::auth::DpopMode::Off)
+                    .then(Default::default)
+            }),
             decision,
             identity: identity_names,
             resource_metadata,
@@ -276,6 +284,7 @@ pub(super) fn validate_auth(raw: RawAuthConfig) -> Result<AuthConfig, ConfigErro
         &raw.tokens,
         &raw.issuers,
         raw.introspection.as_ref(),
+        raw.dpop.as_ref(),
     );
     if raw.issuers.is_empty() && raw.introspection.is_none() {
         p.push(
@@ -299,6 +308,7 @@ fn auth_sections(
     tokens: &RawTokens,
     issuers: &[RawIssuer],
     introspection: Option<&RawIntrospection>,
+    dpop: Option<&super::raw::RawDpop>,
 ) -> AuthConfig {
     let realm = realm.unwrap_or("portcullis").to_owned();
     if realm.is_empty()
@@ -331,6 +341,7 @@ fn auth_sections(
         tokens,
         issuers: valid_issuers,
         introspection: introspection.and_then(|i| self::introspection(p, i)),
+        dpop: dpop.map(|d| super::dpop::settings(p, d)),
         keep_claims: true,
     }
 }
@@ -698,6 +709,7 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute, cx: &RouteContext) -> Opti
         ("claims_header", raw.claims_header.is_some()),
         ("cors_preflight", raw.cors_preflight.is_some()),
         ("resource", raw.resource.is_some()),
+        ("dpop", raw.dpop.is_some()),
     ];
     for (name, _) in token_policy.iter().filter(|(_, set)| *set) {
         if auth == AuthMode::None {
@@ -735,8 +747,9 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute, cx: &RouteContext) -> Opti
             "the route's methods leave out OPTIONS, so no preflight reaches it; add \"OPTIONS\" to methods",
         );
     }
-    let policy =
+    let mut policy =
         super::policy::route_policy(p, key, raw, token_types, cx.identity, cx.issuers_known);
+    policy.dpop = super::dpop::mode(p, key, raw.dpop.as_deref());
     let rate_limit = raw
         .rate_limit
         .as_ref()

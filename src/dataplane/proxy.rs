@@ -365,7 +365,13 @@ async fn forward(
     let client = limit::client_address(&parts.headers, conn.ip, settings.trust_forwarded_headers);
     let pass = match shared
         .gate
-        .check(&parts.method, target_bytes, &parts.headers, client)
+        .check(
+            &parts.method,
+            target_bytes,
+            &parts.headers,
+            client,
+            settings.trust_forwarded_headers,
+        )
         .await
     {
         Ok(pass) => pass,

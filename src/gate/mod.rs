@@ -17,7 +17,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Method};
 
 use crate::auth::bearer::query_has_param;
-use crate::auth::{Authenticator, Challenge, Grant, RequestInfo};
+use crate::auth::{Authenticator, Challenge, Grant, RequestInfo, RequestUri};
 use crate::config::AuthMode;
 use crate::routing::{Route, RouteMatch, Router};
 pub use target::{canonical, valid_host, Target, TargetFault};
@@ -160,6 +160,11 @@ impl Gate {
     /// `Upgrade` and the body from its check request (nginx's documented `auth_request` setup,
     /// Traefik's forwardAuth), so a preflight-shaped WebSocket handshake or request with a body
     /// would look like a real preflight there, and pass unchecked (red team).
+    ///
+    /// `forwarded`: the request's scheme and host, which a DPoP proof names, come from
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host` (a trusted proxy in front, or the proxy
+    /// asking the decision endpoint).
+    #[allow(clippy::too_many_arguments)]
     pub async fn authorize<'g>(
         &'g self,
         routed: &Routed<'g, '_>,
@@ -167,6 +172,7 @@ impl Gate {
         headers: &HeaderMap,
         client: IpAddr,
         preflights: bool,
+        forwarded: bool,
     ) -> Result<Option<Grant>, Denied<'g>> {
         let route = routed.route;
         let limited = |limited| {
@@ -188,7 +194,7 @@ impl Gate {
             return Ok(None);
         }
         let grant = self
-            .authorize_token(routed, headers)
+            .authorize_token(routed, method, headers, forwarded)
             .await
             .map_err(|challenge| Denied::Challenged { route, challenge })?;
         if let Some(l) = route
@@ -205,7 +211,9 @@ impl Gate {
     async fn authorize_token(
         &self,
         routed: &Routed<'_, '_>,
+        method: &Method,
         headers: &HeaderMap,
+        forwarded: bool,
     ) -> Result<Grant, Challenge> {
         let route = routed.route;
         let info = RequestInfo {
@@ -213,12 +221,20 @@ impl Gate {
             query: routed.target.query(),
             route: &route.name,
             policy: &route.policy,
+            method: method.as_str(),
+            uri: RequestUri {
+                path: routed.target.path(),
+                authority: routed.target.authority(),
+                scheme: "http",
+                forwarded,
+                normalise: target::normalise_proof_path,
+            },
         };
         match self.auth.authorize(&info).await {
             Ok(grant) => Ok(grant),
             Err(error) => {
                 tracing::debug!(route = %route.name, outcome = error.kind(), "request refused");
-                let challenge = self.auth.challenge(&error, &route.policy);
+                let challenge = self.auth.challenge(&error, &route.policy, headers);
                 Err(match &route.resource_metadata {
                     Some(url) => challenge.with_resource_metadata(url),
                     None => challenge,
@@ -228,17 +244,19 @@ impl Gate {
     }
 
     /// The whole decision: canonical target, route, auth mode, token, policy and rate limit
-    /// (`client`: the address requests are counted by, [`limit::client_address`]).
+    /// (`client`: the address requests are counted by, [`limit::client_address`];
+    /// `forwarded`: `trust_forwarded_headers`, see [`Gate::authorize`]).
     pub async fn check<'g, 't>(
         &'g self,
         method: &Method,
         raw_target: &'t [u8],
         headers: &HeaderMap,
         client: IpAddr,
+        forwarded: bool,
     ) -> Result<Pass<'g, 't>, Denied<'g>> {
         let routed = self.route(method, raw_target).map_err(Denied::Refused)?;
         let grant = self
-            .authorize(&routed, method, headers, client, true)
+            .authorize(&routed, method, headers, client, true, forwarded)
             .await?;
         Ok(Pass {
             route: routed.route,

@@ -199,6 +199,12 @@ pub fn normalise_path(path: &str) -> Result<Cow<'_, str>, TargetFault> {
     normalise(path).map(|(path, _)| path)
 }
 
+/// [`normalise_path`] for a DPoP proof's `htu` path ([`crate::auth::RequestUri`]): `None`
+/// when it is not canonical, which no routed path can equal.
+pub fn normalise_proof_path(path: &str) -> Option<Cow<'_, str>> {
+    normalise_path(path).ok()
+}
+
 /// [`normalise_path`], and whether the path holds `;` parameters (raw or `%3B`). One pass over
 /// the bytes, then the segment rules; the UTF-8 and double-escape checks run only when the pass
 /// saw what they look for.

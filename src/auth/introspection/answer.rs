@@ -29,8 +29,10 @@ pub struct Claims {
     pub acr: Option<String>,
     /// `auth_time`, when a number.
     pub auth_time: Option<i64>,
-    /// A `cnf` member (RFC 7800, RFC 8705 §3.2, RFC 9449 §6.2) other than `null`.
-    pub bound: bool,
+    /// `cnf.jkt` (RFC 9449 §6.2): the key the token is bound to.
+    pub jkt: Option<String>,
+    /// A `cnf` member this gateway cannot check (RFC 8705 §3.2 certificates, other methods).
+    pub unsupported_binding: bool,
 }
 
 /// Why an answer could not be read: the endpoint misbehaves, so the request gets 503.
@@ -115,7 +117,10 @@ pub fn parse(body: &[u8]) -> Result<Answer, BadAnswer> {
         iss: full.iss,
         acr: full.acr.and_then(|v| v.as_str().map(str::to_owned)),
         auth_time: full.auth_time.as_ref().and_then(super::super::jwt::seconds),
-        bound: full.cnf.is_some(),
+        jkt: crate::auth::dpop::bound_key(full.cnf.as_ref())
+            .ok()
+            .flatten(),
+        unsupported_binding: crate::auth::dpop::bound_key(full.cnf.as_ref()).is_err(),
     })))
 }
 
@@ -135,13 +140,15 @@ impl Claims {
     /// Check an active answer at `now` (seconds since the epoch). Run on every request, so a
     /// cached answer stops working the moment its `exp` passes.
     pub fn check(&self, expect: &Expectations, now: i64) -> Result<(), TokenFault> {
-        if self.bound {
+        if self.unsupported_binding {
             return Err(TokenFault::SenderConstrained);
         }
+        // `DPoP` (RFC 9449 §6.2) only for a token that is bound to a key.
+        let dpop = |t: &str| self.jkt.is_some() && t.eq_ignore_ascii_case("dpop");
         if self
             .token_type
             .as_deref()
-            .is_some_and(|t| !is_bearer_access_token(t))
+            .is_some_and(|t| !is_bearer_access_token(t) && !dpop(t))
         {
             return Err(TokenFault::WrongType);
         }

@@ -234,6 +234,7 @@ impl Introspector {
             auth_time: claims.auth_time,
             encoded: whole.as_ref().map(crate::auth::claims::encode),
             claims: whole.map(Arc::new),
+            jkt: claims.jkt.clone(),
         };
         Principal::new(
             claims.sub.clone(),

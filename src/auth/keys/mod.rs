@@ -19,7 +19,8 @@ use super::jwt::Unverified;
 use crate::auth::settings::Algorithm;
 
 mod policy;
-use policy::{bind, fingerprint, RawJwk};
+pub(crate) use policy::RawJwk;
+use policy::{bind, fingerprint};
 
 /// Largest JWKS document accepted.
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -209,15 +210,20 @@ impl KeySet {
 
 /// Check a token's signature with one key. The key's bound algorithm must be the token's.
 pub fn verify(token: &Unverified<'_>, key: &VerifyingKey) -> bool {
+    key.alg == token.alg && verify_parts(key, token.signing_input, token.signature)
+}
+
+/// Check a compact JWS's base64url `signature` over its `signing_input` with one key.
+pub fn verify_parts(key: &VerifyingKey, signing_input: &str, signature: &str) -> bool {
     // The largest signature: RSA-8192, 1024 bytes. A longer one cannot verify.
     let mut buf = [0u8; 1024];
-    if key.alg != token.alg || token.signature.len() > 1366 {
+    if signature.len() > 1366 {
         return false;
     }
-    let Ok(len) = URL_SAFE_NO_PAD.decode_slice(token.signature, &mut buf) else {
+    let Ok(len) = URL_SAFE_NO_PAD.decode_slice(signature, &mut buf) else {
         return false;
     };
-    let (message, sig) = (token.signing_input.as_bytes(), &buf[..len]);
+    let (message, sig) = (signing_input.as_bytes(), &buf[..len]);
     match &key.verifier {
         Verifier::Public(k) => k.verify_sig(message, sig).is_ok(),
         Verifier::Ed25519(k) => signature::UnparsedPublicKey::new(&signature::ED25519, k)
@@ -225,6 +231,14 @@ pub fn verify(token: &Unverified<'_>, key: &VerifyingKey) -> bool {
             .is_ok(),
         Verifier::Hmac(k) => hmac::verify(k, message, sig).is_ok(),
     }
+}
+
+/// The public key a DPoP proof carries in its `jwk` header (RFC 9449 §4.2), bound to the
+/// proof's `alg`, and its RFC 7638 thumbprint; `None` when the key policy refuses it (private
+/// members, `use` other than `sig`, an unsupported type or curve, RSA under 2048 bits, `oct`).
+pub(crate) fn proof_key(jwk: &RawJwk, alg: Algorithm) -> Option<(VerifyingKey, String)> {
+    let key = bind(jwk, &[alg])?;
+    Some((key, jwk.thumbprint()?))
 }
 
 fn hmac_algorithm(alg: Algorithm) -> hmac::Algorithm {

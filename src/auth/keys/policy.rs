@@ -11,7 +11,7 @@ use crate::auth::settings::Algorithm;
 use aws_lc_rs::signature::{ParsedPublicKey, RsaPublicKeyComponents};
 
 #[derive(Deserialize)]
-pub(super) struct RawJwk {
+pub(crate) struct RawJwk {
     kty: String,
     #[serde(rename = "use")]
     use_: Option<String>,
@@ -31,6 +31,49 @@ pub(super) struct RawJwk {
     dq: Option<IgnoredAny>,
     qi: Option<IgnoredAny>,
     oth: Option<IgnoredAny>,
+    // A symmetric key's secret: `oct` keys are refused anyway.
+    k: Option<IgnoredAny>,
+}
+
+impl RawJwk {
+    /// The JWK SHA-256 thumbprint (RFC 7638 §3): the required members only, in lexicographic
+    /// order, without whitespace, hashed and base64url-encoded. Called on a key [`bind`]
+    /// accepted, whose members are base64url (no character needs escaping in JSON).
+    pub(crate) fn thumbprint(&self) -> Option<String> {
+        let canonical = match (self.kty.as_str(), self.crv.as_deref()) {
+            ("RSA", _) => format!(
+                r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
+                self.e.as_deref()?,
+                self.n.as_deref()?
+            ),
+            ("EC", Some(crv)) => format!(
+                r#"{{"crv":"{crv}","kty":"EC","x":"{}","y":"{}"}}"#,
+                self.x.as_deref()?,
+                self.y.as_deref()?
+            ),
+            ("OKP", Some(crv)) => {
+                format!(
+                    r#"{{"crv":"{crv}","kty":"OKP","x":"{}"}}"#,
+                    self.x.as_deref()?
+                )
+            }
+            _ => return None,
+        };
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+        Some(URL_SAFE_NO_PAD.encode(digest.as_ref()))
+    }
+
+    /// Whether the JWK holds a private member (RFC 7517 §9.2, RFC 7518 §6).
+    pub(crate) fn is_private(&self) -> bool {
+        self.d.is_some()
+            || self.p.is_some()
+            || self.q.is_some()
+            || self.dp.is_some()
+            || self.dq.is_some()
+            || self.qi.is_some()
+            || self.oth.is_some()
+            || self.k.is_some()
+    }
 }
 
 fn is_rsa(alg: Algorithm) -> bool {
@@ -47,10 +90,7 @@ fn is_rsa(alg: Algorithm) -> bool {
 
 /// Apply the key policy to one JWK: a key bound to one allowed algorithm, or `None` to skip it.
 pub(super) fn bind(jwk: &RawJwk, allowed: &[Algorithm]) -> Option<VerifyingKey> {
-    let private = jwk.d.is_some() || jwk.p.is_some() || jwk.q.is_some();
-    let private =
-        private || jwk.dp.is_some() || jwk.dq.is_some() || jwk.qi.is_some() || jwk.oth.is_some();
-    if private || jwk.use_.as_deref().is_some_and(|u| u != "sig") {
+    if jwk.is_private() || jwk.use_.as_deref().is_some_and(|u| u != "sig") {
         return None;
     }
     if jwk

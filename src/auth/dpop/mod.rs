@@ -1,0 +1,375 @@
+//! DPoP: sender-constrained access tokens (RFC 9449).
+//!
+//! A DPoP-bound token (`cnf.jkt`, §6) is valid only with a proof: a JWT in the `DPoP` header,
+//! signed by the key the token is bound to, for this method and URI, fresh, not seen before,
+//! and naming the token (`ath`). A route says whether it takes such tokens
+//! ([`DpopMode`]); [`Dpop`] checks proofs, keeps the replay state and issues nonces.
+//!
+//! The URI a proof must name (`htu`) is built from the request: the scheme of the listener
+//! (`http`), or `X-Forwarded-Proto` when a trusted proxy sets it; the host from `Host` (or an
+//! absolute-form target), or `X-Forwarded-Host` from a trusted proxy; and the canonical path
+//! the route was chosen on ([`RequestUri`]).
+
+pub mod nonce;
+pub mod proof;
+pub mod replay;
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use http::HeaderMap;
+
+pub use nonce::Nonces;
+pub use proof::Checked;
+pub use replay::{ReplayStore, StoreUnavailable};
+
+use super::error::TokenFault;
+use super::settings::Algorithm;
+
+/// Whether a route takes DPoP-bound tokens (`dpop`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DpopMode {
+    /// Bearer tokens only; a bound token is refused (the default).
+    #[default]
+    Off,
+    /// Bearer tokens, and DPoP-bound tokens with the `DPoP` scheme and a proof.
+    Optional,
+    /// DPoP-bound tokens only.
+    Required,
+}
+
+impl DpopMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            DpopMode::Off => "off",
+            DpopMode::Optional => "optional",
+            DpopMode::Required => "required",
+        }
+    }
+}
+
+/// Where proofs are remembered against replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplaySettings {
+    /// In this process: `replay_cache_capacity` proofs at most.
+    Memory { capacity: u64 },
+    /// In Redis at `url` (`replay_store`), each call bounded by `timeout`, keys under `prefix`.
+    Redis {
+        url: String,
+        timeout: Duration,
+        prefix: String,
+    },
+}
+
+/// Stateless nonces (`nonce = true`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct NonceSettings {
+    /// The HMAC secret every replica shares (from `nonce_secret_env` or `nonce_secret_file`).
+    pub secret: Vec<u8>,
+    /// `nonce_lifetime`: how long a nonce stays current (it is accepted one lifetime longer).
+    pub lifetime: Duration,
+}
+
+impl std::fmt::Debug for NonceSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NonceSettings")
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[dpop]`: how proofs are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopSettings {
+    /// `algorithms`: the proof signature algorithms accepted, asymmetric only.
+    pub algorithms: Vec<Algorithm>,
+    /// `proof_max_age`, default 60 s: how old a proof's `iat` may be.
+    pub max_age: Duration,
+    /// `proof_leeway`, default 5 s: clock skew allowed on `iat`, both ways.
+    pub leeway: Duration,
+    pub replay: ReplaySettings,
+    pub nonce: Option<NonceSettings>,
+}
+
+impl Default for DpopSettings {
+    fn default() -> DpopSettings {
+        DpopSettings {
+            algorithms: DEFAULT_ALGORITHMS.to_vec(),
+            max_age: Duration::from_secs(60),
+            leeway: Duration::from_secs(5),
+            replay: ReplaySettings::Memory {
+                capacity: 1_000_000,
+            },
+            nonce: None,
+        }
+    }
+}
+
+/// The proof algorithms accepted by default: what the common authorization servers and client
+/// libraries sign DPoP proofs with.
+pub const DEFAULT_ALGORITHMS: [Algorithm; 6] = [
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::PS256,
+    Algorithm::RS256,
+    Algorithm::EdDSA,
+    Algorithm::PS384,
+];
+
+/// Why a DPoP proof was refused: 401 `invalid_dpop_proof`, or `use_dpop_nonce`
+/// (RFC 9449 §7.1, §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DpopFault {
+    /// The `DPoP` scheme without a `DPoP` header.
+    Missing,
+    /// More than one `DPoP` header (§4.3 item 1).
+    Multiple,
+    /// Not a compact JWS of JSON objects, a `crit` header, a missing or overlong claim, or
+    /// larger than [`proof::MAX_PROOF_BYTES`].
+    Malformed,
+    /// `typ` is not `dpop+jwt`.
+    WrongType,
+    /// `alg` is `none`, symmetric, or not in `algorithms`.
+    AlgorithmNotAllowed,
+    /// No `jwk`, or one the key policy refuses, or one that does not fit `alg`.
+    BadKey,
+    /// The `jwk` holds a private key.
+    PrivateKey,
+    /// The signature does not verify with the `jwk`.
+    BadSignature,
+    /// `htm` is not the request's method.
+    WrongMethod,
+    /// `htu` is not the request's URI.
+    WrongUri,
+    /// `iat` is outside the window.
+    Stale,
+    /// `ath` is missing or not the hash of the token presented.
+    WrongTokenHash,
+    /// The proof's key is not the one the token is bound to (`cnf.jkt`).
+    KeyMismatch,
+    /// This `jti` was seen before, with this key, inside the window.
+    Replayed,
+    /// No nonce, or one that is not current: `use_dpop_nonce` with a fresh one.
+    NonceRequired,
+}
+
+impl DpopFault {
+    /// The bounded metric label.
+    pub fn kind(self) -> &'static str {
+        match self {
+            DpopFault::Missing => "dpop_proof_missing",
+            DpopFault::Multiple => "dpop_proof_multiple",
+            DpopFault::Malformed => "dpop_proof_malformed",
+            DpopFault::WrongType => "dpop_proof_wrong_type",
+            DpopFault::AlgorithmNotAllowed => "dpop_proof_algorithm_not_allowed",
+            DpopFault::BadKey => "dpop_proof_bad_key",
+            DpopFault::PrivateKey => "dpop_proof_private_key",
+            DpopFault::BadSignature => "dpop_proof_bad_signature",
+            DpopFault::WrongMethod => "dpop_proof_wrong_method",
+            DpopFault::WrongUri => "dpop_proof_wrong_uri",
+            DpopFault::Stale => "dpop_proof_stale",
+            DpopFault::WrongTokenHash => "dpop_proof_wrong_ath",
+            DpopFault::KeyMismatch => "dpop_proof_key_mismatch",
+            DpopFault::Replayed => "dpop_proof_replayed",
+            DpopFault::NonceRequired => "dpop_nonce_required",
+        }
+    }
+
+    /// Every fault, for the metric labels' whole set.
+    pub const ALL: [DpopFault; 15] = [
+        DpopFault::Missing,
+        DpopFault::Multiple,
+        DpopFault::Malformed,
+        DpopFault::WrongType,
+        DpopFault::AlgorithmNotAllowed,
+        DpopFault::BadKey,
+        DpopFault::PrivateKey,
+        DpopFault::BadSignature,
+        DpopFault::WrongMethod,
+        DpopFault::WrongUri,
+        DpopFault::Stale,
+        DpopFault::WrongTokenHash,
+        DpopFault::KeyMismatch,
+        DpopFault::Replayed,
+        DpopFault::NonceRequired,
+    ];
+}
+
+/// What a proof's `htu` is compared with: the request's URI as the gateway routed it.
+#[derive(Clone, Copy)]
+pub struct RequestUri<'a> {
+    /// The canonical path the route was chosen on (and the upstream receives).
+    pub path: &'a str,
+    /// An absolute-form target's authority, which stands for `Host` (RFC 9112 §3.2.2).
+    pub authority: Option<&'a str>,
+    /// The scheme of the listener the request came in on.
+    pub scheme: &'static str,
+    /// Take scheme and host from `X-Forwarded-Proto` and `X-Forwarded-Host`: a trusted proxy
+    /// in front sets them (`trust_forwarded_headers`), or the proxy asking the decision
+    /// endpoint describes its own request with them.
+    pub forwarded: bool,
+    /// The gateway's path normalisation, applied to the proof's path (`None`: not canonical).
+    pub normalise: fn(&str) -> Option<Cow<'_, str>>,
+}
+
+impl std::fmt::Debug for RequestUri<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The path is never logged.
+        f.debug_struct("RequestUri")
+            .field("scheme", &self.scheme)
+            .field("forwarded", &self.forwarded)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> RequestUri<'a> {
+    /// A URI whose path is compared as it is, with no normalisation.
+    pub fn exact(path: &'a str, authority: Option<&'a str>) -> RequestUri<'a> {
+        RequestUri {
+            path,
+            authority,
+            scheme: "http",
+            forwarded: false,
+            normalise: |p| Some(Cow::Borrowed(p)),
+        }
+    }
+
+    /// The request's scheme and authority, as the client addressed it.
+    pub fn origin<'h>(&self, headers: &'h HeaderMap) -> Option<(&'h str, &'h str)>
+    where
+        'a: 'h,
+    {
+        let first = |name: &str| -> Option<&'h str> {
+            let value = headers.get(name)?.to_str().ok()?;
+            Some(value.split(',').next()?.trim()).filter(|v| !v.is_empty())
+        };
+        let forwarded = |name| first(name).filter(|_| self.forwarded);
+        let scheme = match forwarded("x-forwarded-proto") {
+            Some(s) if s.eq_ignore_ascii_case("https") => "https",
+            Some(s) if s.eq_ignore_ascii_case("http") => "http",
+            Some(_) => return None,
+            None => self.scheme,
+        };
+        let authority = forwarded("x-forwarded-host")
+            .or(self.authority)
+            .or_else(|| first("host"))?;
+        Some((scheme, authority))
+    }
+}
+
+/// The key a token is bound to by its `cnf` claim (RFC 7800 §3.1): `Some(jkt)` for a DPoP-bound
+/// token (RFC 9449 §6.1: a `cnf` object with a non-empty string `jkt` and nothing else), `None`
+/// for a token without `cnf` (or `null`). Any other confirmation method (`x5t#S256` of RFC 8705,
+/// `jwk`, `jku`, `kid`) cannot be checked here and refuses the token.
+pub fn bound_key(cnf: Option<&serde_json::Value>) -> Result<Option<String>, TokenFault> {
+    let Some(cnf) = cnf.filter(|c| !c.is_null()) else {
+        return Ok(None);
+    };
+    match cnf.as_object() {
+        Some(members) if members.len() == 1 => match members.get("jkt") {
+            Some(serde_json::Value::String(jkt)) if !jkt.is_empty() => Ok(Some(jkt.clone())),
+            _ => Err(TokenFault::SenderConstrained),
+        },
+        _ => Err(TokenFault::SenderConstrained),
+    }
+}
+
+/// Checks proofs for every route that takes DPoP: the settings, the replay store and nonces.
+pub struct Dpop {
+    pub settings: DpopSettings,
+    replay: ReplayStore,
+    nonces: Option<Nonces>,
+    /// `DPoP algs="…"` (RFC 9449 §7.1), rendered once.
+    algs: String,
+}
+
+impl Dpop {
+    /// The checker for `settings`. `evicted` counts in-memory proofs dropped for room. A Redis
+    /// URL that does not parse (the config checks it first: [`replay::check_url`]) makes a
+    /// store that fails every call, closed.
+    pub fn new(settings: DpopSettings, evicted: prometheus::IntCounter) -> Dpop {
+        let ttl = settings.max_age + settings.leeway * 2 + Duration::from_secs(1);
+        let replay = match &settings.replay {
+            ReplaySettings::Memory { capacity } => ReplayStore::memory(*capacity, ttl, evicted),
+            ReplaySettings::Redis {
+                url,
+                timeout,
+                prefix,
+            } => ReplayStore::Redis(replay::RedisStore::new(url, prefix.clone(), *timeout)),
+        };
+        let nonces = settings
+            .nonce
+            .as_ref()
+            .map(|n| Nonces::new(&n.secret, n.lifetime));
+        let algs = settings
+            .algorithms
+            .iter()
+            .map(|a| a.name())
+            .collect::<Vec<_>>()
+            .join(" ");
+        Dpop {
+            settings,
+            replay,
+            nonces,
+            algs,
+        }
+    }
+
+    /// The `algs` attribute's value: the accepted proof algorithms, space-separated.
+    pub fn algs(&self) -> &str {
+        &self.algs
+    }
+
+    /// A fresh nonce, when nonces are on.
+    pub fn nonce(&self, now: i64) -> Option<String> {
+        self.nonces.as_ref().map(|n| n.current(now))
+    }
+
+    /// The local checks of the one `DPoP` header of a request, and its nonce.
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        method: &str,
+        uri: &RequestUri<'_>,
+        token: &str,
+        now: i64,
+    ) -> Result<Checked, DpopFault> {
+        let mut values = headers.get_all("dpop").iter();
+        let proof = values.next().ok_or(DpopFault::Missing)?;
+        if values.next().is_some() {
+            return Err(DpopFault::Multiple);
+        }
+        let checked = proof::check(
+            proof.as_bytes(),
+            &self.settings,
+            method,
+            uri,
+            headers,
+            token,
+            now,
+        )?;
+        if let Some(nonces) = &self.nonces {
+            if !checked
+                .nonce
+                .as_deref()
+                .is_some_and(|n| nonces.accepts(n, now))
+            {
+                return Err(DpopFault::NonceRequired);
+            }
+        }
+        Ok(checked)
+    }
+
+    /// Record the proof's use: `Ok(false)` when it was used before (a replay).
+    pub async fn first_use(&self, proof: &Checked) -> Result<bool, StoreUnavailable> {
+        let ttl = self.settings.max_age + self.settings.leeway * 2 + Duration::from_secs(1);
+        self.replay
+            .first_use(replay::key(&proof.jkt, &proof.jti), ttl)
+            .await
+    }
+
+    /// Proofs remembered in memory now.
+    pub fn replay_entries(&self) -> u64 {
+        self.replay.entries()
+    }
+}
