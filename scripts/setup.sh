@@ -2,7 +2,8 @@
 # Install what building Portcullis needs and a fresh machine may lack.
 # aws-lc-sys (the signature library's C core) builds with cmake and a C compiler.
 # `setup.sh test` also installs what the tests drive: nginx (the forward-auth end-to-end test),
-# Node.js and the authorization server of the interop tests (npm ci in tests/interop).
+# Node.js and the authorization server of the interop tests (npm ci in tests/interop), and
+# redis-server (the shared DPoP replay store).
 # `setup.sh bench` installs what the load benchmark drives: nginx, wrk, openssl, taskset, python3.
 # As root, missing Debian packages are installed with apt-get; otherwise the exact command is
 # printed and the script fails, so nothing is silently assumed.
@@ -18,6 +19,8 @@ fi
 if [ "${1:-}" = test ]; then
   command -v node >/dev/null 2>&1 || need+=(nodejs)
   command -v npm >/dev/null 2>&1 || need+=(npm)
+  # The DPoP replay store shared by two gateways (tests/dpop.rs).
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 fi
 if [ "${1:-}" = bench ]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)

@@ -393,6 +393,7 @@ pub(super) fn resource_metadata(
     raw: &super::raw::RawResourceMetadata,
     routes: &[super::RouteConfig],
     issuers_known: &[String],
+    dpop_algorithms: &[crate::auth::settings::Algorithm],
 ) -> crate::gate::metadata::ResourceMetadata {
     use crate::gate::metadata::{Resource, ResourceMetadata};
     let documentation = raw
@@ -421,6 +422,9 @@ pub(super) fn resource_metadata(
                     scopes_supported: Vec::new(),
                     resource_name: raw.resource_name.clone(),
                     resource_documentation: documentation.clone(),
+                    dpop_algorithms: Vec::new(),
+                    // Until a route that checks tokens says otherwise.
+                    dpop_required: true,
                 });
                 resources.len() - 1
             }
@@ -429,6 +433,13 @@ pub(super) fn resource_metadata(
         if route.auth == super::AuthMode::None {
             continue;
         }
+        if route.policy.dpop != crate::auth::DpopMode::Off && r.dpop_algorithms.is_empty() {
+            r.dpop_algorithms = dpop_algorithms
+                .iter()
+                .map(|a| a.name().to_owned())
+                .collect();
+        }
+        r.dpop_required &= route.policy.dpop == crate::auth::DpopMode::Required;
         let issuers = match route.policy.issuers.is_empty() {
             true => issuers_known,
             false => &route.policy.issuers[..],

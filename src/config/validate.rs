@@ -229,10 +229,13 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         },
         log_subject: raw.log.log_subject.unwrap_or(false),
     };
-    let resource_metadata = raw
-        .resource_metadata
-        .as_ref()
-        .map(|m| super::policy::resource_metadata(&mut p, m, &routes, &issuers_known));
+    let resource_metadata = raw.resource_metadata.as_ref().map(|m| {
+        let algorithms = auth.dpop.as_ref().map_or_else(
+            || crate::auth::dpop::DEFAULT_ALGORITHMS.to_vec(),
+            |d| d.algorithms.clone(),
+        );
+        super::policy::resource_metadata(&mut p, m, &routes, &issuers_known, &algorithms)
+    });
     let identity_names = super::policy::identity_names(
         &identity,
         &routes.iter().map(|r| &r.policy).collect::<Vec<_>>(),

@@ -31,6 +31,12 @@ pub struct Resource {
     pub scopes_supported: Vec<String>,
     pub resource_name: Option<String>,
     pub resource_documentation: Option<String>,
+    /// `dpop_signing_alg_values_supported`: the proof algorithms, when a route of the resource
+    /// takes DPoP-bound tokens (RFC 9728 §2, RFC 9449).
+    pub dpop_algorithms: Vec<String>,
+    /// `dpop_bound_access_tokens_required`: every route of the resource that checks tokens
+    /// takes DPoP-bound tokens only.
+    pub dpop_required: bool,
 }
 
 impl Resource {
@@ -63,6 +69,10 @@ impl Resource {
         }
         if let Some(url) = &self.resource_documentation {
             doc["resource_documentation"] = url.clone().into();
+        }
+        if !self.dpop_algorithms.is_empty() {
+            doc["dpop_signing_alg_values_supported"] = self.dpop_algorithms.clone().into();
+            doc["dpop_bound_access_tokens_required"] = self.dpop_required.into();
         }
         Bytes::from(doc.to_string())
     }
@@ -101,6 +111,8 @@ mod tests {
             scopes_supported: vec!["read".into()],
             resource_name: None,
             resource_documentation: None,
+            dpop_algorithms: Vec::new(),
+            dpop_required: false,
         }
     }
 
