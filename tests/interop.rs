@@ -59,6 +59,11 @@ name = "mfa"
 path_prefix = "/mfa"
 upstreams = ["{up}"]
 acr_values = ["urn:example:mfa"]
+[[routes]]
+name = "dpop"
+path_prefix = "/dpop"
+upstreams = ["{up}"]
+dpop = "required"
 "#
     )
 }
@@ -638,4 +643,68 @@ async fn step_up_and_refresh_tokens_against_the_provider() {
         hits,
         "step `nothing reached the upstream` broke"
     );
+}
+
+/// DPoP (RFC 9449): the provider binds a JWT and an opaque token to the client's key; each
+/// passes with the `DPoP` scheme and a fresh proof by that key, and is refused as a bearer
+/// token, with a replayed proof, and with a proof by another key.
+#[tokio::test(flavor = "multi_thread")]
+async fn dpop_bound_tokens_from_the_provider_pass_with_their_proofs_only() {
+    use portcullis::config::Algorithm;
+    use portcullis::devkeys::DevKey;
+    let world = World::start().await;
+    let key = DevKey::generate(Algorithm::ES256, "client");
+    let stranger = DevKey::generate(Algorithm::ES256, "stranger");
+    for resource in [JWT_RESOURCE, OPAQUE_RESOURCE] {
+        let (tokens, token_type) = world
+            .op
+            .client_credentials_dpop("orders:read", resource, &key)
+            .await;
+        assert_eq!(
+            token_type, "DPoP",
+            "step `a DPoP-bound token for {resource}` broke"
+        );
+        let token = tokens.access_token;
+        let url = format!("http://{}/dpop/orders", world.gateway.proxy);
+        let send = |proof: Option<String>, scheme: &str| {
+            let mut req = client()
+                .get(&url)
+                .header("authorization", format!("{scheme} {token}"));
+            if let Some(p) = proof {
+                req = req.header("dpop", p);
+            }
+            async move { req.send().await.expect("the gateway answers") }
+        };
+        let hits = world.up.hits();
+        let proof = key.dpop_proof("GET", &url, &token, &serde_json::json!({}));
+        let r = send(Some(proof.clone()), "DPoP").await;
+        assert_eq!(
+            r.status(),
+            200,
+            "step `{resource} with its proof` broke: {:?}",
+            r.headers().get("www-authenticate")
+        );
+        assert_eq!(world.up.hits(), hits + 1);
+        assert_eq!(
+            last_identity(&world, "DPoP identity")[1].as_deref(),
+            Some(SERVICE_CLIENT.0)
+        );
+        for (step, proof, scheme) in [
+            ("replayed proof", Some(proof), "DPoP"),
+            ("as a bearer token", None, "Bearer"),
+            (
+                "a proof by another key",
+                Some(stranger.dpop_proof("GET", &url, &token, &serde_json::json!({}))),
+                "DPoP",
+            ),
+        ] {
+            let r = send(proof, scheme).await;
+            assert_eq!(r.status(), 401, "step `{resource}: {step}` broke");
+        }
+        assert_eq!(
+            world.up.hits(),
+            hits + 1,
+            "nothing refused reached the upstream"
+        );
+    }
 }

@@ -160,6 +160,52 @@ impl OidcProvider {
         self.token(&step, Some(SERVICE_CLIENT), &form).await
     }
 
+    /// The client credentials grant for `orders-service` with a DPoP proof by `key` (RFC 9449
+    /// §5): the token is bound to the key. Also returns the answer's `token_type`.
+    pub async fn client_credentials_dpop(
+        &self,
+        scope: &str,
+        resource: &str,
+        key: &portcullis::devkeys::DevKey,
+    ) -> (Tokens, String) {
+        let step = format!("DPoP client credentials grant for {scope} at {resource}");
+        let url = self.url("/token");
+        // No `ath` at the token endpoint: there is no access token yet.
+        let proof = key.dpop_proof("POST", &url, "", &serde_json::json!({ "ath": null }));
+        let response = super::client()
+            .post(&url)
+            .basic_auth(SERVICE_CLIENT.0, Some(SERVICE_CLIENT.1))
+            .header("dpop", proof)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", scope),
+                ("resource", resource),
+            ])
+            .send()
+            .await
+            .unwrap_or_else(|e| self.broke(&step, format!("{e:?}")));
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if status != 200 {
+            self.broke(&step, format!("/token answered {status}: {body}"));
+        }
+        let v: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|_| self.broke(&step, format!("non-JSON: {body}")));
+        let access_token = v["access_token"]
+            .as_str()
+            .unwrap_or_else(|| self.broke(&step, format!("no access_token in {v}")))
+            .to_owned();
+        let tokens = Tokens {
+            access_token,
+            refresh_token: None,
+            id_token: None,
+        };
+        (
+            tokens,
+            v["token_type"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
     /// The authorization code grant with PKCE (RFC 7636) for the public client `orders-cli`:
     /// the browser part runs on the provider's login and consent pages as user `login`.
     pub async fn authorization_code(&self, login: &str, scope: &str, resource: &str) -> Tokens {

@@ -13,7 +13,8 @@
 //     orders-service  confidential, client credentials
 //     orders-cli      public (PKCE), authorization code, device authorization, refresh token
 //     portcullis      the gateway's own client: introspection (RFC 7662) only
-// - revocation (RFC 7009), and ID tokens signed RS256.
+// - revocation (RFC 7009), ID tokens signed RS256, and DPoP-bound access tokens (RFC 9449) for
+//   a token request that carries a DPoP proof.
 //
 // Test control, not part of any standard: POST /interop/rotate puts a new ES256 key first in the
 // key set (so it signs from then on) and keeps the old one published, as a provider rotating its
@@ -89,6 +90,9 @@ function configuration() {
     features: {
       devInteractions: { enabled: true },
       clientCredentials: { enabled: true },
+      // RFC 9449: a token request with a DPoP proof gets a token bound to the proof's key
+      // (`token_type: DPoP`, `cnf.jkt` in the JWT and in the introspection answer).
+      dPoP: { enabled: true },
       deviceFlow: { enabled: true },
       introspection: { enabled: true },
       revocation: { enabled: true },
