@@ -621,3 +621,45 @@ async fn two_gateways_sharing_redis_refuse_a_proof_replayed_on_the_other_and_fai
         1.0
     );
 }
+
+/// Behind another proxy: the decision endpoint checks the proof against the original request
+/// the asking proxy describes (`X-Original-*`, `X-Forwarded-Proto` / `-Host`).
+#[tokio::test]
+async fn the_decision_endpoint_checks_proofs_against_the_original_request() {
+    let w = World::start("[decision]\nlisten = \"127.0.0.1:0\"\nconvention = \"nginx\"\n").await;
+    w.ready().await;
+    let decision = w.gw.decision_addr.expect("decision listener");
+    let token = w.token(Some(&w.client_key));
+    let ask = |proof: String| {
+        client()
+            .get(format!("http://{decision}/auth"))
+            .header("x-original-method", "GET")
+            .header("x-original-uri", "/req/a?x=1")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "api.example.com")
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .send()
+    };
+    let proof = w
+        .client_key
+        .dpop_proof("GET", "https://api.example.com/req/a", &token, &json!({}));
+    let r = ask(proof.clone()).await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", challenges(&r));
+    assert_eq!(r.headers()["x-auth-subject"], "user-7");
+    let r = ask(proof).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        error_of(&r).starts_with("DPoP realm=\"api\""),
+        "{}",
+        error_of(&r)
+    );
+    // A proof for the decision endpoint's own address is not one for the original request.
+    let own = w.client_key.dpop_proof(
+        "GET",
+        &format!("http://{decision}/req/a"),
+        &token,
+        &json!({}),
+    );
+    assert_eq!(ask(own).await.unwrap().status(), 401);
+}

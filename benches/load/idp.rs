@@ -7,7 +7,13 @@
 //! - `reused.txt`: one RS256 token (the common case: a client reusing its access token);
 //! - `rs256.txt`, `es256.txt`: `count` distinct valid tokens each;
 //! - `forged.txt`: the RS256 tokens, each with its signature altered (the rejection path);
-//! - `opaque.txt`: `count / 10` opaque tokens that introspection calls active.
+//! - `opaque.txt`: `count / 10` opaque tokens that introspection calls active;
+//! - `dpop-token.txt`: one RS256 token bound to a DPoP client key (`cnf.jkt`, RFC 9449).
+//!
+//! `POST /proofs?count=N&out=FILE` writes `N` fresh DPoP proofs by that client key for
+//! `GET http://bench.example/dpop` with that token, one per line, each with its own `jti`, and
+//! answers when the file is complete: the DPoP scenario asks for a new file before each run,
+//! since a proof is accepted once.
 //!
 //! Then it prints `ready http://127.0.0.1:PORT` and serves until killed. `GET /stats` answers
 //! `{"jwks":N,"introspect":N}`: how often each endpoint was called, so the script can show that
@@ -75,6 +81,12 @@ async fn main() {
             .collect::<Vec<_>>(),
     );
 
+    let client = Arc::new(DevKey::generate(Algorithm::ES256, "dpop-client"));
+    let mut bound = claims(&issuer, count);
+    bound["cnf"] = json!({ "jkt": client.thumbprint() });
+    let dpop_token: Arc<str> = Arc::from(rs.sign(&bound));
+    write("dpop-token.txt", &[dpop_token.to_string()]);
+
     let keys = jwks(&[&rs, &es]).to_string();
     let counters = Arc::new(Counters::default());
     println!("ready {issuer}");
@@ -83,16 +95,57 @@ async fn main() {
             continue;
         };
         let (keys, counters, issuer) = (keys.clone(), counters.clone(), issuer.clone());
+        let (client, dpop_token) = (client.clone(), dpop_token.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let (keys, counters, issuer) = (keys.clone(), counters.clone(), issuer.clone());
-                async move { Ok::<_, Infallible>(answer(req, &keys, &counters, &issuer).await) }
+                let (client, dpop_token) = (client.clone(), dpop_token.clone());
+                async move {
+                    if req.uri().path() == "/proofs" {
+                        return Ok::<_, Infallible>(proofs(&req, client, dpop_token).await);
+                    }
+                    Ok::<_, Infallible>(answer(req, &keys, &counters, &issuer).await)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
+}
+
+/// `POST /proofs?count=N&out=FILE`: N fresh proofs for the DPoP scenario, one per line.
+async fn proofs(
+    req: &Request<Incoming>,
+    client: Arc<DevKey>,
+    token: Arc<str>,
+) -> Response<Full<Bytes>> {
+    let query = req.uri().query().unwrap_or_default();
+    let param = |name: &str| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    let (Some(count), Some(out)) = (param("count").and_then(|c| c.parse().ok()), param("out"))
+    else {
+        return Response::builder()
+            .status(400)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+    };
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let file = std::fs::File::create(out).unwrap();
+        let mut w = std::io::BufWriter::new(file);
+        for _ in 0..count {
+            let proof = client.dpop_proof("GET", "http://bench.example/dpop", &token, &json!({}));
+            writeln!(w, "{proof}").unwrap();
+        }
+        w.flush().unwrap();
+    })
+    .await
+    .unwrap();
+    Response::new(Full::new(Bytes::from_static(b"{}")))
 }
 
 /// The token with one character in the middle of its signature changed: it still decodes, and

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,10 +55,17 @@ SCENARIOS = [
     # every request costs (against "jwt").
     ("portcullis, JWT, one reused token, rate-limited route", "cached", "/jwt-limited",
      "reused.txt", "2xx"),
+    # The reused bound token with a fresh ES256 proof per request (RFC 9449): one more
+    # signature check and a replay-cache insert per request (against "jwt").
+    ("portcullis, DPoP, one reused token, fresh ES256 proof per request", "cached", "/dpop",
+     "dpop", "2xx"),
 ]
 # Short names for --only, in the order above.
 KEYS = ["direct", "nginx", "bare", "none", "jwt", "rs256", "es256", "forged", "opaque", "none+jwt",
-        "jwt+limit"]
+        "jwt+limit", "dpop"]
+# Proofs minted per second of a DPoP run: above any rate one proxy core reaches, since a proof
+# is accepted once and a run that ran out would replay.
+DPOP_PROOFS_PER_SECOND = 40000
 
 WRK_DYNAMIC = r"""
 local reqs, i = {}, 0
@@ -71,6 +79,22 @@ end
 request = function()
   i = i % #reqs + 1
   return reqs[i]
+end
+"""
+
+WRK_DPOP = r"""
+local token, proofs
+init = function(args)
+  proofs = assert(io.open(args[1]))
+  token = assert(io.open(args[2])):read("*l")
+end
+request = function()
+  local proof = proofs:read("*l")
+  if not proof then
+    error("out of DPoP proofs: raise DPOP_PROOFS_PER_SECOND in run.py")
+  end
+  return wrk.format(nil, nil, { ["Authorization"] = "DPoP " .. token, ["DPoP"] = proof,
+                                ["Host"] = "bench.example" })
 end
 """
 
@@ -175,6 +199,7 @@ def run(args, work, procs):
     targets.update({k: (p, port) for k, (p, port, _) in gateways.items()})
     static = write(work, "static.lua", WRK_DONE)
     dynamic = write(work, "dynamic.lua", WRK_DYNAMIC + WRK_DONE)
+    dpop_script = write(work, "dpop.lua", WRK_DPOP + WRK_DONE)
     chosen = ([SCENARIOS[KEYS.index(k)] for k in args.only.split(",")] if args.only
               else SCENARIOS)
     results = {s[0]: [] for s in chosen}
@@ -184,6 +209,9 @@ def run(args, work, procs):
             proc, port = targets[target]
             url = f"http://127.0.0.1:{port}{path}"
             script = [dynamic, os.path.join(work, tokens)] if tokens else [static]
+            if tokens == "dpop":
+                script = lambda seconds: [dpop_script, mint_proofs(issuer, work, seconds),
+                                          os.path.join(work, "dpop-token.txt")]
             log(f"round {r + 1}/{args.rounds}: {name}")
             reset_peak_rss(proc.pid)
             wrk(args, url, script, args.warmup)
@@ -232,6 +260,7 @@ def run_two_workers(args, work, procs):
     wait_ready(f"http://127.0.0.1:{nginx_port}/", 30)
     static = write(work, "static.lua", WRK_DONE)
     dynamic = write(work, "dynamic.lua", WRK_DYNAMIC + WRK_DONE)
+    dpop_script = write(work, "dpop.lua", WRK_DPOP + WRK_DONE)
     chosen = [("nginx proxy (2 workers), no auth", nginx_port, "/", None),
               ("portcullis (threads = 2), auth = none", port, "/none", None),
               ("portcullis (threads = 2), JWT, one reused token", port, "/jwt", "reused.txt")]
@@ -398,7 +427,19 @@ def render(args, results, rsa_verify, p256_verify, stats, starts):
     return "\n".join(lines) + "\n"
 
 
+def mint_proofs(issuer, work, seconds):
+    """A fresh file of DPoP proofs for one run of `seconds`, minted by the identity provider."""
+    out = os.path.join(work, "dpop-proofs.txt")
+    count = DPOP_PROOFS_PER_SECOND * seconds
+    query = urllib.parse.urlencode({"count": count, "out": out})
+    urllib.request.urlopen(urllib.request.Request(f"{issuer}/proofs?{query}", method="POST"),
+                           timeout=600).read()
+    return out
+
+
 def wrk(args, url, script, seconds, cores=LOAD_CORE, threads=1):
+    if callable(script):
+        script = script(seconds)
     cmd = ["taskset", "-c", cores, "wrk", f"-t{threads}", f"-c{args.connections}", f"-d{seconds}s",
            "--timeout", "5s", "-s", script[0], url]
     if len(script) > 1:
@@ -489,6 +530,13 @@ token_types = ["jwt"]
 key = "sub"
 requests = 1000000000
 per = "1s"
+[[routes]]
+name = "dpop"
+path_prefix = "/dpop"
+upstreams = ["127.0.0.1:{upstream_port}"]
+scopes = ["orders:read"]
+token_types = ["jwt"]
+dpop = "required"
 [[routes]]
 name = "opaque"
 path_prefix = "/opaque"
