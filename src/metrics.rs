@@ -52,10 +52,10 @@ pub struct Metrics {
     /// slow; phase `header` (`client_header_timeout`), `body` (`client_body_timeout`) or `send`
     /// (`send_timeout`).
     pub client_timeouts: IntCounterVec,
-    /// `portcullis_dpop_replay_evictions_total`: proofs dropped from the in-memory replay cache
-    /// for room before their window ended. Above 0, a replay of such a proof would pass:
-    /// raise `[dpop] replay_cache_capacity`.
-    pub dpop_replay_evictions: IntCounter,
+    /// `portcullis_dpop_replay_cache_full_total`: proofs refused (503) because the in-memory
+    /// replay set was full of proofs still inside their window: raise
+    /// `[dpop] replay_cache_capacity`.
+    pub dpop_replay_full: IntCounter,
     /// `portcullis_dpop_replay_cache_entries`: proofs remembered in memory, set at each scrape.
     pub dpop_replay_entries: IntGauge,
 }
@@ -294,15 +294,15 @@ impl Metrics {
             ),
             &["phase"],
         )?;
-        let dpop_replay_evictions = IntCounter::new(
-            "portcullis_dpop_replay_evictions_total",
-            "DPoP proofs dropped from the in-memory replay cache for room before their window ended.",
+        let dpop_replay_full = IntCounter::new(
+            "portcullis_dpop_replay_cache_full_total",
+            "DPoP proofs refused because the in-memory replay set was full of live proofs.",
         )?;
         let dpop_replay_entries = IntGauge::new(
             "portcullis_dpop_replay_cache_entries",
             "DPoP proofs remembered in memory against replay.",
         )?;
-        registry.register(Box::new(dpop_replay_evictions.clone()))?;
+        registry.register(Box::new(dpop_replay_full.clone()))?;
         registry.register(Box::new(dpop_replay_entries.clone()))?;
         registry.register(Box::new(introspection_duration.clone()))?;
         registry.register(Box::new(introspection_cache_entries.clone()))?;
@@ -365,7 +365,7 @@ impl Metrics {
             introspection_cache_entries,
             introspection_in_flight,
             client_timeouts,
-            dpop_replay_evictions,
+            dpop_replay_full,
             dpop_replay_entries,
         })
     }

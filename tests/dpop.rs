@@ -31,11 +31,16 @@ const SECRET_ENV: &str = "PORTCULLIS_TEST_DPOP_INTROSPECTION_SECRET";
 
 impl World {
     async fn start(dpop: &str) -> World {
+        World::start_with(dpop, "").await
+    }
+
+    /// [`World::start`] with more keys for the issuer and for `[introspection]`.
+    async fn start_with(dpop: &str, issuer_extra: &str) -> World {
         let signing = DevKey::generate(Algorithm::ES256, "idp");
         let idp = MockIdp::start(&[&signing]).await;
         let az = MockAs::start().await;
         let up = EchoUpstream::start("app").await;
-        let gw = World::gateway(&idp, &az, &up, dpop);
+        let gw = World::gateway_with(&idp, &az, &up, dpop, issuer_extra);
         World {
             gw,
             up,
@@ -46,6 +51,16 @@ impl World {
     }
 
     fn gateway(idp: &MockIdp, az: &MockAs, up: &EchoUpstream, dpop: &str) -> RunningApp {
+        World::gateway_with(idp, az, up, dpop, "")
+    }
+
+    fn gateway_with(
+        idp: &MockIdp,
+        az: &MockAs,
+        up: &EchoUpstream,
+        dpop: &str,
+        issuer_extra: &str,
+    ) -> RunningApp {
         std::env::set_var(SECRET_ENV, common::authz::CLIENT_SECRET);
         common::start_gateway(&format!(
             r#"{dpop}
@@ -54,12 +69,14 @@ issuer = "{issuer}"
 discovery = true
 audiences = ["api"]
 algorithms = ["ES256"]
+{issuer_extra}
 [introspection]
 endpoint = "{endpoint}"
 issuer = "{az_issuer}"
 client_id = "gateway client"
 client_secret_env = "{SECRET_ENV}"
 audiences = ["api"]
+{issuer_extra}
 [resource_metadata]
 resource = "https://api.example.com"
 [[routes]]
@@ -76,6 +93,12 @@ dpop = "required"
 name = "off"
 path_prefix = "/off"
 upstreams = ["{up}"]
+[[routes]]
+name = "fwd"
+path_prefix = "/fwd"
+upstreams = ["{up}"]
+dpop = "required"
+forward_token = true
 "#,
             issuer = idp.issuer(),
             endpoint = az.endpoint(),
@@ -185,7 +208,7 @@ async fn a_bound_token_with_its_proof_passes_once_and_its_replay_is_refused() {
         ),
         2.0
     );
-    assert_eq!(m.get("portcullis_dpop_replay_evictions_total", &[]), 0.0);
+    assert_eq!(m.get("portcullis_dpop_replay_cache_full_total", &[]), 0.0);
 }
 
 #[tokio::test]
@@ -662,4 +685,132 @@ async fn the_decision_endpoint_checks_proofs_against_the_original_request() {
         &json!({}),
     );
     assert_eq!(ask(own).await.unwrap().status(), 401);
+}
+
+/// Red team: a client flooding its own fresh proofs made a replay cache with eviction forget a
+/// victim's proof, which was then accepted again. A full set refuses new proofs (503) instead,
+/// and the victim's proof stays a replay.
+#[tokio::test]
+async fn a_flood_of_fresh_proofs_never_makes_the_gateway_forget_a_used_one() {
+    let w = World::start("[dpop]\nreplay_cache_capacity = 10\n").await;
+    w.ready().await;
+    let victim = w.token(Some(&w.client_key));
+    let victim_proof = w.proof("/req/v", &victim);
+    let auth = format!("DPoP {victim}");
+    assert_eq!(
+        w.send("GET", "/req/v", &auth, &[&victim_proof])
+            .await
+            .status(),
+        200
+    );
+    let attacker_key = DevKey::generate(Algorithm::ES256, "attacker");
+    let attacker = w.token(Some(&attacker_key));
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let proof = attacker_key.dpop_proof("GET", &w.url("/req/v"), &attacker, &json!({}));
+        let r = w
+            .send("GET", "/req/v", &format!("DPoP {attacker}"), &[&proof])
+            .await;
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        9,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 503).count(),
+        21,
+        "{statuses:?}"
+    );
+    let r = w.send("GET", "/req/v", &auth, &[&victim_proof]).await;
+    assert_eq!(r.status(), 401, "the victim's proof is still a replay");
+    assert_eq!(w.up.hits(), 10);
+    let m = scrape_until(w.gw.metrics_addr, |m| {
+        m.get("portcullis_dpop_replay_cache_full_total", &[]) == 21.0
+    })
+    .await;
+    assert_eq!(m.get("portcullis_dpop_replay_cache_entries", &[]), 10.0);
+}
+
+/// The proof goes with the token it names: removed from the forwarded request unless the
+/// route forwards the token (red team: proofs landed in upstream logs).
+#[tokio::test]
+async fn the_proof_is_forwarded_only_with_the_token() {
+    let w = World::start("").await;
+    w.ready().await;
+    let token = w.token(Some(&w.client_key));
+    let r = w
+        .send(
+            "GET",
+            "/opt/p",
+            &format!("DPoP {token}"),
+            &[&w.proof("/opt/p", &token)],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let unbound = w.token(None);
+    let r = w
+        .send(
+            "GET",
+            "/opt/p",
+            &format!("Bearer {unbound}"),
+            &[&w.proof("/opt/p", &unbound)],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    for seen in w.up.seen() {
+        assert!(!seen.headers.contains_key("dpop"), "{:?}", seen.headers);
+        assert!(!seen.headers.contains_key("authorization"));
+    }
+    let proof = w.proof("/fwd/p", &token);
+    let r = w
+        .send("GET", "/fwd/p", &format!("DPoP {token}"), &[&proof])
+        .await;
+    assert_eq!(r.status(), 200);
+    let last = w.up.seen().pop().unwrap();
+    assert_eq!(last.headers["dpop"], proof.as_str());
+    assert_eq!(
+        last.headers["authorization"],
+        format!("DPoP {token}").as_str()
+    );
+}
+
+/// `require_dpop` on an issuer (and on `[introspection]`): its unbound tokens are refused on
+/// every route, while its bound tokens pass with their proofs.
+#[tokio::test]
+async fn an_issuer_that_requires_dpop_has_its_bearer_tokens_refused_everywhere() {
+    let w = World::start_with("", "require_dpop = true").await;
+    w.ready().await;
+    let unbound = w.token(None);
+    for path in ["/opt/i", "/off/i"] {
+        let r = w.send("GET", path, &format!("Bearer {unbound}"), &[]).await;
+        assert_eq!(r.status(), 401, "{path}");
+        assert!(error_of(&r).contains("error=\"invalid_token\""), "{path}");
+    }
+    w.az.activate("opaque-unbound", "read");
+    let r = w.send("GET", "/opt/i", "Bearer opaque-unbound", &[]).await;
+    assert_eq!(r.status(), 401);
+    let bound = w.token(Some(&w.client_key));
+    let r = w
+        .send(
+            "GET",
+            "/opt/i",
+            &format!("DPoP {bound}"),
+            &[&w.proof("/opt/i", &bound)],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(w.up.hits(), 1);
+    let m = scrape_until(w.gw.metrics_addr, |m| {
+        m.get(
+            "portcullis_auth_decisions_total",
+            &[("outcome", "dpop_unbound_token")],
+        ) == 3.0
+    })
+    .await;
+    assert_eq!(
+        m.get("portcullis_auth_decisions_total", &[("outcome", "allowed")]),
+        1.0
+    );
 }

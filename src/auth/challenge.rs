@@ -175,7 +175,7 @@ fn describe(error: &AuthError) -> (u16, Option<&'static str>, &'static str) {
         AuthError::InvalidRequest(BearerFault::Malformed) => (
             400,
             Some("invalid_request"),
-            "The Authorization header is not a well-formed bearer token.",
+            "The Authorization header is not a well-formed Bearer or DPoP credential.",
         ),
         AuthError::InvalidToken(fault) => (401, Some("invalid_token"), token_description(*fault)),
         AuthError::InsufficientScope => (
@@ -201,7 +201,7 @@ fn describe(error: &AuthError) -> (u16, Option<&'static str>, &'static str) {
         AuthError::ReplayStoreUnavailable { .. } => (
             503,
             Some("temporarily_unavailable"),
-            "The DPoP replay store cannot be reached; retry later.",
+            "The DPoP proof cannot be recorded against replay now; retry later with a new proof.",
         ),
         AuthError::DpopRequired => (
             401,
@@ -211,7 +211,7 @@ fn describe(error: &AuthError) -> (u16, Option<&'static str>, &'static str) {
         AuthError::InvalidProof(DpopFault::NonceRequired) => (
             401,
             Some("use_dpop_nonce"),
-            "The DPoP proof must carry the nonce in the DPoP-Nonce header.",
+            "The DPoP proof must carry the nonce of the DPoP-Nonce header in its nonce claim.",
         ),
         AuthError::InvalidProof(fault) => {
             (401, Some("invalid_dpop_proof"), proof_description(*fault))
@@ -261,6 +261,9 @@ fn token_description(fault: TokenFault) -> &'static str {
             "The access token is DPoP-bound: send it with the DPoP scheme and a DPoP proof."
         }
         TokenFault::NotDpopBound => "The DPoP scheme needs a DPoP-bound access token.",
+        TokenFault::UnboundFromDpopIssuer => {
+            "Tokens of this issuer are accepted only DPoP-bound: get one with a DPoP proof."
+        }
         TokenFault::UnsafeClaim => {
             "The access token carries a claim that cannot be passed on (control characters, length, padding or scope syntax)."
         }

@@ -103,6 +103,8 @@ pub enum TokenFault {
     DpopBoundAsBearer,
     /// The `DPoP` scheme with a token that is not DPoP-bound (no `cnf.jkt`, RFC 9449 §7.1).
     NotDpopBound,
+    /// An unbound token from an issuer whose tokens must be DPoP-bound (`require_dpop`).
+    UnboundFromDpopIssuer,
 }
 
 impl TokenFault {
@@ -129,6 +131,7 @@ impl TokenFault {
             TokenFault::SenderConstrained => "sender_constrained",
             TokenFault::DpopBoundAsBearer => "dpop_bound_token_as_bearer",
             TokenFault::NotDpopBound => "dpop_token_not_bound",
+            TokenFault::UnboundFromDpopIssuer => "dpop_unbound_token",
         }
     }
 }
@@ -136,7 +139,7 @@ impl TokenFault {
 impl AuthError {
     /// Every value of [`AuthError::kind`], and `allowed`: the `outcome` label's whole set, so
     /// that its series exist (at 0) before the first such decision.
-    pub const OUTCOMES: [&'static str; 42] = [
+    pub const OUTCOMES: [&'static str; 43] = [
         "allowed",
         "missing_token",
         "invalid_request",
@@ -162,6 +165,7 @@ impl AuthError {
         "idp_unavailable",
         "dpop_bound_token_as_bearer",
         "dpop_token_not_bound",
+        "dpop_unbound_token",
         "dpop_required",
         "dpop_replay_store_unavailable",
         "dpop_proof_missing",
@@ -227,6 +231,7 @@ mod tests {
             SenderConstrained,
             DpopBoundAsBearer,
             NotDpopBound,
+            UnboundFromDpopIssuer,
         ];
         let errors = faults
             .into_iter()

@@ -256,6 +256,7 @@ mod tests {
             scope_claim: crate::auth::settings::ScopeClaim::Scope,
             max_token_lifetime: None,
             allow_insecure_http: false,
+            require_dpop: false,
         };
         let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
         let keys = IssuerKeys::new(issuer, fetch::http_client(), metrics);

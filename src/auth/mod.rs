@@ -117,6 +117,8 @@ pub struct Verified {
     /// `cnf.jkt`: the token is DPoP-bound to the key with this RFC 7638 thumbprint, and valid
     /// only with a proof by that key (RFC 9449 §6).
     pub jkt: Option<String>,
+    /// The token's issuer (`require_dpop`) accepts its tokens only DPoP-bound.
+    pub dpop_required: bool,
 }
 
 /// A request the auth core lets through: who it acts for, and the headers that tell the
@@ -266,6 +268,9 @@ fn binding(
     proof: Option<&dpop::Checked>,
 ) -> Result<(), AuthError> {
     match (principal.verified.jkt.as_deref(), proof) {
+        (None, None) if principal.verified.dpop_required => {
+            Err(AuthError::InvalidToken(TokenFault::UnboundFromDpopIssuer))
+        }
         (None, None) => Ok(()),
         (Some(_), None) if mode == DpopMode::Off => {
             Err(AuthError::InvalidToken(TokenFault::SenderConstrained))
@@ -289,6 +294,7 @@ pub enum TokenSource {
 struct Issuer {
     keys: Arc<IssuerKeys>,
     rules: ClaimRules,
+    require_dpop: bool,
 }
 
 /// Decides whether a request may pass.
@@ -318,6 +324,7 @@ impl Authenticator {
             .issuers
             .iter()
             .map(|c| Issuer {
+                require_dpop: c.require_dpop,
                 rules: ClaimRules {
                     audiences: c.audiences.clone(),
                     leeway: c.leeway,
@@ -347,7 +354,7 @@ impl Authenticator {
             dpop: config
                 .dpop
                 .clone()
-                .map(|d| Dpop::new(d, metrics.dpop_replay_evictions.clone())),
+                .map(|d| Dpop::new(d, metrics.dpop_replay_full.clone())),
             max_token_size: config.tokens.max_size,
             keep_claims: config.keep_claims,
             cache_hits: metrics.token_cache.with_label_values(&["hit"]),
@@ -498,7 +505,7 @@ impl Authenticator {
         };
         // Last, so that only a request that would pass costs a replay-store call.
         if let (Some(proof), Some(d)) = (&proof, dpop) {
-            match d.first_use(proof).await {
+            match d.first_use(proof, seconds).await {
                 Ok(true) => {}
                 Ok(false) => return Err(AuthError::InvalidProof(DpopFault::Replayed)),
                 Err(dpop::StoreUnavailable) => {
@@ -602,7 +609,7 @@ impl Authenticator {
             )
             .map_err(AuthError::InvalidToken)?
             .with_verified(
-                self.verified_jwt(&parsed)
+                self.verified_jwt(&parsed, issuer.require_dpop)
                     .map_err(AuthError::InvalidToken)?,
             ),
         );
@@ -622,7 +629,11 @@ impl Authenticator {
     /// What route policies read of a verified JWT. When the claim set is kept, one that cannot
     /// be read whole (a repeated member name at any depth, a lone surrogate escape) refuses the
     /// token: its rules and headers would read something else than an upstream may.
-    fn verified_jwt(&self, parsed: &jwt::Unverified<'_>) -> Result<Verified, TokenFault> {
+    fn verified_jwt(
+        &self,
+        parsed: &jwt::Unverified<'_>,
+        dpop_required: bool,
+    ) -> Result<Verified, TokenFault> {
         let c = &parsed.claims;
         let whole = match self.keep_claims {
             true => Some(jwt::claim_set(parsed.signing_input).ok_or(TokenFault::Malformed)?),
@@ -640,6 +651,7 @@ impl Authenticator {
             encoded: whole.as_ref().map(|(_, payload)| Arc::from(*payload)),
             claims: whole.map(|(set, _)| Arc::new(set)),
             jkt: dpop::bound_key(c.cnf.as_ref())?,
+            dpop_required,
         })
     }
 

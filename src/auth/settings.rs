@@ -146,6 +146,9 @@ pub struct IssuerConfig {
     /// `allow_insecure_http`, default `false`: permit `http://` key and discovery URLs that are
     /// not on a loopback address.
     pub allow_insecure_http: bool,
+    /// `require_dpop`, default `false`: the issuer's tokens pass only DPoP-bound, with their
+    /// proofs (RFC 9449), on every route.
+    pub require_dpop: bool,
 }
 
 /// `[introspection]`: opaque tokens checked at the authorization server (RFC 7662).
@@ -186,6 +189,9 @@ pub struct IntrospectionConfig {
     pub leeway: Duration,
     /// `allow_insecure_http`, default `false`: permit a plain-http endpoint off loopback.
     pub allow_insecure_http: bool,
+    /// `require_dpop`, default `false`: introspected tokens pass only DPoP-bound (`cnf.jkt`),
+    /// with their proofs (RFC 9449), on every route.
+    pub require_dpop: bool,
 }
 
 /// How the gateway authenticates to the introspection endpoint (RFC 6749 §2.3.1).

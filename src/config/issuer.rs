@@ -83,6 +83,7 @@ pub(super) fn issuer(p: &mut Problems, key: &str, raw: &RawIssuer) -> Option<Iss
         scope_claim,
         max_token_lifetime,
         allow_insecure_http: insecure_ok,
+        require_dpop: raw.require_dpop.unwrap_or(false),
     })
 }
 

@@ -198,6 +198,7 @@ pub struct RawIssuer {
     pub scope_claim: Option<String>,
     pub max_token_lifetime: Option<String>,
     pub allow_insecure_http: Option<bool>,
+    pub require_dpop: Option<bool>,
 }
 
 /// `[introspection]`.
@@ -219,6 +220,7 @@ pub struct RawIntrospection {
     pub allow_any_audience: Option<bool>,
     pub leeway: Option<String>,
     pub allow_insecure_http: Option<bool>,
+    pub require_dpop: Option<bool>,
 }
 
 /// One `[[routes]]` entry.

@@ -547,6 +547,7 @@ fn introspection(p: &mut Problems, raw: &RawIntrospection) -> Option<Introspecti
         allow_any_audience,
         leeway,
         allow_insecure_http: insecure_ok,
+        require_dpop: raw.require_dpop.unwrap_or(false),
     })
 }
 

@@ -25,6 +25,9 @@ use crate::metrics::{method_label, status_class, Metrics, UpstreamErrorKind, NO_
 use crate::response::Synthetic;
 use crate::routing::Route;
 
+/// The DPoP proof header (RFC 9449 §4.1).
+static DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
+
 /// What every worker shares: the gate, the metrics, the upstream groups and the settings.
 pub struct Shared {
     pub gate: Arc<Gate>,
@@ -437,7 +440,9 @@ async fn forward(
         headers::set_identity_headers(map, grant);
     }
     if !route.forward_token {
+        // The DPoP proof goes with the token it names: both are the client's credentials.
         map.remove(http::header::AUTHORIZATION);
+        map.remove(&DPOP);
     }
     // hyper frames the forwarded body itself, from the body it streams: one valid length or
     // chunked (RFC 9110 §8.6). `Expect` was answered here, on the client's hop.

@@ -239,11 +239,13 @@ impl<'a> RequestUri<'a> {
     where
         'a: 'h,
     {
-        let first = |name: &str| -> Option<&'h str> {
-            let value = headers.get(name)?.to_str().ok()?;
-            Some(value.split(',').next()?.trim()).filter(|v| !v.is_empty())
+        // The last value of the last field line: what the proxy in front set or appended
+        // (a client's own values come before it).
+        let last = |name: &str| -> Option<&'h str> {
+            let value = headers.get_all(name).iter().next_back()?.to_str().ok()?;
+            Some(value.rsplit(',').next()?.trim()).filter(|v| !v.is_empty())
         };
-        let forwarded = |name| first(name).filter(|_| self.forwarded);
+        let forwarded = |name| last(name).filter(|_| self.forwarded);
         let scheme = match forwarded("x-forwarded-proto") {
             Some(s) if s.eq_ignore_ascii_case("https") => "https",
             Some(s) if s.eq_ignore_ascii_case("http") => "http",
@@ -252,8 +254,11 @@ impl<'a> RequestUri<'a> {
         };
         let authority = forwarded("x-forwarded-host")
             .or(self.authority)
-            .or_else(|| first("host"))?;
-        Some((scheme, authority))
+            .or_else(|| last("host"))?;
+        // `host[:port]` only: no path, user information or other delimiter a URL parser would
+        // read past.
+        let plain = |b: u8| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b);
+        authority.bytes().all(plain).then_some((scheme, authority))
     }
 }
 
@@ -284,13 +289,13 @@ pub struct Dpop {
 }
 
 impl Dpop {
-    /// The checker for `settings`. `evicted` counts in-memory proofs dropped for room. A Redis
+    /// The checker for `settings`. `full` counts proofs refused because the in-memory replay
+    /// set was full of live entries. A Redis
     /// URL that does not parse (the config checks it first: [`replay::check_url`]) makes a
     /// store that fails every call, closed.
-    pub fn new(settings: DpopSettings, evicted: prometheus::IntCounter) -> Dpop {
-        let ttl = settings.max_age + settings.leeway * 2 + Duration::from_secs(1);
+    pub fn new(settings: DpopSettings, full: prometheus::IntCounter) -> Dpop {
         let replay = match &settings.replay {
-            ReplaySettings::Memory { capacity } => ReplayStore::memory(*capacity, ttl, evicted),
+            ReplaySettings::Memory { capacity } => ReplayStore::memory(*capacity, full),
             ReplaySettings::Redis {
                 url,
                 timeout,
@@ -360,9 +365,15 @@ impl Dpop {
         Ok(checked)
     }
 
-    /// Record the proof's use: `Ok(false)` when it was used before (a replay).
-    pub async fn first_use(&self, proof: &Checked) -> Result<bool, StoreUnavailable> {
-        let ttl = self.settings.max_age + self.settings.leeway * 2 + Duration::from_secs(1);
+    /// Record the proof's use until its window has passed (`iat` + `proof_max_age` +
+    /// `proof_leeway`, and a second more): `Ok(false)` when it was used before (a replay).
+    pub async fn first_use(&self, proof: &Checked, now: i64) -> Result<bool, StoreUnavailable> {
+        let window = self.settings.max_age + self.settings.leeway;
+        let end = proof
+            .iat
+            .saturating_add(i64::try_from(window.as_secs()).unwrap_or(i64::MAX / 4))
+            .saturating_add(1);
+        let ttl = Duration::from_secs(u64::try_from(end.saturating_sub(now)).unwrap_or(0).max(1));
         self.replay
             .first_use(replay::key(&proof.jkt, &proof.jti), ttl)
             .await

@@ -547,6 +547,38 @@ mod tests {
             now
         )
         .is_ok());
+        // Behind a proxy that appends, the last value is the proxy's own; a client's values
+        // before it, or a host with a path or user information, do not count.
+        let mut appended = forwarded.clone();
+        appended.insert("x-forwarded-proto", "http, https".parse().unwrap());
+        appended.insert(
+            "x-forwarded-host",
+            "evil.example, api.example.com".parse().unwrap(),
+        );
+        assert!(check(
+            proof.as_bytes(),
+            &settings,
+            "GET",
+            &trusted,
+            &appended,
+            TOKEN,
+            now
+        )
+        .is_ok());
+        for (name, value) in [
+            ("x-forwarded-proto", "https, http"),
+            ("x-forwarded-host", "api.example.com, evil.example"),
+            ("x-forwarded-host", "api.example.com/x"),
+            ("x-forwarded-host", "user@api.example.com"),
+        ] {
+            let mut h = forwarded.clone();
+            h.insert(name, value.parse().unwrap());
+            assert_eq!(
+                check(proof.as_bytes(), &settings, "GET", &trusted, &h, TOKEN, now).err(),
+                Some(DpopFault::WrongUri),
+                "{name}: {value}"
+            );
+        }
         // Not trusted: the listener's scheme and the Host header.
         assert_eq!(
             check(

@@ -2,20 +2,22 @@
 //! its `iat` is inside the window, per key (the key of an entry is a hash of the key thumbprint
 //! and the `jti`, never the proof).
 //!
-//! - In memory (the default): a bounded moka cache, atomic per key. A replica sees only its own
+//! - In memory (the default): a bounded set, split in shards. An entry stays until its window
+//!   has passed, never less: when the set is full of live entries a new proof is refused (503),
+//!   since dropping an entry early would let its proof be replayed (red team: a client flooding
+//!   its own proofs made a cache with eviction forget a victim's). A replica sees only its own
 //!   proofs, so behind a load balancer a proof can be replayed once per replica.
 //! - In Redis: one `SET key 1 NX PX <ttl>` per proof, shared by every replica. An unreachable
 //!   or slow Redis fails closed (503), as an unreachable identity provider does.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use moka::notification::RemovalCause;
-use moka::sync::Cache;
-
-/// The shared store cannot be asked: the request is answered 503.
+/// The store cannot take the proof: Redis did not answer, or the in-memory set is full of
+/// live entries. The request is answered 503.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreUnavailable;
 
@@ -34,34 +36,21 @@ pub fn key(jkt: &str, jti: &str) -> [u8; 16] {
 
 /// Where seen proofs are kept.
 pub enum ReplayStore {
-    Memory(Cache<[u8; 16], ()>),
+    Memory(MemoryStore),
     Redis(RedisStore),
 }
 
 impl ReplayStore {
-    /// An in-memory store of at most `capacity` proofs, each kept for `ttl`. `evicted` counts
-    /// proofs dropped for room before their time: a replay of one would not be noticed, so
-    /// it is a metric to alert on.
-    pub fn memory(capacity: u64, ttl: Duration, evicted: prometheus::IntCounter) -> ReplayStore {
-        ReplayStore::Memory(
-            Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(ttl)
-                // Newest first: a proof near the end of its window goes before a fresh one.
-                .eviction_policy(moka::policy::EvictionPolicy::lru())
-                .eviction_listener(move |_, _, cause| {
-                    if cause == RemovalCause::Size {
-                        evicted.inc();
-                    }
-                })
-                .build(),
-        )
+    /// An in-memory store of at most `capacity` live proofs. `full` counts proofs refused
+    /// because it was full.
+    pub fn memory(capacity: u64, full: prometheus::IntCounter) -> ReplayStore {
+        ReplayStore::Memory(MemoryStore::new(capacity, full))
     }
 
     /// Whether this is the first use of `key` within `ttl`; the use is recorded.
     pub async fn first_use(&self, key: [u8; 16], ttl: Duration) -> Result<bool, StoreUnavailable> {
         match self {
-            ReplayStore::Memory(cache) => Ok(cache.entry(key).or_insert(()).is_fresh()),
+            ReplayStore::Memory(m) => m.first_use(key, ttl, Instant::now()),
             ReplayStore::Redis(redis) => redis.first_use(key, ttl).await,
         }
     }
@@ -69,9 +58,119 @@ impl ReplayStore {
     /// Proofs kept in memory now (0 for Redis).
     pub fn entries(&self) -> u64 {
         match self {
-            ReplayStore::Memory(cache) => cache.entry_count(),
+            ReplayStore::Memory(m) => m.len.load(Ordering::Relaxed),
             ReplayStore::Redis(_) => 0,
         }
+    }
+}
+
+/// Shards of the in-memory set: a request holds one shard's lock for one map operation (and,
+/// at most once a second per shard, a sweep of that shard's expired entries), so requests on
+/// other shards never wait.
+const SHARDS: usize = 64;
+
+struct Shard {
+    /// Replay key -> when its window ends.
+    entries: HashMap<[u8; 16], Instant>,
+    next_sweep: Instant,
+}
+
+/// The in-memory replay set.
+pub struct MemoryStore {
+    shards: Vec<Mutex<Shard>>,
+    capacity: u64,
+    len: AtomicU64,
+    full: prometheus::IntCounter,
+    created: Instant,
+    /// When, in milliseconds after `created`, a full set may next sweep every shard: once per
+    /// [`FULL_SWEEP_EVERY`], so a flood against a full set costs one sweep, not one per request.
+    next_full_sweep: AtomicU64,
+}
+
+/// How often a full set sweeps every shard for expired entries.
+const FULL_SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+impl MemoryStore {
+    fn new(capacity: u64, full: prometheus::IntCounter) -> MemoryStore {
+        let now = Instant::now();
+        MemoryStore {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        entries: HashMap::new(),
+                        next_sweep: now,
+                    })
+                })
+                .collect(),
+            capacity,
+            len: AtomicU64::new(0),
+            full,
+            created: now,
+            next_full_sweep: AtomicU64::new(0),
+        }
+    }
+
+    fn first_use(
+        &self,
+        key: [u8; 16],
+        ttl: Duration,
+        now: Instant,
+    ) -> Result<bool, StoreUnavailable> {
+        if self.len.load(Ordering::Relaxed) >= self.capacity {
+            self.sweep_all(now);
+        }
+        let mut shard = self.lock(usize::from(key[0]) % SHARDS);
+        if now >= shard.next_sweep {
+            self.sweep(&mut shard, now);
+        }
+        if let Some(&until) = shard.entries.get(&key) {
+            if until > now {
+                return Ok(false);
+            }
+        }
+        if self.len.load(Ordering::Relaxed) >= self.capacity {
+            self.full.inc();
+            return Err(StoreUnavailable);
+        }
+        if shard.entries.insert(key, now + ttl).is_none() {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(true)
+    }
+
+    /// A poisoned lock means a panic mid-operation elsewhere; the map is still consistent
+    /// (every operation is one map call), so it is used as it is.
+    fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sweep every shard, one at a time, unless another request did so moments ago.
+    fn sweep_all(&self, now: Instant) {
+        let at = u64::try_from(now.saturating_duration_since(self.created).as_millis())
+            .unwrap_or(u64::MAX);
+        let next = self.next_full_sweep.load(Ordering::Relaxed);
+        let every = FULL_SWEEP_EVERY.as_millis() as u64;
+        if at < next
+            || self
+                .next_full_sweep
+                .compare_exchange(next, at + every, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        for i in 0..SHARDS {
+            let mut shard = self.lock(i);
+            self.sweep(&mut shard, now);
+        }
+    }
+
+    /// Drop the shard's entries whose window has passed.
+    fn sweep(&self, shard: &mut Shard, now: Instant) {
+        let before = shard.entries.len();
+        shard.entries.retain(|_, until| *until > now);
+        let removed = (before - shard.entries.len()) as u64;
+        self.len.fetch_sub(removed, Ordering::Relaxed);
+        shard.next_sweep = now + Duration::from_secs(1);
     }
 }
 
@@ -171,15 +270,50 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn memory_store_accepts_a_proof_once_and_counts_evictions() {
-        let evicted = prometheus::IntCounter::new("e", "e").unwrap();
-        let store = ReplayStore::memory(1000, Duration::from_secs(60), evicted.clone());
+    async fn memory_store_accepts_a_proof_once() {
+        let full = prometheus::IntCounter::new("f", "f").unwrap();
+        let store = ReplayStore::memory(1000, full.clone());
         let ttl = Duration::from_secs(60);
         assert_eq!(store.first_use(key("k", "1"), ttl).await, Ok(true));
         assert_eq!(store.first_use(key("k", "1"), ttl).await, Ok(false));
         assert_eq!(store.first_use(key("k", "2"), ttl).await, Ok(true));
         assert_eq!(store.first_use(key("other", "1"), ttl).await, Ok(true));
-        assert_eq!(evicted.get(), 0);
+        assert_eq!((store.entries(), full.get()), (3, 0));
+    }
+
+    /// A flood of fresh proofs never pushes out a live entry: when the set is full of live
+    /// entries, new proofs are refused (fail closed) and the old one stays a replay.
+    #[test]
+    fn a_full_set_refuses_new_proofs_and_never_forgets_a_live_one() {
+        let full = prometheus::IntCounter::new("f", "f").unwrap();
+        let store = MemoryStore::new(100, full.clone());
+        let (t0, ttl) = (Instant::now(), Duration::from_secs(60));
+        let victim = key("victim", "j");
+        assert_eq!(store.first_use(victim, ttl, t0), Ok(true));
+        let mut refused = 0;
+        for i in 0..1000 {
+            match store.first_use(key("attacker", &i.to_string()), ttl, t0) {
+                Ok(true) => {}
+                Err(StoreUnavailable) => refused += 1,
+                Ok(false) => panic!("a fresh proof called a replay"),
+            }
+        }
+        assert_eq!(refused, 901);
+        assert_eq!(full.get(), 901);
+        assert_eq!(
+            store.first_use(victim, ttl, t0),
+            Ok(false),
+            "still a replay"
+        );
+        // Once the window has passed the entries go, and new proofs are taken again.
+        let later = t0 + ttl + Duration::from_secs(2);
+        for i in 0..100 {
+            assert_eq!(
+                store.first_use(key("next", &i.to_string()), ttl, later),
+                Ok(true)
+            );
+        }
+        assert!(store.len.load(Ordering::Relaxed) <= 100);
     }
 
     #[tokio::test]

@@ -235,6 +235,7 @@ impl Introspector {
             encoded: whole.as_ref().map(crate::auth::claims::encode),
             claims: whole.map(Arc::new),
             jkt: claims.jkt.clone(),
+            dpop_required: self.config.require_dpop,
         };
         Principal::new(
             claims.sub.clone(),
