@@ -378,14 +378,7 @@ fn authorize_cache_hit(c: &mut Criterion) {
         "#
     ))
     .unwrap();
-    let metrics = portcullis::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
-    let auth = Authenticator::new(&config, metrics);
-    for task in auth.refresh_tasks() {
-        rt.spawn(task);
-    }
-    while !auth.issuers_without_keys().is_empty() {
-        rt.block_on(async { tokio::time::sleep(Duration::from_millis(5)).await });
-    }
+    let auth = started(&rt, &config);
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -440,14 +433,7 @@ fn dpop_per_request(c: &mut Criterion) {
     ))
     .unwrap();
     config.dpop = Some(DpopSettings::default());
-    let metrics = portcullis::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
-    let auth = Authenticator::new(&config, metrics);
-    for task in auth.refresh_tasks() {
-        rt.spawn(task);
-    }
-    while !auth.issuers_without_keys().is_empty() {
-        rt.block_on(async { tokio::time::sleep(Duration::from_millis(5)).await });
-    }
+    let auth = started(&rt, &config);
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -505,6 +491,19 @@ fn dpop_per_request(c: &mut Criterion) {
         )
     });
     g.finish();
+}
+
+/// An authenticator for `config` with its background tasks on `rt`, once its keys loaded.
+fn started(rt: &tokio::runtime::Runtime, config: &AuthConfig) -> Authenticator {
+    let metrics = portcullis::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
+    let auth = Authenticator::new(config, metrics);
+    for task in auth.refresh_tasks() {
+        rt.spawn(task);
+    }
+    while !auth.issuers_without_keys().is_empty() {
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(5)).await });
+    }
+    auth
 }
 
 /// A loopback identity provider with fixed answers: `GET /jwks` gets `jwks`, anything else an

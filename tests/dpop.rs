@@ -132,6 +132,13 @@ forward_token = true
             .dpop_proof("GET", &self.url(path), token, &json!({}))
     }
 
+    /// `GET path` with `token` in the `DPoP` scheme and a fresh proof for it.
+    async fn with_proof(&self, path: &str, token: &str) -> reqwest::Response {
+        let proof = self.proof(path, token);
+        self.send("GET", path, &format!("DPoP {token}"), &[&proof])
+            .await
+    }
+
     async fn send(
         &self,
         method: &str,
@@ -217,14 +224,7 @@ async fn the_token_cache_never_lets_a_bound_token_pass_without_its_proof() {
     w.ready().await;
     let token = w.token(Some(&w.client_key));
     // Verified once with its proof: the token's claims are now in the cache.
-    let r = w
-        .send(
-            "GET",
-            "/opt/a",
-            &format!("DPoP {token}"),
-            &[&w.proof("/opt/a", &token)],
-        )
-        .await;
+    let r = w.with_proof("/opt/a", &token).await;
     assert_eq!(r.status(), 200);
     let bearer = format!("Bearer {token}");
     // As a bearer token, on each kind of route.
@@ -368,14 +368,7 @@ async fn proofs_for_another_request_or_key_are_refused() {
     assert_eq!(r.status(), 200, "{:?}", challenges(&r));
     // An unbound token with the DPoP scheme and a good proof.
     let unbound = w.token(None);
-    let r = w
-        .send(
-            "GET",
-            "/req/a",
-            &format!("DPoP {unbound}"),
-            &[&w.proof("/req/a", &unbound)],
-        )
-        .await;
+    let r = w.with_proof("/req/a", &unbound).await;
     assert_eq!(r.status(), 401);
     assert!(error_of(&r).contains("error=\"invalid_token\""));
     assert_eq!(w.up.hits(), 1);
@@ -740,14 +733,7 @@ async fn the_proof_is_forwarded_only_with_the_token() {
     let w = World::start("").await;
     w.ready().await;
     let token = w.token(Some(&w.client_key));
-    let r = w
-        .send(
-            "GET",
-            "/opt/p",
-            &format!("DPoP {token}"),
-            &[&w.proof("/opt/p", &token)],
-        )
-        .await;
+    let r = w.with_proof("/opt/p", &token).await;
     assert_eq!(r.status(), 200);
     let unbound = w.token(None);
     let r = w
@@ -792,14 +778,7 @@ async fn an_issuer_that_requires_dpop_has_its_bearer_tokens_refused_everywhere()
     let r = w.send("GET", "/opt/i", "Bearer opaque-unbound", &[]).await;
     assert_eq!(r.status(), 401);
     let bound = w.token(Some(&w.client_key));
-    let r = w
-        .send(
-            "GET",
-            "/opt/i",
-            &format!("DPoP {bound}"),
-            &[&w.proof("/opt/i", &bound)],
-        )
-        .await;
+    let r = w.with_proof("/opt/i", &bound).await;
     assert_eq!(r.status(), 200);
     assert_eq!(w.up.hits(), 1);
     let m = scrape_until(w.gw.metrics_addr, |m| {
