@@ -357,6 +357,16 @@ async fn proofs_for_another_request_or_key_are_refused() {
         );
         let _ = outcome;
     }
+    // The path compares in the gateway's normal form: `%7E` is `~`, on either side.
+    let k2 = w
+        .client_key
+        .dpop_proof("GET", &w.url("/req/%7e1"), &token, &json!({}));
+    let r = w.send("GET", "/req/~1", &auth, &[&k2]).await;
+    assert_eq!(r.status(), 200, "{:?}", challenges(&r));
+    let r = w
+        .send("GET", "/req/%7E1", &auth, &[&w.proof("/req/~1", &token)])
+        .await;
+    assert_eq!(r.status(), 200, "{:?}", challenges(&r));
     // Two DPoP headers, even both good.
     let (a, b) = (w.proof("/req/a", &token), w.proof("/req/a", &token));
     let r = w.send("GET", "/req/a", &auth, &[&a, &b]).await;
@@ -371,7 +381,7 @@ async fn proofs_for_another_request_or_key_are_refused() {
     let r = w.with_proof("/req/a", &unbound).await;
     assert_eq!(r.status(), 401);
     assert!(error_of(&r).contains("error=\"invalid_token\""));
-    assert_eq!(w.up.hits(), 1);
+    assert_eq!(w.up.hits(), 3);
     let m = scrape_until(w.gw.metrics_addr, |m| {
         m.get(
             "portcullis_auth_decisions_total",
