@@ -234,3 +234,69 @@ async fn policies_compose_per_service_over_one_authenticator() {
     let _inner = wrapped.into_inner();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// DPoP in the middleware: `.dpop(Required)` takes a bound token with its proof once, and the
+/// proof names the request's URI (`Host` and path).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_layer_checks_dpop_proofs() {
+    let key = DevKey::generate(Algorithm::ES256, "k1");
+    let idp = MockIdp::start(&[&key]).await;
+    let config = AuthConfig::parse(&format!(
+        "[dpop]\nalgorithms = [\"ES256\"]\n[[issuers]]\nissuer = \"{}\"\ndiscovery = true\naudiences = [\"api\"]\nalgorithms = [\"ES256\"]\n",
+        idp.issuer()
+    ))
+    .unwrap();
+    let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
+    let layer = AuthLayer::new(Authenticator::new(&config, metrics));
+    let loaded = common::eventually(Duration::from_secs(10), || {
+        let layer = layer.clone();
+        async move { layer.authenticator().issuers_without_keys().is_empty() }
+    })
+    .await;
+    assert!(loaded);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer
+        .dpop(portcullis::auth::DpopMode::Required)
+        .layer(inner(calls.clone()));
+    let client = DevKey::generate(Algorithm::ES256, "client");
+    let token = key.sign(
+        &json!({ "iss": idp.issuer(), "aud": "api", "exp": now() + 300,
+        "sub": "user-7", "cnf": { "jkt": client.thumbprint() } }),
+    );
+    let request = |proof: &str, scheme: &str| {
+        Request::get("/orders/1")
+            .header("host", "api.example.com")
+            .header("authorization", format!("{scheme} {token}"))
+            .header("dpop", proof)
+            .body(String::new())
+            .unwrap()
+    };
+    let proof = client.dpop_proof("GET", "http://api.example.com/orders/1", &token, &json!({}));
+    let resp = svc.clone().oneshot(request(&proof, "DPoP")).await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", header(&resp, "www-authenticate"));
+    let resp = svc.clone().oneshot(request(&proof, "DPoP")).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(header(&resp, "www-authenticate")
+        .starts_with("DPoP realm=\"portcullis\", algs=\"ES256\", error=\"invalid_dpop_proof\""));
+    let other = client.dpop_proof("GET", "http://api.example.com/admin", &token, &json!({}));
+    assert_eq!(
+        svc.clone()
+            .oneshot(request(&other, "DPoP"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let fresh = client.dpop_proof("GET", "http://api.example.com/orders/1", &token, &json!({}));
+    let resp = svc
+        .clone()
+        .oneshot(request(&fresh, "Bearer"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        header(&resp, "www-authenticate"),
+        "DPoP realm=\"portcullis\", algs=\"ES256\""
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
