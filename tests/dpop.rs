@@ -97,7 +97,7 @@ upstreams = ["{up}"]
 name = "fwd"
 path_prefix = "/fwd"
 upstreams = ["{up}"]
-dpop = "required"
+dpop = "optional"
 forward_token = true
 "#,
             issuer = idp.issuer(),
@@ -770,6 +770,51 @@ async fn the_proof_is_forwarded_only_with_the_token() {
         last.headers["authorization"],
         format!("DPoP {token}").as_str()
     );
+    // Beside a bearer token the DPoP header was never checked: it stays behind (red team).
+    let bearer = format!("Bearer {unbound}");
+    let r = w.send("GET", "/fwd/p", &bearer, &["x", "y"]).await;
+    assert_eq!(r.status(), 200);
+    let last = w.up.seen().pop().unwrap();
+    assert!(!last.headers.contains_key("dpop"), "{:?}", last.headers);
+    assert_eq!(last.headers["authorization"], bearer.as_str());
+}
+
+/// An issuer's `require_dpop` holds for its tokens that come by introspection too, when the
+/// answer names it and `[introspection]` names no issuer of its own (red team).
+#[tokio::test]
+async fn require_dpop_holds_for_the_issuers_tokens_by_introspection() {
+    let signing = DevKey::generate(Algorithm::ES256, "idp");
+    let idp = MockIdp::start(&[&signing]).await;
+    let az = MockAs::start().await;
+    let up = EchoUpstream::start("app").await;
+    std::env::set_var(SECRET_ENV, common::authz::CLIENT_SECRET);
+    let gw = common::start_gateway(&format!(
+        "[[issuers]]\nissuer = \"{}\"\ndiscovery = true\naudiences = [\"api\"]\nalgorithms = [\"ES256\"]\nrequire_dpop = true\n\
+         [introspection]\nendpoint = \"{}\"\nclient_id = \"gateway client\"\nclient_secret_env = \"{SECRET_ENV}\"\naudiences = [\"api\"]\n\
+         [[routes]]\nname = \"opt\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\ndpop = \"optional\"\n",
+        idp.issuer(),
+        az.endpoint(),
+        up.addr
+    ));
+    assert!(became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(15)).await);
+    for (token, iss) in [
+        ("opaque-of-the-issuer", idp.issuer()),
+        ("opaque-of-another", "https://other.example".to_string()),
+    ] {
+        az.set_answer(
+            token,
+            json!({ "active": true, "scope": "read", "aud": "api", "iss": iss, "exp": now() + 3600 }),
+        );
+    }
+    let get = |token: &str| {
+        client()
+            .get(format!("http://{}/x", gw.proxy_addr))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(get("opaque-of-the-issuer").await.unwrap().status(), 401);
+    assert_eq!(get("opaque-of-another").await.unwrap().status(), 200);
+    assert_eq!(up.hits(), 1);
 }
 
 /// `require_dpop` on an issuer (and on `[introspection]`): its unbound tokens are refused on

@@ -127,6 +127,9 @@ pub struct Verified {
 #[derive(Debug, Clone)]
 pub struct Grant {
     pub principal: Arc<Principal>,
+    /// The request's `DPoP` header is the proof that was checked (RFC 9449): an adapter that
+    /// forwards credentials forwards it only then.
+    pub dpop_checked: bool,
     auth_headers: bool,
     claim_headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -265,12 +268,11 @@ fn permit(policy: &RoutePolicy, principal: &Principal, now: i64) -> Result<(), A
 fn binding(
     mode: DpopMode,
     principal: &Principal,
+    required: bool,
     proof: Option<&dpop::Checked>,
 ) -> Result<(), AuthError> {
     match (principal.verified.jkt.as_deref(), proof) {
-        (None, None) if principal.verified.dpop_required => {
-            Err(AuthError::InvalidToken(TokenFault::UnboundFromDpopIssuer))
-        }
+        (None, None) if required => Err(AuthError::InvalidToken(TokenFault::UnboundFromDpopIssuer)),
         (None, None) => Ok(()),
         (Some(_), None) if mode == DpopMode::Off => {
             Err(AuthError::InvalidToken(TokenFault::SenderConstrained))
@@ -307,6 +309,9 @@ pub struct Authenticator {
     /// Proof checks, replay state and nonces, when some route takes DPoP.
     dpop: Option<Dpop>,
     max_token_size: usize,
+    /// Configured issuers with `require_dpop`: their tokens must be DPoP-bound also when they
+    /// come by introspection (an answer whose `iss` names them).
+    dpop_issuers: Vec<String>,
     /// [`AuthConfig::keep_claims`].
     keep_claims: bool,
     metrics: Metrics,
@@ -356,6 +361,12 @@ impl Authenticator {
                 .clone()
                 .map(|d| Dpop::new(d, metrics.dpop_replay_full.clone())),
             max_token_size: config.tokens.max_size,
+            dpop_issuers: config
+                .issuers
+                .iter()
+                .filter(|i| i.require_dpop)
+                .map(|i| i.issuer.clone())
+                .collect(),
             keep_claims: config.keep_claims,
             cache_hits: metrics.token_cache.with_label_values(&["hit"]),
             cache_misses: metrics.token_cache.with_label_values(&["miss"]),
@@ -493,7 +504,9 @@ impl Authenticator {
             _ => None,
         };
         let principal = self.validate(token, policy.token_types, now).await?;
-        binding(policy.dpop, &principal, proof.as_ref())?;
+        let required = principal.verified.dpop_required
+            || !self.dpop_issuers.is_empty() && self.dpop_issuers.contains(&principal.issuer);
+        binding(policy.dpop, &principal, required, proof.as_ref())?;
         permit(policy, &principal, seconds)?;
         let v = &principal.verified;
         let claim_headers = match policy.claim_headers.is_empty() {
@@ -517,6 +530,7 @@ impl Authenticator {
         }
         Ok(Grant {
             principal,
+            dpop_checked: proof.is_some(),
             auth_headers: policy.auth_headers,
             claim_headers,
         })

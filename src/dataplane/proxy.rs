@@ -440,8 +440,11 @@ async fn forward(
         headers::set_identity_headers(map, grant);
     }
     if !route.forward_token {
-        // The DPoP proof goes with the token it names: both are the client's credentials.
         map.remove(http::header::AUTHORIZATION);
+    }
+    // The DPoP proof goes with the token it names, and only when it is the proof that was
+    // checked: an unchecked one (beside a bearer token) never reaches the upstream.
+    if !route.forward_token || !grant.as_ref().is_some_and(|g| g.dpop_checked) {
         map.remove(&DPOP);
     }
     // hyper frames the forwarded body itself, from the body it streams: one valid length or
