@@ -44,6 +44,9 @@ fn original<'a>(
     let (method_header, uri_header) = match convention {
         Convention::Envoy => return Ok((method.clone(), target)),
         Convention::Nginx => ("x-original-method", "x-original-uri"),
+        // The whole URL: its absolute form is reduced to origin-form, its authority kept
+        // (what a DPoP proof's `htu` names).
+        Convention::IngressNginx => ("x-original-method", "x-original-url"),
         Convention::Traefik => ("x-forwarded-method", "x-forwarded-uri"),
     };
     let header = |name: &str| {
@@ -65,6 +68,14 @@ fn original<'a>(
 fn convention_headers(convention: Convention) -> &'static [&'static str] {
     match convention {
         Convention::Nginx => &["x-original-method", "x-original-uri"],
+        // What the controller sets on every check request, overriding the client's: the
+        // original request, and where to send the client back after a sign-in.
+        Convention::IngressNginx => &[
+            "x-original-method",
+            "x-original-url",
+            "x-auth-request-redirect",
+            "x-sent-from",
+        ],
         Convention::Traefik => &["x-forwarded-method", "x-forwarded-uri"],
         Convention::Envoy => &["x-envoy-original-path"],
     }

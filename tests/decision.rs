@@ -38,6 +38,18 @@ async fn ask(
             .get(format!("http://{decision}/"))
             .header("x-forwarded-method", method)
             .header("x-forwarded-uri", uri),
+        // Every header the Kubernetes ingress-nginx controller sets on its `auth-url` check
+        // request (its nginx.tmpl), beside the client's own, which it passes on.
+        "ingress-nginx" => c
+            .get(format!("http://{decision}/"))
+            .header("x-original-url", format!("https://api.example.com{uri}"))
+            .header("x-original-method", method)
+            .header("x-sent-from", "nginx-ingress-controller")
+            .header("x-real-ip", "10.1.2.3")
+            .header("x-forwarded-for", "10.1.2.3")
+            .header("x-forwarded-proto", "")
+            .header("x-request-id", "2c0a4a0a0b7c4bd6a7e4b0c34b4b8e1f")
+            .header("x-auth-request-redirect", uri),
         _ => c.request(method.parse().unwrap(), format!("http://{decision}{uri}")),
     };
     let req = match token {
@@ -49,7 +61,7 @@ async fn ask(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_convention_gets_the_gateways_decisions() {
-    for convention in ["nginx", "traefik", "envoy"] {
+    for convention in ["nginx", "ingress-nginx", "traefik", "envoy"] {
         let s = setup(convention).await;
         let reader = s.ec.sign(&claims(&s.idp, "orders:read"));
 
@@ -170,7 +182,26 @@ fn nginx_binary() -> String {
         .expect("nginx is not installed: run `scripts/setup.sh test` (or `make test`), which installs nginx-light")
 }
 
-async fn start_nginx(decision: SocketAddr, upstream: SocketAddr) -> Nginx {
+/// The check location of our README's nginx example.
+const NGINX_CHECK: &str = "proxy_pass http://{decision}/auth;
+            proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Original-URI $request_uri;";
+
+/// The check location the Kubernetes ingress-nginx controller writes for an `auth-url`
+/// annotation (its nginx.tmpl), header for header.
+const INGRESS_NGINX_CHECK: &str = "proxy_pass http://{decision}/;
+            proxy_set_header X-Forwarded-Proto \"\";
+            proxy_set_header X-Request-ID $request_id;
+            proxy_set_header X-Original-URL $scheme://$http_host$request_uri;
+            proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Sent-From \"nginx-ingress-controller\";
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Auth-Request-Redirect $request_uri;
+            proxy_pass_request_headers on;";
+
+async fn start_nginx(decision: SocketAddr, upstream: SocketAddr, check: &str) -> Nginx {
+    let check = check.replace("{decision}", &decision.to_string());
     let dir = std::env::temp_dir().join(format!(
         "portcullis-nginx-{}-{}",
         std::process::id(),
@@ -207,11 +238,9 @@ http {{
         }}
         location = /_portcullis {{
             internal;
-            proxy_pass http://{decision}/auth;
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";
-            proxy_set_header X-Original-Method $request_method;
-            proxy_set_header X-Original-URI $request_uri;
+            {check}
         }}
     }}
 }}
@@ -243,8 +272,17 @@ http {{
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_auth_request_in_front_of_the_decision_endpoint() {
-    let s = setup("nginx").await;
-    let nginx = start_nginx(s.gw.decision_addr.unwrap(), s.up.addr).await;
+    for (convention, check) in [
+        ("nginx", NGINX_CHECK),
+        ("ingress-nginx", INGRESS_NGINX_CHECK),
+    ] {
+        nginx_in_front(convention, check).await;
+    }
+}
+
+async fn nginx_in_front(convention: &str, check: &str) {
+    let s = setup(convention).await;
+    let nginx = start_nginx(s.gw.decision_addr.unwrap(), s.up.addr, check).await;
     let url = format!("http://{}/orders/1", nginx.addr);
     let reader = s.ec.sign(&claims(&s.idp, "orders:read"));
 

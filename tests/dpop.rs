@@ -848,3 +848,33 @@ async fn an_issuer_that_requires_dpop_has_its_bearer_tokens_refused_everywhere()
         1.0
     );
 }
+
+/// Behind the Kubernetes ingress-nginx controller: the original URL's scheme and host are what
+/// the proof names.
+#[tokio::test]
+async fn behind_ingress_nginx_the_proof_names_the_original_url() {
+    let w = World::start("[decision]\nlisten = \"127.0.0.1:0\"\nconvention = \"ingress-nginx\"\n")
+        .await;
+    w.ready().await;
+    let decision = w.gw.decision_addr.expect("decision listener");
+    let token = w.token(Some(&w.client_key));
+    let ask = |proof: String| {
+        client()
+            .get(format!("http://{decision}/"))
+            .header("x-original-method", "GET")
+            .header("x-original-url", "https://api.example.com/req/a?x=1")
+            .header("x-forwarded-proto", "")
+            .header("x-auth-request-redirect", "/req/a?x=1")
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .send()
+    };
+    let https = w
+        .client_key
+        .dpop_proof("GET", "https://api.example.com/req/a", &token, &json!({}));
+    assert_eq!(ask(https).await.unwrap().status(), 200);
+    let http = w
+        .client_key
+        .dpop_proof("GET", "http://api.example.com/req/a", &token, &json!({}));
+    assert_eq!(ask(http).await.unwrap().status(), 401, "another scheme");
+}

@@ -78,6 +78,10 @@ pub enum Convention {
     Traefik,
     /// `"envoy"`: the check request's own method and path (Envoy `ext_authz` HTTP service).
     Envoy,
+    /// `"ingress-nginx"`: `X-Original-Method` and `X-Original-URL`, the whole URL
+    /// (`$scheme://$http_host$request_uri`), as the Kubernetes ingress-nginx controller's
+    /// `auth-url` annotation sends them.
+    IngressNginx,
 }
 
 impl AuthConfig {

@@ -174,10 +174,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             Some("nginx") => Some(Convention::Nginx),
             Some("traefik") => Some(Convention::Traefik),
             Some("envoy") => Some(Convention::Envoy),
+            Some("ingress-nginx") => Some(Convention::IngressNginx),
             _ => {
                 p.push(
                     "decision.convention",
-                    "must be \"nginx\" (X-Original-Method / X-Original-URI), \"traefik\" (X-Forwarded-Method / X-Forwarded-Uri) or \"envoy\" (the request itself)",
+                    "must be \"nginx\" (X-Original-Method / X-Original-URI), \"ingress-nginx\" (X-Original-Method / X-Original-URL), \"traefik\" (X-Forwarded-Method / X-Forwarded-Uri) or \"envoy\" (the request itself)",
                 );
                 None
             }

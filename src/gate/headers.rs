@@ -297,12 +297,15 @@ pub fn refused_at_decision(
     convention: &[&str],
     identity: &IdentityNames,
 ) -> bool {
+    // The asking proxy's own headers, which it sets on every check request.
+    if convention.contains(&name) {
+        return false;
+    }
     if identity.contains(name) {
         return true;
     }
     match class(name) {
         Some(Class::Identity) => true,
-        Some(Class::Routing | Class::Method) if convention.contains(&name) => false,
         Some(Class::Routing) => true,
         Some(Class::Method) => !method_override,
         Some(Class::ClientAddress) | None => false,

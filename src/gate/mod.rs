@@ -225,7 +225,12 @@ impl Gate {
             uri: RequestUri {
                 path: routed.target.path(),
                 authority: routed.target.authority(),
-                scheme: "http",
+                // The listener speaks plain HTTP whatever a client's absolute-form target
+                // says; an asking proxy's original URL names the scheme it served.
+                scheme: match forwarded {
+                    true => routed.target.scheme().unwrap_or("http"),
+                    false => "http",
+                },
                 forwarded,
                 normalise: target::normalise_proof_path,
             },

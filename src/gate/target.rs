@@ -89,6 +89,8 @@ pub struct Target<'a> {
     query: Option<&'a str>,
     /// The authority of an absolute-form target.
     authority: Option<&'a str>,
+    /// The scheme of an absolute-form target, in lower case.
+    scheme: Option<&'static str>,
     /// The path holds `;` or `%3B`.
     params: bool,
 }
@@ -107,6 +109,11 @@ impl<'a> Target<'a> {
     /// An absolute-form target's authority: it replaces `Host` (RFC 9112 §3.2.2).
     pub fn authority(&self) -> Option<&'a str> {
         self.authority
+    }
+
+    /// An absolute-form target's scheme, `http` or `https`.
+    pub fn scheme(&self) -> Option<&'static str> {
+        self.scheme
     }
 
     /// `*` (RFC 9112 §3.2.4).
@@ -151,14 +158,15 @@ pub fn canonical(raw: &[u8]) -> Result<Target<'_>, TargetFault> {
             path: Cow::Borrowed(raw),
             query: None,
             authority: None,
+            scheme: None,
             params: false,
         });
     }
-    let (authority, rest) = if raw.starts_with('/') {
-        (None, raw)
+    let (scheme, authority, rest) = if raw.starts_with('/') {
+        (None, None, raw)
     } else {
-        let (authority, rest) = absolute_form(raw)?;
-        (Some(authority), rest)
+        let (scheme, authority, rest) = absolute_form(raw)?;
+        (Some(scheme), Some(authority), rest)
     };
     let (path, query) = match rest.split_once('?') {
         Some((path, query)) => (path, Some(query)),
@@ -174,23 +182,26 @@ pub fn canonical(raw: &[u8]) -> Result<Target<'_>, TargetFault> {
         path,
         query,
         authority,
+        scheme,
         params,
     })
 }
 
-/// `http://authority/rest` or `https://...` (scheme case-insensitive): the authority and the
-/// rest (path and query, possibly empty).
-fn absolute_form(raw: &str) -> Result<(&str, &str), TargetFault> {
+/// `http://authority/rest` or `https://...` (scheme case-insensitive): the scheme, the
+/// authority and the rest (path and query, possibly empty).
+fn absolute_form(raw: &str) -> Result<(&'static str, &str, &str), TargetFault> {
     let (scheme, rest) = raw.split_once("://").ok_or(TargetFault::Form)?;
-    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-        return Err(TargetFault::Form);
-    }
+    let scheme = match scheme {
+        s if s.eq_ignore_ascii_case("http") => "http",
+        s if s.eq_ignore_ascii_case("https") => "https",
+        _ => return Err(TargetFault::Form),
+    };
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, rest) = rest.split_at(end);
     if !valid_host(authority.as_bytes()) {
         return Err(TargetFault::BadAuthority);
     }
-    Ok((authority, rest))
+    Ok((scheme, authority, rest))
 }
 
 /// Normalise a path that starts with `/` (RFC 3986 §6.2.2) and check that it is canonical.
