@@ -103,3 +103,48 @@ fn reply(
 ) -> Response<Bytes> {
     Synthetic::text(status.as_u16(), content_type, body).render()
 }
+
+/// `portcullis healthcheck`: one `GET /readyz` to the admin listener at `addr`, for container
+/// `HEALTHCHECK`s in images without curl. `Ok` when it answers 200 within `timeout`; otherwise
+/// what it answered or why there was no answer. No request body, no redirects, no TLS: the
+/// admin listener is plain HTTP on a private address.
+pub fn healthcheck(addr: std::net::SocketAddr, timeout: std::time::Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("cannot ask {addr}: {e}"))?;
+    // The status line is all that is read: `HTTP/1.1 200 ...`.
+    let mut head = [0u8; 64];
+    let mut len = 0;
+    while len < head.len() && !head[..len].contains(&b'\n') {
+        match stream.read(&mut head[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) => return Err(format!("no answer from {addr}: {e}")),
+        }
+    }
+    let line = String::from_utf8_lossy(&head[..len]);
+    let line = line.lines().next().unwrap_or_default();
+    match line.split(' ').nth(1) {
+        Some("200") => Ok(()),
+        Some(status) => Err(format!("{addr}/readyz answered {status}: not ready")),
+        None => Err(format!("{addr} did not answer HTTP")),
+    }
+}
+
+/// The address a healthcheck reaches the admin listener at: `metrics.listen`, with an
+/// unspecified address (`0.0.0.0`, `::`) replaced by loopback.
+pub fn local_admin_addr(listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, listen.port())
+}

@@ -32,6 +32,16 @@ enum Command {
     Run,
     /// Validate a configuration file and exit; one line per problem.
     Check,
+    /// Ask the running gateway's `/readyz` (for container HEALTHCHECKs): exit 0 when ready,
+    /// 1 otherwise. The address is `metrics.listen` of the configuration, unless given.
+    Healthcheck {
+        /// The admin listener, e.g. `127.0.0.1:9090`.
+        #[arg(long)]
+        address: Option<std::net::SocketAddr>,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// DEVELOPMENT ONLY: the gateway with a throwaway issuer and a demo upstream, on loopback.
     Dev {
         /// The gateway's address.
@@ -47,6 +57,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(&cli.config),
+        Command::Healthcheck { address, timeout } => healthcheck(&cli.config, address, timeout),
         Command::Run => run(&cli.config),
         Command::Dev {
             listen,
@@ -89,6 +100,32 @@ fn check(path: &std::path::Path) -> ExitCode {
             for line in e.lines() {
                 eprintln!("{line}");
             }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn healthcheck(
+    path: &std::path::Path,
+    address: Option<std::net::SocketAddr>,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    let addr = match address {
+        Some(addr) => addr,
+        None => match Config::load(path) {
+            Ok(config) => portcullis::admin::local_admin_addr(config.metrics.listen),
+            Err(e) => {
+                for line in e.lines() {
+                    eprintln!("{line}");
+                }
+                return ExitCode::from(1);
+            }
+        },
+    };
+    match portcullis::admin::healthcheck(addr, timeout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("{why}");
             ExitCode::from(1)
         }
     }

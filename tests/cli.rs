@@ -824,3 +824,71 @@ fn config_problems_are_json_when_the_file_asks_for_json() {
         "{stderr}"
     );
 }
+
+/// `portcullis healthcheck` at `address` (or the config's `metrics.listen`): its exit code and
+/// what it printed.
+fn healthcheck(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .arg("healthcheck")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `healthcheck` exits 0 only when `/readyz` answers 200: not while an issuer's keys are
+/// missing, not when nothing listens; and without `--address` it asks the config's
+/// `metrics.listen` (on loopback when that is `0.0.0.0`).
+#[tokio::test(flavor = "multi_thread")]
+async fn healthcheck_exits_zero_only_when_ready() {
+    let up = EchoUpstream::start("a").await;
+    let gateway = GatewayProcess::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_delay = \"0s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [[issuers]]\nissuer = \"http://127.0.0.1:1\"\njwks_uri = \"http://{dead}/jwks\"\naudiences = [\"a\"]\nalgorithms = [\"ES256\"]\n\
+             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{up}\"]\n",
+            dead = common::dead_addr(),
+            up = up.addr
+        ),
+        &[],
+    );
+    let admin = gateway.metrics.to_string();
+    let (code, said) = healthcheck(&["--address", &admin]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("503"), "{said}");
+    let (code, said) = healthcheck(&[
+        "--address",
+        &common::dead_addr().to_string(),
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(said.contains("cannot connect"), "{said}");
+    drop(gateway);
+
+    // A ready admin listener, found through the config file's metrics.listen.
+    let ready = GatewayProcess::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_delay = \"0s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+            up.addr
+        ),
+        &[],
+    );
+    let addr = ready.metrics;
+    let became = common::eventually(Duration::from_secs(10), || async {
+        healthcheck(&["--address", &addr.to_string()]).0 == Some(0)
+    })
+    .await;
+    assert!(became, "healthcheck never passed");
+    let config = TempFile::with(&format!(
+        "[metrics]\nlisten = \"0.0.0.0:{}\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+        addr.port(),
+        up.addr
+    ));
+    let (code, said) = healthcheck(&["--config", config.0.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{said}");
+}
