@@ -1,5 +1,5 @@
 # The two commands of the README's quick start, and a few more.
-.PHONY: setup run serve test check bench load-bench fuzz soak flood
+.PHONY: setup run serve test check deploy-check bench load-bench fuzz soak flood
 
 setup:
 	@./scripts/setup.sh
@@ -22,6 +22,10 @@ CONFIG ?= gateway.toml
 # Validate a configuration: make check CONFIG=path/to/gateway.toml
 check: setup
 	cargo run --locked --quiet -- check --config $(CONFIG)
+
+# The alert rules (promtool check + unit tests) and the dashboard's queries; installs promtool.
+deploy-check:
+	./scripts/check-deploy.sh
 
 # Criterion micro-benchmarks of the hot path.
 bench: setup

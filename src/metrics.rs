@@ -133,6 +133,9 @@ impl Metrics {
             for class in ["2xx", "4xx", "5xx"] {
                 self.requests.with_label_values(&[route, class]);
             }
+            // Found by the dashboard's check (tests/deploy_assets.rs): a route's latency
+            // histogram was absent until its first request.
+            self.request_duration.with_label_values(&[route]);
             for kind in UpstreamErrorKind::ALL {
                 self.upstream_errors
                     .with_label_values(&[route, kind.as_str()]);
