@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Check the shipped monitoring assets: the alert rules parse and pass their unit tests, and
-# every query of the Grafana dashboard parses as PromQL. (That every metric they name is one
-# the gateway exports is tests/deploy_assets.rs, part of `make test`.)
+# Check the shipped deployment assets:
+# - the alert rules parse and pass their unit tests, and every query of the Grafana dashboard
+#   parses as PromQL (promtool; that every metric they name is one the gateway exports is
+#   tests/deploy_assets.rs, part of `make test`);
+# - the Kubernetes manifests pass Kubernetes' schema and the restricted Pod Security Standard
+#   (scripts/check_manifests.py, with kubernetes-validate from PyPI in target/deploy-venv).
 # Installs promtool (Debian's prometheus package) when it is missing and we are root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,4 +49,12 @@ open(sys.argv[2], "w").write("\n".join(lines) + "\n")
 print(f"dashboard: {len(dashboard['panels'])} panels, {n} queries")
 PY
 promtool check rules "$work/dashboard-rules.yml"
+
+venv=target/deploy-venv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import kubernetes_validate, yaml" 2>/dev/null; then
+  echo "check-deploy: installing kubernetes-validate and PyYAML into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0" "PyYAML>=6"
+fi
+"$venv/bin/python" scripts/check_manifests.py
 echo "check-deploy: ok"

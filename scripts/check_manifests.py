@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Check the Kubernetes manifests in deploy/kubernetes/ (run by scripts/check-deploy.sh).
+
+- Schema: every built-in resource against Kubernetes' own OpenAPI schema (kubernetes-validate,
+  strict: an unknown field is an error). The ServiceMonitor (a CRD) gets its fields checked here.
+- The "restricted" Pod Security Standard, rule by rule
+  (https://kubernetes.io/docs/concepts/security/pod-security-standards/), for every pod
+  template: no host namespaces, ports or paths, no privileged containers, only the allowed
+  volume types, runAsNonRoot and a non-zero runAsUser, seccomp RuntimeDefault or Localhost,
+  allowPrivilegeEscalation false, every capability dropped (NET_BIND_SERVICE the only one
+  that may be added back).
+- What the README promises of them: no service account token, a read-only root filesystem,
+  a startup probe, a CPU limit equal to the `threads` of the gateway config the manifest
+  names, a grace period longer than drain_delay + shutdown_grace, a PodDisruptionBudget per
+  Deployment, a ServiceMonitor selecting a Service with a `metrics` port.
+
+The checker tests itself first: each rule must refuse a manifest made to break it.
+"""
+
+import copy
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFESTS = {
+    "deploy/kubernetes/sidecar.yaml": "deploy/sidecar.toml",
+    "deploy/kubernetes/edge.yaml": "deploy/edge.toml",
+}
+KUBERNETES_VERSION = "1.30.0"
+ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                   "persistentVolumeClaim", "projected", "secret"}
+
+
+def seconds(text):
+    """A humantime duration as the gateway reads it ("5s", "1m", "500ms")."""
+    total = 0.0
+    for n, unit in re.findall(r"(\d+)\s*(ms|s|m|h)", text):
+        total += int(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    return total
+
+
+def cpu(text):
+    text = str(text)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def restricted(pod):
+    """Problems of one pod spec under the restricted profile."""
+    problems = []
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            problems.append(f"{key} is set")
+    for v in pod.get("volumes", []):
+        kinds = set(v) - {"name"}
+        if not kinds <= ALLOWED_VOLUMES:
+            problems.append(f"volume {v['name']} is of type {sorted(kinds)}")
+    psc = pod.get("securityContext", {})
+    containers = pod.get("containers", []) + pod.get("initContainers", [])
+    for c in containers:
+        sc = c.get("securityContext", {})
+        name = c["name"]
+        if sc.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            problems.append(f"{name}: hostPort")
+        if not sc.get("runAsNonRoot", psc.get("runAsNonRoot")):
+            problems.append(f"{name}: runAsNonRoot is not true")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            problems.append(f"{name}: runAsUser is 0")
+        seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: seccompProfile is {seccomp!r}, not RuntimeDefault")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation is not false")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            problems.append(f"{name}: capabilities do not drop ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{name}: capabilities add {caps['add']}")
+    return problems
+
+
+def promises(docs, config):
+    """Problems with what the README says the manifests do."""
+    problems = []
+    gateway = tomllib.loads((ROOT / config).read_text())
+    server = gateway.get("server", {})
+    threads = server.get("threads")
+    window = seconds(server.get("drain_delay", "5s")) + seconds(server.get("shutdown_grace", "10s"))
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    if not deployments:
+        problems.append("no Deployment")
+    for d in deployments:
+        pod = d["spec"]["template"]["spec"]
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        if pod.get("automountServiceAccountToken") is not False:
+            problems.append(f"{d['metadata']['name']}: automountServiceAccountToken is not false")
+        if pod.get("terminationGracePeriodSeconds", 30) <= window:
+            problems.append(f"{d['metadata']['name']}: terminationGracePeriodSeconds is not above drain_delay + shutdown_grace ({window:g} s)")
+        gw = [c for c in pod["containers"] if c["name"] == "portcullis"]
+        if len(gw) != 1:
+            problems.append(f"{d['metadata']['name']}: no portcullis container")
+            continue
+        c = gw[0]
+        if not c.get("securityContext", {}).get("readOnlyRootFilesystem"):
+            problems.append("portcullis: the root filesystem is not read-only")
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            if probe not in c:
+                problems.append(f"portcullis: no {probe}")
+        limit = c.get("resources", {}).get("limits", {}).get("cpu")
+        if limit is None or threads is None or cpu(limit) != threads:
+            problems.append(f"portcullis: CPU limit {limit} does not match threads = {threads} of {config}")
+        pdbs = [p for p in docs if p["kind"] == "PodDisruptionBudget"
+                and p["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        if not pdbs:
+            problems.append(f"{d['metadata']['name']}: no PodDisruptionBudget")
+    monitors = [m for m in docs if m["kind"] == "ServiceMonitor"]
+    if not monitors:
+        problems.append("no ServiceMonitor")
+    for m in monitors:
+        want = m["spec"]["selector"]["matchLabels"]
+        services = [s for s in docs if s["kind"] == "Service"
+                    and want.items() <= s["metadata"].get("labels", {}).items()]
+        ports = [p for s in services for p in s["spec"]["ports"]]
+        if not any(p.get("name") == "metrics" for p in ports):
+            problems.append(f"ServiceMonitor {m['metadata']['name']} selects no Service with a metrics port")
+        if any(e.get("port") != "metrics" for e in m["spec"]["endpoints"]):
+            problems.append(f"ServiceMonitor {m['metadata']['name']} scrapes a port other than metrics")
+    if not any(d["kind"] == "NetworkPolicy" for d in docs):
+        problems.append("no NetworkPolicy")
+    return problems
+
+
+def check(path, config):
+    docs = [d for d in yaml.safe_load_all((ROOT / path).read_text()) if d]
+    problems = []
+    for d in docs:
+        if d["kind"] == "ServiceMonitor":
+            continue
+        try:
+            kubernetes_validate.validate(d, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            problems.append(f"{d['kind']}/{d['metadata']['name']}: {e.message}")
+    for d in docs:
+        if d["kind"] == "Deployment":
+            problems += restricted(d["spec"]["template"]["spec"])
+    problems += promises(docs, config)
+    return docs, problems
+
+
+def self_test(docs, config):
+    """Each rule refuses a copy of a passing manifest broken for it."""
+    def broken(change):
+        copied = copy.deepcopy(docs)
+        pod = next(d for d in copied if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+        change(pod, next(c for c in pod["containers"] if c["name"] == "portcullis"), copied)
+        return restricted(pod) + promises(copied, config)
+
+    def set_(d, k, v):
+        d[k] = v
+
+    cases = {
+        "drop ALL": lambda p, c, _: c["securityContext"]["capabilities"].update(drop=[]),
+        "seccomp": lambda p, c, _: p["securityContext"].pop("seccompProfile"),
+        "escalation": lambda p, c, _: c["securityContext"].pop("allowPrivilegeEscalation"),
+        "non-root": lambda p, c, _: (p["securityContext"].pop("runAsNonRoot"),
+                                     c["securityContext"].pop("runAsNonRoot")),
+        "root user": lambda p, c, _: set_(c["securityContext"], "runAsUser", 0),
+        "added capability": lambda p, c, _: c["securityContext"]["capabilities"].update(add=["NET_ADMIN"]),
+        "host network": lambda p, c, _: set_(p, "hostNetwork", True),
+        "hostPath": lambda p, c, _: p["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
+        "token": lambda p, c, _: p.pop("automountServiceAccountToken"),
+        "read-only root": lambda p, c, _: c["securityContext"].pop("readOnlyRootFilesystem"),
+        "CPU limit": lambda p, c, _: c["resources"]["limits"].update(cpu="4"),
+        "startup probe": lambda p, c, _: c.pop("startupProbe"),
+        "grace": lambda p, c, _: set_(p, "terminationGracePeriodSeconds", 5),
+        "PDB": lambda p, c, docs: docs.remove(next(d for d in docs if d["kind"] == "PodDisruptionBudget")),
+    }
+    for name, change in cases.items():
+        if not broken(change):
+            sys.exit(f"check_manifests: the {name!r} rule accepted a manifest that breaks it")
+
+
+def main():
+    failed = False
+    for path, config in MANIFESTS.items():
+        docs, problems = check(path, config)
+        if not problems:
+            self_test(docs, config)
+        for p in problems:
+            print(f"{path}: {p}")
+        failed |= bool(problems)
+        kinds = ", ".join(sorted({d["kind"] for d in docs}))
+        print(f"{path}: {'FAILED' if problems else 'ok'} ({kinds})")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
