@@ -60,7 +60,76 @@ fn original<'a>(
     };
     let method = Method::from_bytes(header(method_header)?)
         .map_err(|_| format!("The {method_header} header is not an HTTP method."))?;
-    Ok((method, header(uri_header)?))
+    let uri = header(uri_header)?;
+    let well_formed = match convention {
+        // `$scheme://$http_host$request_uri`, and `$request_uri` starts with `/`: a URL whose
+        // authority is not followed by `/` had a `?` or `#` in the client's `Host` header
+        // (nginx accepts `Host: api.example.com?`), which would move the real path into the
+        // query (red team: every path got the `/` route's decision).
+        Convention::IngressNginx => path_after_authority(uri),
+        // `$request_uri` and Traefik's request URI are origin-form (or `*`).
+        _ => uri.first() == Some(&b'/') || uri == b"*",
+    };
+    if !well_formed {
+        return Err(format!(
+            "The {uri_header} header is not the original request's {}.",
+            match convention {
+                Convention::IngressNginx => "http(s) URL with a path",
+                _ => "path",
+            }
+        ));
+    }
+    Ok((method, uri))
+}
+
+/// `http(s)://authority/...`: an absolute URL whose authority ends at a `/`.
+fn path_after_authority(url: &[u8]) -> bool {
+    let lower = url.to_ascii_lowercase();
+    let rest = match (
+        lower.strip_prefix(b"http://"),
+        lower.strip_prefix(b"https://"),
+    ) {
+        (Some(rest), _) | (None, Some(rest)) => rest,
+        (None, None) => return false,
+    };
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    end > 0 && rest.get(end) == Some(&b'/')
+}
+
+/// Headers through which frameworks take the request's path, path base or method besides the
+/// ones the gateway's header classes name: Traefik's original-request headers (but a Traefik
+/// asking sets them itself), Spring's and ASP.NET's path-base headers, and others (red team).
+/// The proxy listener removes them as client-address headers unless a proxy in front is
+/// trusted; at the decision endpoint they would reach the application as the client sent them.
+const DECISION_REFUSED: [&str; 6] = [
+    "x-forwarded-uri",
+    "x-forwarded-method",
+    "x-forwarded-prefix",
+    "x-forwarded-path",
+    "x-original-request-uri",
+    "x-request-uri",
+];
+
+/// Whether a check request header is one of [`DECISION_REFUSED`] under `convention`.
+fn refused_by_convention(name: &str, convention: Convention) -> bool {
+    let name: std::borrow::Cow<str> = match name.contains('_') {
+        true => name.replace('_', "-").into(),
+        false => name.into(),
+    };
+    let own: &[&str] = match convention {
+        // Traefik's forwardAuth sends its own X-Forwarded-* with every check, and its
+        // stripPrefix middleware sets X-Forwarded-Prefix.
+        Convention::Traefik => &[
+            "x-forwarded-uri",
+            "x-forwarded-method",
+            "x-forwarded-prefix",
+        ],
+        _ => &[],
+    };
+    DECISION_REFUSED.contains(&name.as_ref()) && !own.contains(&name.as_ref())
 }
 
 /// The headers through which a convention's proxy passes the original request (and Envoy's
@@ -130,7 +199,7 @@ impl Handler for DecisionApp {
                 route.method_override,
                 own,
                 &self.gate.identity,
-            )
+            ) || refused_by_convention(name.as_str(), self.convention)
         };
         if req.headers().keys().any(chooses) {
             return json(

@@ -330,3 +330,106 @@ async fn nginx_in_front(convention: &str, check: &str) {
         "only the allowed request reached the upstream"
     );
 }
+
+/// Red team: nginx accepts `Host: api.example.com?`, and ingress-nginx builds `X-Original-URL`
+/// from it (`$scheme://$http_host$request_uri`), so the real path would land in the query and
+/// the decision would be the `/` route's. Such a URL, or one without a path, is 400 (nginx
+/// makes that a 500): never the decision for another path.
+#[tokio::test(flavor = "multi_thread")]
+async fn ingress_nginx_urls_must_have_their_path_right_after_the_host() {
+    let s = setup_with(
+        &format!(
+            "[decision]\nlisten = \"127.0.0.1:0\"\nconvention = \"ingress-nginx\"\n\
+             [[routes]]\nname = \"root\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+            dead_addr()
+        ),
+        "",
+    )
+    .await;
+    let decision = s.gw.decision_addr.unwrap();
+    let ask_with = |method: &str, url: &str| {
+        client()
+            .get(format!("http://{decision}/"))
+            .header("x-original-method", method)
+            .header("x-original-url", url)
+            .send()
+    };
+    let ask = |url: &str| ask_with("DELETE", url);
+    for url in [
+        "http://api.example.com?/orders/7",
+        "http://api.example.com:443?/orders/7",
+        "https://api.example.com#/orders/7",
+        "http://api.example.com",
+        "/orders/7",
+        "ftp://api.example.com/orders/7",
+    ] {
+        let r = ask(url).await.unwrap();
+        assert_eq!(r.status(), 400, "{url}");
+    }
+    // The same path properly placed is the orders route's: a token is needed.
+    let r = ask_with("GET", "http://api.example.com/orders/7")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(ask("http://api.example.com/").await.unwrap().status(), 200);
+
+    // Through a real nginx with the controller's check location, as a client would try it.
+    let nginx = start_nginx(decision, s.up.addr, INGRESS_NGINX_CHECK).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for host in ["api.example.com?", "api.example.com:80?x", "[::1]?"] {
+        let mut c = tokio::net::TcpStream::connect(nginx.addr).await.unwrap();
+        let req = format!("DELETE /orders/7 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        c.read_to_end(&mut answer).await.unwrap();
+        let head = String::from_utf8_lossy(&answer);
+        let status = head.split(' ').nth(1).unwrap_or_default().to_owned();
+        assert!(status != "200" && !status.is_empty(), "Host {host}: {head}");
+    }
+    assert_eq!(s.up.hits(), 0, "nothing reached the upstream");
+}
+
+/// Headers through which applications take their path, path base or method, which the asking
+/// proxy would hand them as the client sent them (red team): refused, except from the
+/// proxy whose convention sets them.
+#[tokio::test(flavor = "multi_thread")]
+async fn path_and_method_headers_of_other_conventions_are_refused_at_the_decision_endpoint() {
+    for convention in ["nginx", "ingress-nginx", "traefik"] {
+        let s = setup(convention).await;
+        let reader = s.ec.sign(&claims(&s.idp, "orders:read"));
+        for (name, value, refused) in [
+            ("x-forwarded-uri", "/admin", convention != "traefik"),
+            ("x-forwarded-method", "DELETE", convention != "traefik"),
+            ("x-forwarded-prefix", "/admin", convention != "traefik"),
+            ("x-forwarded-path", "/admin", true),
+            ("x-original-request-uri", "/admin", true),
+            ("x-request-uri", "/admin", true),
+            ("x_request_uri", "/admin", true),
+        ] {
+            let decision = s.gw.decision_addr.unwrap();
+            let c = client();
+            let req = match convention {
+                "nginx" => c
+                    .get(format!("http://{decision}/auth"))
+                    .header("x-original-method", "GET")
+                    .header("x-original-uri", "/orders/7"),
+                "ingress-nginx" => c
+                    .get(format!("http://{decision}/"))
+                    .header("x-original-method", "GET")
+                    .header("x-original-url", "http://api.example.com/orders/7"),
+                _ => c
+                    .get(format!("http://{decision}/"))
+                    .header("x-forwarded-method", "GET")
+                    .header("x-forwarded-uri", "/orders/7"),
+            };
+            let req = match (convention, name) {
+                // Traefik's own two are already set above.
+                ("traefik", "x-forwarded-uri" | "x-forwarded-method") => req,
+                _ => req.header(name, value),
+            };
+            let r = req.bearer_auth(&reader).send().await.unwrap();
+            let want = if refused { 403 } else { 200 };
+            assert_eq!(r.status(), want, "{convention}: {name}");
+        }
+    }
+}
