@@ -104,8 +104,9 @@ fn path_after_authority(url: &[u8]) -> bool {
 /// asking sets them itself), Spring's and ASP.NET's path-base headers, and others (red team).
 /// The proxy listener removes them as client-address headers unless a proxy in front is
 /// trusted; at the decision endpoint they would reach the application as the client sent them.
-const DECISION_REFUSED: [&str; 6] = [
+const DECISION_REFUSED: [&str; 7] = [
     "x-forwarded-uri",
+    "x-forwarded-url",
     "x-forwarded-method",
     "x-forwarded-prefix",
     "x-forwarded-path",

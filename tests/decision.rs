@@ -402,6 +402,7 @@ async fn path_and_method_headers_of_other_conventions_are_refused_at_the_decisio
             ("x-forwarded-method", "DELETE", convention != "traefik"),
             ("x-forwarded-prefix", "/admin", convention != "traefik"),
             ("x-forwarded-path", "/admin", true),
+            ("x-forwarded-url", "http://api.example.com/admin", true),
             ("x-original-request-uri", "/admin", true),
             ("x-request-uri", "/admin", true),
             ("x_request_uri", "/admin", true),
