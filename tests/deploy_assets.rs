@@ -69,14 +69,7 @@ requests = 100
         up = up.addr
     ));
     assert!(became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(15)).await);
-    let text = common::client()
-        .get(format!("http://{}/metrics", gw.metrics_addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::scrape_text(gw.metrics_addr).await;
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())

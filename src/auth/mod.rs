@@ -458,7 +458,10 @@ impl Authenticator {
             dpop: dpop.map(Dpop::algs),
             used_dpop: dpop.is_some() && bearer::is_dpop_scheme(headers),
         };
-        let nonce = dpop.and_then(|d| d.nonce(jwt::unix_seconds(SystemTime::now())));
+        // A nonce is an HMAC: made only for the answer that carries one.
+        let nonce = dpop
+            .filter(|_| matches!(error, AuthError::InvalidProof(DpopFault::NonceRequired)))
+            .and_then(|d| d.nonce(jwt::unix_seconds(SystemTime::now())));
         Challenge::with_schemes(error, &self.realm, &policy.named(), schemes, nonce)
     }
 

@@ -249,16 +249,21 @@ pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Scrape `/metrics` and check that every sample line parses.
-pub async fn scrape(metrics_addr: SocketAddr) -> Metrics {
-    let text = client()
+/// The text of `/metrics`.
+pub async fn scrape_text(metrics_addr: SocketAddr) -> String {
+    client()
         .get(format!("http://{metrics_addr}/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Scrape `/metrics` and check that every sample line parses.
+pub async fn scrape(metrics_addr: SocketAddr) -> Metrics {
+    let text = scrape_text(metrics_addr).await;
     let mut samples = Vec::new();
     for line in text
         .lines()
