@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::admin::{AdminApp, Readiness};
 use crate::auth::Authenticator;
-use crate::config::{Config, KeySource};
+use crate::config::Config;
 use crate::dataplane::client_stream::ClientTimeouts;
 use crate::dataplane::framing::RequestLimits;
 use crate::dataplane::pool::PoolSettings;
@@ -52,10 +52,9 @@ pub enum StartupError {
         #[source]
         source: io::Error,
     },
-    #[error("issuers[{issuer}].hmac_secret_env: the variable {env} must hold a secret of at least 32 bytes")]
-    Secret { issuer: usize, env: String },
-    #[error("introspection.client_secret_env: the variable {env} is unset or empty; set it to the gateway's client secret")]
-    IntrospectionSecret { env: String },
+    /// Secrets the config names that cannot be read ([`Config::unreadable_secrets`]).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Secrets(Vec<crate::config::Problem>),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot start a worker thread: {0}")]
@@ -91,22 +90,9 @@ impl App {
     /// Bind the listeners and assemble every part. Nothing runs until [`App::run_until_signal`]
     /// or [`App::spawn`].
     pub fn build(config: &Config, registry: Registry) -> Result<App, StartupError> {
-        for (issuer, c) in config.issuers.iter().enumerate() {
-            if let KeySource::HmacSecret { env } = &c.keys {
-                if std::env::var(env).map_or(true, |s| s.len() < 32) {
-                    return Err(StartupError::Secret {
-                        issuer,
-                        env: env.clone(),
-                    });
-                }
-            }
-        }
-        if let Some(i) = &config.introspection {
-            if std::env::var(&i.client_secret_env).map_or(true, |s| s.is_empty()) {
-                return Err(StartupError::IntrospectionSecret {
-                    env: i.client_secret_env.clone(),
-                });
-            }
+        let secrets = config.unreadable_secrets();
+        if !secrets.is_empty() {
+            return Err(StartupError::Secrets(secrets));
         }
         let metrics = Metrics::new(registry)?;
         metrics.initialise(&crate::metrics::Known {

@@ -83,6 +83,13 @@ fn check(path: &std::path::Path) -> ExitCode {
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
             }
+            let secrets = config.unreadable_secrets();
+            if !secrets.is_empty() {
+                for problem in secrets {
+                    eprintln!("{problem}");
+                }
+                return ExitCode::from(1);
+            }
             println!(
                 "{}: ok ({} routes, {} issuers, introspection {})",
                 path.display(),

@@ -54,6 +54,7 @@ fn check_warns_about_allow_any_audience() {
     let out = Command::new(BIN)
         .args(["check", "--config"])
         .arg(&file.0)
+        .env("GW_SECRET", "s")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -327,6 +328,12 @@ fn every_config_rule_names_its_key_and_fix() {
         (&format!("[dpop]\nnonce = true\nnonce_secret_file = \"/nonexistent/secret\"\n{ROUTE}{ISSUER}"), "dpop.nonce_secret_file: cannot be read"),
         (&format!("[dpop]\nnonce_lifetime = \"1m\"\n{ROUTE}{ISSUER}"), "dpop.nonce_lifetime: goes with nonce = true"),
         (&format!("[dpop]\nnonces = true\n{ROUTE}{ISSUER}"), "dpop.nonces: unknown field `nonces`"),
+        // Secrets from variables or files, exactly one.
+        (&format!("{ROUTE}{INTROSPECTION}client_secret_file = \"/run/secrets/s\"\n"), "introspection.client_secret_file: set either introspection.client_secret_env or introspection.client_secret_file, not both"),
+        (&format!("{ROUTE}[introspection]\nendpoint = \"https://id/introspect\"\nclient_id = \"gw\"\naudiences = [\"a\"]\n"), "introspection.client_secret_env: is required"),
+        (&format!("{ROUTE}[introspection]\nendpoint = \"https://id/introspect\"\nclient_id = \"gw\"\naudiences = [\"a\"]\nclient_secret_file = \"\"\n"), "introspection.client_secret_file: must be the path of a file"),
+        (&format!("{ROUTE}[[issuers]]\nissuer = \"https://id\"\nhmac_secret_file = \"/s\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\n"), "issuers[0].hmac_secret_env: hmac_secret_env only goes with HS256/384/512"),
+        (&format!("{ROUTE}[[issuers]]\nissuer = \"https://id\"\nhmac_secret_env = \"S\"\nhmac_secret_file = \"/s\"\naudiences = [\"a\"]\nalgorithms = [\"HS256\"]\n"), "issuers[0].hmac_secret_file: set either"),
     ];
     for (text, want) in cases {
         let got = problems(text);
@@ -799,6 +806,72 @@ async fn json_access_lines_carry_the_request_id_outcome_and_client() {
             assert!(!log.contains(secret), "{secret} is in the log");
         }
     }
+}
+
+/// `check` reads every secret the file names, as start-up would, and names the key of each one
+/// that cannot be read; a secret file's trailing newline is not part of the secret.
+#[test]
+fn check_reports_unreadable_secrets_by_key() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let short = dir.join(format!("hmac-short-{}", std::process::id()));
+    std::fs::write(&short, "too short\n").unwrap();
+    let n = std::cell::Cell::new(0);
+    let issuer = |source: &str| {
+        n.set(n.get() + 1);
+        let i = n.get();
+        format!("[[issuers]]\nissuer = \"https://id{i}\"\n{source}\naudiences = [\"a\"]\nalgorithms = [\"HS256\"]\n")
+    };
+    let text = format!(
+        "{ROUTE}{}{}{}{INTROSPECTION}",
+        issuer(&format!(
+            "hmac_secret_file = {:?}",
+            short.display().to_string()
+        )),
+        issuer("hmac_secret_file = \"/nonexistent/portcullis-secret\""),
+        issuer("hmac_secret_env = \"PORTCULLIS_TEST_UNSET_HMAC\""),
+    );
+    let file = TempFile::with(&text);
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&file.0)
+        .env_remove("GW_SECRET")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    assert!(
+        lines[0].starts_with("issuers[0].hmac_secret_file: the secret in "),
+        "{stderr}"
+    );
+    assert!(lines[0].contains("is shorter than 32 bytes"), "{stderr}");
+    assert!(lines[1].starts_with("issuers[1].hmac_secret_file: the file /nonexistent/portcullis-secret cannot be read (entity not found)"), "{stderr}");
+    assert_eq!(lines[2], "issuers[2].hmac_secret_env: the variable PORTCULLIS_TEST_UNSET_HMAC must hold a secret of at least 32 bytes");
+    assert_eq!(lines[3], "introspection.client_secret_env: the variable GW_SECRET is unset or empty; set it to the secret");
+    // The same file passes once every secret is there; a file's trailing newline is trimmed,
+    // so a 32-byte secret written by `echo` counts 32.
+    std::fs::write(&short, format!("{}\n", "k".repeat(32))).unwrap();
+    let text = format!(
+        "{ROUTE}{}{INTROSPECTION}",
+        issuer(&format!(
+            "hmac_secret_file = {:?}",
+            short.display().to_string()
+        )),
+    );
+    let file = TempFile::with(&text);
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&file.0)
+        .env("GW_SECRET", "s")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file(&short);
 }
 
 /// A file that fails validation but asks for JSON logs gets its problems as JSON lines, so a

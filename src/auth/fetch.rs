@@ -29,8 +29,8 @@ pub enum FetchError {
     },
     #[error("discovery metadata at {url} is invalid: {reason}")]
     Discovery { url: String, reason: &'static str },
-    #[error("the HMAC secret variable {env} is unset or shorter than 32 bytes")]
-    Secret { env: String },
+    #[error("the HMAC secret: {0}")]
+    Secret(#[source] super::settings::SecretError),
 }
 
 impl FetchError {
@@ -41,7 +41,7 @@ impl FetchError {
             FetchError::Status { .. } => "bad_status",
             FetchError::TooLarge { .. } | FetchError::Jwks { .. } => "bad_jwks",
             FetchError::Discovery { .. } => "bad_discovery",
-            FetchError::Secret { .. } => "bad_secret",
+            FetchError::Secret(_) => "bad_secret",
         }
     }
 }

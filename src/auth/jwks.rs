@@ -195,9 +195,10 @@ impl IssuerKeys {
     }
 
     async fn fetch(&self) -> Result<(KeySet, Duration), FetchError> {
-        if let KeySource::HmacSecret { env } = &self.config.keys {
-            let secret = std::env::var(env).ok().filter(|s| s.len() >= 32);
-            let secret = secret.ok_or_else(|| FetchError::Secret { env: env.clone() })?;
+        if let KeySource::HmacSecret(source) = &self.config.keys {
+            let secret = source
+                .read_at_least(crate::auth::settings::MIN_HMAC_SECRET_BYTES)
+                .map_err(FetchError::Secret)?;
             return Ok((
                 KeySet::from_hmac_secret(secret.as_bytes(), &self.config.algorithms),
                 self.config.jwks_refresh,
@@ -243,9 +244,7 @@ mod tests {
     fn keys_are_usable_until_max_stale_then_not() {
         let issuer = IssuerConfig {
             issuer: "https://id".into(),
-            keys: KeySource::HmacSecret {
-                env: "UNUSED".into(),
-            },
+            keys: KeySource::HmacSecret(crate::auth::settings::SecretSource::Env("UNUSED".into())),
             audiences: vec!["a".into()],
             algorithms: vec![Algorithm::HS256],
             leeway: Duration::from_secs(30),

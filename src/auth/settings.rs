@@ -8,7 +8,7 @@ use url::Url;
 
 /// What the auth core needs: the gateway's `server.realm`, `[tokens]`, `[[issuers]]` and
 /// `[introspection]`; or the same sections alone (with a top-level `realm`) for middleware.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuthConfig {
     pub realm: String,
     pub tokens: TokensConfig,
@@ -23,7 +23,7 @@ pub struct AuthConfig {
 }
 
 /// `[tokens]`: limits applied to every bearer token, and the verified-token cache.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokensConfig {
     /// `max_size`, default `8192` bytes: longer tokens are refused before any decoding.
     pub max_size: usize,
@@ -103,9 +103,80 @@ pub enum KeySource {
     JwksUri(Url),
     /// `discovery = true`: `jwks_uri` from the issuer's metadata (RFC 8414, OIDC Discovery).
     Discovery,
-    /// `hmac_secret_env = "NAME"`: HS256/384/512 with a secret read from that variable.
-    HmacSecret { env: String },
+    /// `hmac_secret_env = "NAME"` or `hmac_secret_file = "/path"`: HS256/384/512 with a
+    /// shared secret, read again at every key refresh.
+    HmacSecret(SecretSource),
 }
+
+/// Where a secret comes from: an environment variable, or a file (a Kubernetes Secret mounted
+/// as a volume). Never the configuration file itself. A file is read again on every reload,
+/// so a rotated Secret takes effect without a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SecretSource {
+    /// `*_secret_env`: the variable's name.
+    Env(String),
+    /// `*_secret_file`: the file's path.
+    File(std::path::PathBuf),
+}
+
+/// A secret that cannot be read, said without its value.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SecretError {
+    #[error("the variable {0} is unset or empty")]
+    Unset(String),
+    #[error("the file {} cannot be read ({})", .0.display(), .1)]
+    Unreadable(std::path::PathBuf, std::io::ErrorKind),
+    #[error("the file {} is empty or not UTF-8", .0.display())]
+    Empty(std::path::PathBuf),
+    #[error("the secret in {0} is shorter than {1} bytes")]
+    Short(String, usize),
+}
+
+impl SecretSource {
+    /// The key suffix that names this source: `env` or `file`.
+    pub fn suffix(&self) -> &'static str {
+        match self {
+            SecretSource::Env(_) => "env",
+            SecretSource::File(_) => "file",
+        }
+    }
+
+    /// The secret now. A file's trailing line break (and any other surrounding ASCII
+    /// whitespace) is not part of it: `kubectl create secret --from-file` and `echo` both add one.
+    pub fn read(&self) -> Result<String, SecretError> {
+        let value = match self {
+            SecretSource::Env(name) => std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| SecretError::Unset(name.clone()))?,
+            SecretSource::File(path) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| SecretError::Unreadable(path.clone(), e.kind()))?;
+                String::from_utf8(bytes.trim_ascii().to_vec())
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| SecretError::Empty(path.clone()))?
+            }
+        };
+        Ok(value)
+    }
+
+    /// [`SecretSource::read`], refusing a secret shorter than `min` bytes.
+    pub fn read_at_least(&self, min: usize) -> Result<String, SecretError> {
+        let value = self.read()?;
+        if value.len() < min {
+            let at = match self {
+                SecretSource::Env(name) => name.clone(),
+                SecretSource::File(path) => path.display().to_string(),
+            };
+            return Err(SecretError::Short(at, min));
+        }
+        Ok(value)
+    }
+}
+
+/// The shortest HMAC secret an issuer may have: 256 bits (RFC 7518 §3.2 for HS256).
+pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 
 /// Which claim carries a token's scopes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +188,7 @@ pub enum ScopeClaim {
 }
 
 /// One `[[issuers]]` entry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuerConfig {
     /// `issuer`: compared exactly with a token's `iss` (RFC 7519 §4.1.1).
     pub issuer: String,
@@ -152,7 +223,7 @@ pub struct IssuerConfig {
 }
 
 /// `[introspection]`: opaque tokens checked at the authorization server (RFC 7662).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntrospectionConfig {
     /// `endpoint`: the introspection URL. `None` when it comes from the discovery metadata
     /// (`introspection_endpoint`, RFC 8414 §2) of `issuer`.
@@ -162,8 +233,8 @@ pub struct IntrospectionConfig {
     pub issuer: Option<String>,
     /// `client_id`: the gateway's own client at the authorization server.
     pub client_id: String,
-    /// `client_secret_env`: the name of the environment variable that holds the client secret.
-    pub client_secret_env: String,
+    /// `client_secret_env` or `client_secret_file`: where the client secret is read from.
+    pub client_secret: SecretSource,
     /// `auth_method`, default `client_secret_basic`.
     pub auth_method: ClientAuth,
     /// `timeout`, default `2s`: the whole miss (waiting for a slot, the call, the answer).

@@ -5,7 +5,7 @@ use std::time::Duration;
 use url::Url;
 
 use super::raw::RawIssuer;
-use super::validate::{http_url, is_env_name, Problems};
+use super::validate::{http_url, Problems};
 use super::{Algorithm, IssuerConfig, KeySource, ScopeClaim};
 
 pub(super) const HTTPS_RULE: &str =
@@ -94,10 +94,14 @@ fn key_source(
     raw: &RawIssuer,
     insecure_ok: bool,
 ) -> Option<KeySource> {
+    let hmac = raw
+        .hmac_secret_env
+        .as_deref()
+        .or(raw.hmac_secret_file.as_deref());
     match (
         raw.jwks_uri.as_deref(),
         raw.discovery.unwrap_or(false),
-        raw.hmac_secret_env.as_deref(),
+        hmac,
     ) {
         (Some(_), true, _) => {
             p.push(
@@ -131,16 +135,13 @@ fn key_source(
             }
             Some(KeySource::Discovery)
         }
-        (None, false, Some(env)) if is_env_name(env) => Some(KeySource::HmacSecret {
-            env: env.to_owned(),
-        }),
-        (None, false, Some(_)) => {
-            p.push(
-                format!("{key}.hmac_secret_env"),
-                "must name the environment variable holding the secret (letters, digits, _)",
-            );
-            None
-        }
+        (None, false, Some(_)) => p
+            .secret_source(
+                &format!("{key}.hmac_secret"),
+                raw.hmac_secret_env.as_deref(),
+                raw.hmac_secret_file.as_deref(),
+            )
+            .map(KeySource::HmacSecret),
         (None, false, None) => {
             p.push(
                 format!("{key}.jwks_uri"),
@@ -183,11 +184,11 @@ fn algorithms(p: &mut Problems, key: &str, raw: &RawIssuer) -> Vec<Algorithm> {
             format!("{key}.algorithms"),
             "HS256/384/512 cannot be mixed with public-key algorithms for one issuer (algorithm confusion, RFC 8725 §2.1)",
         );
-    } else if hmac != raw.hmac_secret_env.is_some() {
+    } else if hmac != (raw.hmac_secret_env.is_some() || raw.hmac_secret_file.is_some()) {
         p.push(
             format!("{key}.hmac_secret_env"),
             if hmac {
-                "HS256/384/512 need hmac_secret_env naming the variable that holds the shared secret"
+                "HS256/384/512 need hmac_secret_env naming the variable (or hmac_secret_file naming the file) that holds the shared secret"
             } else {
                 "hmac_secret_env only goes with HS256/384/512 algorithms"
             },

@@ -19,7 +19,7 @@ use http::Method;
 
 pub use crate::auth::settings::{
     Algorithm, AuthConfig, ClientAuth, IntrospectionConfig, IssuerConfig, KeySource, ScopeClaim,
-    TokenTypes, TokensConfig,
+    SecretError, SecretSource, TokenTypes, TokensConfig,
 };
 pub use crate::auth::RoutePolicy;
 pub use crate::gate::headers::IdentityNames;
@@ -298,6 +298,46 @@ impl Config {
             });
         }
         warnings
+    }
+
+    /// Every secret the config names that cannot be read now, by key: an unset variable, an
+    /// unreadable or empty file, an HMAC secret shorter than 32 bytes. Start-up and reload
+    /// refuse a config with any; `portcullis check` reports them. (`[dpop]`'s nonce secret is
+    /// read, and checked, with the rest of the file.)
+    pub fn unreadable_secrets(&self) -> Vec<Problem> {
+        use crate::auth::settings::MIN_HMAC_SECRET_BYTES;
+        let mut problems = Vec::new();
+        let mut check = |key: String, source: &SecretSource, min: usize| {
+            let message = match (source.read_at_least(min), source) {
+                (Ok(_), _) => return,
+                (Err(_), SecretSource::Env(name)) if min > 1 => {
+                    format!("the variable {name} must hold a secret of at least {min} bytes")
+                }
+                (Err(_), SecretSource::Env(name)) => {
+                    format!("the variable {name} is unset or empty; set it to the secret")
+                }
+                (Err(e), SecretSource::File(_)) => {
+                    format!("{e}; mount the secret there or fix the path")
+                }
+            };
+            problems.push(Problem {
+                key: format!("{key}_{}", source.suffix()),
+                message,
+            });
+        };
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            if let KeySource::HmacSecret(source) = &issuer.keys {
+                check(
+                    format!("issuers[{i}].hmac_secret"),
+                    source,
+                    MIN_HMAC_SECRET_BYTES,
+                );
+            }
+        }
+        if let Some(i) = &self.introspection {
+            check("introspection.client_secret".into(), &i.client_secret, 1);
+        }
+        problems
     }
 
     /// The sections the auth core is built from.

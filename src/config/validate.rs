@@ -13,8 +13,8 @@ use super::raw::{
 };
 use super::{
     AuthConfig, AuthMode, ClientAuth, Config, ConfigError, Convention, DecisionConfig,
-    IntrospectionConfig, MetricsConfig, Problem, RouteConfig, ServerConfig, TokenTypes,
-    TokensConfig, UpstreamConfig,
+    IntrospectionConfig, MetricsConfig, Problem, RouteConfig, SecretSource, ServerConfig,
+    TokenTypes, TokensConfig, UpstreamConfig,
 };
 
 #[derive(Default)]
@@ -44,6 +44,45 @@ impl Problems {
                     "must be a duration such as \"500ms\", \"30s\" or \"5m\"",
                 );
                 default
+            }
+        }
+    }
+
+    /// `{key}_env` or `{key}_file` (`key` is the whole path without the suffix, e.g.
+    /// `introspection.client_secret`): exactly one of them, a variable name or a path. `None`
+    /// when neither is set (the caller says whether that is a problem) or after a problem.
+    pub(super) fn secret_source(
+        &mut self,
+        key: &str,
+        env: Option<&str>,
+        file: Option<&str>,
+    ) -> Option<SecretSource> {
+        match (env, file) {
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                self.push(
+                    format!("{key}_file"),
+                    format!("set either {key}_env or {key}_file, not both"),
+                );
+                None
+            }
+            (Some(name), None) if is_env_name(name) => Some(SecretSource::Env(name.to_owned())),
+            (Some(_), None) => {
+                self.push(
+                    format!("{key}_env"),
+                    "must name the environment variable holding the secret (letters, digits, _); secrets are never written in the file",
+                );
+                None
+            }
+            (None, Some(path)) if !path.is_empty() => {
+                Some(SecretSource::File(std::path::PathBuf::from(path)))
+            }
+            (None, Some(_)) => {
+                self.push(
+                    format!("{key}_file"),
+                    "must be the path of a file holding the secret (a mounted Kubernetes Secret)",
+                );
+                None
             }
         }
     }
@@ -457,11 +496,16 @@ fn introspection(p: &mut Problems, raw: &RawIntrospection) -> Option<Introspecti
             "is required: the gateway's client id at the authorization server",
         );
     }
-    let env = raw.client_secret_env.clone().filter(|e| is_env_name(e));
-    if env.is_none() {
+    let (env, file) = (&raw.client_secret_env, &raw.client_secret_file);
+    let secret = p.secret_source(
+        "introspection.client_secret",
+        env.as_deref(),
+        file.as_deref(),
+    );
+    if env.is_none() && file.is_none() {
         p.push(
             "introspection.client_secret_env",
-            "must name the environment variable holding the secret (letters, digits, _); secrets are never written in the file",
+            "is required: name the environment variable (or set client_secret_file to the file) holding the gateway's client secret; secrets are never written in the file",
         );
     }
     let auth_method = match raw.auth_method.as_deref() {
@@ -537,7 +581,7 @@ fn introspection(p: &mut Problems, raw: &RawIntrospection) -> Option<Introspecti
         endpoint,
         issuer,
         client_id: client_id?,
-        client_secret_env: env?,
+        client_secret: secret?,
         auth_method,
         timeout,
         cache_ttl,

@@ -57,8 +57,8 @@ pub enum CallError {
     Status { status: u16 },
     #[error("unreadable answer: {0}")]
     BadAnswer(#[source] BadAnswer),
-    #[error("the client secret variable {env} is unset or empty")]
-    NoSecret { env: String },
+    #[error("the client secret (client_secret_{0}) could not be read")]
+    NoSecret(&'static str),
 }
 
 impl CallError {
@@ -73,7 +73,7 @@ impl CallError {
             CallError::Unauthorized { .. } => "unauthorized",
             CallError::Status { .. } => "bad_status",
             CallError::BadAnswer(_) => "bad_answer",
-            CallError::NoSecret { .. } => "no_secret",
+            CallError::NoSecret(_) => "no_secret",
         }
     }
 }
@@ -139,17 +139,14 @@ impl Drop for InFlight<'_> {
 const DISCOVERY_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Introspector {
-    /// The client secret is read from `client_secret_env` now; when it is missing, every call
+    /// The client secret is read now (a file again on every reload); when it is missing, every call
     /// fails with 503 (the gateway refuses to start in that case, see `app`).
     pub fn new(
         config: IntrospectionConfig,
         http: reqwest::Client,
         metrics: Metrics,
     ) -> Introspector {
-        let secret = std::env::var(&config.client_secret_env)
-            .ok()
-            .filter(|s| !s.is_empty())
-            .map(Secret);
+        let secret = config.client_secret.read().ok().map(Secret);
         let cache = (config.cache_capacity > 0).then(|| {
             Cache::builder()
                 .max_capacity(config.cache_capacity)
@@ -325,7 +322,7 @@ impl Introspector {
             .introspection_requests
             .with_label_values(&[label])
             .inc();
-        if let Err(e @ (CallError::Unauthorized { .. } | CallError::NoSecret { .. })) = &result {
+        if let Err(e @ (CallError::Unauthorized { .. } | CallError::NoSecret(_))) = &result {
             tracing::error!(
                 client_id = %self.config.client_id,
                 error = %e,
@@ -336,9 +333,10 @@ impl Introspector {
     }
 
     async fn call_in_slot(&self, token: &str) -> Result<Entry, CallError> {
-        let secret = self.secret.as_ref().ok_or_else(|| CallError::NoSecret {
-            env: self.config.client_secret_env.clone(),
-        })?;
+        let secret = self
+            .secret
+            .as_ref()
+            .ok_or(CallError::NoSecret(self.config.client_secret.suffix()))?;
         let endpoint = self.endpoint().await.map_err(CallError::Discovery)?;
         let _permit = tokio::time::timeout(SLOT_WAIT, self.slots.acquire())
             .await
