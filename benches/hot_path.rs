@@ -305,7 +305,19 @@ fn token_cache_hit(c: &mut Criterion) {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    cache.insert(TokenCache::key(&token), principal, 0, 1, now + 3600, now);
+    let issuer = AuthConfig::parse(
+        "[[issuers]]\nissuer = \"https://id.example\"\njwks_uri = \"https://id.example/jwks\"\naudiences = [\"api\"]\nalgorithms = [\"RS256\"]\n",
+    )
+    .unwrap()
+    .issuers
+    .remove(0);
+    let metrics = portcullis::metrics::Metrics::new(prometheus::Registry::new()).unwrap();
+    let keys = std::sync::Arc::new(portcullis::auth::IssuerKeys::new(
+        issuer,
+        reqwest::Client::new(),
+        metrics,
+    ));
+    cache.insert(TokenCache::key(&token), principal, keys, 1, now + 3600, now);
     c.bench_function("token_cache_hit_700_byte_token", |b| {
         b.iter(|| assert!(cache.get(&TokenCache::key(black_box(&token))).is_some()))
     });

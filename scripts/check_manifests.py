@@ -85,6 +85,22 @@ def restricted(pod):
     return problems
 
 
+def secret_files(gateway):
+    """Every `(key, path)` of a `*_secret_file` in a gateway config."""
+    found = []
+    def walk(value, key):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else k)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+        elif key.endswith("_secret_file"):
+            found.append((key, value))
+    walk(gateway, "")
+    return found
+
+
 def promises(docs, config):
     """Problems with what the README says the manifests do."""
     problems = []
@@ -112,6 +128,15 @@ def promises(docs, config):
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             if probe not in c:
                 problems.append(f"portcullis: no {probe}")
+        # Secrets come in as files: no secret in an environment variable, and every
+        # `*_secret_file` of the config under a mounted Secret volume.
+        if any("secretKeyRef" in e.get("valueFrom", {}) for e in c.get("env", [])):
+            problems.append("portcullis: a secret comes in as an environment variable, not a file")
+        secret_volumes = {v["name"] for v in pod.get("volumes", []) if "secret" in v}
+        secret_dirs = [m["mountPath"] for m in c.get("volumeMounts", []) if m["name"] in secret_volumes]
+        for key, path in secret_files(gateway):
+            if not any(path.startswith(d.rstrip("/") + "/") for d in secret_dirs):
+                problems.append(f"portcullis: {key} = {path} of {config} is not in a mounted Secret")
         limit = c.get("resources", {}).get("limits", {}).get("cpu")
         if limit is None or threads is None or cpu(limit) != threads:
             problems.append(f"portcullis: CPU limit {limit} does not match threads = {threads} of {config}")
@@ -179,8 +204,13 @@ def self_test(docs, config):
         "CPU limit": lambda p, c, _: c["resources"]["limits"].update(cpu="4"),
         "startup probe": lambda p, c, _: c.pop("startupProbe"),
         "grace": lambda p, c, _: set_(p, "terminationGracePeriodSeconds", 5),
+        "secret as env": lambda p, c, _: c.setdefault("env", []).append(
+            {"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}),
         "PDB": lambda p, c, docs: docs.remove(next(d for d in docs if d["kind"] == "PodDisruptionBudget")),
     }
+    if secret_files(tomllib.loads((ROOT / config).read_text())):
+        cases["secret file mount"] = lambda p, c, _: set_(
+            c, "volumeMounts", [m for m in c["volumeMounts"] if not m["mountPath"].startswith("/var/run/secrets")])
     for name, change in cases.items():
         if not broken(change):
             sys.exit(f"check_manifests: the {name!r} rule accepted a manifest that breaks it")

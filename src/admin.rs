@@ -9,6 +9,8 @@ use http::{Method, Request, Response, StatusCode};
 
 use crate::auth::Authenticator;
 use crate::dataplane::simple::Handler;
+use crate::gate::Gate;
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::response::Synthetic;
 
@@ -18,16 +20,22 @@ pub struct Readiness {
     proxy_listening: AtomicBool,
     /// SIGTERM arrived: not ready, whatever else holds, so load balancers stop sending.
     draining: AtomicBool,
-    auth: Arc<Authenticator>,
+    /// The gate now: a reload's issuers count from the moment it is swapped in.
+    gate: Arc<Live<Gate>>,
 }
 
 impl Readiness {
-    pub fn new(auth: Arc<Authenticator>) -> Readiness {
+    pub fn new(gate: Arc<Live<Gate>>) -> Readiness {
         Readiness {
             proxy_listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            auth,
+            gate,
         }
+    }
+
+    /// The auth core now.
+    pub fn auth(&self) -> Arc<Authenticator> {
+        self.gate.load().auth.clone()
     }
 
     pub fn set_proxy_listening(&self) {
@@ -48,14 +56,11 @@ impl Readiness {
         if !self.proxy_listening.load(Ordering::Acquire) {
             pending.push("proxy listener not started".to_owned());
         }
-        for issuer in self.auth.issuers_without_keys() {
+        let auth = self.auth();
+        for issuer in auth.issuers_without_keys() {
             pending.push(format!("no keys loaded yet for issuer {issuer}"));
         }
-        if self
-            .auth
-            .introspection()
-            .is_some_and(|i| !i.endpoint_known())
-        {
+        if auth.introspection().is_some_and(|i| !i.endpoint_known()) {
             pending.push("introspection endpoint not discovered yet".to_owned());
         }
         pending
@@ -75,7 +80,7 @@ impl Handler for AdminApp {
         }
         match req.uri().path() {
             "/metrics" => {
-                self.readiness.auth.update_gauges().await;
+                self.readiness.auth().update_gauges().await;
                 reply(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",

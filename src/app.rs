@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,6 +33,7 @@ use crate::dataplane::upstreams::Upstreams;
 use crate::dataplane::{self, simple, Stop};
 use crate::decision::DecisionApp;
 use crate::gate::Gate;
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::routing::Router;
 
@@ -66,10 +68,13 @@ type Extra = Box<dyn FnOnce(watch::Receiver<Stop>) -> Pin<Box<dyn Future<Output 
 
 /// A gateway ready to run: listeners bound, parts assembled.
 pub struct App {
-    shared: Arc<Shared>,
-    gate: Arc<Gate>,
-    auth: Arc<Authenticator>,
-    upstreams: Arc<Upstreams>,
+    /// What the proxy's workers read; a reload replaces it.
+    live: Arc<Live<Shared>>,
+    /// The same config's gate, for the decision endpoint and readiness.
+    gate: Arc<Live<Gate>>,
+    /// The config in use, and the file a `SIGHUP` reloads it from ([`App::reloading_from`]).
+    config: Config,
+    path: Option<PathBuf>,
     metrics: Metrics,
     readiness: Arc<Readiness>,
     proxy: Vec<TcpListener>,
@@ -90,25 +95,11 @@ impl App {
     /// Bind the listeners and assemble every part. Nothing runs until [`App::run_until_signal`]
     /// or [`App::spawn`].
     pub fn build(config: &Config, registry: Registry) -> Result<App, StartupError> {
-        let secrets = config.unreadable_secrets();
-        if !secrets.is_empty() {
-            return Err(StartupError::Secrets(secrets));
-        }
         let metrics = Metrics::new(registry)?;
-        metrics.initialise(&crate::metrics::Known {
-            routes: config
-                .routes
-                .iter()
-                .map(|r| {
-                    let checks = r.auth == crate::config::AuthMode::Required;
-                    (r.name.as_str(), checks, r.rate_limit.is_some())
-                })
-                .collect(),
-            issuers: config.issuers.iter().map(|i| i.issuer.as_str()).collect(),
-            introspection: config.introspection.is_some(),
-        });
-        let auth = Arc::new(Authenticator::new(&config.auth(), metrics.clone()));
-        let readiness = Arc::new(Readiness::new(auth.clone()));
+        let shared = Arc::new(assemble(config, &metrics, None)?);
+        let live = Arc::new(Live::new(shared.clone()));
+        let gate = Arc::new(Live::new(shared.gate.clone()));
+        let readiness = Arc::new(Readiness::new(gate.clone()));
         let threads = config.server.threads;
         let bind_error = |key, addr| move |source| StartupError::Bind { key, addr, source };
         let proxy = dataplane::bind_reuseport(config.server.listen, threads)
@@ -126,59 +117,13 @@ impl App {
                 Some((listeners, addr, d.convention))
             }
         };
-        let upstreams = Upstreams::resolve(
-            config.routes.iter().map(|r| r.upstreams.as_slice()),
-            &metrics.upstream_healthy,
-        )
-        .map_err(|e| StartupError::Resolve {
-            route: e.route,
-            upstream: e.upstream,
-            source: e.source,
-        })?;
-        let upstreams = Arc::new(upstreams);
-        let gate = Arc::new(Gate {
-            router: Router::new(&config.routes),
-            auth: auth.clone(),
-            identity: config.identity.clone(),
-            metadata: config.resource_metadata.clone(),
-            rate_limited: config
-                .routes
-                .iter()
-                .map(|r| {
-                    let counter = || metrics.rate_limited.with_label_values(&[&r.name]);
-                    r.rate_limit.as_ref().map(|_| counter())
-                })
-                .collect(),
-        });
         let s = &config.server;
-        let settings = Settings {
-            log_subject: config.log.log_subject,
-            trust_forwarded_headers: s.trust_forwarded_headers,
-            limits: RequestLimits {
-                max_uri_bytes: s.max_uri_bytes,
-                max_header_bytes: s.max_header_bytes,
-            },
-            timeouts: ClientTimeouts {
-                header: s.client_header_timeout,
-                body: s.client_body_timeout,
-                send: s.send_timeout,
-                keepalive: s.keepalive_timeout,
-            },
-            read_timeout: config.upstream.read_timeout,
-            max_body_bytes: s.max_body_bytes,
-        };
-        let shared = Arc::new(Shared {
-            gate: gate.clone(),
-            metrics: metrics.clone(),
-            upstreams: upstreams.clone(),
-            settings,
-        });
         let u = &config.upstream;
         Ok(App {
-            shared,
+            live,
             gate,
-            auth,
-            upstreams,
+            config: config.clone(),
+            path: None,
             metrics,
             readiness,
             proxy,
@@ -199,6 +144,12 @@ impl App {
             health_interval: u.health_check_interval,
             connect_timeout: u.connect_timeout,
         })
+    }
+
+    /// Reload the config from `path` on `SIGHUP` ([`App::run_until_signal`]).
+    pub fn reloading_from(mut self, path: &std::path::Path) -> App {
+        self.path = Some(path.to_owned());
+        self
     }
 
     /// Serve `handler` on an already bound listener, on the background thread, beside the
@@ -308,13 +259,13 @@ impl App {
             let app = DecisionApp {
                 gate: self.gate.clone(),
                 convention,
-                max_uri_bytes: self.shared.settings.limits.max_uri_bytes,
+                max_uri_bytes: self.config.server.max_uri_bytes,
             };
             (listeners.into_iter(), Arc::new(app))
         });
         let mut workers: Vec<JoinHandle<()>> = Vec::new();
         for (i, listener) in self.proxy.into_iter().enumerate() {
-            let shared = self.shared.clone();
+            let live = self.live.clone();
             let pool = self.pool;
             let stop = rx.clone();
             let (starting, readiness) = (starting.clone(), self.readiness.clone());
@@ -331,7 +282,7 @@ impl App {
                     };
                     let local = tokio::task::LocalSet::new();
                     local.block_on(&runtime, async move {
-                        let worker = dataplane::worker(shared, pool, i);
+                        let worker = dataplane::worker(live, pool, i);
                         let decision = decision.map(|(listener, app)| {
                             let handler = Rc::new(DecisionRef(app));
                             let stop = stop.clone();
@@ -365,7 +316,16 @@ impl App {
         }
         let runtime = dataplane::runtime().map_err(StartupError::Thread)?;
         let local = tokio::task::LocalSet::new();
-        let (admin, upstreams, auth) = (self.admin, self.upstreams, self.auth);
+        let admin = self.admin;
+        let auth = self.live.load().gate.auth.clone();
+        let reloader = self.path.map(|path| Reloader {
+            path,
+            config: self.config,
+            live: self.live.clone(),
+            gate: self.gate,
+            metrics: self.metrics.clone(),
+        });
+        let live = self.live;
         let admin_app = Rc::new(AdminApp {
             metrics: self.metrics.clone(),
             readiness: self.readiness,
@@ -379,18 +339,26 @@ impl App {
                 .refresh_tasks()
                 .into_iter()
                 .map(tokio::spawn)
-                .chain([tokio::spawn(upstreams.health_checks(
+                .chain([tokio::spawn(Upstreams::health_checks(
+                    move || live.load().upstreams.clone(),
                     health_interval,
                     connect_timeout,
                     gauge,
                 ))])
                 .collect();
+            drop(auth);
             let mut served = vec![tokio::task::spawn_local(dataplane::run_simple(
                 admin_app,
                 admin,
                 header_timeout,
                 rx.clone(),
             ))];
+            if let Some(reloader) = reloader {
+                served.push(tokio::task::spawn_local(reload_on_sighup(
+                    reloader,
+                    rx.clone(),
+                )));
+            }
             for extra in extras {
                 served.push(tokio::task::spawn_local(extra(rx.clone())));
             }
@@ -406,6 +374,251 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// Everything of `config` that the workers read, built anew or, with `previous` (the running
+/// config's), keeping what did not change: issuers' keys, caches, limiter counters, DPoP
+/// replay state, upstream health ([`Authenticator::renewed`], [`Router::renewed`],
+/// [`Upstreams::renewed`]). Fails, touching nothing that serves, when a secret cannot be read
+/// or an upstream host does not resolve.
+fn assemble(
+    config: &Config,
+    metrics: &Metrics,
+    previous: Option<&Shared>,
+) -> Result<Shared, StartupError> {
+    let secrets = config.unreadable_secrets();
+    if !secrets.is_empty() {
+        return Err(StartupError::Secrets(secrets));
+    }
+    let upstreams = Upstreams::renewed(
+        config.routes.iter().map(|r| r.upstreams.as_slice()),
+        &metrics.upstream_healthy,
+        previous.map(|p| &*p.upstreams),
+    )
+    .map_err(|e| StartupError::Resolve {
+        route: e.route,
+        upstream: e.upstream,
+        source: e.source,
+    })?;
+    metrics.initialise(&crate::metrics::Known {
+        routes: config
+            .routes
+            .iter()
+            .map(|r| {
+                let checks = r.auth == crate::config::AuthMode::Required;
+                (r.name.as_str(), checks, r.rate_limit.is_some())
+            })
+            .collect(),
+        issuers: config.issuers.iter().map(|i| i.issuer.as_str()).collect(),
+        introspection: config.introspection.is_some(),
+    });
+    let auth = Arc::new(Authenticator::renewed(
+        &config.auth(),
+        metrics.clone(),
+        previous.map(|p| &*p.gate.auth),
+    ));
+    let gate = Arc::new(Gate {
+        router: Router::renewed(&config.routes, previous.map(|p| &p.gate.router)),
+        auth,
+        identity: config.identity.clone(),
+        metadata: config.resource_metadata.clone(),
+        rate_limited: config
+            .routes
+            .iter()
+            .map(|r| {
+                let counter = || metrics.rate_limited.with_label_values(&[&r.name]);
+                r.rate_limit.as_ref().map(|_| counter())
+            })
+            .collect(),
+    });
+    let s = &config.server;
+    let settings = Settings {
+        log_subject: config.log.log_subject,
+        trust_forwarded_headers: s.trust_forwarded_headers,
+        limits: RequestLimits {
+            max_uri_bytes: s.max_uri_bytes,
+            max_header_bytes: s.max_header_bytes,
+        },
+        timeouts: ClientTimeouts {
+            header: s.client_header_timeout,
+            body: s.client_body_timeout,
+            send: s.send_timeout,
+            keepalive: s.keepalive_timeout,
+        },
+        read_timeout: config.upstream.read_timeout,
+        max_body_bytes: s.max_body_bytes,
+    };
+    Ok(Shared {
+        gate,
+        metrics: metrics.clone(),
+        upstreams: Arc::new(upstreams),
+        settings,
+    })
+}
+
+/// How long a reload waits for the key sets of issuers it adds (and an introspection endpoint
+/// it must discover) before it swaps the config in anyway: requests never meet a new issuer
+/// without keys while its first fetch is quick, and a slow identity provider delays a reload
+/// this long at most (its tokens then fetch on demand, or answer 503 while it is down).
+const RELOAD_WARM_UP: Duration = Duration::from_secs(5);
+
+/// The state `SIGHUP` works on: the file, the config in use, and where to swap a new one in.
+struct Reloader {
+    path: PathBuf,
+    config: Config,
+    live: Arc<Live<Shared>>,
+    gate: Arc<Live<Gate>>,
+    metrics: Metrics,
+}
+
+impl Reloader {
+    /// Re-read and validate the file; if it passes, build its parts (keeping the unchanged ones
+    /// warm), let new issuers' keys load, and swap it in. In-flight requests finish on the old
+    /// config. If anything fails, the old config keeps serving and every problem is logged by
+    /// key. Never logs a secret, a path of a request or a token.
+    async fn reload(&mut self) {
+        let path = self.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
+        let next = match loaded {
+            Ok(Ok(next)) => next,
+            Ok(Err(e)) => return self.refused(e.lines()),
+            Err(e) => return self.refused(vec![format!("the reload task failed: {e}")]),
+        };
+        let previous = self.live.load();
+        let metrics = self.metrics.clone();
+        let built = {
+            let next = next.clone();
+            let previous = previous.clone();
+            tokio::task::spawn_blocking(move || assemble(&next, &metrics, Some(&previous))).await
+        };
+        let shared = match built {
+            Ok(Ok(shared)) => Arc::new(shared),
+            Ok(Err(e)) => return self.refused(e.to_string().lines().map(str::to_owned).collect()),
+            Err(e) => return self.refused(vec![format!("the reload task failed: {e}")]),
+        };
+        let auth = shared.gate.auth.clone();
+        for task in auth.refresh_tasks() {
+            tokio::spawn(task);
+        }
+        let started = tokio::time::Instant::now();
+        while !warm(&auth) && started.elapsed() < RELOAD_WARM_UP {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !warm(&auth) {
+            tracing::warn!(
+                waited = ?RELOAD_WARM_UP,
+                "reload: some new issuer's keys (or the introspection endpoint) have not loaded yet; swapping in anyway"
+            );
+        }
+        self.gate.replace(shared.gate.clone());
+        let old = self.live.replace(shared.clone());
+        let retired = old.gate.auth.retire_replaced(&auth);
+        for addr in old.upstreams.dropped_by(&shared.upstreams) {
+            let _ = self
+                .metrics
+                .upstream_healthy
+                .remove_label_values(&[&addr.to_string()]);
+        }
+        let restart = self.config.restart_needed(&next);
+        for key in &restart {
+            tracing::warn!(
+                key,
+                "reload: this key changed but takes effect only at the next restart; the running value stays"
+            );
+        }
+        for warning in next.warnings() {
+            tracing::warn!(key = %warning.key, "{}", warning.message);
+        }
+        tracing::info!(
+            routes = next.routes.len(),
+            issuers = next.issuers.len(),
+            issuers_kept_warm = old.gate.auth.kept_issuers(&auth),
+            issuers_removed = retired.len(),
+            restart_needed = restart.len(),
+            "configuration reloaded"
+        );
+        self.metrics.reloaded(true);
+        self.config = next;
+    }
+
+    /// A digest of the config file's bytes and of every secret file the config in use names
+    /// (an unreadable file counts as empty), to notice a change when polling.
+    async fn fingerprint(&self) -> [u8; 32] {
+        let mut files = vec![self.path.clone()];
+        for (_, source, _) in self.config.secret_sources() {
+            if let crate::config::SecretSource::File(path) = source {
+                files.push(path.clone());
+            }
+        }
+        let digest = tokio::task::spawn_blocking(move || {
+            let mut state = blake2b_simd::Params::new().hash_length(32).to_state();
+            for file in files {
+                let bytes = std::fs::read(&file).unwrap_or_default();
+                state.update(&(bytes.len() as u64).to_le_bytes());
+                state.update(&bytes);
+            }
+            let mut out = [0u8; 32];
+            out.copy_from_slice(state.finalize().as_bytes());
+            out
+        })
+        .await;
+        digest.unwrap_or([0; 32])
+    }
+
+    fn refused(&self, problems: Vec<String>) {
+        for problem in &problems {
+            tracing::error!(problem = %problem, "reload refused");
+        }
+        tracing::error!(
+            problems = problems.len(),
+            "reload refused: the running configuration stays in use"
+        );
+        self.metrics.reloaded(false);
+    }
+}
+
+/// Reload on every `SIGHUP` (and, with `server.reload_poll_interval`, when the file or a secret
+/// file it names changes) until the drain begins. Installing the handler is what keeps `SIGHUP`
+/// from killing the process (its default action).
+async fn reload_on_sighup(mut reloader: Reloader, mut stop: watch::Receiver<Stop>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler: reloads are off");
+        return;
+    };
+    let poll = reloader.config.server.reload_poll_interval;
+    let mut tick = tokio::time::interval(poll.unwrap_or(Duration::from_secs(3600)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = reloader.fingerprint().await;
+    loop {
+        tokio::select! {
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                tracing::info!("SIGHUP: reloading the configuration");
+                reloader.reload().await;
+                seen = reloader.fingerprint().await;
+            }
+            _ = tick.tick(), if poll.is_some() => {
+                let now = reloader.fingerprint().await;
+                if now != seen {
+                    tracing::info!("the configuration file or a secret file changed: reloading");
+                    reloader.reload().await;
+                    // A refused file is not tried again until it changes again.
+                    seen = reloader.fingerprint().await;
+                }
+            }
+            _ = stop.wait_for(|s| *s != Stop::Running) => return,
+        }
+    }
+}
+
+/// The auth core has what `/readyz` waits for: every issuer's keys and the introspection
+/// endpoint.
+fn warm(auth: &Authenticator) -> bool {
+    auth.issuers_without_keys().is_empty()
+        && auth.introspection().is_none_or(|i| i.endpoint_known())
 }
 
 /// The decision endpoint, shared by every worker.

@@ -27,8 +27,8 @@ use crate::response::Synthetic;
 
 /// Serves `[decision] listen`.
 pub struct DecisionApp {
-    /// The proxy listener's gate: the same router and auth core.
-    pub gate: Arc<Gate>,
+    /// The proxy listener's gate: the same router and auth core, replaced by a reload.
+    pub gate: Arc<crate::live::Live<Gate>>,
     pub convention: Convention,
     /// `[server] max_uri_bytes`: a longer original URI is 414, as on the proxy listener.
     pub max_uri_bytes: usize,
@@ -182,8 +182,10 @@ impl Handler for DecisionApp {
                 "The original request target is longer than this gateway accepts.",
             );
         }
+        // The gate now; this request keeps it to its end, whatever a reload does meanwhile.
+        let gate = self.gate.load();
         // The same canonical target and route as the proxy listener (crate::gate).
-        let routed = match self.gate.route(&method, raw_target) {
+        let routed = match gate.route(&method, raw_target) {
             Ok(routed) => routed,
             Err(Refusal::NotFound | Refusal::MethodNotAllowed { .. }) => {
                 return json(403, "no_route", "No route allows this method and path.")
@@ -199,7 +201,7 @@ impl Handler for DecisionApp {
                 name.as_str(),
                 route.method_override,
                 own,
-                &self.gate.identity,
+                &gate.identity,
             ) || refused_by_convention(name.as_str(), self.convention)
         };
         if req.headers().keys().any(chooses) {
@@ -210,8 +212,7 @@ impl Handler for DecisionApp {
             );
         }
         let client = decision_client(req.headers(), req.extensions().get::<Peer>());
-        match self
-            .gate
+        match gate
             .authorize(&routed, &method, req.headers(), client, false, true)
             .await
         {

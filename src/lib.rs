@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod devkeys;
 pub mod gate;
+pub mod live;
 pub mod metrics;
 pub mod response;
 pub mod routing;

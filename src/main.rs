@@ -172,7 +172,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         tracing::warn!(key = %warning.key, "{}", warning.message);
     }
     let app = match App::build(&config, prometheus::default_registry().clone()) {
-        Ok(app) => app,
+        Ok(app) => app.reloading_from(path),
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::from(2);

@@ -58,6 +58,14 @@ pub struct Metrics {
     pub dpop_replay_full: IntCounter,
     /// `portcullis_dpop_replay_cache_entries`: proofs remembered in memory, set at each scrape.
     pub dpop_replay_entries: IntGauge,
+    /// `portcullis_config_reloads_total{result}`: `success` or `failure` (the old config kept).
+    pub config_reloads: IntCounterVec,
+    /// `portcullis_config_last_reload_successful`: 1 when the last reload (or the start) applied
+    /// its file, 0 when the last reload was refused.
+    pub config_last_reload_successful: IntGauge,
+    /// `portcullis_config_last_reload_success_timestamp_seconds`: when the config now in use
+    /// was loaded (the start, or the last reload that applied).
+    pub config_last_reload_success: prometheus::Gauge,
 }
 
 /// What [`Metrics::initialise`] needs to know of the configuration.
@@ -305,6 +313,29 @@ impl Metrics {
             "portcullis_dpop_replay_cache_entries",
             "DPoP proofs remembered in memory against replay.",
         )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "portcullis_config_reloads_total",
+                "Configuration reloads (SIGHUP), by result: success, or failure (the old configuration stays).",
+            ),
+            &["result"],
+        )?;
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        let config_last_reload_successful = IntGauge::new(
+            "portcullis_config_last_reload_successful",
+            "1 when the last reload (or the start) applied its configuration, 0 when the last reload was refused.",
+        )?;
+        config_last_reload_successful.set(1);
+        let config_last_reload_success = prometheus::Gauge::new(
+            "portcullis_config_last_reload_success_timestamp_seconds",
+            "When the configuration in use was loaded (the start or the last reload that applied), seconds since the epoch.",
+        )?;
+        config_last_reload_success.set(unix_now());
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(config_last_reload_successful.clone()))?;
+        registry.register(Box::new(config_last_reload_success.clone()))?;
         registry.register(Box::new(dpop_replay_full.clone()))?;
         registry.register(Box::new(dpop_replay_entries.clone()))?;
         registry.register(Box::new(introspection_duration.clone()))?;
@@ -370,7 +401,20 @@ impl Metrics {
             client_timeouts,
             dpop_replay_full,
             dpop_replay_entries,
+            config_reloads,
+            config_last_reload_successful,
+            config_last_reload_success,
         })
+    }
+
+    /// Count a reload: applied (`true`) or refused.
+    pub fn reloaded(&self, applied: bool) {
+        let result = if applied { "success" } else { "failure" };
+        self.config_reloads.with_label_values(&[result]).inc();
+        self.config_last_reload_successful.set(i64::from(applied));
+        if applied {
+            self.config_last_reload_success.set(unix_now());
+        }
     }
 
     /// The Prometheus text exposition of everything on the registry.
@@ -380,6 +424,13 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
+}
+
+/// Seconds since the epoch, now.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The request method for logs: one of the methods of RFC 9110 §9 and RFC 5789 (`PATCH`), or

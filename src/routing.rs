@@ -39,8 +39,9 @@ pub struct Route {
     pub cors_preflight: bool,
     /// The URL of the route's RFC 9728 document, for its challenges' `resource_metadata`.
     pub resource_metadata: Option<String>,
-    /// `[routes.rate_limit]`: this instance's counters.
-    pub limiter: Option<crate::gate::limit::Limiter>,
+    /// `[routes.rate_limit]`: this instance's counters, kept across a reload when the route's
+    /// name and limit stay (a reload is no way around a limit).
+    pub limiter: Option<Arc<crate::gate::limit::Limiter>>,
 }
 
 /// The outcome of matching one request.
@@ -86,6 +87,20 @@ impl Router {
     }
 
     pub fn new(configs: &[RouteConfig]) -> Router {
+        Router::renewed(configs, None)
+    }
+
+    /// [`Router::new`] for a reloaded config: a route with the same name and rate limit as one
+    /// of `previous` keeps its limiter's counters.
+    pub fn renewed(configs: &[RouteConfig], previous: Option<&Router>) -> Router {
+        let limiter = |c: &RouteConfig| {
+            let settings = c.rate_limit.clone()?;
+            let kept = previous
+                .and_then(|p| p.routes.iter().find(|r| r.name == c.name))
+                .and_then(|r| r.limiter.clone())
+                .filter(|l| *l.settings() == settings);
+            Some(kept.unwrap_or_else(|| Arc::new(crate::gate::limit::Limiter::new(settings))))
+        };
         let routes: Vec<Arc<Route>> = configs
             .iter()
             .enumerate()
@@ -106,7 +121,7 @@ impl Router {
                         .resource
                         .as_deref()
                         .map(crate::gate::metadata::document_url),
-                    limiter: c.rate_limit.clone().map(crate::gate::limit::Limiter::new),
+                    limiter: limiter(c),
                 })
             })
             .collect();

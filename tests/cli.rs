@@ -45,6 +45,25 @@ fn the_shipped_config_passes_check() {
         .contains("ok (2 routes, 1 issuers, introspection off)"));
 }
 
+/// The configs the Kubernetes manifests ship validate; the edge's one secret is a file that
+/// only the pod has (a mounted Secret), and it is the only secret they name.
+#[test]
+fn the_deployment_configs_validate() {
+    for (file, secrets) in [
+        ("deploy/sidecar.toml", vec![]),
+        ("deploy/edge.toml", vec!["introspection.client_secret_file"]),
+    ] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let unreadable: Vec<String> = config
+            .unreadable_secrets()
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        assert_eq!(unreadable, secrets, "{file}");
+    }
+}
+
 /// The audience escape hatch is accepted, and `portcullis check` warns about it.
 #[test]
 fn check_warns_about_allow_any_audience() {

@@ -11,11 +11,11 @@ use moka::sync::Cache;
 use super::Principal;
 
 /// A token that verified, with what is needed to trust the entry later.
-#[derive(Debug)]
 pub struct Verified {
     pub principal: Arc<Principal>,
-    /// Index of the issuer in the authenticator.
-    pub issuer: usize,
+    /// The issuer's keys: an entry counts only while they are the configured issuer's
+    /// (a reload that drops or changes the issuer retires them).
+    pub issuer: Arc<super::IssuerKeys>,
     /// Fingerprint of the key that verified the signature.
     pub key: u64,
     /// `exp` in seconds since the epoch.
@@ -84,7 +84,7 @@ impl TokenCache {
         &self,
         key: [u8; 32],
         principal: Arc<Principal>,
-        issuer: usize,
+        issuer: Arc<super::IssuerKeys>,
         fingerprint: u64,
         exp: i64,
         now: i64,

@@ -10,6 +10,7 @@
 //!   configured one exactly; `jwks_uri` must be https unless loopback or explicitly allowed.
 //! - A redirect is followed only within the same origin; bodies are capped before parsing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,12 @@ pub struct IssuerKeys {
     jwks_uri: ArcSwapOption<Url>,
     inflight: Mutex<Option<SharedFetch>>,
     last_refetch: Mutex<Option<Instant>>,
+    /// A reload removed or changed the issuer: its refresh loop ends and the verified-token
+    /// cache trusts no entry it vouched for. Requests in flight on the old config still finish
+    /// with it; new ones never see it.
+    retired: AtomicBool,
+    /// Its refresh loop has been handed out ([`IssuerKeys::claim_refresh`]).
+    refreshing: AtomicBool,
 }
 
 impl IssuerKeys {
@@ -67,7 +74,30 @@ impl IssuerKeys {
             jwks_uri: ArcSwapOption::new(jwks_uri),
             inflight: Mutex::new(None),
             last_refetch: Mutex::new(None),
+            retired: AtomicBool::new(false),
+            refreshing: AtomicBool::new(false),
         }
+    }
+
+    /// The settings the keys were built from: a reload keeps the keys (no refetch) when the
+    /// issuer's new settings are equal.
+    pub fn config(&self) -> &IssuerConfig {
+        &self.config
+    }
+
+    /// A reload dropped (or changed) the issuer: end the refresh, and distrust its cache entries.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    pub fn retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// True once only: whether the caller is the one to run [`IssuerKeys::refresh_loop`]
+    /// (keys kept across a reload already have theirs).
+    pub fn claim_refresh(&self) -> bool {
+        !self.refreshing.swap(true, Ordering::AcqRel)
     }
 
     pub fn issuer(&self) -> &str {
@@ -133,11 +163,14 @@ impl IssuerKeys {
     }
 
     /// The refresh loop: fetch, then again after `jwks_refresh` (or the response's max-age), or
-    /// sooner after a failure. Ends when the last strong reference to the keys is dropped.
+    /// sooner after a failure. Ends when the last strong reference to the keys is dropped, or
+    /// when a reload retires them.
     pub async fn refresh_loop(keys: Weak<IssuerKeys>) {
         let mut failures = 0u32;
         loop {
-            let Some(this) = keys.upgrade() else { return };
+            let Some(this) = keys.upgrade().filter(|k| !k.retired()) else {
+                return;
+            };
             let wait = match this.fetch_and_store().await {
                 Ok(next) => {
                     failures = 0;

@@ -304,10 +304,13 @@ pub struct Authenticator {
     realm: String,
     issuers: Vec<Issuer>,
     by_iss: HashMap<String, usize>,
-    cache: TokenCache,
+    /// Shared with the next config's authenticator when `[tokens]` and `keep_claims` stay.
+    cache: Arc<TokenCache>,
+    /// The settings the cache was built for.
+    cache_settings: (settings::TokensConfig, bool),
     introspection: Option<Arc<Introspector>>,
     /// Proof checks, replay state and nonces, when some route takes DPoP.
-    dpop: Option<Dpop>,
+    dpop: Option<Arc<Dpop>>,
     max_token_size: usize,
     /// Configured issuers with `require_dpop`: their tokens must be DPoP-bound also when they
     /// come by introspection (an answer whose `iss` names them).
@@ -324,7 +327,30 @@ impl Authenticator {
     /// Build from a validated config. Keys are not fetched until [`Authenticator::refresh_tasks`]
     /// run (or a token with an unknown `kid` arrives).
     pub fn new(config: &AuthConfig, metrics: Metrics) -> Authenticator {
+        Authenticator::renewed(config, metrics, None)
+    }
+
+    /// Build for a reloaded config, keeping what `previous` (the running config's
+    /// authenticator) holds for settings that did not change:
+    /// - an issuer's keys (no refetch) when its settings are equal, except an HMAC issuer, whose
+    ///   secret is read again (a local step, no network);
+    /// - the verified-token cache when `[tokens]` and whether claims are kept are equal; its
+    ///   entries of issuers not kept are distrusted from [`Authenticator::retire_replaced`] on;
+    /// - the introspection client, its cache and its discovered endpoint, when `[introspection]`
+    ///   and the client secret are equal;
+    /// - the DPoP replay state when the replay settings are equal, so a reload never lets a
+    ///   used proof in again (RFC 9449 §11.1).
+    pub fn renewed(
+        config: &AuthConfig,
+        metrics: Metrics,
+        previous: Option<&Authenticator>,
+    ) -> Authenticator {
         let http = fetch::http_client();
+        let kept = |c: &settings::IssuerConfig| {
+            let old = previous?.issuers.iter().find(|i| i.keys.config() == c)?;
+            let hmac = matches!(c.keys, settings::KeySource::HmacSecret(_));
+            (!hmac).then(|| old.keys.clone())
+        };
         let issuers: Vec<Issuer> = config
             .issuers
             .iter()
@@ -337,9 +363,42 @@ impl Authenticator {
                     scope_claim: c.scope_claim,
                     max_token_lifetime: c.max_token_lifetime,
                 },
-                keys: Arc::new(IssuerKeys::new(c.clone(), http.clone(), metrics.clone())),
+                keys: kept(c).unwrap_or_else(|| {
+                    Arc::new(IssuerKeys::new(c.clone(), http.clone(), metrics.clone()))
+                }),
             })
             .collect();
+        let cache_settings = (config.tokens.clone(), config.keep_claims);
+        let cache = previous
+            .filter(|p| p.cache_settings == cache_settings)
+            .map_or_else(
+                || {
+                    Arc::new(TokenCache::new(
+                        config.tokens.cache_capacity,
+                        config.tokens.cache_max_ttl,
+                    ))
+                },
+                |p| p.cache.clone(),
+            );
+        let introspection = config.introspection.clone().map(|c| {
+            let old = previous
+                .and_then(|p| p.introspection.as_ref())
+                .filter(|i| i.same_settings(&c, config.keep_claims));
+            match old {
+                Some(i) => i.clone(),
+                None => Arc::new(
+                    Introspector::new(c, http.clone(), metrics.clone())
+                        .keeping_claims(config.keep_claims),
+                ),
+            }
+        });
+        let dpop = config.dpop.clone().map(|d| {
+            let old = previous.and_then(|p| p.dpop.as_deref());
+            match old.filter(|o| o.settings == d) {
+                Some(_) => previous.and_then(|p| p.dpop.clone()).expect("found above"),
+                None => Arc::new(Dpop::renewed(d, metrics.dpop_replay_full.clone(), old)),
+            }
+        });
         let by_iss = issuers
             .iter()
             .enumerate()
@@ -349,17 +408,10 @@ impl Authenticator {
             realm: config.realm.clone(),
             issuers,
             by_iss,
-            cache: TokenCache::new(config.tokens.cache_capacity, config.tokens.cache_max_ttl),
-            introspection: config.introspection.clone().map(|c| {
-                Arc::new(
-                    Introspector::new(c, http.clone(), metrics.clone())
-                        .keeping_claims(config.keep_claims),
-                )
-            }),
-            dpop: config
-                .dpop
-                .clone()
-                .map(|d| Dpop::new(d, metrics.dpop_replay_full.clone())),
+            cache,
+            cache_settings,
+            introspection,
+            dpop,
             max_token_size: config.tokens.max_size,
             dpop_issuers: config
                 .issuers
@@ -381,17 +433,52 @@ impl Authenticator {
 
     /// The background work to spawn on a runtime: one future per issuer that loads and
     /// refreshes its keys, and one that discovers the introspection endpoint when it is not
-    /// configured. Each ends when the authenticator is dropped.
+    /// configured. Each ends when the authenticator is dropped or a reload retires its part.
+    /// Parts kept from a previous authenticator ([`Authenticator::renewed`]) already have
+    /// theirs and get none.
     pub fn refresh_tasks(&self) -> Vec<BoxFuture<'static, ()>> {
         let keys = self
             .issuers
             .iter()
+            .filter(|i| i.keys.claim_refresh())
             .map(|i| IssuerKeys::refresh_loop(Arc::downgrade(&i.keys)).boxed());
         let endpoint = self
             .introspection
             .iter()
+            .filter(|i| i.claim_discovery())
             .map(|i| Introspector::discover_loop(Arc::downgrade(i)).boxed());
         keys.chain(endpoint).collect()
+    }
+
+    /// Once `next` serves in this authenticator's place: retire the issuer keys and the
+    /// introspection client it did not keep, so their background work ends and no cached token
+    /// they vouched for is trusted again. Returns the issuers retired, for the log.
+    pub fn retire_replaced(&self, next: &Authenticator) -> Vec<String> {
+        let mut retired = Vec::new();
+        for old in &self.issuers {
+            if !next.issuers.iter().any(|n| Arc::ptr_eq(&n.keys, &old.keys)) {
+                old.keys.retire();
+                retired.push(old.keys.issuer().to_owned());
+            }
+        }
+        if let Some(old) = &self.introspection {
+            if !next
+                .introspection
+                .as_ref()
+                .is_some_and(|n| Arc::ptr_eq(n, old))
+            {
+                old.retire();
+            }
+        }
+        retired
+    }
+
+    /// Issuers whose keys `next` took over from this authenticator without a refetch.
+    pub fn kept_issuers(&self, next: &Authenticator) -> usize {
+        next.issuers
+            .iter()
+            .filter(|n| self.issuers.iter().any(|o| Arc::ptr_eq(&n.keys, &o.keys)))
+            .count()
     }
 
     /// The introspection client, when `[introspection]` is configured.
@@ -452,7 +539,10 @@ impl Authenticator {
         policy: &RoutePolicy,
         headers: &HeaderMap,
     ) -> Challenge {
-        let dpop = self.dpop.as_ref().filter(|_| policy.dpop != DpopMode::Off);
+        let dpop = self
+            .dpop
+            .as_deref()
+            .filter(|_| policy.dpop != DpopMode::Off);
         let schemes = challenge::Schemes {
             bearer: dpop.is_none() || policy.dpop == DpopMode::Optional,
             dpop: dpop.map(Dpop::algs),
@@ -473,12 +563,15 @@ impl Authenticator {
 
     /// Proofs remembered against replay in memory now.
     pub fn dpop_replay_entries(&self) -> u64 {
-        self.dpop.as_ref().map_or(0, Dpop::replay_entries)
+        self.dpop.as_deref().map_or(0, Dpop::replay_entries)
     }
 
     async fn decide(&self, request: &RequestInfo<'_>, now: SystemTime) -> Result<Grant, AuthError> {
         let policy = request.policy;
-        let dpop = self.dpop.as_ref().filter(|_| policy.dpop != DpopMode::Off);
+        let dpop = self
+            .dpop
+            .as_deref()
+            .filter(|_| policy.dpop != DpopMode::Off);
         let (scheme, token) =
             match bearer::credential(request.headers, request.query, dpop.is_some()) {
                 Ok(Some(found)) => found,
@@ -634,7 +727,7 @@ impl Authenticator {
             self.cache.insert(
                 key,
                 principal.clone(),
-                index,
+                issuer.keys.clone(),
                 fingerprint,
                 exp,
                 jwt::unix_seconds(now),
@@ -672,10 +765,14 @@ impl Authenticator {
         })
     }
 
-    /// A cache hit whose key is still in its issuer's set and whose `exp` has not passed.
+    /// A cache hit whose issuer a reload has not retired, whose key is still in the issuer's set
+    /// and whose `exp` has not passed.
     fn cached(&self, key: &[u8; 32], now: SystemTime) -> Option<Arc<Principal>> {
         let hit = self.cache.get(key)?;
-        let keys = self.issuers[hit.issuer].keys.current(Instant::now());
+        let keys = match hit.issuer.retired() {
+            true => None,
+            false => hit.issuer.current(Instant::now()),
+        };
         if jwt::unix_seconds(now) < hit.exp && keys.is_some_and(|s| s.keys.contains(hit.key)) {
             return Some(hit.principal.clone());
         }

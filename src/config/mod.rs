@@ -107,6 +107,10 @@ pub struct ServerConfig {
     /// listeners keep accepting this long (load balancers stop sending meanwhile); then the
     /// drain of `shutdown_grace` begins. SIGINT drains without the delay.
     pub drain_delay: Duration,
+    /// `reload_poll_interval`, default none: also reload when the config file or a secret file
+    /// it names changes, looked at this often (Kubernetes updates mounted ConfigMaps and
+    /// Secrets in place, and a shell-less image has no `kill` for a `SIGHUP`).
+    pub reload_poll_interval: Option<Duration>,
     /// `trust_forwarded_headers`, default `false`: when true, `X-Forwarded-For` from the client
     /// is appended to and `X-Forwarded-Proto` / `-Host` are kept; when false they are replaced.
     pub trust_forwarded_headers: bool,
@@ -300,12 +304,66 @@ impl Config {
         warnings
     }
 
+    /// The keys whose change a reload cannot apply, with `next` as the reloaded file: the
+    /// listeners and their threads, the head size limits (they size each listener's parser),
+    /// the drain timings, the log format, the upstream pool settings and the health-check
+    /// interval. A reload applies everything else and warns about these; they take effect at
+    /// the next restart.
+    pub fn restart_needed(&self, next: &Config) -> Vec<&'static str> {
+        let (s, n) = (&self.server, &next.server);
+        let (u, nu) = (&self.upstream, &next.upstream);
+        let decision = |d: &Option<DecisionConfig>| d.as_ref().map(|d| (d.listen, d.convention));
+        [
+            ("server.listen", s.listen != n.listen),
+            ("server.threads", s.threads != n.threads),
+            ("server.max_uri_bytes", s.max_uri_bytes != n.max_uri_bytes),
+            (
+                "server.max_header_bytes",
+                s.max_header_bytes != n.max_header_bytes,
+            ),
+            (
+                "server.shutdown_grace",
+                s.shutdown_grace != n.shutdown_grace,
+            ),
+            ("server.drain_delay", s.drain_delay != n.drain_delay),
+            (
+                "server.reload_poll_interval",
+                s.reload_poll_interval != n.reload_poll_interval,
+            ),
+            ("metrics.listen", self.metrics.listen != next.metrics.listen),
+            (
+                "decision",
+                decision(&self.decision) != decision(&next.decision),
+            ),
+            ("log.format", self.log.json != next.log.json),
+            (
+                "upstream.connect_timeout",
+                u.connect_timeout != nu.connect_timeout,
+            ),
+            (
+                "upstream.write_timeout",
+                u.write_timeout != nu.write_timeout,
+            ),
+            ("upstream.idle_timeout", u.idle_timeout != nu.idle_timeout),
+            (
+                "upstream.keepalive_pool_size",
+                u.keepalive_pool_size != nu.keepalive_pool_size,
+            ),
+            (
+                "upstream.health_check_interval",
+                u.health_check_interval != nu.health_check_interval,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
+
     /// Every secret the config names that cannot be read now, by key: an unset variable, an
     /// unreadable or empty file, an HMAC secret shorter than 32 bytes. Start-up and reload
     /// refuse a config with any; `portcullis check` reports them. (`[dpop]`'s nonce secret is
     /// read, and checked, with the rest of the file.)
     pub fn unreadable_secrets(&self) -> Vec<Problem> {
-        use crate::auth::settings::MIN_HMAC_SECRET_BYTES;
         let mut problems = Vec::new();
         let mut check = |key: String, source: &SecretSource, min: usize| {
             let message = match (source.read_at_least(min), source) {
@@ -325,19 +383,27 @@ impl Config {
                 message,
             });
         };
+        for (key, source, min) in self.secret_sources() {
+            check(key, source, min);
+        }
+        problems
+    }
+
+    /// Every secret the config names, with its key (without the `_env` / `_file` suffix) and
+    /// the shortest value it may have.
+    pub fn secret_sources(&self) -> Vec<(String, &SecretSource, usize)> {
+        use crate::auth::settings::MIN_HMAC_SECRET_BYTES;
+        let mut sources = Vec::new();
         for (i, issuer) in self.issuers.iter().enumerate() {
             if let KeySource::HmacSecret(source) = &issuer.keys {
-                check(
-                    format!("issuers[{i}].hmac_secret"),
-                    source,
-                    MIN_HMAC_SECRET_BYTES,
-                );
+                let key = format!("issuers[{i}].hmac_secret");
+                sources.push((key, source, MIN_HMAC_SECRET_BYTES));
             }
         }
         if let Some(i) = &self.introspection {
-            check("introspection.client_secret".into(), &i.client_secret, 1);
+            sources.push(("introspection.client_secret".into(), &i.client_secret, 1));
         }
-        problems
+        sources
     }
 
     /// The sections the auth core is built from.

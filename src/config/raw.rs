@@ -127,6 +127,7 @@ pub struct RawServer {
     pub shutdown_grace: Option<String>,
     /// Default `5s`.
     pub drain_delay: Option<String>,
+    pub reload_poll_interval: Option<String>,
     /// Default `false`.
     pub trust_forwarded_headers: Option<bool>,
     /// Default 8192.

@@ -165,6 +165,19 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
             d
         },
+        reload_poll_interval: match s.reload_poll_interval.as_deref() {
+            None => None,
+            Some(text) => {
+                let d = p.duration("server.reload_poll_interval", Some(text), Duration::ZERO);
+                if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) {
+                    p.push(
+                        "server.reload_poll_interval",
+                        "must be from 1s to 1h; leave it out to reload on SIGHUP only",
+                    );
+                }
+                Some(d)
+            }
+        },
         trust_forwarded_headers: s.trust_forwarded_headers.unwrap_or(false),
         // Each at most 1 MiB: the head buffer holds both.
         max_uri_bytes: p.positive("server.max_uri_bytes", s.max_uri_bytes, 8192, 1 << 20),

@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use client_stream::{ClientStream, Expired};
-use proxy::{Conn, Worker};
+use proxy::{Conn, WorkerThread};
 
 /// When to stop, and how long in-flight requests may take then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,12 +101,14 @@ fn server(header_timeout: Option<Duration>, max_buf: usize) -> http1::Builder {
 
 /// Run one worker's proxy listener until `stop` says drain, then drain.
 pub async fn run_proxy(
-    worker: Rc<Worker>,
+    thread: Rc<WorkerThread>,
     listener: std::net::TcpListener,
     stop: watch::Receiver<Stop>,
 ) {
-    let settings = worker.shared.settings;
-    let metrics = worker.shared.metrics.clone();
+    // The head size limits size the parser's buffer for the listener's life: a reload that
+    // changes them says they need a restart (`Config::restart_needed`).
+    let settings = thread.current().shared.settings;
+    let metrics = thread.current().shared.metrics.clone();
     let expired = Expired {
         header: metrics.client_timeouts.with_label_values(&["header"]),
         send: metrics.client_timeouts.with_label_values(&["send"]),
@@ -114,7 +116,7 @@ pub async fn run_proxy(
     let max_buf = settings.limits.max_uri_bytes + settings.limits.max_header_bytes + 4096;
     let builder = server(None, max_buf);
     let sweeper = {
-        let pool = worker.pool.clone();
+        let pool = thread.pool().clone();
         tokio::task::spawn_local(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -124,11 +126,14 @@ pub async fn run_proxy(
         })
     };
     accept_until_drained(listener, stop, |stream, peer, entered, stop| {
-        let stream = ClientStream::new(stream, settings.timeouts, &expired);
+        // The client timeouts of the config now, for the connection's life.
+        let timeouts = thread.current().shared.settings.timeouts;
+        let stream = ClientStream::new(stream, timeouts, &expired);
         let conn = Rc::new(Conn::new(stream.shared(), peer.ip()));
-        let worker = worker.clone();
-        let service =
-            hyper::service::service_fn(move |req| proxy::serve(worker.clone(), conn.clone(), req));
+        let thread = thread.clone();
+        let service = hyper::service::service_fn(move |req| {
+            proxy::serve(thread.current(), conn.clone(), req)
+        });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
@@ -308,13 +313,11 @@ pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Worker `index`'s state ([`proxy::Worker`]).
-pub fn worker(shared: Arc<proxy::Shared>, pool: pool::PoolSettings, index: usize) -> Rc<Worker> {
-    Rc::new(Worker {
-        counters: proxy::RequestCounters::new(shared.metrics.clone(), shared.gate.router.len()),
-        rotation: shared.upstreams.rotation(index),
-        pool: pool::Pool::new(pool),
-        identity: Rc::new(shared.gate.identity.clone()),
-        shared,
-    })
+/// Worker `index`'s state ([`proxy::WorkerThread`]), following `live` across reloads.
+pub fn worker(
+    live: Arc<crate::live::Live<proxy::Shared>>,
+    pool: pool::PoolSettings,
+    index: usize,
+) -> Rc<WorkerThread> {
+    Rc::new(WorkerThread::new(live, pool::Pool::new(pool), index))
 }

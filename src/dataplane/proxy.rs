@@ -21,6 +21,7 @@ use super::upstreams::{Rotation, Upstreams};
 use crate::auth::Grant;
 use crate::gate::headers::IdentityNames;
 use crate::gate::{limit, Denied, Gate, Refusal, TargetFault};
+use crate::live::Live;
 use crate::metrics::{method_label, status_class, Metrics, UpstreamErrorKind, NO_ROUTE};
 use crate::response::Synthetic;
 use crate::routing::Route;
@@ -50,8 +51,47 @@ pub struct Settings {
     pub log_subject: bool,
 }
 
-/// One worker's state: shared parts and its own pool, round-robin positions and metric
-/// handles.
+/// One worker thread: its own upstream pool, and its copy of the current config's parts,
+/// renewed at the first request after a reload ([`WorkerThread::current`]).
+pub struct WorkerThread {
+    live: Arc<Live<Shared>>,
+    pool: Rc<Pool>,
+    index: usize,
+    current: std::cell::RefCell<(u64, Rc<Worker>)>,
+}
+
+impl WorkerThread {
+    pub fn new(live: Arc<Live<Shared>>, pool: Rc<Pool>, index: usize) -> WorkerThread {
+        let generation = live.generation();
+        let worker = Rc::new(Worker::new(live.load(), pool.clone(), index));
+        WorkerThread {
+            live,
+            pool,
+            index,
+            current: std::cell::RefCell::new((generation, worker)),
+        }
+    }
+
+    /// The parts of the config now. One atomic read when nothing was reloaded; after a reload,
+    /// this worker's parts are built anew (the pool stays: connections to upstreams that remain
+    /// are reused).
+    pub fn current(&self) -> Rc<Worker> {
+        let generation = self.live.generation();
+        let mut current = self.current.borrow_mut();
+        if current.0 != generation {
+            let worker = Worker::new(self.live.load(), self.pool.clone(), self.index);
+            *current = (generation, Rc::new(worker));
+        }
+        current.1.clone()
+    }
+
+    pub fn pool(&self) -> &Rc<Pool> {
+        &self.pool
+    }
+}
+
+/// One worker's parts of one config: shared parts and its own pool, round-robin positions and
+/// metric handles.
 pub struct Worker {
     pub shared: Arc<Shared>,
     pub pool: Rc<Pool>,
@@ -59,6 +99,18 @@ pub struct Worker {
     pub counters: RequestCounters,
     /// The gate's identity header names, this worker's copy.
     pub identity: Rc<IdentityNames>,
+}
+
+impl Worker {
+    fn new(shared: Arc<Shared>, pool: Rc<Pool>, index: usize) -> Worker {
+        Worker {
+            counters: RequestCounters::new(shared.metrics.clone(), shared.gate.router.len()),
+            rotation: shared.upstreams.rotation(index),
+            pool,
+            identity: Rc::new(shared.gate.identity.clone()),
+            shared,
+        }
+    }
 }
 
 /// A worker's handles of `portcullis_requests_total{route, status}` and

@@ -58,7 +58,18 @@ impl Upstreams {
         routes: impl IntoIterator<Item = &'a [String]>,
         gauge: &IntGaugeVec,
     ) -> Result<Upstreams, Unresolved> {
+        Upstreams::renewed(routes, gauge, None)
+    }
+
+    /// [`Upstreams::resolve`] for a reloaded config: an address `previous` has keeps its
+    /// backend, health included (the pools, keyed by address, keep its connections).
+    pub fn renewed<'a>(
+        routes: impl IntoIterator<Item = &'a [String]>,
+        gauge: &IntGaugeVec,
+        previous: Option<&Upstreams>,
+    ) -> Result<Upstreams, Unresolved> {
         let mut by_addr: HashMap<SocketAddr, Arc<Backend>> = HashMap::new();
+        let known = |addr: SocketAddr| previous?.all.iter().find(|b| b.addr == addr).cloned();
         let mut by_list: HashMap<&'a [String], usize> = HashMap::new();
         let mut groups = Vec::new();
         let mut route_group = Vec::new();
@@ -77,6 +88,10 @@ impl Upstreams {
                 })?;
                 for addr in addrs {
                     let backend = by_addr.entry(addr).or_insert_with(|| {
+                        if let Some(b) = known(addr) {
+                            all.push(b.clone());
+                            return b;
+                        }
                         gauge.with_label_values(&[&addr.to_string()]).set(1);
                         let b = Arc::new(Backend {
                             addr,
@@ -123,10 +138,20 @@ impl Upstreams {
             .find(|b| b.healthy() && !tried.contains(&b.addr))
     }
 
-    /// Check every upstream by TCP connect every `interval`, forever; changes are logged and
-    /// mirrored into `gauge`. Runs on the background thread, never on a worker.
+    /// The addresses this set has and `next` has not: their health series go.
+    pub fn dropped_by(&self, next: &Upstreams) -> Vec<SocketAddr> {
+        self.all
+            .iter()
+            .filter(|b| !next.all.iter().any(|n| n.addr == b.addr))
+            .map(|b| b.addr)
+            .collect()
+    }
+
+    /// Check every upstream of `current()` (the set of the config now) by TCP connect every
+    /// `interval`, forever; changes are logged and mirrored into `gauge`. Runs on the
+    /// background thread, never on a worker.
     pub async fn health_checks(
-        self: Arc<Self>,
+        current: impl Fn() -> Arc<Upstreams>,
         interval: Duration,
         timeout: Duration,
         gauge: IntGaugeVec,
@@ -135,7 +160,8 @@ impl Upstreams {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let checks = self.all.iter().map(|b| async {
+            let upstreams = current();
+            let checks = upstreams.all.iter().map(|b| async {
                 let up = matches!(
                     tokio::time::timeout(timeout, tokio::net::TcpStream::connect(b.addr)).await,
                     Ok(Ok(_))

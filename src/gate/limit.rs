@@ -106,6 +106,11 @@ fn counted_address(ip: IpAddr) -> IpAddr {
 impl Limiter {
     /// The window must be at least a second (config validation checks it): pingora-limits
     /// counts in milliseconds from its start.
+    /// The limit this limiter enforces.
+    pub fn settings(&self) -> &RateLimit {
+        &self.settings
+    }
+
     pub fn new(settings: RateLimit) -> Limiter {
         let window = settings
             .window()

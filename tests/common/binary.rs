@@ -103,6 +103,27 @@ impl GatewayProcess {
         super::sigterm(self.child.as_ref().expect("running"));
     }
 
+    /// Replace the config file's text (a `SIGHUP` then reloads it), atomically by a rename as
+    /// Kubernetes swaps a mounted ConfigMap, so a poll never reads half a file.
+    pub fn rewrite_config(&self, text: &str) {
+        let next = self._config.0.with_extension("next");
+        std::fs::write(&next, text).unwrap();
+        std::fs::rename(&next, &self._config.0).unwrap();
+    }
+
+    /// Send SIGHUP: reload the config file.
+    pub fn sighup(&self) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let sent = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -HUP {pid} failed");
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("not waited for");
+        child.try_wait().unwrap().is_none()
+    }
+
     /// Wait for the process to exit; its exit code.
     pub async fn wait(mut self) -> Option<i32> {
         super::exit_code(self.child.take().expect("running")).await

@@ -15,6 +15,7 @@ pub mod proof;
 pub mod replay;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -282,7 +283,7 @@ pub fn bound_key(cnf: Option<&serde_json::Value>) -> Result<Option<String>, Toke
 /// Checks proofs for every route that takes DPoP: the settings, the replay store and nonces.
 pub struct Dpop {
     pub settings: DpopSettings,
-    replay: ReplayStore,
+    replay: Arc<ReplayStore>,
     nonces: Option<Nonces>,
     /// `DPoP algs="…"` (RFC 9449 §7.1), rendered once.
     algs: String,
@@ -294,14 +295,32 @@ impl Dpop {
     /// URL that does not parse (the config checks it first: [`replay::check_url`]) makes a
     /// store that fails every call, closed.
     pub fn new(settings: DpopSettings, full: prometheus::IntCounter) -> Dpop {
-        let replay = match &settings.replay {
-            ReplaySettings::Memory { capacity } => ReplayStore::memory(*capacity, full),
-            ReplaySettings::Redis {
-                url,
-                timeout,
-                prefix,
-            } => ReplayStore::Redis(replay::RedisStore::new(url, prefix.clone(), *timeout)),
-        };
+        Dpop::renewed(settings, full, None)
+    }
+
+    /// [`Dpop::new`] for a reloaded config: the replay state of `previous` is kept when the
+    /// replay settings are equal, so the proofs seen before the reload stay refused. (An entry
+    /// keeps the lifetime it was stored with: a reload that lengthens `proof_max_age` reopens
+    /// nothing within the old window, but a proof older than the old window and younger than
+    /// the new one was never recorded past it.)
+    pub fn renewed(
+        settings: DpopSettings,
+        full: prometheus::IntCounter,
+        previous: Option<&Dpop>,
+    ) -> Dpop {
+        let kept = previous
+            .filter(|p| p.settings.replay == settings.replay)
+            .map(|p| p.replay.clone());
+        let replay = kept.unwrap_or_else(|| {
+            Arc::new(match &settings.replay {
+                ReplaySettings::Memory { capacity } => ReplayStore::memory(*capacity, full),
+                ReplaySettings::Redis {
+                    url,
+                    timeout,
+                    prefix,
+                } => ReplayStore::Redis(replay::RedisStore::new(url, prefix.clone(), *timeout)),
+            })
+        });
         let nonces = settings
             .nonce
             .as_ref()

@@ -117,6 +117,10 @@ pub struct Introspector {
     metrics: Metrics,
     /// Keep each active answer's whole claim set with its principal.
     keep_claims: bool,
+    /// A reload replaced this client: its discovery loop ends.
+    retired: std::sync::atomic::AtomicBool,
+    /// Its discovery loop has been handed out.
+    discovering: std::sync::atomic::AtomicBool,
 }
 
 /// Counts a call in `portcullis_introspection_in_flight` while it lives.
@@ -168,7 +172,31 @@ impl Introspector {
             metrics,
             config,
             keep_claims: false,
+            retired: Default::default(),
+            discovering: Default::default(),
         }
+    }
+
+    /// Whether a reloaded config can keep this client (and its cache and discovered endpoint):
+    /// the same settings, the same claim keeping, and the same client secret now.
+    pub fn same_settings(&self, config: &IntrospectionConfig, keep_claims: bool) -> bool {
+        let secret = config.client_secret.read().ok();
+        self.config == *config
+            && self.keep_claims == keep_claims
+            && self.secret.as_ref().map(|s| s.0.as_str()) == secret.as_deref()
+    }
+
+    /// A reload replaced this client.
+    pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// True once only: whether the caller is the one to run [`Introspector::discover_loop`].
+    pub fn claim_discovery(&self) -> bool {
+        !self
+            .discovering
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Keep every active answer's whole claim set with its principal, for claim rules and
@@ -268,7 +296,8 @@ impl Introspector {
         let mut wait = Duration::from_secs(1);
         loop {
             let Some(me) = this.upgrade() else { return };
-            if me.endpoint().await.is_ok() {
+            if me.retired.load(std::sync::atomic::Ordering::Acquire) || me.endpoint().await.is_ok()
+            {
                 return;
             }
             drop(me);
