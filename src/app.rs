@@ -318,8 +318,8 @@ impl App {
         let local = tokio::task::LocalSet::new();
         let admin = self.admin;
         let auth = self.live.load().gate.auth.clone();
-        let reloader = self.path.map(|path| Reloader {
-            path,
+        let reloader = Some(Reloader {
+            path: self.path,
             config: self.config,
             live: self.live.clone(),
             gate: self.gate,
@@ -462,9 +462,10 @@ fn assemble(
 /// this long at most (its tokens then fetch on demand, or answer 503 while it is down).
 const RELOAD_WARM_UP: Duration = Duration::from_secs(5);
 
-/// The state `SIGHUP` works on: the file, the config in use, and where to swap a new one in.
+/// The state `SIGHUP` and the upstream re-resolution work on: the file (none for an app
+/// built in-process), the config in use, and where to swap a new one in.
 struct Reloader {
-    path: PathBuf,
+    path: Option<PathBuf>,
     config: Config,
     live: Arc<Live<Shared>>,
     gate: Arc<Live<Gate>>,
@@ -477,7 +478,9 @@ impl Reloader {
     /// config. If anything fails, the old config keeps serving and every problem is logged by
     /// key. Never logs a secret, a path of a request or a token.
     async fn reload(&mut self) {
-        let path = self.path.clone();
+        let Some(path) = self.path.clone() else {
+            return;
+        };
         let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
         let next = match loaded {
             Ok(Ok(next)) => next,
@@ -514,10 +517,7 @@ impl Reloader {
         let old = self.live.replace(shared.clone());
         let retired = old.gate.auth.retire_replaced(&auth);
         for addr in old.upstreams.dropped_by(&shared.upstreams) {
-            let _ = self
-                .metrics
-                .upstream_healthy
-                .remove_label_values(&[&addr.to_string()]);
+            let _ = gauge_remove(&self.metrics, addr);
         }
         let restart = self.config.restart_needed(&next);
         for key in &restart {
@@ -544,7 +544,7 @@ impl Reloader {
     /// A digest of the config file's bytes and of every secret file the config in use names
     /// (an unreadable file counts as empty), to notice a change when polling.
     async fn fingerprint(&self) -> [u8; 32] {
-        let mut files = vec![self.path.clone()];
+        let mut files: Vec<PathBuf> = self.path.iter().cloned().collect();
         for (_, source, _) in self.config.secret_sources() {
             if let crate::config::SecretSource::File(path) = source {
                 files.push(path.clone());
@@ -565,6 +565,36 @@ impl Reloader {
         digest.unwrap_or([0; 32])
     }
 
+    /// Resolve the upstream host names again; when an address came or went, swap in the new
+    /// set with the same gate and settings (the workers' pools keep their connections to the
+    /// addresses that stay).
+    async fn re_resolve(&self) {
+        let current = self.live.load();
+        let gauge = self.metrics.upstream_healthy.clone();
+        let upstreams = current.upstreams.clone();
+        let found = tokio::task::spawn_blocking(move || upstreams.re_resolved(&gauge)).await;
+        let Ok(Some(next)) = found else { return };
+        // A reload may have swapped in a new config meanwhile: its own resolution is newer.
+        if !Arc::ptr_eq(&self.live.load(), &current) {
+            return;
+        }
+        let next = Arc::new(next);
+        let old = self.live.replace(Arc::new(Shared {
+            gate: current.gate.clone(),
+            metrics: current.metrics.clone(),
+            upstreams: next.clone(),
+            settings: current.settings,
+        }));
+        let dropped = old.upstreams.dropped_by(&next);
+        for addr in &dropped {
+            let _ = gauge_remove(&self.metrics, *addr);
+        }
+        tracing::info!(
+            addresses_dropped = dropped.len(),
+            "upstream addresses changed; swapped in"
+        );
+    }
+
     fn refused(&self, problems: Vec<String>) {
         for problem in &problems {
             tracing::error!(problem = %problem, "reload refused");
@@ -577,22 +607,39 @@ impl Reloader {
     }
 }
 
-/// Reload on every `SIGHUP` (and, with `server.reload_poll_interval`, when the file or a secret
-/// file it names changes) until the drain begins. Installing the handler is what keeps `SIGHUP`
-/// from killing the process (its default action).
+/// Until the drain begins: reload on every `SIGHUP` (and, with `server.reload_poll_interval`,
+/// when the file or a secret file it names changes), and resolve the upstream host names again
+/// every `upstream.resolve_interval`. One task does both, so a reload and a re-resolution never
+/// race. Installing the handler is what keeps `SIGHUP` from killing the process (its default
+/// action); an app built in-process (no file) takes no `SIGHUP`.
 async fn reload_on_sighup(mut reloader: Reloader, mut stop: watch::Receiver<Stop>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler: reloads are off");
-        return;
+    let mut hup = match &reloader.path {
+        None => None,
+        Some(_) => match signal(SignalKind::hangup()) {
+            Ok(hup) => Some(hup),
+            Err(_) => {
+                tracing::error!("cannot install the SIGHUP handler: reloads are off");
+                None
+            }
+        },
     };
+    let mut resolve = tokio::time::interval(reloader.config.upstream.resolve_interval);
+    resolve.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resolve.reset();
     let poll = reloader.config.server.reload_poll_interval;
     let mut tick = tokio::time::interval(poll.unwrap_or(Duration::from_secs(3600)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = reloader.fingerprint().await;
     loop {
+        let hangup = async {
+            match &mut hup {
+                Some(hup) => hup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            got = hup.recv() => {
+            got = hangup => {
                 if got.is_none() {
                     return;
                 }
@@ -609,9 +656,17 @@ async fn reload_on_sighup(mut reloader: Reloader, mut stop: watch::Receiver<Stop
                     seen = reloader.fingerprint().await;
                 }
             }
+            _ = resolve.tick() => reloader.re_resolve().await,
             _ = stop.wait_for(|s| *s != Stop::Running) => return,
         }
     }
+}
+
+/// An upstream address is gone: its health series goes with it.
+fn gauge_remove(metrics: &Metrics, addr: SocketAddr) -> Result<(), prometheus::Error> {
+    metrics
+        .upstream_healthy
+        .remove_label_values(&[&addr.to_string()])
 }
 
 /// The auth core has what `/readyz` waits for: every issuer's keys and the introspection

@@ -401,3 +401,78 @@ async fn a_polled_config_file_reloads_when_it_changes() {
         .contains("configuration file or a secret file changed"));
     assert!(gw.running());
 }
+
+/// Upstream host names are resolved again every `resolve_interval`: when the name moves to
+/// another address, requests follow it, the old address's health series goes, and a name that
+/// stops resolving keeps its last address. The gateway runs in a mount namespace of its own
+/// whose `/etc/hosts` the test rewrites (root, as CI is).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dns_change_is_picked_up() {
+    let first = EchoUpstream::start("first").await;
+    let port = first.addr.port();
+    let second = EchoUpstream::start_on(&format!("127.0.0.2:{port}"), "second").await;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let hosts = dir.join(format!("hosts-{}", std::process::id()));
+    let name = "portcullis-upstream.test";
+    std::fs::write(&hosts, format!("127.0.0.1 {name}\n")).unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 2\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nresolve_interval = \"1s\"\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"{name}:{port}\"]\nauth = \"none\"\n"
+    );
+    let hosts_arg = hosts.display().to_string();
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+        hosts_arg.as_str(),
+    ];
+    let mut gw = GatewayProcess::start_in(&wrapper, &text, &[]);
+    assert!(became_ready(&gw.metrics.to_string(), Duration::from_secs(15)).await);
+    let answered_by = || async {
+        let r = client()
+            .get(format!("http://{}/x", gw.proxy))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.headers()["x-upstream"].to_str().unwrap().to_owned()
+    };
+    assert_eq!(answered_by().await, "first");
+
+    // Rewritten in place: the bind mount holds the file, not its name.
+    std::fs::write(&hosts, format!("127.0.0.2 {name}\n")).unwrap();
+    let moved = common::eventually(Duration::from_secs(10), || async {
+        answered_by().await == "second"
+    })
+    .await;
+    assert!(moved, "{}", gw.log());
+    let hits = first.hits();
+    for _ in 0..10 {
+        assert_eq!(answered_by().await, "second");
+    }
+    assert_eq!(first.hits(), hits, "the old address left the rotation");
+    let m = scrape(gw.metrics).await;
+    assert!(m.has(
+        "portcullis_upstream_healthy",
+        &[("upstream", &format!("127.0.0.2:{port}"))]
+    ));
+    assert!(!m.has(
+        "portcullis_upstream_healthy",
+        &[("upstream", &format!("127.0.0.1:{port}"))]
+    ));
+
+    // The name stops resolving: its last address stays in use.
+    std::fs::write(&hosts, "").unwrap();
+    let warned = common::eventually(Duration::from_secs(10), || {
+        let log = gw.log();
+        async move { log.contains("no longer resolves") }
+    })
+    .await;
+    assert!(warned, "{}", gw.log());
+    assert_eq!(answered_by().await, "second");
+    assert!(gw.running());
+    let _ = std::fs::remove_file(&hosts);
+}

@@ -159,6 +159,11 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     /// `health_check_interval`, default `5s`: the TCP health check of every upstream.
     pub health_check_interval: Duration,
+    /// `resolve_interval`, default `30s`: upstream host names are resolved again this often;
+    /// an address that appears joins the rotation, one that goes leaves it, and pooled
+    /// connections to addresses that stay are kept. A name that fails to resolve keeps its
+    /// last addresses.
+    pub resolve_interval: Duration,
     /// `keepalive_pool_size`, default `128`: idle upstream connections kept per upstream address
     /// and worker.
     pub keepalive_pool_size: usize,
@@ -352,6 +357,10 @@ impl Config {
             (
                 "upstream.health_check_interval",
                 u.health_check_interval != nu.health_check_interval,
+            ),
+            (
+                "upstream.resolve_interval",
+                u.resolve_interval != nu.resolve_interval,
             ),
         ]
         .into_iter()

@@ -167,6 +167,7 @@ pub struct RawUpstream {
     pub write_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub health_check_interval: Option<String>,
+    pub resolve_interval: Option<String>,
     pub keepalive_pool_size: Option<i64>,
 }
 

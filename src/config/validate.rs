@@ -422,6 +422,7 @@ fn upstream(p: &mut Problems, u: &RawUpstream) -> UpstreamConfig {
             &u.health_check_interval,
             secs(5),
         ),
+        resolve_interval: d(p, "resolve_interval", &u.resolve_interval, secs(30)),
         keepalive_pool_size: p.positive(
             "upstream.keepalive_pool_size",
             u.keepalive_pool_size,

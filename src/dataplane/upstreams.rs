@@ -41,6 +41,8 @@ pub struct Upstreams {
     route_group: Vec<usize>,
     /// Every distinct backend, for the health checks.
     all: Vec<Arc<Backend>>,
+    /// Each route's `upstreams` as configured, to resolve again.
+    lists: Vec<Vec<String>>,
 }
 
 /// A route's upstream list named a host that does not resolve.
@@ -74,7 +76,9 @@ impl Upstreams {
         let mut groups = Vec::new();
         let mut route_group = Vec::new();
         let mut all = Vec::new();
+        let mut lists = Vec::new();
         for (route, list) in routes.into_iter().enumerate() {
+            lists.push(list.to_vec());
             if let Some(&group) = by_list.get(list) {
                 route_group.push(group);
                 continue;
@@ -113,7 +117,35 @@ impl Upstreams {
             groups,
             route_group,
             all,
+            lists,
         })
+    }
+
+    /// Resolve every host name again (blocking: run it off the workers). `None` when every
+    /// group has the same addresses as now (in any order: resolvers rotate them), or when a
+    /// name does not resolve: its last addresses stay, with a warning. Otherwise the new set,
+    /// keeping the backends (and health) of addresses that stay.
+    pub fn re_resolved(&self, gauge: &IntGaugeVec) -> Option<Upstreams> {
+        let addresses = |groups: &[Vec<Arc<Backend>>], route_group: &[usize]| {
+            route_group
+                .iter()
+                .map(|&g| {
+                    let mut a: Vec<SocketAddr> = groups[g].iter().map(|b| b.addr).collect();
+                    a.sort_unstable();
+                    a
+                })
+                .collect::<Vec<_>>()
+        };
+        let lists = self.lists.iter().map(Vec::as_slice);
+        let next = match Upstreams::renewed(lists, gauge, Some(self)) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(route = e.route, upstream = %e.upstream, error = %e.source, "an upstream no longer resolves; keeping the last addresses");
+                return None;
+            }
+        };
+        (addresses(&next.groups, &next.route_group) != addresses(&self.groups, &self.route_group))
+            .then_some(next)
     }
 
     /// A round-robin position for each group, for one worker. Worker `n` starts at each

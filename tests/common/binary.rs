@@ -43,8 +43,22 @@ impl GatewayProcess {
     /// the addresses it bound (`... listening proxy=ADDR metrics=ADDR`), which is before its key
     /// sets are loaded: wait for `/readyz` when that matters.
     pub fn start(config: &str, env: &[(&str, &str)]) -> GatewayProcess {
+        GatewayProcess::start_in(&[], config, env)
+    }
+
+    /// [`GatewayProcess::start`] run by `wrapper` (a command and its arguments, given the
+    /// binary and its arguments after them), e.g. `unshare` for a mount namespace of its own.
+    pub fn start_in(wrapper: &[&str], config: &str, env: &[(&str, &str)]) -> GatewayProcess {
         let file = TempFile::with(config);
-        let mut child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            None => Command::new(BIN),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+        };
+        let mut child = command
             .args(["run", "--config"])
             .arg(&file.0)
             .env("RUST_LOG", "info")

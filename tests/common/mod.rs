@@ -59,7 +59,12 @@ pub struct EchoUpstream {
 
 impl EchoUpstream {
     pub async fn start(name: &str) -> EchoUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        EchoUpstream::start_on("127.0.0.1:0", name).await
+    }
+
+    /// [`EchoUpstream::start`] on a given address (another loopback address, a chosen port).
+    pub async fn start_on(addr: &str, name: &str) -> EchoUpstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(EchoState {
             name: name.into(),
