@@ -454,6 +454,7 @@ async fn a_dns_change_is_picked_up() {
         assert_eq!(answered_by().await, "second");
     }
     assert_eq!(first.hits(), hits, "the old address left the rotation");
+    assert!(second.hits() >= 11);
     let m = scrape(gw.metrics).await;
     assert!(m.has(
         "portcullis_upstream_healthy",
