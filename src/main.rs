@@ -30,8 +30,13 @@ struct Cli {
 enum Command {
     /// Run the gateway (the default).
     Run,
-    /// Validate a configuration file and exit; one line per problem.
-    Check,
+    /// Validate a configuration file and exit; one line per problem. Secrets are read, and
+    /// host names resolved, as start-up would.
+    Check {
+        /// Do not resolve host names (a machine without the deployment's DNS).
+        #[arg(long)]
+        offline: bool,
+    },
     /// Ask the running gateway's `/readyz` (for container HEALTHCHECKs): exit 0 when ready,
     /// 1 otherwise. The address is `metrics.listen` of the configuration, unless given.
     Healthcheck {
@@ -56,7 +61,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
-        Command::Check => check(&cli.config),
+        Command::Check { offline } => check(&cli.config, offline),
         Command::Healthcheck { address, timeout } => healthcheck(&cli.config, address, timeout),
         Command::Run => run(&cli.config),
         Command::Dev {
@@ -77,15 +82,18 @@ fn dev(listen: std::net::SocketAddr, metrics_listen: std::net::SocketAddr) -> Ex
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, offline: bool) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
             }
-            let secrets = config.unreadable_secrets();
-            if !secrets.is_empty() {
-                for problem in secrets {
+            let mut problems = config.unreadable_secrets();
+            if !offline {
+                problems.extend(config.unresolvable_hosts());
+            }
+            if !problems.is_empty() {
+                for problem in problems {
                     eprintln!("{problem}");
                 }
                 return ExitCode::from(1);

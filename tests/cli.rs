@@ -32,7 +32,7 @@ fn problems(text: &str) -> Vec<String> {
 #[test]
 fn the_shipped_config_passes_check() {
     let out = Command::new(BIN)
-        .args(["check", "--config"])
+        .args(["check", "--offline", "--config"])
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"))
         .output()
         .unwrap();
@@ -71,7 +71,7 @@ fn check_warns_about_allow_any_audience() {
         "{ROUTE}{INTROSPECTION_ANY}allow_any_audience = true\n"
     ));
     let out = Command::new(BIN)
-        .args(["check", "--config"])
+        .args(["check", "--offline", "--config"])
         .arg(&file.0)
         .env("GW_SECRET", "s")
         .output()
@@ -851,7 +851,7 @@ fn check_reports_unreadable_secrets_by_key() {
     );
     let file = TempFile::with(&text);
     let out = Command::new(BIN)
-        .args(["check", "--config"])
+        .args(["check", "--offline", "--config"])
         .arg(&file.0)
         .env_remove("GW_SECRET")
         .output()
@@ -880,7 +880,7 @@ fn check_reports_unreadable_secrets_by_key() {
     );
     let file = TempFile::with(&text);
     let out = Command::new(BIN)
-        .args(["check", "--config"])
+        .args(["check", "--offline", "--config"])
         .arg(&file.0)
         .env("GW_SECRET", "s")
         .output()
@@ -891,6 +891,47 @@ fn check_reports_unreadable_secrets_by_key() {
         String::from_utf8_lossy(&out.stderr)
     );
     let _ = std::fs::remove_file(&short);
+}
+
+/// `check` resolves every host name the file names, as start-up and the identity provider
+/// fetches would, and names the key of each that does not resolve; `--offline` skips that.
+#[test]
+fn check_reports_host_names_that_do_not_resolve_unless_offline() {
+    let file = TempFile::with(
+        "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\", \"no-such-host.invalid:80\"]\n\
+         [[issuers]]\nissuer = \"https://id.invalid\"\njwks_uri = \"https://keys.invalid/jwks\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\n\
+         [[issuers]]\nissuer = \"http://127.0.0.1:1\"\ndiscovery = true\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\n",
+    );
+    let run = |offline: bool| {
+        let mut command = Command::new(BIN);
+        command.arg("check");
+        if offline {
+            command.arg("--offline");
+        }
+        command.arg("--config").arg(&file.0).output().unwrap()
+    };
+    let out = run(false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let keys: Vec<&str> = stderr
+        .lines()
+        .map(|l| l.split(':').next().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        ["routes[0].upstreams[1]", "issuers[0].jwks_uri"],
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("\"no-such-host.invalid\" does not resolve"),
+        "{stderr}"
+    );
+    let out = run(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A file that fails validation but asks for JSON logs gets its problems as JSON lines, so a

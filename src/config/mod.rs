@@ -398,6 +398,63 @@ impl Config {
         problems
     }
 
+    /// Every host name the config names that does not resolve now, by key: upstreams, key set
+    /// and discovery URLs, the introspection endpoint (`portcullis check` without
+    /// `--offline`). Start-up refuses an upstream that does not resolve; an identity provider's
+    /// host that does not resolve leaves `/readyz` at 503.
+    pub fn unresolvable_hosts(&self) -> Vec<Problem> {
+        use std::net::ToSocketAddrs;
+        let mut problems = Vec::new();
+        let mut check = |key: String, host: &str, port: u16| {
+            if let Err(e) = (host, port).to_socket_addrs() {
+                problems.push(Problem {
+                    key,
+                    message: format!("{host:?} does not resolve ({e})"),
+                });
+            }
+        };
+        let url_host = |url: &url::Url| {
+            let host = url
+                .host_str()?
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            Some((host.to_owned(), url.port_or_known_default()?))
+        };
+        for (i, route) in self.routes.iter().enumerate() {
+            for (j, upstream) in route.upstreams.iter().enumerate() {
+                if let Some((host, port)) = upstream.rsplit_once(':') {
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    if let Ok(port) = port.parse() {
+                        check(format!("routes[{i}].upstreams[{j}]"), host, port);
+                    }
+                }
+            }
+        }
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            let (key, url) = match &issuer.keys {
+                KeySource::JwksUri(url) => ("jwks_uri", Some(url.clone())),
+                KeySource::Discovery => ("issuer", url::Url::parse(&issuer.issuer).ok()),
+                KeySource::HmacSecret(_) => continue,
+            };
+            if let Some((host, port)) = url.as_ref().and_then(url_host) {
+                check(format!("issuers[{i}].{key}"), &host, port);
+            }
+        }
+        if let Some(i) = &self.introspection {
+            let (key, url) = match &i.endpoint {
+                Some(url) => ("endpoint", Some(url.clone())),
+                None => (
+                    "issuer",
+                    i.issuer.as_deref().and_then(|s| url::Url::parse(s).ok()),
+                ),
+            };
+            if let Some((host, port)) = url.as_ref().and_then(url_host) {
+                check(format!("introspection.{key}"), &host, port);
+            }
+        }
+        problems
+    }
+
     /// Every secret the config names, with its key (without the `_env` / `_file` suffix) and
     /// the shortest value it may have.
     pub fn secret_sources(&self) -> Vec<(String, &SecretSource, usize)> {
