@@ -551,6 +551,31 @@ async fn fixed_idp(jwks: String) -> String {
     base
 }
 
+/// What W3C Trace Context costs per request: continuing a client's `traceparent` (parse, a new
+/// span id, the header rewritten) and starting a trace when there is none.
+fn trace_context(c: &mut Criterion) {
+    use portcullis::dataplane::{headers::random_u64, trace};
+    let sent = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    c.bench_function("traceparent_continue", |b| {
+        b.iter_batched_ref(
+            || {
+                let mut h = HeaderMap::new();
+                h.insert("traceparent", sent.clone());
+                h
+            },
+            |h| trace::propagate(black_box(h), random_u64),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("traceparent_start", |b| {
+        b.iter_batched_ref(
+            HeaderMap::new,
+            |h| trace::propagate(black_box(h), random_u64),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
 criterion_group!(
     benches,
     route_match,
@@ -567,6 +592,7 @@ criterion_group!(
     authorize_cache_hit,
     challenge_rendering,
     rate_limit_admit,
-    dpop_per_request
+    dpop_per_request,
+    trace_context
 );
 criterion_main!(benches);

@@ -765,6 +765,10 @@ async fn json_access_lines_carry_the_request_id_outcome_and_client() {
                 .get(format!("{base}/api/SECRETPATH?q=SECRETQUERY"))
                 .bearer_auth(&token)
                 .header("X-Request-Id", "req-123")
+                .header(
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                )
                 .send()
                 .await
                 .unwrap()
@@ -804,6 +808,7 @@ async fn json_access_lines_carry_the_request_id_outcome_and_client() {
             .find(|l| l["request_id"] == "req-123")
             .expect("the id is logged");
         assert_eq!(ok["route"], "api");
+        assert_eq!(ok["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(ok["status"], 200);
         assert_eq!(ok["outcome"], "allowed");
         assert_eq!(ok["client"], "127.0.0.1");

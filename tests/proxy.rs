@@ -615,3 +615,72 @@ async fn path_tricks_cannot_reach_a_protected_route_through_an_open_one() {
         .unwrap();
     assert_eq!(ok.status(), 200);
 }
+
+/// W3C Trace Context through the gateway: a valid `traceparent` keeps its trace id and flags
+/// with the gateway's span as the new parent, and its `tracestate` goes along; an absent or
+/// invalid one starts a new trace, and a `tracestate` without a valid parent is dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn traceparent_is_continued_when_valid_and_started_when_not() {
+    let up = EchoUpstream::start("app").await;
+    let gw = start_gateway(&open_route("open", "/", &[up.addr]));
+    let url = format!("http://{}/x", gw.proxy_addr);
+    let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let ok = client()
+        .get(&url)
+        .header("traceparent", sent)
+        .header("tracestate", "congo=t61rcWkgMzE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let invalid = client()
+        .get(&url)
+        .header("traceparent", sent.to_uppercase())
+        .header("tracestate", "congo=t61rcWkgMzE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalid.status(), 200);
+    assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
+    let seen = up.seen();
+    let parent = |i: usize| {
+        let all: Vec<&str> = seen[i]
+            .headers
+            .get_all("traceparent")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(all.len(), 1, "{all:?}");
+        all[0].to_owned()
+    };
+    let kept = parent(0);
+    assert!(
+        kept.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{kept}"
+    );
+    assert!(kept.ends_with("-01"), "{kept}");
+    assert_ne!(
+        &kept[36..52],
+        "00f067aa0ba902b7",
+        "the gateway's own span is the parent"
+    );
+    assert_eq!(seen[0].headers["tracestate"], "congo=t61rcWkgMzE");
+    for i in [1, 2] {
+        let started = parent(i);
+        assert_eq!(started.len(), 55, "{started}");
+        assert!(
+            started.starts_with("00-") && started.ends_with("-00"),
+            "{started}"
+        );
+        assert!(
+            !started.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{started}"
+        );
+        assert!(seen[i].headers.get("tracestate").is_none());
+    }
+    assert_ne!(
+        parent(1)[3..35],
+        parent(2)[3..35],
+        "each started trace is new"
+    );
+}

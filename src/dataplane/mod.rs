@@ -20,6 +20,7 @@ pub mod pool;
 pub mod proxy;
 pub mod simple;
 pub mod stall;
+pub mod trace;
 pub mod tunnel;
 pub mod upstreams;
 

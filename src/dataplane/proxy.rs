@@ -200,6 +200,8 @@ struct Record {
     error: Rc<Cell<Option<UpstreamErrorKind>>>,
     /// The `X-Request-Id` forwarded (the client's, when it is short printable ASCII).
     request_id: Option<HeaderValue>,
+    /// The W3C trace the request belongs to (`traceparent`), once its head was read.
+    trace: Option<super::trace::Trace>,
     /// The client's address (with `trust_forwarded_headers`, the one requests are counted by).
     client: Option<IpAddr>,
     /// The auth decision: an `outcome` label of `portcullis_auth_decisions_total`, `none` on a
@@ -220,6 +222,7 @@ impl Record {
             upstream: None,
             error: Rc::default(),
             request_id: None,
+            trace: None,
             client: None,
             outcome: "-",
             grant: None,
@@ -314,6 +317,7 @@ fn log_request(metrics: &Metrics, record: &Record, status: u16, seconds: f64) {
         Some(sub) if record.log_subject => tracing::info!(
             target: "portcullis::access",
             request_id, method, route, status, outcome, duration_ms,
+            trace_id = text(record.trace.map(|t| t.trace_id_hex())),
             upstream = text(record.upstream.map(|a| a.to_string())),
             client = text(record.client.map(|a| a.to_string())),
             client_id, sub,
@@ -321,6 +325,7 @@ fn log_request(metrics: &Metrics, record: &Record, status: u16, seconds: f64) {
         _ => tracing::info!(
             target: "portcullis::access",
             request_id, method, route, status, outcome, duration_ms,
+            trace_id = text(record.trace.map(|t| t.trace_id_hex())),
             upstream = text(record.upstream.map(|a| a.to_string())),
             client = text(record.client.map(|a| a.to_string())),
             client_id,
@@ -387,6 +392,10 @@ async fn forward(
         );
     };
     record.request_id = Some(headers::set_request_id(&mut parts.headers));
+    record.trace = Some(super::trace::propagate(
+        &mut parts.headers,
+        headers::random_u64,
+    ));
     record.client = Some(conn.ip);
     let notable = head.notable.map(|n| *n).unwrap_or_default();
     let target = raw_target(&parts.uri);
