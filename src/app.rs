@@ -320,6 +320,7 @@ impl App {
         let auth = self.live.load().gate.auth.clone();
         let reloader = Some(Reloader {
             path: self.path,
+            started: self.config.clone(),
             config: self.config,
             live: self.live.clone(),
             gate: self.gate,
@@ -466,6 +467,9 @@ const RELOAD_WARM_UP: Duration = Duration::from_secs(5);
 /// built in-process), the config in use, and where to swap a new one in.
 struct Reloader {
     path: Option<PathBuf>,
+    /// The config the process started with: what the keys that need a restart still hold.
+    started: Config,
+    /// The config in use.
     config: Config,
     live: Arc<Live<Shared>>,
     gate: Arc<Live<Gate>>,
@@ -519,7 +523,7 @@ impl Reloader {
         for addr in old.upstreams.dropped_by(&shared.upstreams) {
             let _ = gauge_remove(&self.metrics, addr);
         }
-        let restart = self.config.restart_needed(&next);
+        let restart = self.started.restart_needed(&next);
         for key in &restart {
             tracing::warn!(
                 key,

@@ -271,6 +271,15 @@ async fn keys_that_need_a_restart_are_named_and_the_rest_applies() {
         warned[0].contains("key=\"server.threads\"") || warned[0].contains("key=server.threads"),
         "{log}"
     );
+    // Reloaded again with the same file: the running value still differs, so still warned.
+    gw.sighup();
+    reloads(&gw, 2.0, 0.0).await;
+    let log = gw.log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("takes effect only at the next restart"))
+        .count();
+    assert_eq!(warned, 2, "{log}");
     // The new route's series exist from the reload on, before its first request is counted.
     assert!(
         m.has(
