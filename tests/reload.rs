@@ -50,14 +50,7 @@ async fn reloads(gw: &GatewayProcess, success: f64, failure: f64) -> common::Met
 }
 
 async fn status(gw: &GatewayProcess, path: &str, token: &str) -> u16 {
-    client()
-        .get(format!("http://{}{path}", gw.proxy))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    common::idp::status_at(gw.proxy, path, token).await
 }
 
 /// The reload a platform team does most: a route's scopes change while traffic flows. Not one
