@@ -111,6 +111,7 @@ async fn a_scope_change_applies_with_no_failed_request_under_load() {
         task.await.unwrap();
     }
     let total = sent.load(Ordering::Relaxed);
+    eprintln!("{total} requests across the reload, {at_reload} of them sent by the time the reload was seen applied");
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
