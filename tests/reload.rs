@@ -372,7 +372,20 @@ async fn a_dpop_proof_used_before_a_reload_is_refused_after_it() {
     let challenge = replayed.headers()["www-authenticate"].to_str().unwrap();
     assert!(challenge.contains("invalid_dpop_proof"), "{challenge}");
     let fresh = client_key.dpop_proof("GET", &url, &token, &json!({}));
-    assert_eq!(send(fresh).await.status(), 200, "the new config applies");
+    assert_eq!(
+        send(fresh.clone()).await.status(),
+        200,
+        "the new config applies"
+    );
+    // Another replay store (a larger capacity, as the runbook of a full replay set says):
+    // the old one is still asked, so the proof just used stays used.
+    gw.rewrite_config(&dpop("\"write\"", "4s").replace(
+        "proof_leeway",
+        "replay_cache_capacity = 999999\nproof_leeway",
+    ));
+    gw.sighup();
+    reloads(&gw, 2.0, 0.0).await;
+    assert_eq!(send(fresh).await.status(), 401);
     assert!(gw.running());
 }
 

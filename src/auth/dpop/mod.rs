@@ -280,10 +280,35 @@ pub fn bound_key(cnf: Option<&serde_json::Value>) -> Result<Option<String>, Toke
     }
 }
 
+/// What a reload carried over from an earlier config's replay protection, until `until`.
+#[derive(Clone)]
+struct Before {
+    /// The earlier store, when the new config has another one.
+    store: Option<Arc<ReplayStore>>,
+    /// When the reload happened: proofs with an earlier `iat` may have been recorded before.
+    since: i64,
+    /// The earlier window (`proof_max_age` + `proof_leeway`), in seconds.
+    old_window: i64,
+    /// After this, nothing recorded under the earlier config is live.
+    until: i64,
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
+}
+
+/// How long after its `iat` a proof is accepted, and remembered: `proof_max_age` +
+/// `proof_leeway`, in seconds.
+fn window_secs(settings: &DpopSettings) -> i64 {
+    secs(settings.max_age).saturating_add(secs(settings.leeway))
+}
+
 /// Checks proofs for every route that takes DPoP: the settings, the replay store and nonces.
 pub struct Dpop {
     pub settings: DpopSettings,
     replay: Arc<ReplayStore>,
+    /// What earlier configs promised, while it still matters ([`Dpop::renewed`]).
+    before: Vec<Before>,
     nonces: Option<Nonces>,
     /// `DPoP algs="…"` (RFC 9449 §7.1), rendered once.
     algs: String,
@@ -298,19 +323,57 @@ impl Dpop {
         Dpop::renewed(settings, full, None)
     }
 
-    /// [`Dpop::new`] for a reloaded config: the replay state of `previous` is kept when the
-    /// replay settings are equal, so the proofs seen before the reload stay refused. (An entry
-    /// keeps the lifetime it was stored with: a reload that lengthens `proof_max_age` reopens
-    /// nothing within the old window, but a proof older than the old window and younger than
-    /// the new one was never recorded past it.)
+    /// [`Dpop::new`] for a reloaded config, so that no proof used before the reload passes
+    /// after it (RFC 9449 §11.1):
+    /// - the replay store of `previous` is kept when the replay settings are equal;
+    /// - when they differ (another capacity, Redis instead of memory), the old store is still
+    ///   asked, and written, for as long as a proof it recorded could be live;
+    /// - when the window (`proof_max_age` + `proof_leeway`) grows, a proof whose `iat` is
+    ///   before the reload is still held to the old window: its replay record lasts only that
+    ///   long.
     pub fn renewed(
         settings: DpopSettings,
         full: prometheus::IntCounter,
         previous: Option<&Dpop>,
     ) -> Dpop {
+        Dpop::renewed_at(
+            settings,
+            full,
+            previous,
+            super::jwt::unix_seconds(std::time::SystemTime::now()),
+        )
+    }
+
+    /// [`Dpop::renewed`] at `now`, seconds since the epoch.
+    fn renewed_at(
+        settings: DpopSettings,
+        full: prometheus::IntCounter,
+        previous: Option<&Dpop>,
+        now: i64,
+    ) -> Dpop {
         let kept = previous
             .filter(|p| p.settings.replay == settings.replay)
             .map(|p| p.replay.clone());
+        let mut before: Vec<Before> = previous
+            .map(|p| p.before.iter().filter(|b| b.until > now).cloned().collect())
+            .unwrap_or_default();
+        if let Some(p) = previous {
+            let old_window = window_secs(&p.settings);
+            let store = kept.is_none().then(|| p.replay.clone());
+            if store.is_some() || old_window < window_secs(&settings) {
+                before.push(Before {
+                    store,
+                    since: now,
+                    old_window,
+                    // A proof recorded before `now` has `iat` at most `now + leeway`, and its
+                    // record ends `window + 1` seconds after that.
+                    until: now
+                        .saturating_add(old_window)
+                        .saturating_add(secs(p.settings.leeway))
+                        .saturating_add(1),
+                });
+            }
+        }
         let replay = kept.unwrap_or_else(|| {
             Arc::new(match &settings.replay {
                 ReplaySettings::Memory { capacity } => ReplayStore::memory(*capacity, full),
@@ -334,6 +397,7 @@ impl Dpop {
         Dpop {
             settings,
             replay,
+            before,
             nonces,
             algs,
         }
@@ -372,6 +436,15 @@ impl Dpop {
             token,
             now,
         )?;
+        // A proof from before a reload that lengthened the window: its replay record lasts
+        // only the old window, so the old window is its limit.
+        if self
+            .before
+            .iter()
+            .any(|b| checked.iat < b.since && now > checked.iat.saturating_add(b.old_window))
+        {
+            return Err(DpopFault::Stale);
+        }
         if let Some(nonces) = &self.nonces {
             if !checked
                 .nonce
@@ -387,19 +460,109 @@ impl Dpop {
     /// Record the proof's use until its window has passed (`iat` + `proof_max_age` +
     /// `proof_leeway`, and a second more): `Ok(false)` when it was used before (a replay).
     pub async fn first_use(&self, proof: &Checked, now: i64) -> Result<bool, StoreUnavailable> {
-        let window = self.settings.max_age + self.settings.leeway;
         let end = proof
             .iat
-            .saturating_add(i64::try_from(window.as_secs()).unwrap_or(i64::MAX / 4))
+            .saturating_add(window_secs(&self.settings))
             .saturating_add(1);
         let ttl = Duration::from_secs(u64::try_from(end.saturating_sub(now)).unwrap_or(0).max(1));
-        self.replay
-            .first_use(replay::key(&proof.jkt, &proof.jti), ttl)
-            .await
+        let key = replay::key(&proof.jkt, &proof.jti);
+        // The stores of earlier configs first: a proof they recorded is a replay.
+        for b in self.before.iter().filter(|b| b.until > now) {
+            if let Some(store) = &b.store {
+                if !store.first_use(key, ttl).await? {
+                    return Ok(false);
+                }
+            }
+        }
+        self.replay.first_use(key, ttl).await
     }
 
     /// Proofs remembered in memory now.
     pub fn replay_entries(&self) -> u64 {
         self.replay.entries()
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+    use crate::devkeys::DevKey;
+    use serde_json::json;
+
+    const TOKEN: &str = "the-access-token";
+    const NOW: i64 = 1_900_000_000;
+
+    fn settings(max_age: u64, capacity: u64) -> DpopSettings {
+        DpopSettings {
+            max_age: Duration::from_secs(max_age),
+            leeway: Duration::from_secs(1),
+            replay: ReplaySettings::Memory { capacity },
+            ..DpopSettings::default()
+        }
+    }
+
+    fn full() -> prometheus::IntCounter {
+        prometheus::IntCounter::new("full", "full").unwrap()
+    }
+
+    fn proof(key: &DevKey, iat: i64) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("host", "api.example.com".parse().unwrap());
+        let p = key.dpop_proof(
+            "GET",
+            "http://api.example.com/x",
+            TOKEN,
+            &json!({ "iat": iat }),
+        );
+        h.insert("dpop", p.parse().unwrap());
+        h
+    }
+
+    fn check(d: &Dpop, h: &HeaderMap, now: i64) -> Result<Checked, DpopFault> {
+        let uri = RequestUri {
+            path: "/x",
+            authority: None,
+            scheme: "http",
+            forwarded: false,
+            normalise: |p| Some(Cow::Borrowed(p)),
+        };
+        d.check(h, "GET", &uri, TOKEN, now)
+    }
+
+    /// Old window 11 s, new 61 s: a proof with `iat` before the reload was recorded for 12 s
+    /// only, so after 11 s it is stale, although the new window would take it.
+    #[test]
+    fn a_longer_window_holds_proofs_from_before_the_reload_to_the_old_one() {
+        let key = DevKey::generate(crate::auth::settings::Algorithm::ES256, "c");
+        let old = Dpop::renewed_at(settings(10, 1000), full(), None, NOW - 100);
+        let used = proof(&key, NOW);
+        assert!(check(&old, &used, NOW).is_ok());
+        let new = Dpop::renewed_at(settings(60, 1000), full(), Some(&old), NOW + 1);
+        assert!(Arc::ptr_eq(&old.replay, &new.replay), "the same store");
+        assert!(check(&new, &used, NOW + 5).is_ok(), "inside the old window");
+        assert_eq!(check(&new, &used, NOW + 13).err(), Some(DpopFault::Stale));
+        // A proof made after the reload has the new window.
+        assert!(check(&new, &proof(&key, NOW + 2), NOW + 40).is_ok());
+        // Without the rule the new window would take the old proof.
+        let fresh = Dpop::renewed_at(settings(60, 1000), full(), None, NOW + 1);
+        assert!(check(&fresh, &used, NOW + 13).is_ok());
+    }
+
+    /// Another capacity means another in-memory store: the old one still refuses what it
+    /// recorded, until nothing in it can be live.
+    #[tokio::test]
+    async fn another_store_still_asks_the_old_one() {
+        let key = DevKey::generate(crate::auth::settings::Algorithm::ES256, "c");
+        let old = Dpop::renewed_at(settings(10, 1000), full(), None, NOW - 100);
+        let used = check(&old, &proof(&key, NOW), NOW).unwrap();
+        assert!(old.first_use(&used, NOW).await.unwrap());
+        let new = Dpop::renewed_at(settings(10, 2000), full(), Some(&old), NOW + 1);
+        assert!(!Arc::ptr_eq(&old.replay, &new.replay));
+        assert!(!new.first_use(&used, NOW + 2).await.unwrap(), "a replay");
+        let other = check(&new, &proof(&key, NOW + 2), NOW + 2).unwrap();
+        assert!(new.first_use(&other, NOW + 2).await.unwrap());
+        // Once the old window and leeway are over, the old store is let go at the next reload.
+        let later = Dpop::renewed_at(settings(10, 2000), full(), Some(&new), NOW + 20);
+        assert!(later.before.is_empty());
     }
 }
