@@ -20,6 +20,11 @@ pub struct Readiness {
     proxy_listening: AtomicBool,
     /// SIGTERM arrived: not ready, whatever else holds, so load balancers stop sending.
     draining: AtomicBool,
+    /// Every condition held once. From then on only a drain makes the gateway unready: an
+    /// issuer a reload adds whose keys do not load answers its own tokens with 503, but does
+    /// not take every other issuer's traffic off the pod (and every replica that reloaded the
+    /// same file off the service).
+    ready_once: AtomicBool,
     /// The gate now: a reload's issuers count from the moment it is swapped in.
     gate: Arc<Live<Gate>>,
 }
@@ -29,6 +34,7 @@ impl Readiness {
         Readiness {
             proxy_listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            ready_once: AtomicBool::new(false),
             gate,
         }
     }
@@ -56,12 +62,18 @@ impl Readiness {
         if !self.proxy_listening.load(Ordering::Acquire) {
             pending.push("proxy listener not started".to_owned());
         }
+        if self.ready_once.load(Ordering::Acquire) {
+            return pending;
+        }
         let auth = self.auth();
         for issuer in auth.issuers_without_keys() {
             pending.push(format!("no keys loaded yet for issuer {issuer}"));
         }
         if auth.introspection().is_some_and(|i| !i.endpoint_known()) {
             pending.push("introspection endpoint not discovered yet".to_owned());
+        }
+        if pending.is_empty() {
+            self.ready_once.store(true, Ordering::Release);
         }
         pending
     }

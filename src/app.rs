@@ -324,6 +324,7 @@ impl App {
             config: self.config,
             live: self.live.clone(),
             gate: self.gate,
+            readiness: self.readiness.clone(),
             metrics: self.metrics.clone(),
         });
         let live = self.live;
@@ -473,6 +474,7 @@ struct Reloader {
     config: Config,
     live: Arc<Live<Shared>>,
     gate: Arc<Live<Gate>>,
+    readiness: Arc<Readiness>,
     metrics: Metrics,
 }
 
@@ -481,7 +483,7 @@ impl Reloader {
     /// warm), let new issuers' keys load, and swap it in. In-flight requests finish on the old
     /// config. If anything fails, the old config keeps serving and every problem is logged by
     /// key. Never logs a secret, a path of a request or a token.
-    async fn reload(&mut self) {
+    async fn reload(&mut self, stop: &watch::Receiver<Stop>) {
         let Some(path) = self.path.clone() else {
             return;
         };
@@ -494,7 +496,11 @@ impl Reloader {
         let previous = self.live.load();
         let metrics = self.metrics.clone();
         let built = {
-            let next = next.clone();
+            let mut next = next.clone();
+            // The head limits size each listener's parser buffer at start: the running values
+            // stay, for the proxy as for the decision listener, as the restart warning says.
+            next.server.max_uri_bytes = self.started.server.max_uri_bytes;
+            next.server.max_header_bytes = self.started.server.max_header_bytes;
             let previous = previous.clone();
             tokio::task::spawn_blocking(move || assemble(&next, &metrics, Some(&previous))).await
         };
@@ -509,6 +515,10 @@ impl Reloader {
         }
         let started = tokio::time::Instant::now();
         while !warm(&auth) && started.elapsed() < RELOAD_WARM_UP {
+            // A drain that begins meanwhile ends the reload: the old config drains.
+            if *stop.borrow() != Stop::Running {
+                return self.refused(vec!["the gateway began to drain".into()]);
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if !warm(&auth) {
@@ -517,6 +527,9 @@ impl Reloader {
                 "reload: some new issuer's keys (or the introspection endpoint) have not loaded yet; swapping in anyway"
             );
         }
+        // Readiness notes that the running config was ready before the new one comes in
+        // (the probe may not have asked since).
+        let _ = self.readiness.pending();
         self.gate.replace(shared.gate.clone());
         let old = self.live.replace(shared.clone());
         let retired = old.gate.auth.retire_replaced(&auth);
@@ -634,7 +647,12 @@ async fn reload_on_sighup(mut reloader: Reloader, mut stop: watch::Receiver<Stop
     let poll = reloader.config.server.reload_poll_interval;
     let mut tick = tokio::time::interval(poll.unwrap_or(Duration::from_secs(3600)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // `seen`: the files as they were when the config in use was read. `settling`: a change
+    // seen once; it is reloaded when the next look finds the same bytes, so a file caught
+    // half-written (a slow copy, `cat >`) is never loaded as it was at that moment.
     let mut seen = reloader.fingerprint().await;
+    let mut settling = None;
+    let drain = stop.clone();
     loop {
         let hangup = async {
             match &mut hup {
@@ -648,16 +666,24 @@ async fn reload_on_sighup(mut reloader: Reloader, mut stop: watch::Receiver<Stop
                     return;
                 }
                 tracing::info!("SIGHUP: reloading the configuration");
-                reloader.reload().await;
+                // Taken before the file is read: an edit made while the reload runs (it may
+                // wait for a new issuer's keys) is a change the next looks see.
                 seen = reloader.fingerprint().await;
+                settling = None;
+                reloader.reload(&drain).await;
             }
             _ = tick.tick(), if poll.is_some() => {
                 let now = reloader.fingerprint().await;
-                if now != seen {
+                if now == seen {
+                    settling = None;
+                } else if settling == Some(now) {
                     tracing::info!("the configuration file or a secret file changed: reloading");
-                    reloader.reload().await;
                     // A refused file is not tried again until it changes again.
-                    seen = reloader.fingerprint().await;
+                    seen = now;
+                    settling = None;
+                    reloader.reload(&drain).await;
+                } else {
+                    settling = Some(now);
                 }
             }
             _ = resolve.tick() => reloader.re_resolve().await,

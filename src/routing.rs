@@ -90,16 +90,20 @@ impl Router {
         Router::renewed(configs, None)
     }
 
-    /// [`Router::new`] for a reloaded config: a route with the same name and rate limit as one
-    /// of `previous` keeps its limiter's counters.
+    /// [`Router::new`] for a reloaded config: a route with the same name as one of `previous`
+    /// keeps its limiter when the limit is the same, and its counts when what is counted and
+    /// the window are ([`Limiter::renewed`](crate::gate::limit::Limiter::renewed)).
     pub fn renewed(configs: &[RouteConfig], previous: Option<&Router>) -> Router {
+        use crate::gate::limit::Limiter;
         let limiter = |c: &RouteConfig| {
             let settings = c.rate_limit.clone()?;
-            let kept = previous
+            let old = previous
                 .and_then(|p| p.routes.iter().find(|r| r.name == c.name))
-                .and_then(|r| r.limiter.clone())
-                .filter(|l| *l.settings() == settings);
-            Some(kept.unwrap_or_else(|| Arc::new(crate::gate::limit::Limiter::new(settings))))
+                .and_then(|r| r.limiter.clone());
+            Some(match old {
+                Some(l) if *l.settings() == settings => l,
+                old => Arc::new(Limiter::renewed(settings, old.as_deref())),
+            })
         };
         let routes: Vec<Arc<Route>> = configs
             .iter()

@@ -246,7 +246,7 @@ async fn keys_that_need_a_restart_are_named_and_the_rest_applies() {
     assert!(became_ready(&gw.metrics.to_string(), Duration::from_secs(15)).await);
     assert_eq!(status(&gw, "/open/x", "t").await, 404);
     let next = config(&idp, up.addr, "\"read\"", "")
-        .replace("threads = 2", "threads = 1")
+        .replace("threads = 2", "threads = 1\nmax_uri_bytes = 200")
         + &format!(
             "[[routes]]\nname = \"open\"\npath_prefix = \"/open\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
             up.addr
@@ -255,14 +255,23 @@ async fn keys_that_need_a_restart_are_named_and_the_rest_applies() {
     gw.sighup();
     let m = reloads(&gw, 1.0, 0.0).await;
     assert_eq!(status(&gw, "/open/x", "t").await, 200);
+    // The running limit stays, as warned: a 300-byte target is not refused with 414.
+    let long = format!("/open/{}", "a".repeat(300));
+    assert_eq!(status(&gw, &long, "t").await, 200);
     let log = gw.log();
     let warned: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("takes effect only at the next restart"))
         .collect();
-    assert_eq!(warned.len(), 1, "{log}");
+    assert_eq!(warned.len(), 2, "{log}");
+    let names = |key: &str| {
+        let (quoted, bare) = (format!("key=\"{key}\""), format!("key={key}"));
+        warned
+            .iter()
+            .any(|l| l.contains(&quoted) || l.contains(&bare))
+    };
     assert!(
-        warned[0].contains("key=\"server.threads\"") || warned[0].contains("key=server.threads"),
+        names("server.threads") && names("server.max_uri_bytes"),
         "{log}"
     );
     // Reloaded again with the same file: the running value still differs, so still warned.
@@ -273,7 +282,7 @@ async fn keys_that_need_a_restart_are_named_and_the_rest_applies() {
         .lines()
         .filter(|l| l.contains("takes effect only at the next restart"))
         .count();
-    assert_eq!(warned, 2, "{log}");
+    assert_eq!(warned, 4, "{log}");
     // The new route's series exist from the reload on, before its first request is counted.
     assert!(
         m.has(
@@ -492,4 +501,155 @@ async fn a_dns_change_is_picked_up() {
     assert_eq!(answered_by().await, "second");
     assert!(gw.running());
     let _ = std::fs::remove_file(&hosts);
+}
+
+/// A reload that adds an issuer whose keys cannot be had, and changes only the claim rules of
+/// one whose provider is down, takes no working traffic away: the changed issuer keeps its
+/// last good keys, `/readyz` stays 200, and only the new issuer's tokens get 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_never_takes_working_issuers_or_readiness_down() {
+    let (key_a, key_c) = (
+        DevKey::generate(Algorithm::ES256, "a"),
+        DevKey::generate(Algorithm::ES256, "c"),
+    );
+    let (idp_a, idp_c) = (
+        MockIdp::start(&[&key_a]).await,
+        MockIdp::start(&[&key_c]).await,
+    );
+    let up = EchoUpstream::start("app").await;
+    let mut gw = GatewayProcess::start(&config(&idp_a, up.addr, "\"read\"", ""), &[]);
+    assert!(became_ready(&gw.metrics.to_string(), Duration::from_secs(15)).await);
+    let token_a = key_a.sign(&claims(&idp_a, "read"));
+    let token_c = key_c.sign(&claims(&idp_c, "read"));
+    assert_eq!(status(&gw, "/api/x", &token_a).await, 200);
+    idp_a.set_failing(true);
+    idp_c.set_failing(true);
+    let next = config(&idp_a, up.addr, "\"read\"", "").replace(
+        "algorithms = [\"ES256\"]\n",
+        &format!(
+            "algorithms = [\"ES256\"]\nleeway = \"10s\"\n[[issuers]]\nissuer = \"{c}\"\njwks_uri = \"{c}/jwks\"\naudiences = [\"api\"]\nalgorithms = [\"ES256\"]\n",
+            c = idp_c.issuer()
+        ),
+    );
+    gw.rewrite_config(&next);
+    gw.sighup();
+    reloads(&gw, 1.0, 0.0).await;
+    assert!(became_ready(&gw.metrics.to_string(), Duration::from_millis(1)).await);
+    assert_eq!(
+        status(&gw, "/api/x", &token_a).await,
+        200,
+        "the last good keys"
+    );
+    assert_eq!(status(&gw, "/api/x", &token_c).await, 503);
+    idp_c.set_failing(false);
+    let fetched = common::eventually(Duration::from_secs(10), || async {
+        status(&gw, "/api/x", &token_c).await == 200
+    })
+    .await;
+    assert!(
+        fetched,
+        "the new issuer's keys load once its provider answers"
+    );
+    assert!(gw.running());
+}
+
+/// A route's rate limit tightened by a reload keeps counting where it was: no fresh burst.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tightened_rate_limit_keeps_its_counts() {
+    let key = DevKey::generate(Algorithm::ES256, "k1");
+    let idp = MockIdp::start(&[&key]).await;
+    let up = EchoUpstream::start("app").await;
+    let limited = |n: u32| {
+        config(&idp, up.addr, "\"read\"", "")
+            + &format!(
+                "[routes.rate_limit]\nkey = \"client_address\"\nrequests = {n}\nper = \"1m\"\n"
+            )
+    };
+    let mut gw = GatewayProcess::start(&limited(3), &[]);
+    assert!(became_ready(&gw.metrics.to_string(), Duration::from_secs(15)).await);
+    let token = key.sign(&claims(&idp, "read"));
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(status(&gw, "/api/x", &token).await);
+    }
+    assert_eq!(answers, [200, 200, 200, 429]);
+    gw.rewrite_config(&limited(2));
+    gw.sighup();
+    reloads(&gw, 1.0, 0.0).await;
+    assert_eq!(status(&gw, "/api/x", &token).await, 429, "no fresh burst");
+    assert!(gw.running());
+}
+
+/// With polling, an edit made while a reload is still running (waiting for a new issuer's
+/// slow key set) is applied by the next looks, and a file caught half-written is never
+/// loaded: a change is reloaded only once two looks in a row find the same bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn polling_applies_edits_made_during_a_reload_and_never_a_half_written_file() {
+    let (key_a, key_c) = (
+        DevKey::generate(Algorithm::ES256, "a"),
+        DevKey::generate(Algorithm::ES256, "c"),
+    );
+    let (idp_a, idp_c) = (
+        MockIdp::start(&[&key_a]).await,
+        MockIdp::start(&[&key_c]).await,
+    );
+    let up = EchoUpstream::start("app").await;
+    let poll = "[server]\nreload_poll_interval = \"1s\"\n";
+    let text = |scopes: &str, extra_issuer: bool| {
+        let mut t = config(&idp_a, up.addr, scopes, "").replacen("[server]\n", poll, 1);
+        if extra_issuer {
+            t.push_str(&format!(
+                "[[issuers]]\nissuer = \"{c}\"\njwks_uri = \"{c}/jwks\"\naudiences = [\"api\"]\nalgorithms = [\"ES256\"]\n",
+                c = idp_c.issuer()
+            ));
+        }
+        t
+    };
+    let mut gw = GatewayProcess::start(&text("\"read\"", false), &[]);
+    assert!(became_ready(&gw.metrics.to_string(), Duration::from_secs(15)).await);
+    let read_only = key_a.sign(&claims(&idp_a, "read"));
+
+    // Edit 1 adds an issuer whose key set answers after 3 s; edit 2 comes while that reload waits.
+    idp_c.set_delay(Duration::from_secs(3));
+    gw.rewrite_config(&text("\"read\"", true));
+    let reloading = common::eventually(Duration::from_secs(10), || async {
+        idp_c.hits("/jwks") > 0
+    })
+    .await;
+    assert!(reloading, "{}", gw.log());
+    gw.rewrite_config(&text("\"write\"", false));
+    reloads(&gw, 2.0, 0.0).await;
+    assert_eq!(
+        status(&gw, "/api/x", &read_only).await,
+        403,
+        "edit 2 applied"
+    );
+
+    // A slow writer: the file is half there for 600 ms, less than one look apart. The half
+    // (which would open /api to everyone) is valid TOML on its own.
+    let whole = text("\"read\"", false);
+    let half = format!(
+        "{}auth = \"none\"\n",
+        whole.split("scopes = ").next().unwrap()
+    );
+    gw.rewrite_config(&half);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    gw.rewrite_config(&whole);
+    reloads(&gw, 3.0, 0.0).await;
+    // Had the half been loaded, the whole would be a fourth reload within the next looks.
+    let fourth = common::eventually(Duration::from_secs(3), || async {
+        scrape(gw.metrics)
+            .await
+            .get(RELOADS, &[("result", "success")])
+            > 3.0
+    })
+    .await;
+    assert!(!fourth, "{}", gw.log());
+    assert_eq!(status(&gw, "/api/x", &read_only).await, 200);
+    assert_eq!(
+        status(&gw, "/api/x", "not-a-token").await,
+        401,
+        "the half never went live"
+    );
+    assert!(gw.running());
 }

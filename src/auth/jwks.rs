@@ -79,6 +79,30 @@ impl IssuerKeys {
         }
     }
 
+    /// New keys for `config` that start with `previous`'s last good set (and discovered
+    /// `jwks_uri`) when they come from the same place under the same rules: a reload that
+    /// changes an issuer's claim rules (`leeway`, `audiences`) refetches, but a token is not
+    /// refused meanwhile, nor is the issuer left without keys while its provider is down.
+    pub fn seeded(
+        config: IssuerConfig,
+        http: reqwest::Client,
+        metrics: Metrics,
+        previous: &IssuerKeys,
+    ) -> IssuerKeys {
+        let old = &previous.config;
+        let same_source = old.issuer == config.issuer
+            && old.keys == config.keys
+            && old.algorithms == config.algorithms
+            && old.allow_insecure_http == config.allow_insecure_http
+            && !matches!(config.keys, KeySource::HmacSecret(_));
+        let keys = IssuerKeys::new(config, http, metrics);
+        if same_source {
+            keys.current.store(previous.current.load_full());
+            keys.jwks_uri.store(previous.jwks_uri.load_full());
+        }
+        keys
+    }
+
     /// The settings the keys were built from: a reload keeps the keys (no refetch) when the
     /// issuer's new settings are equal.
     pub fn config(&self) -> &IssuerConfig {

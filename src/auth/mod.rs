@@ -333,7 +333,8 @@ impl Authenticator {
     /// Build for a reloaded config, keeping what `previous` (the running config's
     /// authenticator) holds for settings that did not change:
     /// - an issuer's keys (no refetch) when its settings are equal, except an HMAC issuer, whose
-    ///   secret is read again (a local step, no network);
+    ///   secret is read again (a local step, no network); when only its claim rules changed,
+    ///   new keys that start with the last good set ([`IssuerKeys::seeded`]);
     /// - the verified-token cache when `[tokens]` and whether claims are kept are equal; its
     ///   entries of issuers not kept are distrusted from [`Authenticator::retire_replaced`] on;
     /// - the introspection client, its cache and its discovered endpoint, when `[introspection]`
@@ -364,7 +365,14 @@ impl Authenticator {
                     max_token_lifetime: c.max_token_lifetime,
                 },
                 keys: kept(c).unwrap_or_else(|| {
-                    Arc::new(IssuerKeys::new(c.clone(), http.clone(), metrics.clone()))
+                    let old = previous
+                        .and_then(|p| p.issuers.iter().find(|i| i.keys.issuer() == c.issuer));
+                    Arc::new(match old {
+                        Some(old) => {
+                            IssuerKeys::seeded(c.clone(), http.clone(), metrics.clone(), &old.keys)
+                        }
+                        None => IssuerKeys::new(c.clone(), http.clone(), metrics.clone()),
+                    })
                 }),
             })
             .collect();

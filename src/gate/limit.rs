@@ -69,7 +69,7 @@ pub struct Limited {
 /// One route's counters.
 pub struct Limiter {
     settings: RateLimit,
-    rate: Rate,
+    rate: std::sync::Arc<Rate>,
     window: Duration,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -112,15 +112,31 @@ impl Limiter {
     }
 
     pub fn new(settings: RateLimit) -> Limiter {
+        Limiter::renewed(settings, None)
+    }
+
+    /// [`Limiter::new`] for a reloaded config: the counts of `previous` go on when what is
+    /// counted and the window it is counted over stay (a changed `requests` with `burst`
+    /// following it keeps the window), so a reload that tightens a limit gives nobody a fresh
+    /// burst.
+    pub fn renewed(settings: RateLimit, previous: Option<&Limiter>) -> Limiter {
         let window = settings
             .window()
             .unwrap_or(MAX_WINDOW)
             .clamp(Duration::from_secs(1), MAX_WINDOW);
-        Limiter {
-            rate: Rate::new_with_estimator_config(window, HASHES, SLOTS),
-            window,
-            settings,
-            hasher: Default::default(),
+        match previous.filter(|p| p.settings.key == settings.key && p.window == window) {
+            Some(p) => Limiter {
+                rate: p.rate.clone(),
+                window,
+                settings,
+                hasher: p.hasher.clone(),
+            },
+            None => Limiter {
+                rate: std::sync::Arc::new(Rate::new_with_estimator_config(window, HASHES, SLOTS)),
+                window,
+                settings,
+                hasher: Default::default(),
+            },
         }
     }
 
