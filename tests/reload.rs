@@ -625,15 +625,18 @@ async fn polling_applies_edits_made_during_a_reload_and_never_a_half_written_fil
         "edit 2 applied"
     );
 
-    // A slow writer: the file is half there for 600 ms, less than one look apart. The half
+    // A slow writer: the file is half there for 900 ms, less than one look apart. The half
     // (which would open /api to everyone) is valid TOML on its own.
     let whole = text("\"read\"", false);
     let half = format!(
         "{}auth = \"none\"\n",
         whole.split("scopes = ").next().unwrap()
     );
+    // The looks come about 1 s apart from the one that applied edit 2 (moments ago): writing
+    // half a second later puts the half-written moment across the next look.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     gw.rewrite_config(&half);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
     gw.rewrite_config(&whole);
     reloads(&gw, 3.0, 0.0).await;
     // Had the half been loaded, the whole would be a fourth reload within the next looks.
