@@ -4,7 +4,8 @@
 #   parses as PromQL (promtool; that every metric they name is one the gateway exports is
 #   tests/deploy_assets.rs, part of `make test`);
 # - the Kubernetes manifests pass Kubernetes' schema and the restricted Pod Security Standard
-#   (scripts/check_manifests.py, with kubernetes-validate from PyPI in target/deploy-venv).
+#   (scripts/check_manifests.py, with kubernetes-validate from PyPI in target/deploy-venv), and
+#   so does what deploy/kustomization.yaml renders (kubectl kustomize), ConfigMaps included.
 # Installs promtool (Debian's prometheus package) when it is missing and we are root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,4 +58,21 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import kubernetes_val
   "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0" "PyYAML>=6"
 fi
 "$venv/bin/python" scripts/check_manifests.py
+
+# The kustomization renders both deployments with their configs (kubectl's built-in kustomize).
+if ! command -v kubectl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "check-deploy: installing kubectl" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq kubectl >/dev/null 2>&1 || apt-get install -y -qq kubernetes-client >/dev/null 2>&1 || {
+      apt-get update -qq >/dev/null
+      apt-get install -y -qq kubectl >/dev/null 2>&1 || apt-get install -y -qq kubernetes-client >/dev/null
+    }
+  else
+    echo "check-deploy: kubectl not found; install it (it renders deploy/kustomization.yaml)" >&2
+    exit 1
+  fi
+fi
+kubectl kustomize deploy > "$work/rendered.yaml"
+"$venv/bin/python" scripts/check_manifests.py "$work/rendered.yaml"
 echo "check-deploy: ok"

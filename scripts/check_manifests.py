@@ -216,7 +216,45 @@ def self_test(docs, config):
             sys.exit(f"check_manifests: the {name!r} rule accepted a manifest that breaks it")
 
 
+def check_rendered(path):
+    """What `kubectl kustomize deploy` made: every resource passes the schema, each gateway
+    config is a ConfigMap holding the shipped file as it is, and every ConfigMap a Deployment
+    mounts is there."""
+    docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    problems = []
+    for d in docs:
+        if d["kind"] == "ServiceMonitor":
+            continue
+        try:
+            kubernetes_validate.validate(d, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            problems.append(f"{d['kind']}/{d['metadata']['name']}: {e.message}")
+    maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    for manifest, config in MANIFESTS.items():
+        shipped = [d for d in yaml.safe_load_all((ROOT / manifest).read_text()) if d]
+        for d in (d for d in shipped if d["kind"] == "Deployment"):
+            for v in d["spec"]["template"]["spec"].get("volumes", []):
+                if "configMap" not in v:
+                    continue
+                name = v["configMap"]["name"]
+                held = maps.get(name, {}).get("data", {}).get("gateway.toml")
+                if held is None:
+                    problems.append(f"{manifest}: ConfigMap {name} is not rendered")
+                elif held != (ROOT / config).read_text():
+                    problems.append(f"ConfigMap {name} does not hold {config} as it is")
+    if not any(d["kind"] == "Deployment" for d in docs):
+        problems.append("no Deployment rendered")
+    return docs, problems
+
+
 def main():
+    if len(sys.argv) > 1:
+        docs, problems = check_rendered(sys.argv[1])
+        for p in problems:
+            print(f"kustomization: {p}")
+        kinds = ", ".join(sorted({d["kind"] for d in docs}))
+        print(f"deploy/kustomization.yaml: {'FAILED' if problems else 'ok'} ({kinds})")
+        sys.exit(1 if problems else 0)
     failed = False
     for path, config in MANIFESTS.items():
         docs, problems = check(path, config)
