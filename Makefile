@@ -1,5 +1,5 @@
 # The two commands of the README's quick start, and a few more.
-.PHONY: setup run serve test check deploy-check bench load-bench fuzz soak flood
+.PHONY: setup run serve test check deploy-check image-test bench load-bench fuzz soak flood
 
 setup:
 	@./scripts/setup.sh
@@ -26,6 +26,12 @@ check: setup
 # The alert rules (promtool check + unit tests) and the dashboard's queries; installs promtool.
 deploy-check:
 	./scripts/check-deploy.sh
+
+# The runtime image of deploy/Dockerfile, built with buildah from a debootstrap base (no registry),
+# run with podman read-only, without capabilities, as uid 65532, against portcullis dev; as root,
+# installs podman, buildah, debootstrap and runc. PORTCULLIS_BIN=path packages another binary.
+image-test:
+	./scripts/image-test.sh
 
 # Criterion micro-benchmarks of the hot path.
 bench: setup

@@ -280,17 +280,34 @@ pub fn bound_key(cnf: Option<&serde_json::Value>) -> Result<Option<String>, Toke
     }
 }
 
-/// What a reload carried over from an earlier config's replay protection, until `until`.
+/// What a reload carried over from an earlier config's replay protection.
 #[derive(Clone)]
 struct Before {
-    /// The earlier store, when the new config has another one.
+    /// The earlier store, when the new config has another one: asked until `store_until`.
     store: Option<Arc<ReplayStore>>,
-    /// When the reload happened: proofs with an earlier `iat` may have been recorded before.
-    since: i64,
+    /// The latest `iat` a proof used before the reload can have (the reload's second plus the
+    /// earlier leeway): such a proof is held to `old_window`, as long as its record lasts.
+    latest: i64,
     /// The earlier window (`proof_max_age` + `proof_leeway`), in seconds.
     old_window: i64,
     /// After this, nothing recorded under the earlier config is live.
-    until: i64,
+    store_until: i64,
+    /// After this, no window of the config in use takes a proof with `iat` up to `latest`.
+    hold_until: i64,
+}
+
+impl Before {
+    /// Carried into a config whose window is `window`: the hold lasts as long as that window
+    /// could take a proof it holds. `None` once neither part can matter.
+    fn renewed(&self, window: i64, now: i64) -> Option<Before> {
+        let hold_until = self
+            .hold_until
+            .max(self.latest.saturating_add(window).saturating_add(1));
+        (hold_until > now || self.store_until > now).then(|| Before {
+            hold_until,
+            ..self.clone()
+        })
+    }
 }
 
 fn secs(d: Duration) -> i64 {
@@ -354,23 +371,30 @@ impl Dpop {
         let kept = previous
             .filter(|p| p.settings.replay == settings.replay)
             .map(|p| p.replay.clone());
+        let window = window_secs(&settings);
+        // What earlier reloads carried, for as long as this config's window could still take
+        // a proof they hold.
         let mut before: Vec<Before> = previous
-            .map(|p| p.before.iter().filter(|b| b.until > now).cloned().collect())
+            .map(|p| {
+                p.before
+                    .iter()
+                    .filter_map(|b| b.renewed(window, now))
+                    .collect()
+            })
             .unwrap_or_default();
         if let Some(p) = previous {
             let old_window = window_secs(&p.settings);
             let store = kept.is_none().then(|| p.replay.clone());
-            if store.is_some() || old_window < window_secs(&settings) {
+            if store.is_some() || old_window < window {
+                // A proof recorded before `now` has `iat` at most `now + leeway`.
+                let latest = now.saturating_add(secs(p.settings.leeway));
                 before.push(Before {
                     store,
-                    since: now,
+                    latest,
                     old_window,
-                    // A proof recorded before `now` has `iat` at most `now + leeway`, and its
-                    // record ends `window + 1` seconds after that.
-                    until: now
-                        .saturating_add(old_window)
-                        .saturating_add(secs(p.settings.leeway))
-                        .saturating_add(1),
+                    // Its record ends `old_window + 1` seconds after its `iat`.
+                    store_until: latest.saturating_add(old_window).saturating_add(1),
+                    hold_until: latest.saturating_add(window).saturating_add(1),
                 });
             }
         }
@@ -441,7 +465,7 @@ impl Dpop {
         if self
             .before
             .iter()
-            .any(|b| checked.iat < b.since && now > checked.iat.saturating_add(b.old_window))
+            .any(|b| checked.iat <= b.latest && now > checked.iat.saturating_add(b.old_window))
         {
             return Err(DpopFault::Stale);
         }
@@ -467,7 +491,7 @@ impl Dpop {
         let ttl = Duration::from_secs(u64::try_from(end.saturating_sub(now)).unwrap_or(0).max(1));
         let key = replay::key(&proof.jkt, &proof.jti);
         // The stores of earlier configs first: a proof they recorded is a replay.
-        for b in self.before.iter().filter(|b| b.until > now) {
+        for b in self.before.iter().filter(|b| b.store_until > now) {
             if let Some(store) = &b.store {
                 if !store.first_use(key, ttl).await? {
                     return Ok(false);
@@ -541,11 +565,42 @@ mod reload_tests {
         assert!(Arc::ptr_eq(&old.replay, &new.replay), "the same store");
         assert!(check(&new, &used, NOW + 5).is_ok(), "inside the old window");
         assert_eq!(check(&new, &used, NOW + 13).err(), Some(DpopFault::Stale));
-        // A proof made after the reload has the new window.
-        assert!(check(&new, &proof(&key, NOW + 2), NOW + 40).is_ok());
+        // A proof made after the reload (later than its second plus the old leeway) has the
+        // new window.
+        assert!(check(&new, &proof(&key, NOW + 3), NOW + 40).is_ok());
         // Without the rule the new window would take the old proof.
         let fresh = Dpop::renewed_at(settings(60, 1000), full(), None, NOW + 1);
         assert!(check(&fresh, &used, NOW + 13).is_ok());
+    }
+
+    /// Red team round 2: a proof used in the reload's own second, or dated ahead within the
+    /// leeway, is held too; and a later reload that changes something else keeps the hold for
+    /// as long as the longer window could take the proof.
+    #[test]
+    fn the_hold_covers_the_reload_second_future_proofs_and_later_reloads() {
+        let key = DevKey::generate(crate::auth::settings::Algorithm::ES256, "c");
+        let old = Dpop::renewed_at(settings(2, 1000), full(), None, NOW - 100);
+        let same_second = proof(&key, NOW);
+        let ahead = proof(&key, NOW + 1);
+        assert!(check(&old, &same_second, NOW).is_ok());
+        assert!(check(&old, &ahead, NOW).is_ok(), "inside the leeway");
+        // Reloaded in the same second to a 30 s window.
+        let new = Dpop::renewed_at(settings(30, 1000), full(), Some(&old), NOW);
+        assert_eq!(
+            check(&new, &same_second, NOW + 5).err(),
+            Some(DpopFault::Stale)
+        );
+        assert_eq!(check(&new, &ahead, NOW + 5).err(), Some(DpopFault::Stale));
+        // A later reload (another capacity) at +8 s: the hold stays.
+        let later = Dpop::renewed_at(settings(30, 2000), full(), Some(&new), NOW + 8);
+        assert_eq!(
+            check(&later, &same_second, NOW + 9).err(),
+            Some(DpopFault::Stale)
+        );
+        // Once every held proof is past the 31 s window, and the store replaced at +8 s can
+        // hold nothing live, both go.
+        let much_later = Dpop::renewed_at(settings(30, 2000), full(), Some(&later), NOW + 45);
+        assert!(much_later.before.is_empty());
     }
 
     /// Another capacity means another in-memory store: the old one still refuses what it
