@@ -161,8 +161,8 @@ def promises(docs, config):
     return problems
 
 
-def check(path, config):
-    docs = [d for d in yaml.safe_load_all((ROOT / path).read_text()) if d]
+def schema_problems(docs):
+    """Every built-in resource against Kubernetes' schema (the ServiceMonitor is a CRD)."""
     problems = []
     for d in docs:
         if d["kind"] == "ServiceMonitor":
@@ -171,6 +171,12 @@ def check(path, config):
             kubernetes_validate.validate(d, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as e:
             problems.append(f"{d['kind']}/{d['metadata']['name']}: {e.message}")
+    return problems
+
+
+def check(path, config):
+    docs = [d for d in yaml.safe_load_all((ROOT / path).read_text()) if d]
+    problems = schema_problems(docs)
     for d in docs:
         if d["kind"] == "Deployment":
             problems += restricted(d["spec"]["template"]["spec"])
@@ -221,14 +227,7 @@ def check_rendered(path):
     config is a ConfigMap holding the shipped file as it is, and every ConfigMap a Deployment
     mounts is there."""
     docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
-    problems = []
-    for d in docs:
-        if d["kind"] == "ServiceMonitor":
-            continue
-        try:
-            kubernetes_validate.validate(d, KUBERNETES_VERSION, strict=True)
-        except kubernetes_validate.ValidationError as e:
-            problems.append(f"{d['kind']}/{d['metadata']['name']}: {e.message}")
+    problems = schema_problems(docs)
     maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
     for manifest, config in MANIFESTS.items():
         shipped = [d for d in yaml.safe_load_all((ROOT / manifest).read_text()) if d]

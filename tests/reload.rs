@@ -30,6 +30,13 @@ fn config(idp: &MockIdp, up: SocketAddr, scopes: &str, extra: &str) -> String {
     )
 }
 
+/// A signing key and a mock identity provider that serves it.
+async fn issuer(kid: &str) -> (DevKey, MockIdp) {
+    let key = DevKey::generate(Algorithm::ES256, kid);
+    let idp = MockIdp::start(&[&key]).await;
+    (key, idp)
+}
+
 /// Wait until the gateway has counted `success` applied and `failure` refused reloads.
 async fn reloads(gw: &GatewayProcess, success: f64, failure: f64) -> common::Metrics {
     let m = scrape_until(gw.metrics, |m| {
@@ -193,14 +200,7 @@ async fn a_refused_reload_keeps_the_running_config() {
 /// first token passes and `/readyz` never drops.
 #[tokio::test(flavor = "multi_thread")]
 async fn removed_issuers_are_gone_at_once_and_added_ones_arrive_warm() {
-    let (key_a, key_b) = (
-        DevKey::generate(Algorithm::ES256, "a"),
-        DevKey::generate(Algorithm::ES256, "b"),
-    );
-    let (idp_a, idp_b) = (
-        MockIdp::start(&[&key_a]).await,
-        MockIdp::start(&[&key_b]).await,
-    );
+    let ((key_a, idp_a), (key_b, idp_b)) = (issuer("a").await, issuer("b").await);
     let up = EchoUpstream::start("app").await;
     let mut gw = GatewayProcess::start(&config(&idp_a, up.addr, "\"read\"", ""), &[]);
     assert!(became_ready(&gw.metrics.to_string(), Duration::from_secs(15)).await);
@@ -508,14 +508,7 @@ async fn a_dns_change_is_picked_up() {
 /// last good keys, `/readyz` stays 200, and only the new issuer's tokens get 503.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_never_takes_working_issuers_or_readiness_down() {
-    let (key_a, key_c) = (
-        DevKey::generate(Algorithm::ES256, "a"),
-        DevKey::generate(Algorithm::ES256, "c"),
-    );
-    let (idp_a, idp_c) = (
-        MockIdp::start(&[&key_a]).await,
-        MockIdp::start(&[&key_c]).await,
-    );
+    let ((key_a, idp_a), (key_c, idp_c)) = (issuer("a").await, issuer("c").await);
     let up = EchoUpstream::start("app").await;
     let mut gw = GatewayProcess::start(&config(&idp_a, up.addr, "\"read\"", ""), &[]);
     assert!(became_ready(&gw.metrics.to_string(), Duration::from_secs(15)).await);
@@ -585,14 +578,7 @@ async fn a_tightened_rate_limit_keeps_its_counts() {
 /// loaded: a change is reloaded only once two looks in a row find the same bytes.
 #[tokio::test(flavor = "multi_thread")]
 async fn polling_applies_edits_made_during_a_reload_and_never_a_half_written_file() {
-    let (key_a, key_c) = (
-        DevKey::generate(Algorithm::ES256, "a"),
-        DevKey::generate(Algorithm::ES256, "c"),
-    );
-    let (idp_a, idp_c) = (
-        MockIdp::start(&[&key_a]).await,
-        MockIdp::start(&[&key_c]).await,
-    );
+    let ((key_a, idp_a), (key_c, idp_c)) = (issuer("a").await, issuer("c").await);
     let up = EchoUpstream::start("app").await;
     let poll = "[server]\nreload_poll_interval = \"1s\"\n";
     let text = |scopes: &str, extra_issuer: bool| {
