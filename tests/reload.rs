@@ -578,7 +578,7 @@ async fn a_tightened_rate_limit_keeps_its_counts() {
 /// loaded: a change is reloaded only once two looks in a row find the same bytes.
 #[tokio::test(flavor = "multi_thread")]
 async fn polling_applies_edits_made_during_a_reload_and_never_a_half_written_file() {
-    let ((key_a, idp_a), (key_c, idp_c)) = (issuer("a").await, issuer("c").await);
+    let ((key_a, idp_a), (_, idp_c)) = (issuer("a").await, issuer("c").await);
     let up = EchoUpstream::start("app").await;
     let poll = "[server]\nreload_poll_interval = \"1s\"\n";
     let text = |scopes: &str, extra_issuer: bool| {
