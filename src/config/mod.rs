@@ -109,7 +109,7 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     /// `reload_poll_interval`, default none: also reload when the config file or a secret file
     /// it names changes, looked at this often (Kubernetes updates mounted ConfigMaps and
-    /// Secrets in place, and a shell-less image has no `kill` for a `SIGHUP`).
+    /// Secrets in place, with no `SIGHUP` to send to each pod).
     pub reload_poll_interval: Option<Duration>,
     /// `trust_forwarded_headers`, default `false`: when true, `X-Forwarded-For` from the client
     /// is appended to and `X-Forwarded-Proto` / `-Host` are kept; when false they are replaced.
