@@ -318,7 +318,7 @@ impl App {
         let local = tokio::task::LocalSet::new();
         let admin = self.admin;
         let auth = self.live.load().gate.auth.clone();
-        let reloader = Some(Reloader {
+        let reloader = Reloader {
             path: self.path,
             started: self.config.clone(),
             config: self.config,
@@ -326,7 +326,7 @@ impl App {
             gate: self.gate,
             readiness: self.readiness.clone(),
             metrics: self.metrics.clone(),
-        });
+        };
         let live = self.live;
         let admin_app = Rc::new(AdminApp {
             metrics: self.metrics.clone(),
@@ -355,12 +355,10 @@ impl App {
                 header_timeout,
                 rx.clone(),
             ))];
-            if let Some(reloader) = reloader {
-                served.push(tokio::task::spawn_local(reload_on_sighup(
-                    reloader,
-                    rx.clone(),
-                )));
-            }
+            served.push(tokio::task::spawn_local(reload_on_sighup(
+                reloader,
+                rx.clone(),
+            )));
             for extra in extras {
                 served.push(tokio::task::spawn_local(extra(rx.clone())));
             }
