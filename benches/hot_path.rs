@@ -415,6 +415,7 @@ fn authorize_cache_hit(c: &mut Criterion) {
             policy: &policy,
             method: "GET",
             uri: RequestUri::exact("/orders", Some("api.example.com")),
+            calls: None,
         };
         rt.block_on(auth.authorize(&info))
             .expect("the first call fills the cache");
@@ -491,6 +492,7 @@ fn dpop_per_request(c: &mut Criterion) {
             policy,
             method: "GET",
             uri: RequestUri::exact("/orders", None),
+            calls: None,
         }
     }
     let first = headers_with(fresh());
@@ -563,14 +565,14 @@ fn trace_context(c: &mut Criterion) {
                 h.insert("traceparent", sent.clone());
                 h
             },
-            |h| trace::propagate(black_box(h), random_u64),
+            |h| trace::propagate(black_box(h), random_u64, || false),
             criterion::BatchSize::SmallInput,
         )
     });
     c.bench_function("traceparent_start", |b| {
         b.iter_batched_ref(
             HeaderMap::new,
-            |h| trace::propagate(black_box(h), random_u64),
+            |h| trace::propagate(black_box(h), random_u64, || false),
             criterion::BatchSize::SmallInput,
         )
     });

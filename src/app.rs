@@ -35,6 +35,7 @@ use crate::decision::DecisionApp;
 use crate::gate::Gate;
 use crate::live::Live;
 use crate::metrics::Metrics;
+use crate::otlp::Exporter;
 use crate::routing::Router;
 
 /// Why the gateway could not start with a valid config.
@@ -61,6 +62,8 @@ pub enum StartupError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot start a worker thread: {0}")]
     Thread(#[source] io::Error),
+    #[error("tracing.otlp_endpoint: cannot export to it: {0}")]
+    Tracing(#[source] opentelemetry_otlp::ExporterBuildError),
 }
 
 /// A service run on the background thread beside the admin listener (`portcullis dev`).
@@ -254,6 +257,10 @@ impl App {
     /// says to stop; then drain everything and return once every worker has.
     fn run(self, signal: impl Future<Output = Stop> + 'static) -> Result<(), StartupError> {
         let (tx, rx) = watch::channel(Stop::Running);
+        let exporting = (
+            self.live.load().exporter.clone(),
+            (self.config.tracing.as_ref()).map(|t| t.export_timeout.min(EXPORT_AT_EXIT)),
+        );
         let starting = Arc::new(AtomicUsize::new(self.proxy.len()));
         let mut decision = self.decision.map(|(listeners, _, convention)| {
             let app = DecisionApp {
@@ -372,6 +379,10 @@ impl App {
         for worker in workers {
             let _ = worker.join();
         }
+        // The spans of the last requests, before the process ends.
+        if let (Some(exporter), Some(wait)) = exporting {
+            exporter.shutdown(wait);
+        }
         Ok(())
     }
 }
@@ -448,13 +459,25 @@ fn assemble(
         read_timeout: config.upstream.read_timeout,
         max_body_bytes: s.max_body_bytes,
     };
+    // `[tracing]` takes effect at a restart: the exporter stays the one the process started.
+    let exporter = match (previous, &config.tracing) {
+        (Some(p), _) => p.exporter.clone(),
+        (None, Some(t)) => Some(Arc::new(
+            Exporter::start(t, metrics.trace_exports.clone()).map_err(StartupError::Tracing)?,
+        )),
+        (None, None) => None,
+    };
     Ok(Shared {
         gate,
         metrics: metrics.clone(),
         upstreams: Arc::new(upstreams),
         settings,
+        exporter,
     })
 }
+
+/// The longest wait at exit for the last spans' export.
+const EXPORT_AT_EXIT: Duration = Duration::from_secs(5);
 
 /// How long a reload waits for the key sets of issuers it adds (and an introspection endpoint
 /// it must discover) before it swaps the config in anyway: requests never meet a new issuer
@@ -599,6 +622,7 @@ impl Reloader {
             metrics: current.metrics.clone(),
             upstreams: next.clone(),
             settings: current.settings,
+            exporter: current.exporter.clone(),
         }));
         let dropped = old.upstreams.dropped_by(&next);
         for addr in &dropped {

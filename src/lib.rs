@@ -17,6 +17,7 @@ pub mod live;
 pub mod metrics;
 pub mod response;
 pub mod routing;
+pub mod spans;
 #[cfg(test)]
 mod testing;
 
@@ -32,5 +33,7 @@ pub mod decision;
 pub mod dev;
 #[cfg(feature = "proxy")]
 pub mod logging;
+#[cfg(feature = "proxy")]
+pub mod otlp;
 #[cfg(feature = "tower")]
 pub mod tower_layer;

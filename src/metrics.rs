@@ -66,6 +66,9 @@ pub struct Metrics {
     /// `portcullis_config_last_reload_success_timestamp_seconds`: when the config now in use
     /// was loaded (the start, or the last reload that applied).
     pub config_last_reload_success: prometheus::Gauge,
+    /// `portcullis_trace_exports_total{result}`: OTLP export requests (`[tracing]`), by result:
+    /// `ok`, `bad_status` (the collector refused the batch) or `unreachable`.
+    pub trace_exports: IntCounterVec,
 }
 
 /// What [`Metrics::initialise`] needs to know of the configuration.
@@ -75,6 +78,9 @@ pub struct Known<'a> {
     pub issuers: Vec<&'a str>,
     pub introspection: bool,
 }
+
+/// The `result` values of `portcullis_trace_exports_total`.
+pub const TRACE_EXPORT_RESULTS: [&str; 3] = ["ok", "bad_status", "unreachable"];
 
 /// The `result` values of `portcullis_jwks_fetch_total` (`FetchError::kind`, and `ok`).
 const JWKS_RESULTS: [&str; 6] = [
@@ -333,6 +339,17 @@ impl Metrics {
             "When the configuration in use was loaded (the start or the last reload that applied), seconds since the epoch.",
         )?;
         config_last_reload_success.set(unix_now());
+        let trace_exports = IntCounterVec::new(
+            Opts::new(
+                "portcullis_trace_exports_total",
+                "OTLP span export requests ([tracing]), by result: ok, bad_status (the collector refused the batch) or unreachable.",
+            ),
+            &["result"],
+        )?;
+        for result in TRACE_EXPORT_RESULTS {
+            trace_exports.with_label_values(&[result]);
+        }
+        registry.register(Box::new(trace_exports.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_last_reload_successful.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
@@ -404,6 +421,7 @@ impl Metrics {
             config_reloads,
             config_last_reload_successful,
             config_last_reload_success,
+            trace_exports,
         })
     }
 

@@ -219,6 +219,7 @@ where
                             forwarded: layer.trust_forwarded_headers,
                             normalise: crate::gate::target::normalise_proof_path,
                         },
+                        calls: None,
                     })
                     .await;
                 match decision {

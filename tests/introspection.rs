@@ -499,7 +499,7 @@ async fn tokens_reach_the_endpoint_intact() {
     let hostile = "tok&token_type_hint=x&token=other%41=+ =";
     az.activate(hostile, "orders:read");
     let principal = introspector
-        .validate(hostile, None, std::time::SystemTime::now())
+        .validate(hostile, None, std::time::SystemTime::now(), None)
         .await
         .expect("active");
     assert_eq!(principal.scopes, vec!["orders:read"]);

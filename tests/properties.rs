@@ -226,6 +226,7 @@ fn a_token_is_accepted_exactly_when_the_oracle_says_so() {
             policy: &policy,
             method: "GET",
             uri: RequestUri::exact("/", None),
+            calls: None,
         };
         let outcome = rt.block_on(auth.authorize(&info));
         prop_assert_eq!(

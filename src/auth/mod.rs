@@ -45,6 +45,7 @@ pub use jwks::IssuerKeys;
 pub use scope::{RoutePolicy, TokenTypes};
 
 use crate::metrics::Metrics;
+use crate::spans::{CallKind, CallLog};
 use bearer::Scheme;
 use dpop::{Dpop, DpopFault};
 use jwks::Refetch;
@@ -69,6 +70,9 @@ pub struct RequestInfo<'a> {
     pub method: &'a str,
     /// The request's URI as routed: a DPoP proof's `htu`.
     pub uri: RequestUri<'a>,
+    /// Where the identity-provider calls the request waits on are recorded, when its trace is
+    /// sampled for export (`[tracing]`); `None` records nothing.
+    pub calls: Option<&'a crate::spans::CallLog>,
 }
 
 /// Who a request acts for: the permit an authorized request carries to the upstream.
@@ -607,7 +611,9 @@ impl Authenticator {
             ),
             _ => None,
         };
-        let principal = self.validate(token, policy.token_types, now).await?;
+        let principal = self
+            .validate(token, policy.token_types, now, request.calls)
+            .await?;
         let required = principal.verified.dpop_required
             || !self.dpop_issuers.is_empty() && self.dpop_issuers.contains(&principal.issuer);
         binding(policy.dpop, &principal, required, proof.as_ref())?;
@@ -647,6 +653,7 @@ impl Authenticator {
         token: &str,
         accept: TokenTypes,
         now: SystemTime,
+        calls: Option<&CallLog>,
     ) -> Result<Arc<Principal>, AuthError> {
         if token.len() > self.max_token_size {
             return Err(AuthError::InvalidToken(TokenFault::Oversize));
@@ -673,7 +680,7 @@ impl Authenticator {
                 // is an HTTP call) is kilobytes, and unboxed it would make every request's
                 // future that large, cache hits included.
                 Ok((parsed, index)) => {
-                    return Box::pin(self.validate_jwt(parsed, index, key, now)).await
+                    return Box::pin(self.validate_jwt(parsed, index, key, now, calls)).await
                 }
                 Err(fault) if introspection.is_none() => {
                     return Err(AuthError::InvalidToken(fault))
@@ -682,7 +689,7 @@ impl Authenticator {
             }
         }
         match (introspection, &self.introspection) {
-            (Some(i), _) => i.validate(token, key, now).await,
+            (Some(i), _) => i.validate(token, key, now, calls).await,
             (None, Some(_)) => Err(AuthError::InvalidToken(TokenFault::TypeNotAccepted)),
             (None, None) => Err(AuthError::InvalidToken(TokenFault::NoValidator)),
         }
@@ -707,12 +714,13 @@ impl Authenticator {
         index: usize,
         key: Option<[u8; 32]>,
         now: SystemTime,
+        calls: Option<&CallLog>,
     ) -> Result<Arc<Principal>, AuthError> {
         let issuer = &self.issuers[index];
         if !issuer.keys.algorithms().contains(&parsed.alg) {
             return Err(AuthError::InvalidToken(TokenFault::AlgorithmNotAllowed));
         }
-        let fingerprint = self.verify_signature(issuer, &parsed).await?;
+        let fingerprint = self.verify_signature(issuer, &parsed, calls).await?;
         jwt::check_claims(&parsed.header, &parsed.claims, &issuer.rules, now)
             .map_err(AuthError::InvalidToken)?;
         let exp = parsed.claims.exp.map_or(0, |e| e.0);
@@ -794,6 +802,7 @@ impl Authenticator {
         &self,
         issuer: &Issuer,
         token: &jwt::Unverified<'_>,
+        calls: Option<&CallLog>,
     ) -> Result<u64, AuthError> {
         let unavailable = AuthError::IdpUnavailable {
             retry_after: RETRY_AFTER,
@@ -808,7 +817,7 @@ impl Authenticator {
                     return Err(unavailable);
                 }
                 refetched = true;
-                snapshot = match issuer.keys.refetch().await {
+                snapshot = match refetch(&issuer.keys, calls).await {
                     Refetch::Done(s) => Some(s),
                     // Another request's fetch may have just stored keys.
                     Refetch::RateLimited => issuer.keys.current(Instant::now()),
@@ -826,7 +835,7 @@ impl Authenticator {
                 }
                 Lookup::UnknownKid if !refetched => {
                     refetched = true;
-                    snapshot = match issuer.keys.refetch().await {
+                    snapshot = match refetch(&issuer.keys, calls).await {
                         Refetch::Done(s) => Some(s),
                         // A refetch ran moments ago, perhaps after this request read its
                         // snapshot: look again in the newest keys before refusing.
@@ -842,4 +851,19 @@ impl Authenticator {
             }
         }
     }
+}
+
+/// A key-set refetch the request waits on, recorded for its trace when sampled.
+async fn refetch(keys: &Arc<IssuerKeys>, calls: Option<&CallLog>) -> Refetch {
+    let pending = calls.map(|c| c.start(CallKind::KeyFetch));
+    let result = keys.refetch().await;
+    if let (Some(calls), Some(pending)) = (calls, pending) {
+        let label = match &result {
+            Refetch::Done(_) => "ok",
+            Refetch::RateLimited => "rate_limited",
+            Refetch::Failed => "failed",
+        };
+        calls.finish(pending, keys.issuer(), label);
+    }
+    result
 }

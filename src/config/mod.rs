@@ -45,7 +45,28 @@ pub struct Config {
     pub resource_metadata: Option<ResourceMetadata>,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[tracing]`: absent, no span is exported.
+    pub tracing: Option<TracingConfig>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[tracing]`: one span per proxied request, with a child span for each identity-provider
+/// call it waited on, exported over OTLP/HTTP (protobuf) to a collector.
+///
+/// Sampling is parent-based (OpenTelemetry's `ParentBased(TraceIdRatioBased)`): a request with a
+/// valid `traceparent` is exported exactly when its sampled flag is set, and a trace started here
+/// is sampled with probability `sample_ratio`, the flag the upstream receives saying which.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// `otlp_endpoint`: required; the collector's traces URL, e.g.
+    /// `http://otel-collector:4318/v1/traces` (used as given; no path is appended).
+    pub endpoint: url::Url,
+    /// `service_name`, default `"portcullis"`: the resource's `service.name`.
+    pub service_name: String,
+    /// `sample_ratio`, default `1.0`: the share of traces started here that are sampled.
+    pub sample_ratio: f64,
+    /// `export_timeout`, default `"10s"`: the bound on one batch's export, retries included.
+    pub export_timeout: Duration,
 }
 
 /// `[log]`: the binary's log lines on stderr (`RUST_LOG` filters them, default `info`).
@@ -341,6 +362,7 @@ impl Config {
                 decision(&self.decision) != decision(&next.decision),
             ),
             ("log.format", self.log.json != next.log.json),
+            ("tracing", self.tracing != next.tracing),
             (
                 "upstream.connect_timeout",
                 u.connect_timeout != nu.connect_timeout,
@@ -451,6 +473,9 @@ impl Config {
             if let Some((host, port)) = url.as_ref().and_then(url_host) {
                 check(format!("introspection.{key}"), &host, port);
             }
+        }
+        if let Some((host, port)) = self.tracing.as_ref().and_then(|t| url_host(&t.endpoint)) {
+            check("tracing.otlp_endpoint".into(), &host, port);
         }
         problems
     }

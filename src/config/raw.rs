@@ -30,8 +30,19 @@ pub struct RawConfig {
     pub resource_metadata: Option<RawResourceMetadata>,
     #[serde(default)]
     pub log: RawLog,
+    pub tracing: Option<RawTracing>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+/// `[tracing]`: OTLP export of the gateway's spans.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<f64>,
+    pub export_timeout: Option<String>,
 }
 
 /// `[identity]`: what the upstream learns about the caller, and which client headers that

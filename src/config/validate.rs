@@ -282,6 +282,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         },
         log_subject: raw.log.log_subject.unwrap_or(false),
     };
+    let tracing = raw.tracing.as_ref().and_then(|t| tracing(&mut p, t));
     let resource_metadata = raw.resource_metadata.as_ref().map(|m| {
         let algorithms = auth.dpop.as_ref().map_or_else(
             || crate::auth::dpop::DEFAULT_ALGORITHMS.to_vec(),
@@ -323,6 +324,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             identity: identity_names,
             resource_metadata,
             log,
+            tracing,
             routes,
         })
     } else {
@@ -461,6 +463,49 @@ fn tokens(p: &mut Problems, t: &RawTokens) -> TokensConfig {
         cache_capacity,
         cache_max_ttl,
     }
+}
+
+/// `[tracing]`.
+fn tracing(p: &mut Problems, raw: &super::raw::RawTracing) -> Option<super::TracingConfig> {
+    let before = p.0.len();
+    let endpoint = match raw.otlp_endpoint.as_deref() {
+        Some(e) => http_url(p, "tracing.otlp_endpoint", e),
+        None => {
+            p.push(
+                "tracing.otlp_endpoint",
+                "is required in [tracing]: the collector's OTLP/HTTP traces URL, e.g. \"http://otel-collector:4318/v1/traces\" (or remove [tracing] to export nothing)",
+            );
+            None
+        }
+    };
+    let service_name = raw
+        .service_name
+        .clone()
+        .unwrap_or_else(|| "portcullis".into());
+    if service_name.trim().is_empty() {
+        p.push("tracing.service_name", "must not be empty");
+    }
+    let sample_ratio = raw.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        p.push(
+            "tracing.sample_ratio",
+            "must be between 0.0 (sample no trace started here) and 1.0 (every one)",
+        );
+    }
+    let export_timeout = p.duration(
+        "tracing.export_timeout",
+        raw.export_timeout.as_deref(),
+        Duration::from_secs(10),
+    );
+    if export_timeout.is_zero() {
+        p.push("tracing.export_timeout", "must be more than 0s");
+    }
+    (p.0.len() == before).then(|| super::TracingConfig {
+        endpoint: endpoint.expect("no problem means a URL"),
+        service_name,
+        sample_ratio,
+        export_timeout,
+    })
 }
 
 /// An absolute http(s) URL without a fragment.

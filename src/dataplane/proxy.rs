@@ -6,7 +6,7 @@ use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{CONTENT_LENGTH, EXPECT, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -23,6 +23,7 @@ use crate::gate::headers::IdentityNames;
 use crate::gate::{limit, Denied, Gate, Refusal, TargetFault};
 use crate::live::Live;
 use crate::metrics::{method_label, status_class, Metrics, UpstreamErrorKind, NO_ROUTE};
+use crate::otlp::{Exporter, RequestSpan};
 use crate::response::Synthetic;
 use crate::routing::Route;
 
@@ -35,6 +36,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub upstreams: Arc<Upstreams>,
     pub settings: Settings,
+    /// `[tracing]`: the span exporter, the same one across reloads.
+    pub exporter: Option<Arc<crate::otlp::Exporter>>,
 }
 
 /// The proxy listener's settings, from `[server]` and `[upstream]`.
@@ -202,6 +205,8 @@ struct Record {
     request_id: Option<HeaderValue>,
     /// The W3C trace the request belongs to (`traceparent`), once its head was read.
     trace: Option<super::trace::Trace>,
+    /// The identity-provider calls the request waited on, kept when its trace is exported.
+    calls: Option<Arc<crate::spans::CallLog>>,
     /// The client's address (with `trust_forwarded_headers`, the one requests are counted by).
     client: Option<IpAddr>,
     /// The auth decision: an `outcome` label of `portcullis_auth_decisions_total`, `none` on a
@@ -223,6 +228,7 @@ impl Record {
             error: Rc::default(),
             request_id: None,
             trace: None,
+            calls: None,
             client: None,
             outcome: "-",
             grant: None,
@@ -263,6 +269,7 @@ pub async fn serve(
             .counters
             .record(record.route.as_deref(), status, seconds);
         log_request(&worker.shared.metrics, &record, status, seconds);
+        export_span(worker.shared.exporter.as_deref(), record, status, seconds);
     });
     Ok(response.map(|body| body.with_finish(finish)))
 }
@@ -286,6 +293,8 @@ impl Drop for Abandoned {
                 .counters
                 .record(record.route.as_deref(), CLIENT_CLOSED, seconds);
             log_request(&self.worker.shared.metrics, &record, CLIENT_CLOSED, seconds);
+            let exporter = self.worker.shared.exporter.as_deref();
+            export_span(exporter, record, CLIENT_CLOSED, seconds);
         }
     }
 }
@@ -331,6 +340,34 @@ fn log_request(metrics: &Metrics, record: &Record, status: u16, seconds: f64) {
             client_id,
         ),
     }
+}
+
+/// The request's span, and the spans of the identity-provider calls it waited on, when its
+/// trace is sampled and `[tracing]` exports.
+fn export_span(exporter: Option<&Exporter>, record: Record, status: u16, seconds: f64) {
+    let (Some(exporter), Some(trace)) = (exporter, record.trace) else {
+        return;
+    };
+    if !trace.sampled {
+        return;
+    }
+    let ended = SystemTime::now();
+    let principal = record.grant.as_ref().map(|g| &*g.principal);
+    let span = RequestSpan {
+        trace,
+        method: record.method,
+        route: record.route.as_ref().map_or(NO_ROUTE, |r| r.name.as_str()),
+        status,
+        outcome: record.outcome,
+        started: ended - Duration::from_secs_f64(seconds),
+        ended,
+        request_id: record.request_id.as_ref().and_then(|v| v.to_str().ok()),
+        client: record.client,
+        upstream: record.upstream,
+        client_id: principal.and_then(|p| p.client_id.as_deref()),
+    };
+    let calls = record.calls.as_ref().map(|c| c.take()).unwrap_or_default();
+    exporter.record(&span, calls);
 }
 
 /// A head refused by hyper's parser (see `parse_refusal` in the module above): counted under
@@ -392,10 +429,15 @@ async fn forward(
         );
     };
     record.request_id = Some(headers::set_request_id(&mut parts.headers));
-    record.trace = Some(super::trace::propagate(
-        &mut parts.headers,
-        headers::random_u64,
-    ));
+    let exporter = shared.exporter.as_deref();
+    let trace = super::trace::propagate(&mut parts.headers, headers::random_u64, || {
+        exporter.is_some_and(|e| e.sample(headers::random_u64()))
+    });
+    if trace.sampled && exporter.is_some() {
+        let log = crate::spans::CallLog::new(trace.trace_id, headers::random_u64);
+        record.calls = Some(Arc::new(log));
+    }
+    record.trace = Some(trace);
     record.client = Some(conn.ip);
     let notable = head.notable.map(|n| *n).unwrap_or_default();
     let target = raw_target(&parts.uri);
@@ -435,6 +477,7 @@ async fn forward(
             &parts.headers,
             client,
             settings.trust_forwarded_headers,
+            record.calls.clone().as_deref(),
         )
         .await
     {

@@ -6,8 +6,8 @@
 //! field"), so the upstream's span is the gateway's child. A request without one, or with one
 //! that does not parse (§3.2.2: more than one field line, a wrong length, upper-case or
 //! non-hex digits, an all-zero id, version `ff`), starts a new trace: a random trace id, the
-//! sampled flag clear (the gateway records no spans unless exporting), and its `tracestate`
-//! dropped (§3.3: it is meaningless without a valid parent). `tracestate` field lines are
+//! sampled flag as `[tracing] sample_ratio` decides (clear without `[tracing]`: the
+//! gateway records no spans then), and its `tracestate` dropped (§3.3: it is meaningless without a valid parent). `tracestate` field lines are
 //! joined into one (§3.3.1.1) and dropped beyond 512 bytes or 32 list members, which is what
 //! §3.3.1.5 lets a vendor keep. The trace id goes into the access line.
 
@@ -27,8 +27,11 @@ pub struct Trace {
     pub trace_id: u128,
     /// The gateway's span: the `parent-id` the upstream receives.
     pub span_id: u64,
-    /// Whether the client's `traceparent` was kept (else the trace started here).
-    pub continued: bool,
+    /// The client's `parent-id`, when its `traceparent` was kept (else the trace started here).
+    pub parent: Option<u64>,
+    /// The sampled flag the upstream receives: the client's, or for a trace started here the
+    /// exporter's sampling decision (always clear without `[tracing]`).
+    pub sampled: bool,
 }
 
 impl Trace {
@@ -67,22 +70,6 @@ fn parse(value: &[u8]) -> Option<(u128, u64, u8)> {
     (trace_id != 0 && parent != 0).then_some((trace_id, parent, flags))
 }
 
-/// `00-{trace}-{span}-{flags}` in lower-case hex, written in place (no formatting machinery).
-fn render(trace: u128, span: u64, flags: u8) -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    let mut put = |at: usize, digits: usize, value: u128| {
-        for i in 0..digits {
-            let nibble = (value >> (4 * (digits - 1 - i))) & 0xf;
-            out[at + i] = HEX[nibble as usize];
-        }
-    };
-    put(3, 32, trace);
-    put(36, 16, u128::from(span));
-    put(53, 2, u128::from(flags));
-    HeaderValue::from_bytes(&out).expect("hex and dashes")
-}
-
 /// `tracestate` as one field line, or `None` when absent, too long or with too many members.
 fn joined_tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
     let mut lines = headers.get_all(&TRACESTATE).iter();
@@ -102,8 +89,13 @@ fn joined_tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Set the `traceparent` (and `tracestate`) the upstream receives, from the client's when
-/// valid; `random` gives 64 random bits per call. Returns the trace, for the access line.
-pub fn propagate(headers: &mut HeaderMap, mut random: impl FnMut() -> u64) -> Trace {
+/// valid; `random` gives 64 random bits per call, and `sample` decides the sampled flag of a
+/// trace started here. Returns the trace, for the access line and the span.
+pub fn propagate(
+    headers: &mut HeaderMap,
+    mut random: impl FnMut() -> u64,
+    sample: impl FnOnce() -> bool,
+) -> Trace {
     let mut lines = headers.get_all(&TRACEPARENT).iter();
     let parsed = match (lines.next(), lines.next()) {
         (Some(one), None) => parse(one.as_bytes()),
@@ -124,12 +116,15 @@ pub fn propagate(headers: &mut HeaderMap, mut random: impl FnMut() -> u64) -> Tr
                     break id;
                 }
             };
-            (trace_id, 0, None)
+            (trace_id, u8::from(sample()), None)
         }
     };
     // Only the sampled bit (and the random-trace-id bit of Level 2) are defined; others clear.
     let flags = flags & 0x03;
-    headers.insert(TRACEPARENT.clone(), render(trace, span_id, flags));
+    headers.insert(
+        TRACEPARENT.clone(),
+        crate::spans::traceparent(trace, span_id, flags),
+    );
     headers.remove(&TRACESTATE);
     if let Some(state) = state {
         headers.insert(TRACESTATE.clone(), state);
@@ -137,7 +132,8 @@ pub fn propagate(headers: &mut HeaderMap, mut random: impl FnMut() -> u64) -> Tr
     Trace {
         trace_id: trace,
         span_id,
-        continued: parsed.is_some(),
+        parent: parsed.map(|(_, parent, _)| parent),
+        sampled: flags & 0x01 == 1,
     }
 }
 
@@ -161,7 +157,7 @@ mod tests {
                 v.parse().unwrap(),
             );
         }
-        let trace = propagate(&mut h, counter());
+        let trace = propagate(&mut h, counter(), || false);
         let all = |name: &HeaderName| {
             h.get_all(name)
                 .iter()
@@ -177,7 +173,7 @@ mod tests {
     fn a_valid_parent_keeps_its_trace_and_flags_with_a_new_span() {
         let (trace, parent, state) =
             run(&[("traceparent", VALID), ("tracestate", "congo=t61rcWkgMzE")]);
-        assert!(trace.continued);
+        assert!(trace.parent.is_some());
         assert_eq!(trace.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(
             parent,
@@ -222,7 +218,7 @@ mod tests {
                 lines.push(("traceparent", bad));
             }
             let (trace, parent, state) = run(&lines);
-            assert!(!trace.continued, "{bad:?}");
+            assert!(trace.parent.is_none() && !trace.sampled, "{bad:?}");
             assert_eq!(parent.len(), 1);
             assert!(
                 parent[0].starts_with("00-") && parent[0].ends_with("-00"),
@@ -233,14 +229,14 @@ mod tests {
         }
         // Two traceparent lines: invalid (§3.2.2).
         let (trace, _, _) = run(&[("traceparent", VALID), ("traceparent", VALID)]);
-        assert!(!trace.continued);
+        assert!(trace.parent.is_none());
     }
 
     #[test]
     fn a_later_version_is_read_as_version_00() {
         let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-more";
         let (trace, parent, _) = run(&[("traceparent", later)]);
-        assert!(trace.continued);
+        assert!(trace.parent.is_some());
         assert_eq!(
             parent,
             ["00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000001-01"]

@@ -164,6 +164,9 @@ impl Gate {
     /// `forwarded`: the request's scheme and host, which a DPoP proof names, come from
     /// `X-Forwarded-Proto` and `X-Forwarded-Host` (a trusted proxy in front, or the proxy
     /// asking the decision endpoint).
+    ///
+    /// `calls`: where the identity-provider calls the request waits on are recorded for its
+    /// trace span (a sampled request with `[tracing]`).
     #[allow(clippy::too_many_arguments)]
     pub async fn authorize<'g>(
         &'g self,
@@ -173,6 +176,7 @@ impl Gate {
         client: IpAddr,
         preflights: bool,
         forwarded: bool,
+        calls: Option<&crate::spans::CallLog>,
     ) -> Result<Option<Grant>, Denied<'g>> {
         let route = routed.route;
         let limited = |limited| {
@@ -194,7 +198,7 @@ impl Gate {
             return Ok(None);
         }
         let grant = self
-            .authorize_token(routed, method, headers, forwarded)
+            .authorize_token(routed, method, headers, forwarded, calls)
             .await
             .map_err(|challenge| Denied::Challenged { route, challenge })?;
         if let Some(l) = route
@@ -214,6 +218,7 @@ impl Gate {
         method: &Method,
         headers: &HeaderMap,
         forwarded: bool,
+        calls: Option<&crate::spans::CallLog>,
     ) -> Result<Grant, Challenge> {
         let route = routed.route;
         let info = RequestInfo {
@@ -234,6 +239,7 @@ impl Gate {
                 forwarded,
                 normalise: target::normalise_proof_path,
             },
+            calls,
         };
         match self.auth.authorize(&info).await {
             Ok(grant) => Ok(grant),
@@ -258,10 +264,11 @@ impl Gate {
         headers: &HeaderMap,
         client: IpAddr,
         forwarded: bool,
+        calls: Option<&crate::spans::CallLog>,
     ) -> Result<Pass<'g, 't>, Denied<'g>> {
         let routed = self.route(method, raw_target).map_err(Denied::Refused)?;
         let grant = self
-            .authorize(&routed, method, headers, client, true, forwarded)
+            .authorize(&routed, method, headers, client, true, forwarded, calls)
             .await?;
         Ok(Pass {
             route: routed.route,

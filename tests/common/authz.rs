@@ -49,6 +49,8 @@ pub struct Call {
     pub content_type: Option<String>,
     /// The decoded form fields.
     pub form: Vec<(String, String)>,
+    /// The W3C `traceparent` the call carried.
+    pub traceparent: Option<String>,
 }
 
 impl Call {
@@ -217,12 +219,14 @@ async fn answer(
             .map(|v| v.to_str().unwrap_or("<binary>").to_owned())
     };
     let (authorization, content_type) = (header("authorization"), header("content-type"));
+    let traceparent = header("traceparent");
     let body = req.into_body().collect().await.unwrap().to_bytes();
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
     let call = Call {
         authorization,
         content_type,
         form,
+        traceparent,
     };
     state.calls.lock().unwrap().push(call.clone());
     let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;

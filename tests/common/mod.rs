@@ -3,6 +3,7 @@
 
 pub mod authz;
 pub mod binary;
+pub mod collector;
 pub mod framework;
 pub mod idp;
 pub mod oidc;

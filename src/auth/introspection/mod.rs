@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use base64::Engine as _;
+use http::HeaderValue;
 use moka::future::Cache;
 use tokio::sync::Semaphore;
 use url::Url;
@@ -33,6 +34,7 @@ use super::fetch::{self, FetchError};
 use super::{AuthError, Principal, TokenFault, TokenSource, Verified, RETRY_AFTER};
 use crate::auth::settings::{ClientAuth, IntrospectionConfig};
 use crate::metrics::Metrics;
+use crate::spans::{CallKind, CallLog};
 
 /// The largest answer read; a longer one is a bad answer (503).
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -224,8 +226,9 @@ impl Introspector {
         token: &str,
         key: Option<[u8; 32]>,
         now: SystemTime,
+        calls: Option<&CallLog>,
     ) -> Result<Arc<Principal>, AuthError> {
-        let answer = self.answer(token, key).await.map_err(|e| {
+        let answer = self.answer(token, key, calls).await.map_err(|e| {
             tracing::warn!(error = %e, "introspection failed; answering 503");
             AuthError::IdpUnavailable {
                 retry_after: RETRY_AFTER,
@@ -310,14 +313,27 @@ impl Introspector {
         &self,
         token: &str,
         key: Option<[u8; 32]>,
+        calls: Option<&CallLog>,
     ) -> Result<Arc<Entry>, Arc<CallError>> {
         let requests = &self.metrics.introspection_cache;
+        let pending = calls.map(|c| c.start(CallKind::Introspection));
+        let traceparent = calls.zip(pending.as_ref()).map(|(c, p)| c.traceparent(p));
+        let record = |result: Result<Arc<Entry>, Arc<CallError>>| {
+            if let (Some(calls), Some(pending)) = (calls, pending) {
+                let label = match &result {
+                    Ok(entry) if matches!(entry.answer, Answer::Active(_)) => "active",
+                    Ok(_) => "inactive",
+                    Err(_) => "failed",
+                };
+                let issuer = self.config.issuer.clone().unwrap_or_else(|| self.origin());
+                calls.finish(pending, &issuer, label);
+            }
+            result
+        };
         let Some(cache) = &self.cache else {
             requests.with_label_values(&["miss"]).inc();
-            return Box::pin(self.call(token))
-                .await
-                .map(Arc::new)
-                .map_err(Arc::new);
+            let result = Box::pin(self.call(token, traceparent)).await;
+            return record(result.map(Arc::new).map_err(Arc::new));
         };
         let key = key.unwrap_or_else(|| super::TokenCache::key(token));
         if let Some(hit) = cache.get(&key).await {
@@ -326,17 +342,25 @@ impl Introspector {
                 Answer::Inactive => "negative_hit",
             };
             requests.with_label_values(&[label]).inc();
+            // A hit is no call: nothing is recorded.
             return Ok(hit);
         }
         requests.with_label_values(&["miss"]).inc();
         // Concurrent misses for one key wait for the first one's call; errors are not cached.
         // Boxed: the call's future is kilobytes, and a cache hit should not carry its size.
-        Box::pin(cache.try_get_with(key, async { self.call(token).await.map(Arc::new) })).await
+        let call = async { self.call(token, traceparent).await.map(Arc::new) };
+        record(Box::pin(cache.try_get_with(key, call)).await)
     }
 
     /// One call, bounded by `timeout` in total (waiting for a slot included), counted.
-    async fn call(&self, token: &str) -> Result<Entry, CallError> {
-        let result = tokio::time::timeout(self.config.timeout, self.call_in_slot(token))
+    /// `traceparent`: the call's span, when the request's trace is sampled.
+    async fn call(
+        &self,
+        token: &str,
+        traceparent: Option<HeaderValue>,
+    ) -> Result<Entry, CallError> {
+        let slot = self.call_in_slot(token, traceparent);
+        let result = tokio::time::timeout(self.config.timeout, slot)
             .await
             .unwrap_or(Err(CallError::Timeout));
         let label = match &result {
@@ -361,7 +385,11 @@ impl Introspector {
         result
     }
 
-    async fn call_in_slot(&self, token: &str) -> Result<Entry, CallError> {
+    async fn call_in_slot(
+        &self,
+        token: &str,
+        traceparent: Option<HeaderValue>,
+    ) -> Result<Entry, CallError> {
         let secret = self
             .secret
             .as_ref()
@@ -373,7 +401,7 @@ impl Introspector {
             .expect("the semaphore is never closed");
         let _in_flight = InFlight::new(&self.metrics.introspection_in_flight);
         let started = Instant::now();
-        let result = self.post(&endpoint, token, secret).await;
+        let result = self.post(&endpoint, token, secret, traceparent).await;
         self.metrics
             .introspection_duration
             .observe(started.elapsed().as_secs_f64());
@@ -405,15 +433,16 @@ impl Introspector {
         endpoint: &Url,
         token: &str,
         secret: &Secret,
+        traceparent: Option<HeaderValue>,
     ) -> Result<(Answer, Option<Option<ClaimSet>>), CallError> {
-        let response = self
-            .request(endpoint, token, secret)
-            .send()
-            .await
-            .map_err(|e| match e.is_timeout() {
-                true => CallError::Timeout,
-                false => CallError::Fetch(fetch::http_error(endpoint, e)),
-            })?;
+        let mut request = self.request(endpoint, token, secret);
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let response = request.send().await.map_err(|e| match e.is_timeout() {
+            true => CallError::Timeout,
+            false => CallError::Fetch(fetch::http_error(endpoint, e)),
+        })?;
         match response.status().as_u16() {
             200 => {}
             400 => return Ok((Answer::Inactive, None)),
