@@ -66,10 +66,29 @@ pub struct RequestSpan<'a> {
 pub struct Exporter {
     processor: BatchSpanProcessor,
     scope: InstrumentationScope,
-    /// A trace started here is sampled when 64 random bits fall below this (`u64::MAX` and
-    /// `ratio == 1.0`: always).
+    sampler: Sampler,
+}
+
+/// TraceIdRatioBased for traces started here: sampled when 64 random bits fall below
+/// `threshold`, or always at a ratio of 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Sampler {
     threshold: u64,
     always: bool,
+}
+
+impl Sampler {
+    fn new(ratio: f64) -> Sampler {
+        Sampler {
+            // The float-to-int cast saturates: a ratio of 1 would be u64::MAX, one short.
+            threshold: (ratio * 2f64.powi(64)) as u64,
+            always: ratio >= 1.0,
+        }
+    }
+
+    fn sample(self, random: u64) -> bool {
+        self.always || random < self.threshold
+    }
 }
 
 impl Exporter {
@@ -102,19 +121,16 @@ impl Exporter {
         let scope = InstrumentationScope::builder("portcullis")
             .with_version(env!("CARGO_PKG_VERSION"))
             .build();
-        // A ratio of 1 samples always; any other compares 64 random bits with its share of 2^64.
-        let threshold = (config.sample_ratio * 2f64.powi(64)) as u64;
         Ok(Exporter {
             processor,
             scope,
-            threshold,
-            always: config.sample_ratio >= 1.0,
+            sampler: Sampler::new(config.sample_ratio),
         })
     }
 
     /// Whether a trace started here is sampled, from 64 random bits.
     pub fn sample(&self, random: u64) -> bool {
-        self.always || random < self.threshold
+        self.sampler.sample(random)
     }
 
     /// Queue a request's span and its calls' spans. Never blocks: a full queue drops them.
@@ -292,5 +308,26 @@ impl Drop for ExportRuntime {
         if let Some(runtime) = self.0.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sampler;
+
+    #[test]
+    fn the_ratio_is_the_share_of_random_values_sampled() {
+        let never = Sampler::new(0.0);
+        assert!(!never.sample(0) && !never.sample(u64::MAX));
+        let always = Sampler::new(1.0);
+        assert!(always.sample(0) && always.sample(u64::MAX));
+        let half = Sampler::new(0.5);
+        assert!(half.sample(0) && half.sample((1 << 63) - 1));
+        assert!(!half.sample(1 << 63) && !half.sample(u64::MAX));
+        let tenth = Sampler::new(0.1);
+        let sampled = (0..10_000u64)
+            .filter(|i| tenth.sample(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+            .count();
+        assert!((900..1100).contains(&sampled), "{sampled}");
     }
 }

@@ -323,6 +323,12 @@ fn every_config_rule_names_its_key_and_fix() {
         (&format!("{ROUTE}[routes.rate_limit]\nkey = \"sub\"\nrequests = 10\nrate = 5\n{ISSUER}"), "routes[0].rate_limit.rate: unknown field `rate`"),
         (&format!("[log]\nformat = \"yaml\"\n{ROUTE}{ISSUER}"), "log.format: \"yaml\" is not a format; use \"text\" or \"json\""),
         (&format!("[log]\nlevel = \"debug\"\n{ROUTE}{ISSUER}"), "log.level: unknown field `level`"),
+        (&format!("[tracing]\nservice_name = \"gw\"\n{ROUTE}{ISSUER}"), "tracing.otlp_endpoint: is required in [tracing]"),
+        (&format!("[tracing]\notlp_endpoint = \"collector:4318\"\n{ROUTE}{ISSUER}"), "tracing.otlp_endpoint: must be an absolute"),
+        (&format!("[tracing]\notlp_endpoint = \"http://c:4318/v1/traces\"\nsample_ratio = 1.5\n{ROUTE}{ISSUER}"), "tracing.sample_ratio: must be between 0.0"),
+        (&format!("[tracing]\notlp_endpoint = \"http://c:4318/v1/traces\"\nexport_timeout = \"0s\"\n{ROUTE}{ISSUER}"), "tracing.export_timeout: must be more than 0s"),
+        (&format!("[tracing]\notlp_endpoint = \"http://c:4318/v1/traces\"\nservice_name = \" \"\n{ROUTE}{ISSUER}"), "tracing.service_name: must not be empty"),
+        (&format!("[tracing]\notlp_endpoint = \"http://c:4318/v1/traces\"\nprotocol = \"grpc\"\n{ROUTE}{ISSUER}"), "tracing.protocol: unknown field `protocol`"),
         // Refresh tokens introspect as active without `aud`: the audience check is required.
         (
             &format!("{ROUTE}{INTROSPECTION_ANY}"),

@@ -310,3 +310,44 @@ async fn a_collector_that_refuses_or_is_gone_is_counted_and_delays_no_request() 
     }
     assert!(refusing.requests() >= 1);
 }
+
+#[tokio::test]
+async fn tracing_is_kept_across_a_reload_and_the_last_spans_are_exported_at_exit() {
+    let key = DevKey::generate(Algorithm::ES256, "k");
+    let idp = MockIdp::start(&[&key]).await;
+    let up = EchoUpstream::start("orders").await;
+    let collector = Collector::start().await;
+    let first = config(&collector.endpoint(), "", &issuer_section(&idp), up.addr)
+        .replace("threads = 1", "threads = 1\ndrain_delay = \"0s\"");
+    let gw = start(&first).await;
+    let token = key.sign(&claims(&idp, "orders:read"));
+    // `[tracing]` needs a restart: a reload that changes it is applied otherwise, warned about,
+    // and the export goes on as before (a ratio of 0 would sample none of these).
+    gw.rewrite_config(&first.replace("service_name", "sample_ratio = 0.0\nservice_name"));
+    gw.sighup();
+    let m = scrape_until(gw.metrics, |m| {
+        m.get("portcullis_config_reloads_total", &[("result", "success")]) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        m.get("portcullis_config_reloads_total", &[("result", "success")]),
+        1.0,
+        "{}",
+        gw.log()
+    );
+    let log = gw.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("takes effect only at the next restart") && l.contains("tracing")),
+        "{log}"
+    );
+    assert_eq!(get(&gw, "/api/x", &token, None).await, 200);
+    let started = upstream_traceparent(&up);
+    assert_eq!(started[3], "01", "still sampled at the running ratio");
+    // SIGTERM at once: the span is still in the batch queue (batches leave every 2 s), and is
+    // exported before the process ends.
+    gw.sigterm();
+    assert_eq!(gw.wait().await, Some(0));
+    let spans = collector.trace(&hex(&started[1]));
+    assert_eq!(spans.len(), 1, "{:?}", collector.spans());
+}

@@ -233,6 +233,24 @@ mod tests {
     }
 
     #[test]
+    fn a_trace_started_here_is_sampled_as_the_exporter_decides_and_a_parent_keeps_its_flag() {
+        let mut h = HeaderMap::new();
+        let trace = propagate(&mut h, counter(), || true);
+        assert!(trace.sampled && trace.parent.is_none());
+        assert!(h[&TRACEPARENT].to_str().unwrap().ends_with("-01"));
+        // The client's flag decides for its trace, whatever the exporter would.
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let mut h = HeaderMap::new();
+        h.insert(&TRACEPARENT, unsampled.parse().unwrap());
+        let trace = propagate(&mut h, counter(), || {
+            panic!("not asked for a client's trace")
+        });
+        assert_eq!(trace.parent, Some(0x00f0_67aa_0ba9_02b7));
+        assert!(!trace.sampled);
+        assert!(h[&TRACEPARENT].to_str().unwrap().ends_with("-00"));
+    }
+
+    #[test]
     fn a_later_version_is_read_as_version_00() {
         let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-more";
         let (trace, parent, _) = run(&[("traceparent", later)]);
