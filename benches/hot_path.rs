@@ -2,7 +2,8 @@
 //! and route together (the gate's first step), the upstream request's header work, bearer extraction,
 //! the JWT shape check, JWT validation (parse, key lookup, signature, claims) per algorithm, a
 //! verified-token cache hit, the scope check, the whole `authorize` decision on a cache hit (JWT
-//! and introspected opaque token), and challenge rendering. Run with `make bench`.
+//! and introspected opaque token), challenge rendering, W3C trace context, and a sampled
+//! request's span queued for OTLP export. Run with `make bench`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
@@ -578,6 +579,95 @@ fn trace_context(c: &mut Criterion) {
     });
 }
 
+/// What a sampled request's span costs the worker that ends it: the span built whole and
+/// queued for the export thread (which sends it to a local sink; only the queueing is timed,
+/// the queue emptied between rounds so that no span is dropped).
+fn span_record(c: &mut Criterion) {
+    use portcullis::dataplane::trace::Trace;
+    use portcullis::otlp::{Exporter, RequestSpan};
+    use std::io::{BufRead, BufReader, Read, Write};
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = sink.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in sink.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut out = stream;
+                loop {
+                    let mut length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                    if out.write_all(reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let config = portcullis::config::TracingConfig {
+        endpoint: format!("http://{addr}/v1/traces").parse().unwrap(),
+        service_name: "bench".into(),
+        sample_ratio: 1.0,
+        export_timeout: Duration::from_secs(5),
+    };
+    let exports =
+        prometheus::IntCounterVec::new(prometheus::Opts::new("e", "e"), &["result"]).unwrap();
+    let exporter = Exporter::start(&config, exports).unwrap();
+    let now = SystemTime::now();
+    let span = RequestSpan {
+        trace: Trace {
+            trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+            span_id: 0x00f0_67aa_0ba9_02b7,
+            parent: Some(0x1234),
+            sampled: true,
+        },
+        method: "GET",
+        route: "orders",
+        status: 200,
+        outcome: "allowed",
+        started: now - Duration::from_micros(300),
+        ended: now,
+        request_id: Some("0b6d9f8e-6a43-4f1c-9f3e-5b2a7c1d9e00"),
+        client: Some("10.0.0.7".parse().unwrap()),
+        upstream: Some("10.0.1.3:8080".parse().unwrap()),
+        client_id: Some("orders-app"),
+    };
+    c.bench_function("span_record", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let round = left.min(1024);
+                let start = std::time::Instant::now();
+                for _ in 0..round {
+                    exporter.record(black_box(&span), Vec::new());
+                }
+                timed += start.elapsed();
+                exporter.flush();
+                left -= round;
+            }
+            timed
+        })
+    });
+    exporter.shutdown(Duration::from_secs(1));
+}
+
 criterion_group!(
     benches,
     route_match,
@@ -595,6 +685,7 @@ criterion_group!(
     challenge_rendering,
     rate_limit_admit,
     dpop_per_request,
-    trace_context
+    trace_context,
+    span_record
 );
 criterion_main!(benches);

@@ -219,6 +219,11 @@ impl Exporter {
         }
     }
 
+    /// Export what is queued now, and wait for it (benchmarks).
+    pub fn flush(&self) {
+        let _ = self.processor.force_flush();
+    }
+
     /// Export what is queued, waiting up to `timeout`: at shutdown, after the workers ended.
     pub fn shutdown(&self, timeout: Duration) {
         if let Err(e) = self.processor.shutdown_with_timeout(timeout) {
