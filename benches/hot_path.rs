@@ -566,14 +566,14 @@ fn trace_context(c: &mut Criterion) {
                 h.insert("traceparent", sent.clone());
                 h
             },
-            |h| trace::propagate(black_box(h), random_u64, || false),
+            |h| trace::propagate(black_box(h), random_u64, |c| c.unwrap_or(false)),
             criterion::BatchSize::SmallInput,
         )
     });
     c.bench_function("traceparent_start", |b| {
         b.iter_batched_ref(
             HeaderMap::new,
-            |h| trace::propagate(black_box(h), random_u64, || false),
+            |h| trace::propagate(black_box(h), random_u64, |c| c.unwrap_or(false)),
             criterion::BatchSize::SmallInput,
         )
     });
@@ -624,6 +624,7 @@ fn span_record(c: &mut Criterion) {
         endpoint: format!("http://{addr}/v1/traces").parse().unwrap(),
         service_name: "bench".into(),
         sample_ratio: 1.0,
+        follow_client_sampling: true,
         export_timeout: Duration::from_secs(5),
     };
     let exports =

@@ -67,6 +67,8 @@ pub struct Exporter {
     processor: BatchSpanProcessor,
     scope: InstrumentationScope,
     sampler: Sampler,
+    /// `follow_client_sampling`.
+    follow_client: bool,
 }
 
 /// TraceIdRatioBased for traces started here: sampled when 64 random bits fall below
@@ -125,12 +127,17 @@ impl Exporter {
             processor,
             scope,
             sampler: Sampler::new(config.sample_ratio),
+            follow_client: config.follow_client_sampling,
         })
     }
 
-    /// Whether a trace started here is sampled, from 64 random bits.
-    pub fn sample(&self, random: u64) -> bool {
-        self.sampler.sample(random)
+    /// Whether a request's trace is sampled, given the client's flag (`None`: the trace starts
+    /// here): the client's flag when followed, else `sample_ratio` over 64 random bits.
+    pub fn sample(&self, client: Option<bool>, random: impl FnOnce() -> u64) -> bool {
+        match client {
+            Some(flag) if self.follow_client => flag,
+            _ => self.sampler.sample(random()),
+        }
     }
 
     /// Queue a request's span and its calls' spans. Never blocks: a full queue drops them.

@@ -351,3 +351,34 @@ async fn tracing_is_kept_across_a_reload_and_the_last_spans_are_exported_at_exit
     let spans = collector.trace(&hex(&started[1]));
     assert_eq!(spans.len(), 1, "{:?}", collector.spans());
 }
+
+#[tokio::test]
+async fn at_an_edge_that_ignores_the_clients_flag_no_client_makes_the_gateway_export() {
+    let key = DevKey::generate(Algorithm::ES256, "k");
+    let idp = MockIdp::start(&[&key]).await;
+    let up = EchoUpstream::start("orders").await;
+    let collector = Collector::start().await;
+    let gw = start(
+        &config(
+            &collector.endpoint(),
+            "sample_ratio = 0.0\nfollow_client_sampling = false",
+            &issuer_section(&idp),
+            up.addr,
+        )
+        .replace("threads = 1", "threads = 1\ndrain_delay = \"0s\""),
+    )
+    .await;
+    let token = key.sign(&claims(&idp, "orders:read"));
+    let sent = format!("00-{CLIENT_TRACE}-{CLIENT_PARENT}-01");
+    for _ in 0..3 {
+        assert_eq!(get(&gw, "/api/x", &token, Some(&sent)).await, 200);
+        let upstream = upstream_traceparent(&up);
+        // The trace goes on, told that it was not sampled here.
+        assert_eq!((upstream[1].as_str(), upstream[3].as_str()), (CLIENT_TRACE, "00"));
+    }
+    // Whatever was queued is exported at exit: nothing was.
+    gw.sigterm();
+    assert_eq!(gw.wait().await, Some(0));
+    assert!(collector.spans().is_empty(), "{:?}", collector.spans());
+    assert_eq!(collector.requests(), 0);
+}

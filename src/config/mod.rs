@@ -53,9 +53,10 @@ pub struct Config {
 /// `[tracing]`: one span per proxied request, with a child span for each identity-provider
 /// call it waited on, exported over OTLP/HTTP (protobuf) to a collector.
 ///
-/// Sampling is parent-based (OpenTelemetry's `ParentBased(TraceIdRatioBased)`): a request with a
-/// valid `traceparent` is exported exactly when its sampled flag is set, and a trace started here
-/// is sampled with probability `sample_ratio`, the flag the upstream receives saying which.
+/// Sampling is parent-based by default (OpenTelemetry's `ParentBased(TraceIdRatioBased)`): a
+/// request with a valid `traceparent` is exported exactly when its sampled flag is set, and a
+/// trace started here is sampled with probability `sample_ratio`, the flag the upstream
+/// receives saying which.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TracingConfig {
     /// `otlp_endpoint`: required; the collector's traces URL, e.g.
@@ -63,8 +64,14 @@ pub struct TracingConfig {
     pub endpoint: url::Url,
     /// `service_name`, default `"portcullis"`: the resource's `service.name`.
     pub service_name: String,
-    /// `sample_ratio`, default `1.0`: the share of traces started here that are sampled.
+    /// `sample_ratio`, default `1.0`: the share of traces started here that are sampled (and,
+    /// without `follow_client_sampling`, of every trace).
     pub sample_ratio: f64,
+    /// `follow_client_sampling`, default `true`: a client's `traceparent` sampled flag decides
+    /// for its trace. `false` (an edge facing untrusted clients): `sample_ratio` decides for
+    /// every request, and the flag the upstream receives says what was decided, so no client
+    /// can make the gateway export its requests.
+    pub follow_client_sampling: bool,
     /// `export_timeout`, default `"10s"`: the bound on one batch's export, retries included.
     pub export_timeout: Duration,
 }

@@ -42,6 +42,7 @@ pub struct RawTracing {
     pub otlp_endpoint: Option<String>,
     pub service_name: Option<String>,
     pub sample_ratio: Option<f64>,
+    pub follow_client_sampling: Option<bool>,
     pub export_timeout: Option<String>,
 }
 

@@ -504,6 +504,7 @@ fn tracing(p: &mut Problems, raw: &super::raw::RawTracing) -> Option<super::Trac
         endpoint: endpoint.expect("no problem means a URL"),
         service_name,
         sample_ratio,
+        follow_client_sampling: raw.follow_client_sampling.unwrap_or(true),
         export_timeout,
     })
 }

@@ -430,8 +430,12 @@ async fn forward(
     };
     record.request_id = Some(headers::set_request_id(&mut parts.headers));
     let exporter = shared.exporter.as_deref();
-    let trace = super::trace::propagate(&mut parts.headers, headers::random_u64, || {
-        exporter.is_some_and(|e| e.sample(headers::random_u64()))
+    let trace = super::trace::propagate(&mut parts.headers, headers::random_u64, |client| {
+        match exporter {
+            Some(e) => e.sample(client, headers::random_u64),
+            // Nothing is recorded here: a client's flag passes through, a new trace is unsampled.
+            None => client.unwrap_or(false),
+        }
     });
     if trace.sampled && exporter.is_some() {
         let log = crate::spans::CallLog::new(trace.trace_id, headers::random_u64);

@@ -89,12 +89,13 @@ fn joined_tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Set the `traceparent` (and `tracestate`) the upstream receives, from the client's when
-/// valid; `random` gives 64 random bits per call, and `sample` decides the sampled flag of a
-/// trace started here. Returns the trace, for the access line and the span.
+/// valid; `random` gives 64 random bits per call, and `sample` decides the sampled flag, given
+/// the client's (`None`: the trace starts here). Returns the trace, for the access line and the
+/// span.
 pub fn propagate(
     headers: &mut HeaderMap,
     mut random: impl FnMut() -> u64,
-    sample: impl FnOnce() -> bool,
+    sample: impl FnOnce(Option<bool>) -> bool,
 ) -> Trace {
     let mut lines = headers.get_all(&TRACEPARENT).iter();
     let parsed = match (lines.next(), lines.next()) {
@@ -108,7 +109,14 @@ pub fn propagate(
         }
     };
     let (trace, flags, state) = match parsed {
-        Some((trace_id, _, flags)) => (trace_id, flags, joined_tracestate(headers)),
+        Some((trace_id, _, flags)) => {
+            let sampled = sample(Some(flags & 0x01 == 1));
+            (
+                trace_id,
+                (flags & !0x01) | u8::from(sampled),
+                joined_tracestate(headers),
+            )
+        }
         None => {
             let trace_id = loop {
                 let id = (u128::from(random()) << 64) | u128::from(random());
@@ -116,7 +124,7 @@ pub fn propagate(
                     break id;
                 }
             };
-            (trace_id, u8::from(sample()), None)
+            (trace_id, u8::from(sample(None)), None)
         }
     };
     // Only the sampled bit (and the random-trace-id bit of Level 2) are defined; others clear.
@@ -157,7 +165,7 @@ mod tests {
                 v.parse().unwrap(),
             );
         }
-        let trace = propagate(&mut h, counter(), || false);
+        let trace = propagate(&mut h, counter(), |client| client.unwrap_or(false));
         let all = |name: &HeaderName| {
             h.get_all(name)
                 .iter()
@@ -235,19 +243,32 @@ mod tests {
     #[test]
     fn a_trace_started_here_is_sampled_as_the_exporter_decides_and_a_parent_keeps_its_flag() {
         let mut h = HeaderMap::new();
-        let trace = propagate(&mut h, counter(), || true);
+        let trace = propagate(&mut h, counter(), |client| client.unwrap_or(true));
         assert!(trace.sampled && trace.parent.is_none());
         assert!(h[&TRACEPARENT].to_str().unwrap().ends_with("-01"));
-        // The client's flag decides for its trace, whatever the exporter would.
-        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        let mut h = HeaderMap::new();
-        h.insert(&TRACEPARENT, unsampled.parse().unwrap());
-        let trace = propagate(&mut h, counter(), || {
-            panic!("not asked for a client's trace")
-        });
-        assert_eq!(trace.parent, Some(0x00f0_67aa_0ba9_02b7));
-        assert!(!trace.sampled);
-        assert!(h[&TRACEPARENT].to_str().unwrap().ends_with("-00"));
+        // The decision is asked with the client's flag, and its answer is what the upstream
+        // gets (`follow_client_sampling = false` overrides the client's); other bits stay.
+        let cases = [
+            ("00", None, "00"),
+            ("01", Some(false), "00"),
+            ("03", Some(false), "02"),
+            ("00", Some(true), "01"),
+        ];
+        for (sent, decide, expect) in cases {
+            let value = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{sent}");
+            let mut h = HeaderMap::new();
+            h.insert(&TRACEPARENT, value.parse().unwrap());
+            let trace = propagate(&mut h, counter(), |client| {
+                assert_eq!(client, Some(sent != "00"));
+                decide.unwrap_or(client.unwrap())
+            });
+            assert_eq!(trace.parent, Some(0x00f0_67aa_0ba9_02b7));
+            assert_eq!(trace.sampled, expect.ends_with('1'));
+            assert!(
+                h[&TRACEPARENT].to_str().unwrap().ends_with(expect),
+                "{sent}"
+            );
+        }
     }
 
     #[test]
