@@ -283,3 +283,22 @@ async fn a_client_that_stops_reading_is_dropped_and_so_is_its_upstream() {
     );
     drop(stream);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_kept_alive_connection_is_closed_after_keepalive_timeout() {
+    let up = EchoUpstream::start("app").await;
+    let server = format!("{TIMEOUTS}\nkeepalive_timeout = \"1s\"");
+    let gw = start_gateway_with_server(&server, &open_route(up.addr));
+    let mut stream = TcpStream::connect(gw.proxy_addr).await.unwrap();
+    stream
+        .write_all(b"GET /idle HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
+    // Nothing more is sent: the connection is closed once it has been idle for 1 s, silently
+    // (no 408: no request was started).
+    let start = Instant::now();
+    let (answer, took) = until_closed(&mut stream, start).await;
+    assert_cut_off("idle keep-alive", took);
+    assert_eq!(answer, "");
+}

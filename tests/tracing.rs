@@ -374,7 +374,10 @@ async fn at_an_edge_that_ignores_the_clients_flag_no_client_makes_the_gateway_ex
         assert_eq!(get(&gw, "/api/x", &token, Some(&sent)).await, 200);
         let upstream = upstream_traceparent(&up);
         // The trace goes on, told that it was not sampled here.
-        assert_eq!((upstream[1].as_str(), upstream[3].as_str()), (CLIENT_TRACE, "00"));
+        assert_eq!(
+            (upstream[1].as_str(), upstream[3].as_str()),
+            (CLIENT_TRACE, "00")
+        );
     }
     // Whatever was queued is exported at exit: nothing was.
     gw.sigterm();
