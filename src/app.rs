@@ -588,6 +588,9 @@ impl Reloader {
                 files.push(path.clone());
             }
         }
+        for (_, path) in self.config.ca_files() {
+            files.push(path.to_owned());
+        }
         let digest = tokio::task::spawn_blocking(move || {
             let mut state = blake2b_simd::Params::new().hash_length(32).to_state();
             for file in files {

@@ -53,9 +53,74 @@ pub struct Metadata {
     pub introspection_endpoint: Option<Url>,
 }
 
+/// Why a `ca_file` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
+    NoCertificate { path: String },
+    #[error("{path}: a certificate does not parse: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+/// The PEM certificates of a `ca_file`, to trust besides the system store.
+pub fn read_trust(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, TrustError> {
+    let shown = path.display().to_string();
+    let pem = std::fs::read(path).map_err(|source| TrustError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    if !pem
+        .windows(b"-----BEGIN CERTIFICATE-----".len())
+        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        return Err(TrustError::NoCertificate { path: shown });
+    }
+    let certificates =
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| TrustError::Invalid {
+            path: shown.clone(),
+            reason: error_chain(&e),
+        })?;
+    match certificates.is_empty() {
+        true => Err(TrustError::NoCertificate { path: shown }),
+        false => Ok(certificates),
+    }
+}
+
+/// The HTTP client for an issuer or introspection endpoint with a `ca_file`: the shared
+/// client's settings, trusting the file's certificates besides the system store. A file that
+/// cannot be read (it was checked at start and at reload, so it changed since) gives the
+/// client without it, which fails closed on the private CA's certificates.
+pub fn http_client_trusting(ca_file: Option<&std::path::Path>) -> reqwest::Client {
+    let Some(path) = ca_file else {
+        return http_client();
+    };
+    let mut builder = builder();
+    match read_trust(path) {
+        Ok(certificates) => {
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "ca_file unusable; only the system trust store is used")
+        }
+    }
+    builder.build().expect("a TLS backend is compiled in")
+}
+
 /// The shared HTTP client for key, discovery and introspection requests: bounded timeouts,
-/// redirects only within the same origin.
+/// redirects only within the same origin, the system trust store (and the web's roots).
 pub fn http_client() -> reqwest::Client {
+    builder().build().expect("a TLS backend is compiled in")
+}
+
+fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
@@ -71,8 +136,22 @@ pub fn http_client() -> reqwest::Client {
             }
         }))
         .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("a TLS backend is compiled in")
+}
+
+/// An error with its causes, outermost first (`reqwest`'s own text names none of them: "error
+/// sending request" hides an unknown certificate issuer or a refused connection).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// https, or plain http on loopback, or anywhere when explicitly allowed.
@@ -112,7 +191,7 @@ pub async fn read_capped(
 pub fn http_error(url: &Url, e: reqwest::Error) -> FetchError {
     FetchError::Http {
         url: url.to_string(),
-        reason: e.without_url().to_string(),
+        reason: error_chain(&e.without_url()),
     }
 }
 

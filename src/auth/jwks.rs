@@ -313,6 +313,7 @@ mod tests {
             max_token_lifetime: None,
             allow_insecure_http: false,
             require_dpop: false,
+            ca_file: None,
         };
         let metrics = Metrics::new(prometheus::Registry::new()).unwrap();
         let keys = IssuerKeys::new(issuer, fetch::http_client(), metrics);

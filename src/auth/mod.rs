@@ -338,11 +338,12 @@ impl Authenticator {
     /// authenticator) holds for settings that did not change:
     /// - an issuer's keys (no refetch) when its settings are equal, except an HMAC issuer, whose
     ///   secret is read again (a local step, no network); when only its claim rules changed,
-    ///   new keys that start with the last good set ([`IssuerKeys::seeded`]);
+    ///   new keys that start with the last good set ([`IssuerKeys::seeded`]), as for an issuer
+    ///   with a `ca_file` (its client is built again, reading the file);
     /// - the verified-token cache when `[tokens]` and whether claims are kept are equal; its
     ///   entries of issuers not kept are distrusted from [`Authenticator::retire_replaced`] on;
     /// - the introspection client, its cache and its discovered endpoint, when `[introspection]`
-    ///   and the client secret are equal;
+    ///   and the client secret are equal and it has no `ca_file`;
     /// - the DPoP replay state when the replay settings are equal, so a reload never lets a
     ///   used proof in again (RFC 9449 §11.1).
     pub fn renewed(
@@ -351,10 +352,16 @@ impl Authenticator {
         previous: Option<&Authenticator>,
     ) -> Authenticator {
         let http = fetch::http_client();
+        // A client of its own for each `ca_file`, read now (a reload reads it again).
+        let client_for = |ca_file: Option<&std::path::Path>| match ca_file {
+            None => http.clone(),
+            Some(path) => fetch::http_client_trusting(Some(path)),
+        };
+        // Kept whole only when nothing it reads from a file can have changed.
         let kept = |c: &settings::IssuerConfig| {
             let old = previous?.issuers.iter().find(|i| i.keys.config() == c)?;
             let hmac = matches!(c.keys, settings::KeySource::HmacSecret(_));
-            (!hmac).then(|| old.keys.clone())
+            (!hmac && c.ca_file.is_none()).then(|| old.keys.clone())
         };
         let issuers: Vec<Issuer> = config
             .issuers
@@ -372,10 +379,17 @@ impl Authenticator {
                     let old = previous
                         .and_then(|p| p.issuers.iter().find(|i| i.keys.issuer() == c.issuer));
                     Arc::new(match old {
-                        Some(old) => {
-                            IssuerKeys::seeded(c.clone(), http.clone(), metrics.clone(), &old.keys)
-                        }
-                        None => IssuerKeys::new(c.clone(), http.clone(), metrics.clone()),
+                        Some(old) => IssuerKeys::seeded(
+                            c.clone(),
+                            client_for(c.ca_file.as_deref()),
+                            metrics.clone(),
+                            &old.keys,
+                        ),
+                        None => IssuerKeys::new(
+                            c.clone(),
+                            client_for(c.ca_file.as_deref()),
+                            metrics.clone(),
+                        ),
                     })
                 }),
             })
@@ -395,13 +409,16 @@ impl Authenticator {
         let introspection = config.introspection.clone().map(|c| {
             let old = previous
                 .and_then(|p| p.introspection.as_ref())
-                .filter(|i| i.same_settings(&c, config.keep_claims));
+                .filter(|i| i.same_settings(&c, config.keep_claims) && c.ca_file.is_none());
             match old {
                 Some(i) => i.clone(),
-                None => Arc::new(
-                    Introspector::new(c, http.clone(), metrics.clone())
-                        .keeping_claims(config.keep_claims),
-                ),
+                None => {
+                    let client = client_for(c.ca_file.as_deref());
+                    Arc::new(
+                        Introspector::new(c, client, metrics.clone())
+                            .keeping_claims(config.keep_claims),
+                    )
+                }
             }
         });
         let dpop = config.dpop.clone().map(|d| {

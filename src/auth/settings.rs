@@ -220,6 +220,9 @@ pub struct IssuerConfig {
     /// `require_dpop`, default `false`: the issuer's tokens pass only DPoP-bound, with their
     /// proofs (RFC 9449), on every route.
     pub require_dpop: bool,
+    /// `ca_file`, optional: PEM certificates trusted for this issuer's https URLs besides the
+    /// system trust store (a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// `[introspection]`: opaque tokens checked at the authorization server (RFC 7662).
@@ -263,6 +266,9 @@ pub struct IntrospectionConfig {
     /// `require_dpop`, default `false`: introspected tokens pass only DPoP-bound (`cnf.jkt`),
     /// with their proofs (RFC 9449), on every route.
     pub require_dpop: bool,
+    /// `ca_file`, optional: PEM certificates trusted for the endpoint (and discovery) besides
+    /// the system trust store.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// How the gateway authenticates to the introspection endpoint (RFC 6749 §2.3.1).

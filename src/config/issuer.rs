@@ -84,6 +84,7 @@ pub(super) fn issuer(p: &mut Problems, key: &str, raw: &RawIssuer) -> Option<Iss
         max_token_lifetime,
         allow_insecure_http: insecure_ok,
         require_dpop: raw.require_dpop.unwrap_or(false),
+        ca_file: raw.ca_file.as_deref().map(Into::into),
     })
 }
 

@@ -398,8 +398,9 @@ impl Config {
     }
 
     /// Every secret the config names that cannot be read now, by key: an unset variable, an
-    /// unreadable or empty file, an HMAC secret shorter than 32 bytes. Start-up and reload
-    /// refuse a config with any; `portcullis check` reports them. (`[dpop]`'s nonce secret is
+    /// unreadable or empty file, an HMAC secret shorter than 32 bytes; and every `ca_file` that
+    /// cannot be read or holds no certificate. Start-up and reload refuse a config with any;
+    /// `portcullis check` reports them. (`[dpop]`'s nonce secret is
     /// read, and checked, with the rest of the file.)
     pub fn unreadable_secrets(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
@@ -424,7 +425,27 @@ impl Config {
         for (key, source, min) in self.secret_sources() {
             check(key, source, min);
         }
+        for (key, path) in self.ca_files() {
+            if let Err(e) = crate::auth::fetch::read_trust(path) {
+                problems.push(Problem {
+                    key,
+                    message: format!("{e}; mount the CA certificates there or fix the path"),
+                });
+            }
+        }
         problems
+    }
+
+    /// Every `ca_file` the config names, with its key.
+    pub fn ca_files(&self) -> Vec<(String, &std::path::Path)> {
+        let issuers = self.issuers.iter().enumerate();
+        let issuers = issuers
+            .filter_map(|(i, c)| Some((format!("issuers[{i}].ca_file"), c.ca_file.as_deref()?)));
+        let introspection = self
+            .introspection
+            .iter()
+            .filter_map(|c| Some(("introspection.ca_file".to_owned(), c.ca_file.as_deref()?)));
+        issuers.chain(introspection).collect()
     }
 
     /// Every host name the config names that does not resolve now, by key: upstreams, key set

@@ -214,6 +214,7 @@ pub struct RawIssuer {
     pub max_token_lifetime: Option<String>,
     pub allow_insecure_http: Option<bool>,
     pub require_dpop: Option<bool>,
+    pub ca_file: Option<String>,
 }
 
 /// `[introspection]`.
@@ -237,6 +238,7 @@ pub struct RawIntrospection {
     pub leeway: Option<String>,
     pub allow_insecure_http: Option<bool>,
     pub require_dpop: Option<bool>,
+    pub ca_file: Option<String>,
 }
 
 /// One `[[routes]]` entry.

@@ -653,6 +653,7 @@ fn introspection(p: &mut Problems, raw: &RawIntrospection) -> Option<Introspecti
         leeway,
         allow_insecure_http: insecure_ok,
         require_dpop: raw.require_dpop.unwrap_or(false),
+        ca_file: raw.ca_file.as_deref().map(Into::into),
     })
 }
 

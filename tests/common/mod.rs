@@ -7,6 +7,7 @@ pub mod collector;
 pub mod framework;
 pub mod idp;
 pub mod oidc;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
