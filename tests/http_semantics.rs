@@ -593,11 +593,12 @@ async fn request_trailers_cannot_carry_the_gateways_own_fields() {
     let gw = start_gateway(&open_route(up.addr));
     let _ = raw_request(
         gw.proxy_addr,
-        b"POST /x HTTP/1.1\r\nHost: h\r\nTrailer: x-forwarded-for, x-request-id, x-auth-subject, proxy-authorization, upgrade, x-kept\r\n\
+        b"POST /x HTTP/1.1\r\nHost: h\r\nTrailer: x-forwarded-for, x-request-id, x-auth-subject, proxy-authorization, upgrade, traceparent, tracestate, x-kept\r\n\
           Transfer-Encoding: chunked\r\n\
           Connection: close\r\n\r\n2\r\nhi\r\n0\r\nx-forwarded-for: 6.6.6.6\r\n\
           x-request-id: forged\r\nx-auth-subject: admin\r\nproxy-authorization: Basic eA==\r\n\
-          upgrade: h2c\r\nx-kept: k\r\n\r\n",
+          upgrade: h2c\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\
+          tracestate: evil=1\r\nx-kept: k\r\n\r\n",
     )
     .await;
     let seen = up.seen()[0].to_ascii_lowercase();
@@ -609,6 +610,9 @@ async fn request_trailers_cannot_carry_the_gateways_own_fields() {
         "x-auth-subject",
         "proxy-authorization",
         "h2c",
+        // The trace fields the gateway rewrites in the head (red team).
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "evil=1",
     ] {
         assert!(!trailers.contains(gone), "{gone} in the trailers: {seen}");
     }

@@ -155,7 +155,7 @@ impl ClientBody {
 
 /// Trailer fields never forwarded: framing, routing and identity fields, every field the
 /// client may not choose in the head ([`gate_headers::unwanted`]), and the fields the gateway
-/// sets in the head itself (`X-Forwarded-*`, `X-Request-Id`). Frameworks that merge trailers
+/// sets in the head itself (`X-Forwarded-*`, `X-Request-Id`, `traceparent`, `tracestate`). Frameworks that merge trailers
 /// into the headers (Apache's `MergeTrailers`) would otherwise read them as the client's
 /// choice.
 fn keep_trailers(trailers: &mut HeaderMap, rule: &TrailerRule) {
@@ -189,6 +189,8 @@ fn keep_trailers(trailers: &mut HeaderMap, rule: &TrailerRule) {
                         | "proxy-authorization"
                         | "proxy-authenticate"
                         | "http2-settings"
+                        | "traceparent"
+                        | "tracestate"
                 )
                 || n.starts_with("x-forwarded-")
         })
