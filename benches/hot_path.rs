@@ -566,14 +566,14 @@ fn trace_context(c: &mut Criterion) {
                 h.insert("traceparent", sent.clone());
                 h
             },
-            |h| trace::propagate(black_box(h), random_u64, |c| c.unwrap_or(false)),
+            |h| trace::propagate(black_box(h), random_u64, |c, _| c.unwrap_or(false)),
             criterion::BatchSize::SmallInput,
         )
     });
     c.bench_function("traceparent_start", |b| {
         b.iter_batched_ref(
             HeaderMap::new,
-            |h| trace::propagate(black_box(h), random_u64, |c| c.unwrap_or(false)),
+            |h| trace::propagate(black_box(h), random_u64, |c, _| c.unwrap_or(false)),
             criterion::BatchSize::SmallInput,
         )
     });

@@ -91,6 +91,9 @@ fn check(path: &std::path::Path, offline: bool) -> ExitCode {
             let mut problems = config.unreadable_secrets();
             if !offline {
                 problems.extend(config.unresolvable_hosts());
+                if let Some(warning) = config.unresolvable_collector() {
+                    eprintln!("warning: {warning}");
+                }
             }
             if !problems.is_empty() {
                 for problem in problems {

@@ -44,6 +44,47 @@ const BATCH_DELAY: Duration = Duration::from_secs(2);
 /// The most response body read from the collector.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
+/// The variables the exporter reads collector headers from (OTLP exporter configuration).
+const HEADER_VARIABLES: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+];
+
+/// The positions (from 0) of the members of a `key=value,key2=value2` headers variable that the
+/// exporter drops without a word: no `=`, a name that is not a header name, a value with bad
+/// percent-encoding or that is not a header value once decoded (red team).
+fn bad_header_members(text: &str) -> Vec<usize> {
+    let decoded = |value: &str| -> Option<Vec<u8>> {
+        let bytes = value.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        Some(out)
+    };
+    let good = |member: &str| {
+        let Some((name, value)) = member.split_once('=') else {
+            return false;
+        };
+        let value = decoded(value.trim());
+        http::HeaderName::from_bytes(name.trim().as_bytes()).is_ok()
+            && value.is_some_and(|v| http::HeaderValue::from_bytes(&v).is_ok())
+    };
+    let members = text.split(',').enumerate();
+    members
+        .filter(|(_, m)| !m.trim().is_empty() && !good(m))
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// What the access line knows of a request, for its span.
 #[derive(Debug)]
 pub struct RequestSpan<'a> {
@@ -71,7 +112,8 @@ pub struct Exporter {
     follow_client: bool,
 }
 
-/// TraceIdRatioBased for traces started here: sampled when 64 random bits fall below
+/// TraceIdRatioBased: sampled when the trace id's rightmost 56 bits (the random part of a
+/// W3C Level 2 trace id, as OpenTelemetry's sampling specification reads it) fall below
 /// `threshold`, or always at a ratio of 1.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Sampler {
@@ -80,16 +122,18 @@ struct Sampler {
 }
 
 impl Sampler {
+    const BITS: u32 = 56;
+
     fn new(ratio: f64) -> Sampler {
         Sampler {
-            // The float-to-int cast saturates: a ratio of 1 would be u64::MAX, one short.
-            threshold: (ratio * 2f64.powi(64)) as u64,
+            threshold: (ratio * 2f64.powi(Self::BITS as i32)) as u64,
             always: ratio >= 1.0,
         }
     }
 
-    fn sample(self, random: u64) -> bool {
-        self.always || random < self.threshold
+    fn sample(self, trace_id: u128) -> bool {
+        let randomness = (trace_id as u64) & ((1 << Self::BITS) - 1);
+        self.always || randomness < self.threshold
     }
 }
 
@@ -100,6 +144,17 @@ impl Exporter {
         config: &TracingConfig,
         exports: IntCounterVec,
     ) -> Result<Exporter, opentelemetry_otlp::ExporterBuildError> {
+        for variable in HEADER_VARIABLES {
+            if let Ok(text) = std::env::var(variable) {
+                for member in bad_header_members(&text) {
+                    tracing::warn!(
+                        variable,
+                        member,
+                        "trace export: this member is not a header (name=value, the value percent-encoded) and is not sent"
+                    );
+                }
+            }
+        }
         let transport = Transport::new(config.export_timeout, exports);
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -132,11 +187,12 @@ impl Exporter {
     }
 
     /// Whether a request's trace is sampled, given the client's flag (`None`: the trace starts
-    /// here): the client's flag when followed, else `sample_ratio` over 64 random bits.
-    pub fn sample(&self, client: Option<bool>, random: impl FnOnce() -> u64) -> bool {
+    /// here): the client's flag when followed, else `sample_ratio` on the trace id, so that
+    /// every hop deciding by ratio decides alike for one trace.
+    pub fn sample(&self, client: Option<bool>, trace_id: u128) -> bool {
         match client {
             Some(flag) if self.follow_client => flag,
-            _ => self.sampler.sample(random()),
+            _ => self.sampler.sample(trace_id),
         }
     }
 
@@ -153,8 +209,14 @@ impl Exporter {
                 TraceState::default(),
             )
         };
+        // A method the gateway does not know is `_OTHER`, and the span `HTTP route` (HTTP
+        // semantic conventions).
+        let (method, named) = match request.method {
+            "OTHER" => ("_OTHER", "HTTP"),
+            known => (known, known),
+        };
         let mut attributes = vec![
-            KeyValue::new("http.request.method", request.method),
+            KeyValue::new("http.request.method", method),
             KeyValue::new("http.response.status_code", i64::from(request.status)),
             KeyValue::new("portcullis.route", request.route.to_owned()),
             KeyValue::new("portcullis.auth.outcome", request.outcome),
@@ -190,7 +252,7 @@ impl Exporter {
             parent_span_id: request.trace.parent.map_or(SpanId::INVALID, SpanId::from),
             parent_span_is_remote: request.trace.parent.is_some(),
             span_kind: SpanKind::Server,
-            name: Cow::Owned(format!("{} {}", request.method, request.route)),
+            name: Cow::Owned(format!("{named} {}", request.route)),
             start_time: request.started,
             end_time: request.ended,
             attributes,
@@ -273,10 +335,19 @@ impl Transport {
         client: reqwest::Client,
         request: Request<Bytes>,
     ) -> Result<Response<Bytes>, HttpError> {
-        let mut response = client.execute(reqwest::Request::try_from(request)?).await?;
+        // Every error without its URL (see `send_bytes`).
+        let request = reqwest::Request::try_from(request).map_err(reqwest::Error::without_url)?;
+        let mut response = client
+            .execute(request)
+            .await
+            .map_err(reqwest::Error::without_url)?;
         let mut answer = Response::builder().status(response.status());
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(reqwest::Error::without_url)?
+        {
             if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
                 return Err("the collector's answer is too large".into());
             }
@@ -303,11 +374,25 @@ impl HttpClient for Transport {
             Err(_) => "unreachable",
         };
         self.exports.with_label_values(&[label]).inc();
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, "trace export: the collector cannot be reached");
+        match &result {
+            // The URL is left out: the query of a collector's URL can hold a key (red team).
+            Err(e) => tracing::warn!(
+                error = %export_error(e.as_ref()),
+                "trace export: the collector cannot be reached"
+            ),
+            Ok(r) if !r.status().is_success() => tracing::warn!(
+                status = r.status().as_u16(),
+                "trace export: the collector refused a batch"
+            ),
+            Ok(_) => {}
         }
         result
     }
+}
+
+/// An export failure with its causes, and no URL.
+fn export_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> String {
+    crate::auth::fetch::error_chain(e)
 }
 
 /// The export runtime, shut down without waiting (dropping a runtime inside another one's
@@ -325,19 +410,30 @@ impl Drop for ExportRuntime {
 
 #[cfg(test)]
 mod tests {
-    use super::Sampler;
+    use super::{bad_header_members, Sampler};
+
+    #[test]
+    fn header_members_the_exporter_would_drop_are_found() {
+        assert!(bad_header_members("api-key=abc,x-team=a%20b").is_empty());
+        assert_eq!(
+            bad_header_members("a=%ZZ,b=1,novalue,c d=1,e=x%0Ay"),
+            [0, 2, 3, 4]
+        );
+        assert!(bad_header_members("").is_empty());
+    }
 
     #[test]
     fn the_ratio_is_the_share_of_random_values_sampled() {
         let never = Sampler::new(0.0);
-        assert!(!never.sample(0) && !never.sample(u64::MAX));
+        assert!(!never.sample(0) && !never.sample(u128::MAX));
         let always = Sampler::new(1.0);
-        assert!(always.sample(0) && always.sample(u64::MAX));
+        assert!(always.sample(0) && always.sample(u128::MAX));
+        // The rightmost 56 bits decide; the rest of the id does not.
         let half = Sampler::new(0.5);
-        assert!(half.sample(0) && half.sample((1 << 63) - 1));
-        assert!(!half.sample(1 << 63) && !half.sample(u64::MAX));
+        assert!(half.sample(0) && half.sample((1 << 55) - 1) && half.sample(u128::MAX << 56));
+        assert!(!half.sample(1 << 55) && !half.sample(u128::MAX));
         let tenth = Sampler::new(0.1);
-        let sampled = (0..10_000u64)
+        let sampled = (0..10_000u128)
             .filter(|i| tenth.sample(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
             .count();
         assert!((900..1100).contains(&sampled), "{sampled}");

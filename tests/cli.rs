@@ -324,10 +324,14 @@ fn every_config_rule_names_its_key_and_fix() {
         (&format!("[log]\nformat = \"yaml\"\n{ROUTE}{ISSUER}"), "log.format: \"yaml\" is not a format; use \"text\" or \"json\""),
         (&format!("[log]\nlevel = \"debug\"\n{ROUTE}{ISSUER}"), "log.level: unknown field `level`"),
         (&format!("[tracing]\nservice_name = \"gw\"\n{ROUTE}{ISSUER}"), "tracing.otlp_endpoint: is required in [tracing]"),
-        (&format!("[tracing]\notlp_endpoint = \"collector:4318\"\n{ROUTE}{ISSUER}"), "tracing.otlp_endpoint: must be an absolute"),
+        (&format!("[tracing]\notlp_endpoint = \"collector:4318\"\n{ROUTE}{ISSUER}"), "tracing.otlp_endpoint: must be an absolute http:// or https:// URL"),
         (&format!("[tracing]\notlp_endpoint = \"http://c:4318/v1/traces\"\nsample_ratio = 1.5\n{ROUTE}{ISSUER}"), "tracing.sample_ratio: must be between 0.0"),
-        (&format!("[tracing]\notlp_endpoint = \"http://c:4318/v1/traces\"\nexport_timeout = \"0s\"\n{ROUTE}{ISSUER}"), "tracing.export_timeout: must be more than 0s"),
+        (&format!("[tracing]\notlp_endpoint = \"http://c:4318/v1/traces\"\nexport_timeout = \"0s\"\n{ROUTE}{ISSUER}"), "tracing.export_timeout: must be from 100ms to 60s"),
+        (&format!("[tracing]\notlp_endpoint = \"http://c:4318/v1/traces\"\nexport_timeout = \"100d\"\n{ROUTE}{ISSUER}"), "tracing.export_timeout: must be from 100ms to 60s"),
+        (&format!("[tracing]\notlp_endpoint = \"http://u:pw@c:4318/v1/traces\"\n{ROUTE}{ISSUER}"), "tracing.otlp_endpoint: must not hold credentials"),
+        (&format!("[tracing]\notlp_endpoint = \"ftp://c/v1/traces\"\n{ROUTE}{ISSUER}"), "tracing.otlp_endpoint: must be an absolute http:// or https:// URL"),
         (&format!("[tracing]\notlp_endpoint = \"http://c:4318/v1/traces\"\nservice_name = \" \"\n{ROUTE}{ISSUER}"), "tracing.service_name: must not be empty"),
+        (&format!("[tracing]\notlp_endpoint = \"http://c:4318/v1/traces\"\nservice_name = \"a\\nb\"\n{ROUTE}{ISSUER}"), "tracing.service_name: must not be empty nor hold control characters"),
         (&format!("[tracing]\notlp_endpoint = \"http://c:4318/v1/traces\"\nprotocol = \"grpc\"\n{ROUTE}{ISSUER}"), "tracing.protocol: unknown field `protocol`"),
         // Refresh tokens introspect as active without `aud`: the audience check is required.
         (
@@ -1035,4 +1039,27 @@ async fn healthcheck_exits_zero_only_when_ready() {
     ));
     let (code, said) = healthcheck(&["--config", config.0.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{said}");
+}
+
+/// A collector that does not resolve is a warning, not a failure: start-up needs no collector
+/// (red team: `check` refused a file that `run` serves with).
+#[test]
+fn check_warns_about_an_unresolvable_collector_and_passes() {
+    let file = TempFile::with(
+        "[tracing]\notlp_endpoint = \"http://no-such-collector.invalid:4318/v1/traces\"\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\nauth = \"none\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&file.0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: tracing.otlp_endpoint: \"no-such-collector.invalid\" does not resolve"
+        ),
+        "{stderr}"
+    );
 }

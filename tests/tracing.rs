@@ -176,6 +176,26 @@ async fn a_request_is_a_server_span_whose_key_fetch_is_its_child_and_whose_child
     assert_eq!(spans.len(), 1, "a cache hit waits for no call: {spans:?}");
     assert!(spans[0].span.parent_span_id.is_empty());
     assert_eq!(spans[0].span.span_id, hex(&started[2]));
+
+    // A method the gateway does not know is `_OTHER` (HTTP semantic conventions).
+    let sent = format!("00-{}-{CLIENT_PARENT}-01", "3".repeat(32));
+    let resp = client()
+        .request(
+            reqwest::Method::from_bytes(b"BREW").unwrap(),
+            format!("http://{}/api/pot", gw.proxy),
+        )
+        .bearer_auth(&token)
+        .header("traceparent", &sent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let spans = exported(&collector, &hex(&"3".repeat(32)), 1).await;
+    assert_eq!(spans[0].span.name, "HTTP api");
+    assert_eq!(
+        spans[0].attribute("http.request.method").as_deref(),
+        Some("_OTHER")
+    );
 }
 
 #[tokio::test]
@@ -289,7 +309,8 @@ async fn a_collector_that_refuses_or_is_gone_is_counted_and_delays_no_request() 
     let token = key.sign(&claims(&idp, "orders:read"));
     let refusing = Collector::start().await;
     refusing.set_status(503);
-    let gone = format!("http://{}/v1/traces", common::dead_addr());
+    // A key in the URL's query is never logged (red team).
+    let gone = format!("http://{}/v1/traces?key=QKEYMARK", common::dead_addr());
     for (endpoint, result) in [(refusing.endpoint(), "bad_status"), (gone, "unreachable")] {
         let gw = start(&config(&endpoint, "", &issuer_section(&idp), up.addr)).await;
         for _ in 0..3 {
@@ -307,6 +328,13 @@ async fn a_collector_that_refuses_or_is_gone_is_counted_and_delays_no_request() 
         );
         // Still answering while the export fails.
         assert_eq!(get(&gw, "/api/x", &token, None).await, 200);
+        let log = gw.log();
+        assert!(!log.contains("QKEYMARK"), "{log}");
+        let said = match result {
+            "bad_status" => "the collector refused a batch",
+            _ => "the collector cannot be reached",
+        };
+        assert!(log.contains(said), "{log}");
     }
     assert!(refusing.requests() >= 1);
 }

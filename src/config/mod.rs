@@ -502,10 +502,25 @@ impl Config {
                 check(format!("introspection.{key}"), &host, port);
             }
         }
-        if let Some((host, port)) = self.tracing.as_ref().and_then(|t| url_host(&t.endpoint)) {
-            check("tracing.otlp_endpoint".into(), &host, port);
-        }
         problems
+    }
+
+    /// `[tracing] otlp_endpoint`'s host, when it does not resolve. Not a problem that stops the
+    /// gateway (start-up needs no collector; spans are dropped while it is away), so `check`
+    /// warns about it.
+    pub fn unresolvable_collector(&self) -> Option<Problem> {
+        use std::net::ToSocketAddrs;
+        let url = &self.tracing.as_ref()?.endpoint;
+        let host = url
+            .host_str()?
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = url.port_or_known_default()?;
+        let e = (host, port).to_socket_addrs().err()?;
+        Some(Problem {
+            key: "tracing.otlp_endpoint".into(),
+            message: format!("{host:?} does not resolve ({e}); spans are dropped until it does"),
+        })
     }
 
     /// Every secret the config names, with its key (without the `_env` / `_file` suffix) and

@@ -469,7 +469,31 @@ fn tokens(p: &mut Problems, t: &RawTokens) -> TokensConfig {
 fn tracing(p: &mut Problems, raw: &super::raw::RawTracing) -> Option<super::TracingConfig> {
     let before = p.0.len();
     let endpoint = match raw.otlp_endpoint.as_deref() {
-        Some(e) => http_url(p, "tracing.otlp_endpoint", e),
+        Some(e) => match Url::parse(e) {
+            Ok(url) if !matches!(url.scheme(), "http" | "https") || url.fragment().is_some() => {
+                p.push(
+                    "tracing.otlp_endpoint",
+                    "must be an absolute http:// or https:// URL without a #fragment",
+                );
+                None
+            }
+            // Credentials in the URL would be logged with every failed export (red team).
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+                p.push(
+                    "tracing.otlp_endpoint",
+                    "must not hold credentials; give the collector's headers in OTEL_EXPORTER_OTLP_HEADERS",
+                );
+                None
+            }
+            Ok(url) => Some(url),
+            Err(_) => {
+                p.push(
+                    "tracing.otlp_endpoint",
+                    "must be an absolute http:// or https:// URL without a #fragment",
+                );
+                None
+            }
+        },
         None => {
             p.push(
                 "tracing.otlp_endpoint",
@@ -482,8 +506,11 @@ fn tracing(p: &mut Problems, raw: &super::raw::RawTracing) -> Option<super::Trac
         .service_name
         .clone()
         .unwrap_or_else(|| "portcullis".into());
-    if service_name.trim().is_empty() {
-        p.push("tracing.service_name", "must not be empty");
+    if service_name.trim().is_empty() || service_name.chars().any(char::is_control) {
+        p.push(
+            "tracing.service_name",
+            "must not be empty nor hold control characters",
+        );
     }
     let sample_ratio = raw.sample_ratio.unwrap_or(1.0);
     if !(0.0..=1.0).contains(&sample_ratio) {
@@ -497,8 +524,8 @@ fn tracing(p: &mut Problems, raw: &super::raw::RawTracing) -> Option<super::Trac
         raw.export_timeout.as_deref(),
         Duration::from_secs(10),
     );
-    if export_timeout.is_zero() {
-        p.push("tracing.export_timeout", "must be more than 0s");
+    if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&export_timeout) {
+        p.push("tracing.export_timeout", "must be from 100ms to 60s");
     }
     (p.0.len() == before).then(|| super::TracingConfig {
         endpoint: endpoint.expect("no problem means a URL"),

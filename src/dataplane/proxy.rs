@@ -430,9 +430,9 @@ async fn forward(
     };
     record.request_id = Some(headers::set_request_id(&mut parts.headers));
     let exporter = shared.exporter.as_deref();
-    let trace = super::trace::propagate(&mut parts.headers, headers::random_u64, |client| {
+    let trace = super::trace::propagate(&mut parts.headers, headers::random_u64, |client, id| {
         match exporter {
-            Some(e) => e.sample(client, headers::random_u64),
+            Some(e) => e.sample(client, id),
             // Nothing is recorded here: a client's flag passes through, a new trace is unsampled.
             None => client.unwrap_or(false),
         }

@@ -90,12 +90,12 @@ fn joined_tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Set the `traceparent` (and `tracestate`) the upstream receives, from the client's when
 /// valid; `random` gives 64 random bits per call, and `sample` decides the sampled flag, given
-/// the client's (`None`: the trace starts here). Returns the trace, for the access line and the
-/// span.
+/// the client's (`None`: the trace starts here) and the trace id. Returns the trace, for the
+/// access line and the span.
 pub fn propagate(
     headers: &mut HeaderMap,
     mut random: impl FnMut() -> u64,
-    sample: impl FnOnce(Option<bool>) -> bool,
+    sample: impl FnOnce(Option<bool>, u128) -> bool,
 ) -> Trace {
     let mut lines = headers.get_all(&TRACEPARENT).iter();
     let parsed = match (lines.next(), lines.next()) {
@@ -110,7 +110,7 @@ pub fn propagate(
     };
     let (trace, flags, state) = match parsed {
         Some((trace_id, _, flags)) => {
-            let sampled = sample(Some(flags & 0x01 == 1));
+            let sampled = sample(Some(flags & 0x01 == 1), trace_id);
             (
                 trace_id,
                 (flags & !0x01) | u8::from(sampled),
@@ -124,7 +124,7 @@ pub fn propagate(
                     break id;
                 }
             };
-            (trace_id, u8::from(sample(None)), None)
+            (trace_id, u8::from(sample(None, trace_id)), None)
         }
     };
     // Only the sampled bit (and the random-trace-id bit of Level 2) are defined; others clear.
@@ -165,7 +165,7 @@ mod tests {
                 v.parse().unwrap(),
             );
         }
-        let trace = propagate(&mut h, counter(), |client| client.unwrap_or(false));
+        let trace = propagate(&mut h, counter(), |client, _| client.unwrap_or(false));
         let all = |name: &HeaderName| {
             h.get_all(name)
                 .iter()
@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn a_trace_started_here_is_sampled_as_the_exporter_decides_and_a_parent_keeps_its_flag() {
         let mut h = HeaderMap::new();
-        let trace = propagate(&mut h, counter(), |client| client.unwrap_or(true));
+        let trace = propagate(&mut h, counter(), |client, _| client.unwrap_or(true));
         assert!(trace.sampled && trace.parent.is_none());
         assert!(h[&TRACEPARENT].to_str().unwrap().ends_with("-01"));
         // The decision is asked with the client's flag, and its answer is what the upstream
@@ -258,8 +258,9 @@ mod tests {
             let value = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{sent}");
             let mut h = HeaderMap::new();
             h.insert(&TRACEPARENT, value.parse().unwrap());
-            let trace = propagate(&mut h, counter(), |client| {
+            let trace = propagate(&mut h, counter(), |client, id| {
                 assert_eq!(client, Some(sent != "00"));
+                assert_eq!(id, 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736);
                 decide.unwrap_or(client.unwrap())
             });
             assert_eq!(trace.parent, Some(0x00f0_67aa_0ba9_02b7));
