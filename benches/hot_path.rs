@@ -124,7 +124,7 @@ fn upstream_headers(c: &mut Criterion) {
                         headers::remove_hop_by_hop(&mut r);
                         headers::strip_client_headers(&mut r, strip);
                     }
-                    headers::set_forwarded_headers(&mut r, &client, false);
+                    headers::set_forwarded_headers(&mut r, &client, false, false);
                     headers::set_request_id(&mut r);
                     r
                 },

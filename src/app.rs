@@ -64,6 +64,19 @@ pub enum StartupError {
     Thread(#[source] io::Error),
     #[error("tracing.otlp_endpoint: cannot export to it: {0}")]
     Tracing(#[source] opentelemetry_otlp::ExporterBuildError),
+    /// Certificate or key files of `[server]` TLS that cannot be used.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Tls(Vec<crate::config::Problem>),
+    #[error("server.tls_cert: the TLS settings are refused: {0}")]
+    TlsConfig(#[source] tokio_rustls::rustls::Error),
+}
+
+/// TLS on the proxy listener: the certificates (reloaded in place) and the acceptor every
+/// worker's listener uses.
+#[derive(Clone)]
+struct Tls {
+    certificates: Arc<dataplane::tls::Certificates>,
+    acceptor: tokio_rustls::TlsAcceptor,
 }
 
 /// A service run on the background thread beside the admin listener (`portcullis dev`).
@@ -82,6 +95,10 @@ pub struct App {
     readiness: Arc<Readiness>,
     proxy: Vec<TcpListener>,
     proxy_addr: SocketAddr,
+    /// `server.plain_listen`'s listeners (one per worker), beside TLS on `proxy`.
+    plain: Vec<TcpListener>,
+    plain_addr: Option<SocketAddr>,
+    tls: Option<Tls>,
     admin: TcpListener,
     metrics_addr: SocketAddr,
     decision: Option<(Vec<TcpListener>, SocketAddr, crate::config::Convention)>,
@@ -108,6 +125,31 @@ impl App {
         let proxy = dataplane::bind_reuseport(config.server.listen, threads)
             .map_err(bind_error("server.listen", config.server.listen))?;
         let proxy_addr = local_addr(&proxy[0], "server.listen")?;
+        let tls = match &config.server.tls {
+            None => None,
+            Some(t) => {
+                let reloads = metrics.tls_reloads.clone();
+                let certificates = dataplane::tls::Certificates::load(t, reloads)
+                    .map(Arc::new)
+                    .map_err(StartupError::Tls)?;
+                let server = certificates
+                    .server_config()
+                    .map_err(StartupError::TlsConfig)?;
+                Some(Tls {
+                    certificates,
+                    acceptor: tokio_rustls::TlsAcceptor::from(server),
+                })
+            }
+        };
+        let plain = match config.server.plain_listen {
+            None => Vec::new(),
+            Some(addr) => dataplane::bind_reuseport(addr, threads)
+                .map_err(bind_error("server.plain_listen", addr))?,
+        };
+        let plain_addr = match plain.first() {
+            None => None,
+            Some(l) => Some(local_addr(l, "server.plain_listen")?),
+        };
         let admin = dataplane::bind_one(config.metrics.listen)
             .map_err(bind_error("metrics.listen", config.metrics.listen))?;
         let metrics_addr = local_addr(&admin, "metrics.listen")?;
@@ -131,6 +173,9 @@ impl App {
             readiness,
             proxy,
             proxy_addr,
+            plain,
+            plain_addr,
+            tls,
             admin,
             metrics_addr,
             decision,
@@ -189,6 +234,11 @@ impl App {
     /// Where the proxy listens (the real port when the config said 0).
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy_addr
+    }
+
+    /// Where the plain-HTTP listener beside the TLS one listens (`server.plain_listen`).
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain_addr
     }
 
     /// Where the decision endpoint listens, when `[decision]` is configured.
@@ -271,7 +321,11 @@ impl App {
             (listeners.into_iter(), Arc::new(app))
         });
         let mut workers: Vec<JoinHandle<()>> = Vec::new();
+        let mut plain = self.plain.into_iter();
+        let acceptor = self.tls.as_ref().map(|t| t.acceptor.clone());
         for (i, listener) in self.proxy.into_iter().enumerate() {
+            let plain = plain.next();
+            let acceptor = acceptor.clone();
             let live = self.live.clone();
             let pool = self.pool;
             let stop = rx.clone();
@@ -300,12 +354,21 @@ impl App {
                                 stop,
                             ))
                         });
-                        let proxy =
-                            tokio::task::spawn_local(dataplane::run_proxy(worker, listener, stop));
+                        let beside = plain.map(|listener| {
+                            let run =
+                                dataplane::run_proxy(worker.clone(), listener, stop.clone(), None);
+                            tokio::task::spawn_local(run)
+                        });
+                        let proxy = tokio::task::spawn_local(dataplane::run_proxy(
+                            worker, listener, stop, acceptor,
+                        ));
                         if starting.fetch_sub(1, Ordering::AcqRel) == 1 {
                             readiness.set_proxy_listening();
                         }
                         let _ = proxy.await;
+                        if let Some(beside) = beside {
+                            let _ = beside.await;
+                        }
                         if let Some(decision) = decision {
                             let _ = decision.await;
                         }
@@ -325,6 +388,7 @@ impl App {
         let local = tokio::task::LocalSet::new();
         let admin = self.admin;
         let auth = self.live.load().gate.auth.clone();
+        let tls_reload_interval = self.config.server.tls_reload_interval;
         let reloader = Reloader {
             path: self.path,
             started: self.config.clone(),
@@ -333,6 +397,7 @@ impl App {
             gate: self.gate,
             readiness: self.readiness.clone(),
             metrics: self.metrics.clone(),
+            tls: self.tls.as_ref().map(|t| t.certificates.clone()),
         };
         let live = self.live;
         let admin_app = Rc::new(AdminApp {
@@ -343,6 +408,7 @@ impl App {
         let gauge = self.metrics.upstream_healthy.clone();
         let header_timeout = self.header_timeout;
         let extras = self.extras;
+        let watch_certificates = self.tls.map(|t| t.certificates.watch(tls_reload_interval));
         local.block_on(&runtime, async move {
             let background: Vec<_> = auth
                 .refresh_tasks()
@@ -354,6 +420,7 @@ impl App {
                     connect_timeout,
                     gauge,
                 ))])
+                .chain(watch_certificates.map(tokio::spawn))
                 .collect();
             drop(auth);
             let mut served = vec![tokio::task::spawn_local(dataplane::run_simple(
@@ -497,6 +564,8 @@ struct Reloader {
     gate: Arc<Live<Gate>>,
     readiness: Arc<Readiness>,
     metrics: Metrics,
+    /// The TLS listener's certificates, read again at each reload.
+    tls: Option<Arc<dataplane::tls::Certificates>>,
 }
 
 impl Reloader {
@@ -547,6 +616,19 @@ impl Reloader {
                 waited = ?RELOAD_WARM_UP,
                 "reload: some new issuer's keys (or the introspection endpoint) have not loaded yet; swapping in anyway"
             );
+        }
+        // The certificates last: a set that does not load refuses the reload, and nothing of it
+        // is swapped in.
+        if let (Some(certificates), Some(tls)) = (&self.tls, next.server.tls.clone()) {
+            let certificates = certificates.clone();
+            let loaded = tokio::task::spawn_blocking(move || certificates.reload(&tls)).await;
+            match loaded {
+                Ok(Ok(())) => {}
+                Ok(Err(problems)) => {
+                    return self.refused(problems.iter().map(ToString::to_string).collect())
+                }
+                Err(e) => return self.refused(vec![format!("the reload task failed: {e}")]),
+            }
         }
         // Readiness notes that the running config was ready before the new one comes in
         // (the probe may not have asked since).

@@ -213,7 +213,15 @@ impl Handler for DecisionApp {
         }
         let client = decision_client(req.headers(), req.extensions().get::<Peer>());
         match gate
-            .authorize(&routed, &method, req.headers(), client, false, true, None)
+            .authorize(
+                &routed,
+                &method,
+                req.headers(),
+                client,
+                false,
+                (true, false),
+                None,
+            )
             .await
         {
             Ok(None) => json(200, "none", "This route checks no token."),

@@ -89,6 +89,9 @@ fn check(path: &std::path::Path, offline: bool) -> ExitCode {
                 eprintln!("warning: {warning}");
             }
             let mut problems = config.unreadable_secrets();
+            if let Some(tls) = &config.server.tls {
+                problems.extend(portcullis::dataplane::tls::problems(tls));
+            }
             if !offline {
                 problems.extend(config.unresolvable_hosts());
                 if let Some(warning) = config.unresolvable_collector() {
@@ -189,14 +192,16 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match app.decision_addr() {
-        Some(decision) => {
-            tracing::info!(proxy = %app.proxy_addr(), metrics = %app.metrics_addr(), %decision, "listening")
-        }
-        None => {
-            tracing::info!(proxy = %app.proxy_addr(), metrics = %app.metrics_addr(), "listening")
-        }
-    }
+    let text =
+        |a: Option<std::net::SocketAddr>| a.map_or_else(|| "-".to_owned(), |a| a.to_string());
+    tracing::info!(
+        proxy = %app.proxy_addr(),
+        metrics = %app.metrics_addr(),
+        decision = %text(app.decision_addr()),
+        plain = %text(app.plain_addr()),
+        tls = config.server.tls.is_some(),
+        "listening"
+    );
     if let Err(e) = app.run_until_signal() {
         tracing::error!("{e}");
         return ExitCode::from(2);

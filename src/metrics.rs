@@ -69,6 +69,12 @@ pub struct Metrics {
     /// `portcullis_trace_exports_total{result}`: OTLP export requests (`[tracing]`), by result:
     /// `ok`, `bad_status` (the collector refused the batch) or `unreachable`.
     pub trace_exports: IntCounterVec,
+    /// `portcullis_tls_certificate_reloads_total{result}`: `success`, or `failure` (the old
+    /// certificates stay).
+    pub tls_reloads: IntCounterVec,
+    /// `portcullis_tls_handshakes_total{result}`: `ok`, `failed` (a protocol error, no shared
+    /// version, cipher or ALPN protocol) or `timeout` (not done within `client_header_timeout`).
+    pub tls_handshakes: IntCounterVec,
 }
 
 /// What [`Metrics::initialise`] needs to know of the configuration.
@@ -350,6 +356,28 @@ impl Metrics {
             trace_exports.with_label_values(&[result]);
         }
         registry.register(Box::new(trace_exports.clone()))?;
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "portcullis_tls_certificate_reloads_total",
+                "TLS certificate reloads (a file changed, or a configuration reload), by result: success, or failure (the old certificates stay).",
+            ),
+            &["result"],
+        )?;
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "portcullis_tls_handshakes_total",
+                "TLS handshakes on the proxy listener, by result: ok, failed or timeout.",
+            ),
+            &["result"],
+        )?;
+        for result in ["success", "failure"] {
+            tls_reloads.with_label_values(&[result]);
+        }
+        for result in ["ok", "failed", "timeout"] {
+            tls_handshakes.with_label_values(&[result]);
+        }
+        registry.register(Box::new(tls_reloads.clone()))?;
+        registry.register(Box::new(tls_handshakes.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_last_reload_successful.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
@@ -422,6 +450,8 @@ impl Metrics {
             config_last_reload_successful,
             config_last_reload_success,
             trace_exports,
+            tls_reloads,
+            tls_handshakes,
         })
     }
 

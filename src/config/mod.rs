@@ -165,6 +165,35 @@ pub struct ServerConfig {
     /// 413 (before forwarding, when `Content-Length` says so; otherwise the forwarded request
     /// is cut off and the client answered 413 if nothing was answered yet).
     pub max_body_bytes: Option<u64>,
+    /// `tls_cert` and `tls_key` (and `[[server.tls_certificates]]`): `listen` speaks TLS.
+    pub tls: Option<TlsConfig>,
+    /// `plain_listen`, default none; only with TLS: a plain-HTTP listener beside the TLS one
+    /// (a sidecar's loopback, say).
+    pub plain_listen: Option<SocketAddr>,
+    /// `tls_reload_interval`, default `10s`: how often the certificate and key files are looked
+    /// at for a change (a renewal), which is then loaded without a restart.
+    pub tls_reload_interval: Duration,
+}
+
+/// TLS termination on `server.listen` (TLS 1.2 and 1.3, rustls): a default certificate and
+/// more chosen by the client's SNI. The files are read again when they change and at reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// `tls_cert` / `tls_key`: the certificate chain and private key (PEM) presented when no
+    /// other certificate's names match the client's SNI (or it sends none).
+    pub default: TlsPair,
+    /// `[[server.tls_certificates]]`: more pairs; the first whose certificate names the SNI
+    /// host (exactly, or by a `*.` wildcard) is presented.
+    pub more: Vec<TlsPair>,
+}
+
+/// A certificate chain file and its private key file, with the keys they came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPair {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// `server.tls_cert` or `server.tls_certificates[i].cert` (the key's ends in `key`).
+    pub cert_key: String,
 }
 
 /// `[metrics]`.
@@ -348,6 +377,13 @@ impl Config {
         let decision = |d: &Option<DecisionConfig>| d.as_ref().map(|d| (d.listen, d.convention));
         [
             ("server.listen", s.listen != n.listen),
+            ("server.plain_listen", s.plain_listen != n.plain_listen),
+            (
+                "server.tls_reload_interval",
+                s.tls_reload_interval != n.tls_reload_interval,
+            ),
+            // On or off: the listener's protocol. The certificates themselves reload.
+            ("server.tls_cert", s.tls.is_some() != n.tls.is_some()),
             ("server.threads", s.threads != n.threads),
             ("server.max_uri_bytes", s.max_uri_bytes != n.max_uri_bytes),
             (

@@ -156,10 +156,24 @@ pub struct RawServer {
     pub keepalive_timeout: Option<String>,
     /// Default: no limit.
     pub max_body_bytes: Option<i64>,
-    /// Reserved for TLS termination.
+    /// TLS on `listen`: the certificate chain (PEM).
     pub tls_cert: Option<String>,
-    /// Reserved for TLS termination.
+    /// TLS on `listen`: the private key (PEM).
     pub tls_key: Option<String>,
+    /// More certificates, chosen by the client's SNI.
+    pub tls_certificates: Option<Vec<RawTlsPair>>,
+    /// A plain-HTTP listener beside the TLS one.
+    pub plain_listen: Option<String>,
+    /// Default `10s`.
+    pub tls_reload_interval: Option<String>,
+}
+
+/// One `[[server.tls_certificates]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsPair {
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 /// `[metrics]`: the admin listener.

@@ -130,10 +130,15 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     let s = &raw.server;
-    if s.tls_cert.is_some() || s.tls_key.is_some() {
+    let tls = tls(&mut p, s);
+    let plain_listen = s
+        .plain_listen
+        .as_deref()
+        .map(|a| p.socket_addr("server.plain_listen", Some(a), "127.0.0.1:0"));
+    if plain_listen.is_some() && tls.is_none() {
         p.push(
-            "server.tls_cert",
-            "TLS termination is not supported yet; terminate TLS in front of Portcullis and remove tls_cert / tls_key",
+            "server.plain_listen",
+            "goes with tls_cert and tls_key: without TLS, listen speaks plain HTTP already",
         );
     }
     let auth = auth_sections(
@@ -198,7 +203,23 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         max_body_bytes: s
             .max_body_bytes
             .map(|_| p.positive("server.max_body_bytes", s.max_body_bytes, 1, usize::MAX) as u64),
+        tls,
+        plain_listen,
+        tls_reload_interval: {
+            let key = "server.tls_reload_interval";
+            let raw = s.tls_reload_interval.as_deref();
+            let d = p.duration(key, raw, Duration::from_secs(10));
+            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) {
+                p.push(key, "must be from 1s to 1h");
+            }
+            d
+        },
     };
+    if let Some(plain) = server.plain_listen {
+        if plain == server.listen && plain.port() != 0 {
+            p.push("server.plain_listen", "must differ from server.listen");
+        }
+    }
     let metrics = MetricsConfig {
         listen: p.socket_addr(
             "metrics.listen",
@@ -463,6 +484,67 @@ fn tokens(p: &mut Problems, t: &RawTokens) -> TokensConfig {
         cache_capacity,
         cache_max_ttl,
     }
+}
+
+/// `[server] tls_cert`, `tls_key` and `[[server.tls_certificates]]`: paths only; the files
+/// are read (and checked) at start-up, at reload and by `portcullis check`.
+fn tls(p: &mut Problems, s: &super::raw::RawServer) -> Option<super::TlsConfig> {
+    let pair = |p: &mut Problems, at: &str, cert: Option<&str>, key: Option<&str>| {
+        let (cert_key, key_key) = (format!("{at}cert"), format!("{at}key"));
+        match (cert, key) {
+            (Some(cert), Some(key)) => Some(super::TlsPair {
+                cert: cert.into(),
+                key: key.into(),
+                cert_key,
+            }),
+            (Some(_), None) => {
+                p.push(
+                    key_key,
+                    "is required with the certificate: the private key's PEM file",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                p.push(
+                    cert_key,
+                    "is required with the key: the certificate chain's PEM file",
+                );
+                None
+            }
+            (None, None) => None,
+        }
+    };
+    let default = pair(
+        p,
+        "server.tls_",
+        s.tls_cert.as_deref(),
+        s.tls_key.as_deref(),
+    );
+    let listed = s.tls_certificates.as_deref().unwrap_or_default();
+    let mut more = Vec::new();
+    for (i, raw) in listed.iter().enumerate() {
+        let at = format!("server.tls_certificates[{i}].");
+        match pair(p, &at, raw.cert.as_deref(), raw.key.as_deref()) {
+            Some(pair) => more.push(pair),
+            None if raw.cert.is_none() && raw.key.is_none() => {
+                p.push(
+                    format!("{at}cert"),
+                    "is required: the certificate chain's PEM file",
+                );
+            }
+            None => {}
+        }
+    }
+    if default.is_none() && !listed.is_empty() && s.tls_cert.is_none() && s.tls_key.is_none() {
+        p.push(
+            "server.tls_certificates",
+            "goes with tls_cert and tls_key, the certificate presented when no SNI name matches",
+        );
+    }
+    Some(super::TlsConfig {
+        default: default?,
+        more,
+    })
 }
 
 /// `[tracing]`.

@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::heads::{Head, HeadTracker};
@@ -103,9 +102,9 @@ impl ConnShared {
 }
 
 /// A client connection with the deadlines described in the [module docs](self).
-pub struct ClientStream {
+pub struct ClientStream<S> {
     /// The socket; its writes carry `send_timeout`.
-    inner: WriteStall<TcpStream>,
+    inner: WriteStall<S>,
     shared: Arc<ConnShared>,
     head_deadline: Option<Instant>,
     /// Bytes of the current head have arrived (only then is a 408 worth sending).
@@ -125,9 +124,9 @@ pub struct Expired {
     pub send: IntCounter,
 }
 
-impl ClientStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream<S> {
     /// Wrap an accepted connection; its first head's deadline starts now.
-    pub fn new(inner: TcpStream, timeouts: ClientTimeouts, expired: &Expired) -> ClientStream {
+    pub fn new(inner: S, timeouts: ClientTimeouts, expired: &Expired) -> ClientStream<S> {
         ClientStream {
             inner: WriteStall::new(inner, timeouts.send, Some(expired.send.clone())),
             shared: Arc::default(),
@@ -185,7 +184,7 @@ fn timer_fired(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant, cx: &mut 
     timer.as_mut().poll(cx).is_ready()
 }
 
-impl AsyncRead for ClientStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -246,7 +245,7 @@ impl AsyncRead for ClientStream {
     }
 }
 
-impl AsyncWrite for ClientStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -121,15 +121,17 @@ pub fn set_identity_headers(map: &mut HeaderMap, grant: &Grant) {
 /// `X-Forwarded-For` / `-Proto` / `-Host`. Untrusted (the default): the client's values are
 /// replaced. Trusted: the client address is appended to the list a proxy in front sent; the
 /// list's field lines are joined first, as one list (RFC 9110 §5.3), so a spoofed line ahead
-/// of the trusted proxy's stays ahead of it.
-pub fn set_forwarded_headers(map: &mut HeaderMap, client: &ClientAddr, trusted: bool) {
+/// of the trusted proxy's stays ahead of it. `tls`: the client's connection was TLS
+/// (`X-Forwarded-Proto: https`).
+pub fn set_forwarded_headers(map: &mut HeaderMap, client: &ClientAddr, trusted: bool, tls: bool) {
     if !(trusted && map.contains_key(&X_FORWARDED_FOR)) {
         map.insert(X_FORWARDED_FOR.clone(), client.value.clone());
     } else {
         append_forwarded_for(map, &client.text);
     }
     if !trusted || !map.contains_key(&X_FORWARDED_PROTO) {
-        map.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        let proto = if tls { "https" } else { "http" };
+        map.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     if !trusted || !map.contains_key(&X_FORWARDED_HOST) {
         match map.get(HOST).cloned() {
@@ -325,11 +327,11 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let mut untrusted = m.clone();
-        set_forwarded_headers(&mut untrusted, &ClientAddr::new(ip), false);
+        set_forwarded_headers(&mut untrusted, &ClientAddr::new(ip), false, false);
         assert_eq!(untrusted["x-forwarded-for"], "10.1.2.3");
         assert_eq!(untrusted["x-forwarded-proto"], "http");
         assert_eq!(untrusted["x-forwarded-host"], "api.example");
-        set_forwarded_headers(&mut m, &ClientAddr::new(ip), true);
+        set_forwarded_headers(&mut m, &ClientAddr::new(ip), true, false);
         assert_eq!(m["x-forwarded-for"], "6.6.6.6, 10.1.2.3");
         assert_eq!(m["x-forwarded-proto"], "https");
     }
@@ -342,10 +344,10 @@ mod tests {
             ("x-forwarded-for", "203.0.113.7, 10.0.0.1"),
         ]);
         let mut untrusted = m.clone();
-        set_forwarded_headers(&mut m, &ClientAddr::new(ip), true);
+        set_forwarded_headers(&mut m, &ClientAddr::new(ip), true, false);
         let all: Vec<_> = m.get_all("x-forwarded-for").iter().collect();
         assert_eq!(all, ["6.6.6.6, 203.0.113.7, 10.0.0.1, 127.0.0.1"]);
-        set_forwarded_headers(&mut untrusted, &ClientAddr::new(ip), false);
+        set_forwarded_headers(&mut untrusted, &ClientAddr::new(ip), false, false);
         let all: Vec<_> = untrusted.get_all("x-forwarded-for").iter().collect();
         assert_eq!(all, ["127.0.0.1"]);
     }

@@ -20,6 +20,7 @@ pub mod pool;
 pub mod proxy;
 pub mod simple;
 pub mod stall;
+pub mod tls;
 pub mod trace;
 pub mod tunnel;
 pub mod upstreams;
@@ -100,11 +101,14 @@ fn server(header_timeout: Option<Duration>, max_buf: usize) -> http1::Builder {
     builder
 }
 
-/// Run one worker's proxy listener until `stop` says drain, then drain.
+/// Run one worker's proxy listener until `stop` says drain, then drain. With `tls`, each
+/// connection's handshake comes first, bounded by `client_header_timeout` (which then starts
+/// again for the first request head).
 pub async fn run_proxy(
     thread: Rc<WorkerThread>,
     listener: std::net::TcpListener,
     stop: watch::Receiver<Stop>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     // The head size limits size the parser's buffer for the listener's life: a reload that
     // changes them says they need a restart (`Config::restart_needed`).
@@ -126,24 +130,77 @@ pub async fn run_proxy(
             }
         })
     };
+    let handshakes =
+        ["ok", "failed", "timeout"].map(|r| metrics.tls_handshakes.with_label_values(&[r]));
     accept_until_drained(listener, stop, |stream, peer, entered, stop| {
         // The client timeouts of the config now, for the connection's life.
         let timeouts = thread.current().shared.settings.timeouts;
-        let stream = ClientStream::new(stream, timeouts, &expired);
-        let conn = Rc::new(Conn::new(stream.shared(), peer.ip()));
-        let thread = thread.clone();
-        let service = hyper::service::service_fn(move |req| {
-            proxy::serve(thread.current(), conn.clone(), req)
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let ended = watched(connection, |c| c.graceful_shutdown(), stop, entered);
-        let metrics = metrics.clone();
-        tokio::task::spawn_local(async move { parse_refusal(&metrics, ended.await) });
+        let served = Served {
+            thread: thread.clone(),
+            builder: builder.clone(),
+            expired: expired.clone(),
+            metrics: metrics.clone(),
+            timeouts,
+            peer,
+        };
+        match &tls {
+            None => {
+                tokio::task::spawn_local(served.connection(stream, false, entered, stop));
+            }
+            Some(acceptor) => {
+                let handshake = acceptor.accept(stream);
+                let [ok, failed, late] = handshakes.clone();
+                tokio::task::spawn_local(async move {
+                    let stream = match tokio::time::timeout(timeouts.header, handshake).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(_)) => return failed.inc(),
+                        Err(_) => return late.inc(),
+                    };
+                    ok.inc();
+                    served.connection(stream, true, entered, stop).await;
+                });
+            }
+        }
     })
     .await;
     sweeper.abort();
+}
+
+/// What serving one proxy connection takes.
+struct Served {
+    thread: Rc<WorkerThread>,
+    builder: http1::Builder,
+    expired: Expired,
+    metrics: crate::metrics::Metrics,
+    timeouts: client_stream::ClientTimeouts,
+    peer: SocketAddr,
+}
+
+impl Served {
+    /// Serve the connection (plain, or the TLS session over it) until it ends or the drain
+    /// closes it.
+    async fn connection<S>(
+        self,
+        stream: S,
+        tls: bool,
+        entered: Entered,
+        stop: watch::Receiver<Stop>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let stream = ClientStream::new(stream, self.timeouts, &self.expired);
+        let conn = Rc::new(Conn::new(stream.shared(), self.peer.ip(), tls));
+        let thread = self.thread;
+        let service = hyper::service::service_fn(move |req| {
+            proxy::serve(thread.current(), conn.clone(), req)
+        });
+        let connection = self
+            .builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let ended = watched(connection, |c| c.graceful_shutdown(), stop, entered);
+        parse_refusal(&self.metrics, ended.await)
+    }
 }
 
 /// Serve a [`simple::Handler`] on `listener` until `stop` says drain, then drain.

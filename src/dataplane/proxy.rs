@@ -169,14 +169,17 @@ pub struct Conn {
     pub client: headers::ClientAddr,
     /// The peer's address.
     pub ip: IpAddr,
+    /// The connection came over TLS (`X-Forwarded-Proto: https`, a DPoP proof's `htu`).
+    pub tls: bool,
 }
 
 impl Conn {
-    pub fn new(stream: Arc<ConnShared>, client: IpAddr) -> Conn {
+    pub fn new(stream: Arc<ConnShared>, client: IpAddr, tls: bool) -> Conn {
         Conn {
             stream,
             client: headers::ClientAddr::new(client),
             ip: client,
+            tls,
         }
     }
 }
@@ -480,7 +483,7 @@ async fn forward(
             target_bytes,
             &parts.headers,
             client,
-            settings.trust_forwarded_headers,
+            (settings.trust_forwarded_headers, conn.tls),
             record.calls.clone().as_deref(),
         )
         .await
@@ -559,7 +562,12 @@ async fn forward(
     // chunked (RFC 9110 §8.6). `Expect` was answered here, on the client's hop.
     map.remove(CONTENT_LENGTH);
     map.remove(EXPECT);
-    headers::set_forwarded_headers(map, &conn.client, settings.trust_forwarded_headers);
+    headers::set_forwarded_headers(
+        map,
+        &conn.client,
+        settings.trust_forwarded_headers,
+        conn.tls,
+    );
     record.grant = grant;
     if let Some(upgrade) = &websocket {
         map.insert(

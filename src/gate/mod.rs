@@ -167,6 +167,9 @@ impl Gate {
     ///
     /// `calls`: where the identity-provider calls the request waits on are recorded for its
     /// trace span (a sampled request with `[tracing]`).
+    ///
+    /// `tls`: the request came over the TLS listener, so that (without `forwarded`) a DPoP
+    /// proof's `htu` names `https`.
     #[allow(clippy::too_many_arguments)]
     pub async fn authorize<'g>(
         &'g self,
@@ -175,7 +178,7 @@ impl Gate {
         headers: &HeaderMap,
         client: IpAddr,
         preflights: bool,
-        forwarded: bool,
+        (forwarded, tls): (bool, bool),
         calls: Option<&crate::spans::CallLog>,
     ) -> Result<Option<Grant>, Denied<'g>> {
         let route = routed.route;
@@ -198,7 +201,7 @@ impl Gate {
             return Ok(None);
         }
         let grant = self
-            .authorize_token(routed, method, headers, forwarded, calls)
+            .authorize_token(routed, method, headers, (forwarded, tls), calls)
             .await
             .map_err(|challenge| Denied::Challenged { route, challenge })?;
         if let Some(l) = route
@@ -217,7 +220,7 @@ impl Gate {
         routed: &Routed<'_, '_>,
         method: &Method,
         headers: &HeaderMap,
-        forwarded: bool,
+        (forwarded, tls): (bool, bool),
         calls: Option<&crate::spans::CallLog>,
     ) -> Result<Grant, Challenge> {
         let route = routed.route;
@@ -230,11 +233,12 @@ impl Gate {
             uri: RequestUri {
                 path: routed.target.path(),
                 authority: routed.target.authority(),
-                // The listener speaks plain HTTP whatever a client's absolute-form target
-                // says; an asking proxy's original URL names the scheme it served.
-                scheme: match forwarded {
-                    true => routed.target.scheme().unwrap_or("http"),
-                    false => "http",
+                // The listener's own scheme whatever a client's absolute-form target says; an
+                // asking proxy's original URL names the scheme it served.
+                scheme: match (forwarded, tls) {
+                    (true, _) => routed.target.scheme().unwrap_or("http"),
+                    (false, true) => "https",
+                    (false, false) => "http",
                 },
                 forwarded,
                 normalise: target::normalise_proof_path,
@@ -256,19 +260,19 @@ impl Gate {
 
     /// The whole decision: canonical target, route, auth mode, token, policy and rate limit
     /// (`client`: the address requests are counted by, [`limit::client_address`];
-    /// `forwarded`: `trust_forwarded_headers`, see [`Gate::authorize`]).
+    /// `forwarded`: `trust_forwarded_headers`, and `tls`, see [`Gate::authorize`]).
     pub async fn check<'g, 't>(
         &'g self,
         method: &Method,
         raw_target: &'t [u8],
         headers: &HeaderMap,
         client: IpAddr,
-        forwarded: bool,
+        via: (bool, bool),
         calls: Option<&crate::spans::CallLog>,
     ) -> Result<Pass<'g, 't>, Denied<'g>> {
         let routed = self.route(method, raw_target).map_err(Denied::Refused)?;
         let grant = self
-            .authorize(&routed, method, headers, client, true, forwarded, calls)
+            .authorize(&routed, method, headers, client, true, via, calls)
             .await?;
         Ok(Pass {
             route: routed.route,

@@ -34,6 +34,8 @@ pub struct GatewayProcess {
     child: Option<Child>,
     pub proxy: SocketAddr,
     pub metrics: SocketAddr,
+    /// `server.plain_listen`'s address, beside TLS on `proxy`.
+    pub plain: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
     _config: TempFile,
 }
@@ -68,7 +70,7 @@ impl GatewayProcess {
             .unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut seen = String::new();
-        let (proxy, metrics) = loop {
+        let (proxy, metrics, plain) = loop {
             let mut line = String::new();
             assert!(
                 stderr.read_line(&mut line).unwrap() > 0,
@@ -86,7 +88,7 @@ impl GatewayProcess {
             };
             if line.contains("listening") {
                 if let (Some(p), Some(m)) = (field("proxy"), field("metrics")) {
-                    break (p, m);
+                    break (p, m, field("plain"));
                 }
             }
         };
@@ -102,6 +104,7 @@ impl GatewayProcess {
             child: Some(child),
             proxy,
             metrics,
+            plain,
             log,
             _config: file,
         }

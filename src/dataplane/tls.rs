@@ -1,0 +1,280 @@
+//! TLS termination on the proxy listener: rustls with aws-lc-rs, TLS 1.3 and 1.2 only (RFC 8446,
+//! RFC 5246; RFC 8996 retired 1.0 and 1.1), ALPN `http/1.1` (RFC 7301: a client offering only
+//! protocols the gateway does not speak is refused with `no_application_protocol`).
+//!
+//! Certificates: a default pair (`tls_cert`, `tls_key`) and more chosen by the client's SNI
+//! (RFC 6066 §3), each by the DNS names of its certificate's subjectAltName, exact or by a
+//! leftmost `*.` wildcard (RFC 6125 §6.4.3). The files are read again when they change (a
+//! renewal by cert-manager or certbot) and at every reload: a set that loads whole replaces the
+//! old one for new handshakes, and open connections keep theirs; a set with any bad file (a key
+//! that does not match its certificate, a half-written file) keeps the old set, and is logged
+//! by key and counted.
+//!
+//! Session resumption uses stateless tickets (RFC 8446 §4.6.1) whose keys rotate, shared by
+//! every worker.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus::IntCounterVec;
+use tokio_rustls::rustls::crypto::{aws_lc_rs, CryptoProvider};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
+use tokio_rustls::rustls::{self, ServerConfig};
+
+use crate::config::{Problem, TlsConfig, TlsPair};
+
+/// How often the certificate files are looked at for a change.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One certificate chain with its key, and the names it is chosen by.
+#[derive(Debug)]
+struct Pair {
+    key: Arc<CertifiedKey>,
+    /// subjectAltName DNS names, lower case; `*.example.com` for a wildcard.
+    names: Vec<String>,
+}
+
+impl Pair {
+    fn load(pair: &TlsPair, provider: &CryptoProvider) -> Result<Pair, Problem> {
+        let key_key = format!("{}key", pair.cert_key.trim_end_matches("cert"));
+        let problem = |key: &str, message: String| Problem {
+            key: key.to_owned(),
+            message,
+        };
+        let shown = |path: &std::path::Path| path.display().to_string();
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pair.cert)
+            .and_then(|certs| certs.collect::<Result<_, _>>())
+            .map_err(|e| {
+                let message = format!(
+                    "{}: {e}; mount the certificate chain (PEM) there",
+                    shown(&pair.cert)
+                );
+                problem(&pair.cert_key, message)
+            })?;
+        if chain.is_empty() {
+            let message = format!("{} holds no PEM certificate", shown(&pair.cert));
+            return Err(problem(&pair.cert_key, message));
+        }
+        let der = PrivateKeyDer::from_pem_file(&pair.key).map_err(|e| {
+            let message = format!(
+                "{}: {e}; mount the private key (PEM) there",
+                shown(&pair.key)
+            );
+            problem(&key_key, message)
+        })?;
+        let signing = provider.key_provider.load_private_key(der).map_err(|e| {
+            problem(
+                &key_key,
+                format!("{}: not a usable private key: {e}", shown(&pair.key)),
+            )
+        })?;
+        let key = CertifiedKey::new(chain, signing);
+        key.keys_match().map_err(|_| {
+            let message = format!(
+                "{} is not the key of the certificate in {}",
+                shown(&pair.key),
+                shown(&pair.cert)
+            );
+            problem(&key_key, message)
+        })?;
+        let leaf = webpki::EndEntityCert::try_from(&key.cert[0]).map_err(|e| {
+            problem(
+                &pair.cert_key,
+                format!(
+                    "{}: the certificate does not parse: {e:?}",
+                    shown(&pair.cert)
+                ),
+            )
+        })?;
+        let names = leaf
+            .valid_dns_names()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        Ok(Pair {
+            key: Arc::new(key),
+            names,
+        })
+    }
+
+    /// Whether the certificate names `host` (lower case): exactly, or by a wildcard for its
+    /// leftmost label only.
+    fn names(&self, host: &str) -> bool {
+        self.names.iter().any(|name| match name.strip_prefix("*.") {
+            Some(parent) => host
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+            None => name == host,
+        })
+    }
+}
+
+/// Every pair of a config, loaded whole or not at all.
+fn load_all(config: &TlsConfig, provider: &CryptoProvider) -> Result<Vec<Pair>, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut pairs = Vec::new();
+    for pair in std::iter::once(&config.default).chain(&config.more) {
+        match Pair::load(pair, provider) {
+            Ok(p) => pairs.push(p),
+            Err(p) => problems.push(p),
+        }
+    }
+    match problems.is_empty() {
+        true => Ok(pairs),
+        false => Err(problems),
+    }
+}
+
+/// Every problem of the config's certificate files (`portcullis check`, start-up).
+pub fn problems(config: &TlsConfig) -> Vec<Problem> {
+    load_all(config, &provider()).err().unwrap_or_default()
+}
+
+fn provider() -> CryptoProvider {
+    aws_lc_rs::default_provider()
+}
+
+/// The certificates in use; the resolver of every worker's TLS handshakes.
+#[derive(Debug)]
+pub struct Certificates {
+    pairs: ArcSwap<Vec<Pair>>,
+    provider: Arc<CryptoProvider>,
+    /// The files' digest when last loaded or refused, so a change is tried once, and the
+    /// config in use (a reload may change the paths).
+    seen: Mutex<([u8; 32], TlsConfig)>,
+    reloads: IntCounterVec,
+}
+
+impl Certificates {
+    /// Load the config's files; every problem, by key, when any is bad.
+    pub fn load(config: &TlsConfig, reloads: IntCounterVec) -> Result<Certificates, Vec<Problem>> {
+        let provider = Arc::new(provider());
+        let pairs = load_all(config, &provider)?;
+        Ok(Certificates {
+            pairs: ArcSwap::from_pointee(pairs),
+            provider,
+            seen: Mutex::new((digest(config), config.clone())),
+            reloads,
+        })
+    }
+
+    /// Read the files again (a reload, or a change seen by [`Certificates::watch`]): the new set
+    /// for new handshakes when every pair loads, else the old set stays and the problems are
+    /// returned.
+    pub fn reload(&self, config: &TlsConfig) -> Result<(), Vec<Problem>> {
+        *self.seen.lock().expect("not poisoned") = (digest(config), config.clone());
+        let result =
+            load_all(config, &self.provider).map(|pairs| self.pairs.store(Arc::new(pairs)));
+        let label = if result.is_ok() { "success" } else { "failure" };
+        self.reloads.with_label_values(&[label]).inc();
+        match &result {
+            Ok(()) => tracing::info!("TLS certificates reloaded"),
+            Err(problems) => {
+                for p in problems {
+                    tracing::error!(key = %p.key, problem = %p.message, "TLS certificates not reloaded; the old ones stay");
+                }
+            }
+        }
+        result
+    }
+
+    /// Look at the files every `interval` ([`WATCH_INTERVAL`]) and reload when their bytes
+    /// changed.
+    pub async fn watch(self: Arc<Self>, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let (seen, config) = self.seen.lock().expect("not poisoned").clone();
+            let looked = config.clone();
+            let Ok(now) = tokio::task::spawn_blocking(move || digest(&looked)).await else {
+                continue;
+            };
+            if now == seen {
+                continue;
+            }
+            let this = self.clone();
+            let _ = tokio::task::spawn_blocking(move || this.reload(&config)).await;
+        }
+    }
+
+    /// The server config of the listener: TLS 1.3 and 1.2, ALPN `http/1.1`, these
+    /// certificates, session tickets.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let versions: &[&rustls::SupportedProtocolVersion] =
+            &[&rustls::version::TLS13, &rustls::version::TLS12];
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(versions)?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.ticketer = aws_lc_rs::Ticketer::new()?;
+        Ok(Arc::new(config))
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let pairs = self.pairs.load();
+        let chosen = hello.server_name().and_then(|name| {
+            let host = name.to_ascii_lowercase();
+            pairs.iter().find(|p| p.names(&host))
+        });
+        chosen.or(pairs.first()).map(|p| p.key.clone())
+    }
+}
+
+/// A digest of every certificate and key file's bytes (an unreadable file counts as empty).
+fn digest(config: &TlsConfig) -> [u8; 32] {
+    let mut state = blake2b_simd::Params::new().hash_length(32).to_state();
+    for pair in std::iter::once(&config.default).chain(&config.more) {
+        for path in [&pair.cert, &pair.key] {
+            let bytes = std::fs::read(path).unwrap_or_default();
+            state.update(&(bytes.len() as u64).to_le_bytes());
+            state.update(&bytes);
+        }
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(state.finalize().as_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_names_one_label_only() {
+        let pair = |names: &[&str]| Pair {
+            key: Arc::new(CertifiedKey::new(vec![], Arc::new(NoKey))),
+            names: names.iter().map(|n| n.to_string()).collect(),
+        };
+        let p = pair(&["*.example.com", "api.example.org"]);
+        assert!(p.names("a.example.com"));
+        assert!(!p.names("example.com"));
+        assert!(!p.names("a.b.example.com"));
+        assert!(!p.names(".example.com"));
+        assert!(p.names("api.example.org"));
+        assert!(!p.names("www.api.example.org"));
+    }
+
+    #[derive(Debug)]
+    struct NoKey;
+
+    impl rustls::sign::SigningKey for NoKey {
+        fn choose_scheme(
+            &self,
+            _: &[rustls::SignatureScheme],
+        ) -> Option<Box<dyn rustls::sign::Signer>> {
+            None
+        }
+
+        fn algorithm(&self) -> rustls::SignatureAlgorithm {
+            rustls::SignatureAlgorithm::ECDSA
+        }
+    }
+}

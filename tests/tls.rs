@@ -1,0 +1,364 @@
+//! TLS on the proxy listener, with the real binary: certificates chosen by SNI, a plain
+//! listener beside, ALPN `http/1.1`, TLS 1.2 and 1.3, `X-Forwarded-Proto: https`, handshake
+//! counters; certificates reloaded when their files change, without dropping open connections,
+//! and a bad new pair that keeps the old one; `check` naming bad files by key.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::binary::{GatewayProcess, TempFile, BIN};
+use common::tls::{Ca, Leaf};
+use common::{became_ready, eventually, scrape, scrape_until, EchoUpstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
+
+/// A certificate and key written to files the test can rewrite in place.
+struct PairFiles {
+    cert: TempFile,
+    key: TempFile,
+}
+
+impl PairFiles {
+    fn new(leaf: &Leaf) -> PairFiles {
+        PairFiles {
+            cert: TempFile::with(&leaf.cert_pem),
+            key: TempFile::with(&leaf.key_pem),
+        }
+    }
+
+    /// Replace both files, each atomically (as Kubernetes and certbot do).
+    fn replace(&self, cert_pem: &str, key_pem: &str) {
+        for (file, text) in [(&self.key, key_pem), (&self.cert, cert_pem)] {
+            let next = file.0.with_extension("next");
+            std::fs::write(&next, text).unwrap();
+            std::fs::rename(&next, &file.0).unwrap();
+        }
+    }
+}
+
+fn config(default: &PairFiles, more: &[&PairFiles], extra: &str, up: SocketAddr) -> String {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 1\nplain_listen = \"127.0.0.1:0\"\n\
+         tls_cert = \"{}\"\ntls_key = \"{}\"\n{extra}\n",
+        default.cert.0.display(),
+        default.key.0.display()
+    );
+    for pair in more {
+        text += &format!(
+            "[[server.tls_certificates]]\ncert = \"{}\"\nkey = \"{}\"\n",
+            pair.cert.0.display(),
+            pair.key.0.display()
+        );
+    }
+    text + &format!(
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [[routes]]\nname = \"open\"\npath_prefix = \"/\"\nupstreams = [\"{up}\"]\nauth = \"none\"\n"
+    )
+}
+
+fn roots(cas: &[&Ca]) -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(ca.pem().as_bytes());
+        roots.add(der.unwrap()).unwrap();
+    }
+    roots
+}
+
+use rustls::pki_types::pem::PemObject;
+
+/// A TLS client trusting `cas`, offering `alpn`, with only `versions`.
+fn connector(
+    cas: &[&Ca],
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots(cas))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // Every handshake a full one: a resumed session shows no certificate.
+    config.resumption = rustls::client::Resumption::disabled();
+    TlsConnector::from(Arc::new(config))
+}
+
+const BOTH: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// One TLS session to `addr` naming `sni`, or the handshake's error.
+async fn handshake(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    sni: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(sni.to_owned()).unwrap();
+    connector.connect(name, tcp).await
+}
+
+/// `GET path` on an open stream; the response head and body as text.
+async fn get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    path: &str,
+) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: api.example.test\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&data).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if data.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed after {text:?}");
+        data.extend_from_slice(&buf[..n]);
+    }
+}
+
+async fn start(text: &str) -> GatewayProcess {
+    let gw = GatewayProcess::start(text, &[]);
+    assert!(
+        became_ready(&gw.metrics.to_string(), Duration::from_secs(10)).await,
+        "{}",
+        gw.log()
+    );
+    gw
+}
+
+#[tokio::test]
+async fn tls_with_certificates_chosen_by_sni_and_a_plain_listener_beside() {
+    let ca = Ca::new("Portcullis test CA");
+    let default = PairFiles::new(&ca.server(&["localhost", "127.0.0.1"]));
+    let api = PairFiles::new(&ca.server(&["api.example.test", "*.apps.example.test"]));
+    let up = EchoUpstream::start("app").await;
+    let gw = start(&config(&default, &[&api], "", up.addr)).await;
+    let tls = connector(&[&ca], &[b"http/1.1"], BOTH);
+
+    // The default certificate, for an IP or a name no other certificate has.
+    let mut s = handshake(&tls, gw.proxy, "localhost").await.unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let answer = get(&mut s, "/x").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = up.seen();
+    let proto = seen
+        .last()
+        .unwrap()
+        .headers
+        .get("x-forwarded-proto")
+        .unwrap();
+    assert_eq!(proto, "https");
+    // By SNI: the client checks the name, so each handshake proves which certificate came.
+    for name in [
+        "api.example.test",
+        "API.Example.Test",
+        "one.apps.example.test",
+    ] {
+        let mut s = handshake(&tls, gw.proxy, name)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(get(&mut s, "/x").await.starts_with("HTTP/1.1 200"));
+    }
+    // A name no certificate has gets the default one, which the client refuses.
+    for name in ["other.example.test", "a.b.apps.example.test"] {
+        let refused = handshake(&tls, gw.proxy, name).await;
+        assert!(
+            refused.is_err(),
+            "{name}: the default certificate does not name it"
+        );
+    }
+    // TLS 1.2 only, and 1.3 only.
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let only = connector(&[&ca], &[b"http/1.1"], &[version]);
+        let mut s = handshake(&only, gw.proxy, "localhost").await.unwrap();
+        assert!(get(&mut s, "/x").await.starts_with("HTTP/1.1 200"));
+    }
+    // Sessions resume with the gateway's tickets (one ticket key for every worker).
+    let resuming = {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(BOTH)
+            .unwrap()
+            .with_root_certificates(roots(&[&ca]))
+            .with_no_client_auth();
+        TlsConnector::from(Arc::new(config))
+    };
+    let mut first = handshake(&resuming, gw.proxy, "localhost").await.unwrap();
+    assert!(get(&mut first, "/x").await.starts_with("HTTP/1.1 200"));
+    let mut again = handshake(&resuming, gw.proxy, "localhost").await.unwrap();
+    assert!(get(&mut again, "/x").await.starts_with("HTTP/1.1 200"));
+    assert_eq!(
+        again.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    // A client that speaks only h2 is refused (RFC 7301 §3.2); one without ALPN is served.
+    let h2 = connector(&[&ca], &[b"h2"], BOTH);
+    assert!(handshake(&h2, gw.proxy, "localhost").await.is_err());
+    let none = connector(&[&ca], &[], BOTH);
+    let mut s = handshake(&none, gw.proxy, "localhost").await.unwrap();
+    assert!(get(&mut s, "/x").await.starts_with("HTTP/1.1 200"));
+    // Plain HTTP on the TLS port is a failed handshake; the plain listener serves it.
+    let mut raw = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    raw.write_all(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut buf)).await;
+    assert!(!String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"));
+    let plain = gw.plain.expect("a plain listener");
+    let mut p = tokio::net::TcpStream::connect(plain).await.unwrap();
+    assert!(get(&mut p, "/plain").await.starts_with("HTTP/1.1 200"));
+    let seen = up.seen();
+    assert_eq!(
+        seen.last()
+            .unwrap()
+            .headers
+            .get("x-forwarded-proto")
+            .unwrap(),
+        "http"
+    );
+
+    let m = scrape_until(gw.metrics, |m| {
+        m.get("portcullis_tls_handshakes_total", &[("result", "failed")]) >= 4.0
+    })
+    .await;
+    assert!(m.get("portcullis_tls_handshakes_total", &[("result", "ok")]) >= 6.0);
+    // Two refused names, the h2-only client and the plain request.
+    assert!(m.get("portcullis_tls_handshakes_total", &[("result", "failed")]) >= 4.0);
+}
+
+#[tokio::test]
+async fn certificates_reload_when_their_files_change_and_a_bad_pair_keeps_the_old_one() {
+    let (old_ca, new_ca) = (Ca::new("old CA"), Ca::new("new CA"));
+    let files = PairFiles::new(&old_ca.server(&["localhost"]));
+    let up = EchoUpstream::start("app").await;
+    let gw = start(&config(
+        &files,
+        &[],
+        "tls_reload_interval = \"1s\"",
+        up.addr,
+    ))
+    .await;
+    let (trusts_old, trusts_new) = (
+        connector(&[&old_ca], &[b"http/1.1"], BOTH),
+        connector(&[&new_ca], &[b"http/1.1"], BOTH),
+    );
+    let mut open = handshake(&trusts_old, gw.proxy, "localhost").await.unwrap();
+    assert!(get(&mut open, "/before").await.starts_with("HTTP/1.1 200"));
+    assert!(handshake(&trusts_new, gw.proxy, "localhost").await.is_err());
+
+    // A renewal: new handshakes get the new certificate; the open connection goes on.
+    let renewed = new_ca.server(&["localhost"]);
+    files.replace(&renewed.cert_pem, &renewed.key_pem);
+    let swapped = eventually(Duration::from_secs(15), || async {
+        handshake(&trusts_new, gw.proxy, "localhost").await.is_ok()
+    })
+    .await;
+    assert!(swapped, "{}", gw.log());
+    assert!(handshake(&trusts_old, gw.proxy, "localhost").await.is_err());
+    assert!(get(&mut open, "/after").await.starts_with("HTTP/1.1 200"));
+    let m = scrape(gw.metrics).await;
+    assert_eq!(
+        m.get(
+            "portcullis_tls_certificate_reloads_total",
+            &[("result", "success")]
+        ),
+        1.0
+    );
+
+    // A key that is not the certificate's: refused, counted, logged; the renewed one stays.
+    let (other, stranger) = (new_ca.server(&["localhost"]), new_ca.server(&["localhost"]));
+    files.replace(&other.cert_pem, &stranger.key_pem);
+    let m = scrape_until(gw.metrics, |m| {
+        m.get(
+            "portcullis_tls_certificate_reloads_total",
+            &[("result", "failure")],
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        m.get(
+            "portcullis_tls_certificate_reloads_total",
+            &[("result", "failure")]
+        ),
+        1.0
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("TLS certificates not reloaded") && log.contains("server.tls_key"),
+        "{log}"
+    );
+    let mut s = handshake(&trusts_new, gw.proxy, "localhost").await.unwrap();
+    assert!(get(&mut s, "/still").await.starts_with("HTTP/1.1 200"));
+    // The served certificate is still the renewed one: its chain is the one written first.
+    let served = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_eq!(served, renewed.cert);
+}
+
+#[test]
+fn check_names_bad_certificate_files_by_key() {
+    let ca = Ca::new("CA");
+    let (a, b) = (ca.server(&["localhost"]), ca.server(&["localhost"]));
+    let cert = TempFile::with(&a.cert_pem);
+    let wrong_key = TempFile::with(&b.key_pem);
+    let cases = [
+        (
+            format!(
+                "tls_cert = \"/nonexistent/tls.crt\"\ntls_key = \"{}\"\n",
+                wrong_key.0.display()
+            ),
+            "server.tls_cert: /nonexistent/tls.crt",
+        ),
+        (
+            format!(
+                "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                cert.0.display(),
+                wrong_key.0.display()
+            ),
+            "is not the key of the certificate",
+        ),
+        (
+            format!(
+                "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                cert.0.display(),
+                cert.0.display()
+            ),
+            "server.tls_key: ",
+        ),
+    ];
+    for (tls, expected) in cases {
+        let text = format!(
+            "[server]\n{tls}[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\nauth = \"none\"\n"
+        );
+        let file = TempFile::with(&text);
+        let out = std::process::Command::new(BIN)
+            .args(["check", "--offline", "--config"])
+            .arg(&file.0)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+}
