@@ -362,3 +362,49 @@ fn check_names_bad_certificate_files_by_key() {
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }
 }
+
+/// Over TLS, a DPoP proof names `https://` (RFC 9449 §4.3: the request's URI as served).
+#[tokio::test]
+async fn a_dpop_proof_over_tls_names_https() {
+    use common::idp::{now, MockIdp};
+    use portcullis::config::Algorithm;
+    use portcullis::devkeys::DevKey;
+    let ca = Ca::new("CA");
+    let files = PairFiles::new(&ca.server(&["localhost"]));
+    let up = EchoUpstream::start("app").await;
+    let signing = DevKey::generate(Algorithm::ES256, "idp");
+    let idp = MockIdp::start(&[&signing]).await;
+    let auth = format!(
+        "[[issuers]]\nissuer = \"{iss}\"\njwks_uri = \"{iss}/jwks\"\naudiences = [\"api\"]\nalgorithms = [\"ES256\"]\n\
+         [[routes]]\nname = \"bound\"\npath_prefix = \"/bound\"\nupstreams = [\"{up}\"]\ndpop = \"required\"\n",
+        iss = idp.issuer(),
+        up = up.addr
+    );
+    let text = config(&files, &[], "", up.addr).replace("[metrics]", &format!("{auth}[metrics]"));
+    let gw = start(&text).await;
+    let key = DevKey::generate(Algorithm::ES256, "client");
+    let claims = serde_json::json!({ "iss": idp.issuer(), "sub": "u", "aud": "api", "iat": now(),
+        "exp": now() + 600, "cnf": { "jkt": key.thumbprint() } });
+    let token = signing.sign(&claims);
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .resolve("localhost", gw.proxy)
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/bound/x", gw.proxy.port());
+    let send = |htu: String| {
+        let proof = key.dpop_proof("GET", &htu, &token, &serde_json::json!({}));
+        https
+            .get(&url)
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .send()
+    };
+    assert_eq!(send(url.clone()).await.unwrap().status(), 200);
+    let plain = url.replace("https://", "http://");
+    assert_eq!(
+        send(plain).await.unwrap().status(),
+        401,
+        "a proof for http:// is for another URI"
+    );
+}
