@@ -417,6 +417,7 @@ fn authorize_cache_hit(c: &mut Criterion) {
             method: "GET",
             uri: RequestUri::exact("/orders", Some("api.example.com")),
             calls: None,
+            client_cert: None,
         };
         rt.block_on(auth.authorize(&info))
             .expect("the first call fills the cache");
@@ -494,6 +495,7 @@ fn dpop_per_request(c: &mut Criterion) {
             method: "GET",
             uri: RequestUri::exact("/orders", None),
             calls: None,
+            client_cert: None,
         }
     }
     let first = headers_with(fresh());

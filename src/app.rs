@@ -67,8 +67,6 @@ pub enum StartupError {
     /// Certificate or key files of `[server]` TLS that cannot be used.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Tls(Vec<crate::config::Problem>),
-    #[error("server.tls_cert: the TLS settings are refused: {0}")]
-    TlsConfig(#[source] tokio_rustls::rustls::Error),
 }
 
 /// TLS on the proxy listener: the certificates (reloaded in place) and the acceptor every
@@ -132,9 +130,7 @@ impl App {
                 let certificates = dataplane::tls::Certificates::load(t, reloads)
                     .map(Arc::new)
                     .map_err(StartupError::Tls)?;
-                let server = certificates
-                    .server_config()
-                    .map_err(StartupError::TlsConfig)?;
+                let server = certificates.server_config(t).map_err(StartupError::Tls)?;
                 Some(Tls {
                     certificates,
                     acceptor: tokio_rustls::TlsAcceptor::from(server),

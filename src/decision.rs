@@ -219,7 +219,10 @@ impl Handler for DecisionApp {
                 req.headers(),
                 client,
                 false,
-                (true, false),
+                crate::gate::Via {
+                    forwarded: true,
+                    ..Default::default()
+                },
                 None,
             )
             .await

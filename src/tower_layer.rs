@@ -220,6 +220,7 @@ where
                             normalise: crate::gate::target::normalise_proof_path,
                         },
                         calls: None,
+                        client_cert: None,
                     })
                     .await;
                 match decision {

@@ -158,14 +158,15 @@ async fn active_answers_that_do_not_fit_are_refused() {
                     "iss": az.issuer(), "exp": now() + 86_400, "iat": now() }),
             "The access token is not meant for this resource.",
         ),
-        // Bound to a client certificate or a DPoP key: not a bearer token (RFC 9449 §7.1).
+        // Bound to a client certificate this connection did not present (RFC 8705 §3), or to
+        // a DPoP key on a route without DPoP: not a bearer token (RFC 9449 §7.1).
         (
             "certificate-bound",
             with(
                 "cnf",
                 json!({"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}),
             ),
-            "The access token is bound to a key or certificate",
+            "The access token is bound to a client certificate that this connection did not present.",
         ),
         (
             "dpop-bound",

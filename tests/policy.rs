@@ -790,8 +790,10 @@ async fn claim_sets_with_repeated_members_are_refused_where_claims_are_read() {
 }
 
 /// A JWT bound to a key or certificate (`cnf`, RFC 7800) is valid only with a proof of
-/// possession this gateway does not check yet: refused as a bearer token (RFC 9449 §7.1,
-/// RFC 8705 §3), counted as `sender_constrained` (red team: it passed).
+/// possession: refused as a bearer token (RFC 9449 §7.1, RFC 8705 §3), counted as
+/// `sender_constrained` (red team: it passed), or, bound to a client certificate that this
+/// plain-HTTP connection did not present, as `certificate_mismatch` (tests/tls.rs has it pass
+/// with its certificate).
 #[tokio::test(flavor = "multi_thread")]
 async fn sender_constrained_jwts_are_not_bearer_tokens() {
     let w = World::start(
@@ -799,18 +801,29 @@ async fn sender_constrained_jwts_are_not_bearer_tokens() {
         "[[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstreams = [\"{up}\"]\n",
     )
     .await;
-    for cnf in [
-        json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
-        json!({"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}),
-        json!({"jwk": {"kty": "EC"}}),
+    for (cnf, said) in [
+        (
+            json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
+            "bound to a key or certificate",
+        ),
+        (
+            json!({"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}),
+            "bound to a client certificate that this connection did not present",
+        ),
+        (
+            json!({"jwk": {"kty": "EC"}}),
+            "bound to a key or certificate",
+        ),
+        // Two bindings at once cannot both be checked.
+        (
+            json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I", "x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}),
+            "bound to a key or certificate",
+        ),
     ] {
         let resp = w.get("/api/x", &w.token(json!({ "cnf": cnf }))).await;
         assert_eq!(resp.status(), 401, "{cnf}");
-        assert!(
-            challenge(&resp).contains("bound to a key or certificate"),
-            "{}",
-            challenge(&resp)
-        );
+        assert!(challenge(&resp).contains("error=\"invalid_token\""));
+        assert!(challenge(&resp).contains(said), "{}", challenge(&resp));
     }
     assert_eq!(
         w.get("/api/x", &w.token(json!({ "cnf": null })))
@@ -831,5 +844,12 @@ async fn sender_constrained_jwts_are_not_bearer_tokens() {
             &[("outcome", "sender_constrained")]
         ),
         3.0
+    );
+    assert_eq!(
+        m.get(
+            "portcullis_auth_decisions_total",
+            &[("outcome", "certificate_mismatch")]
+        ),
+        1.0
     );
 }

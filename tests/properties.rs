@@ -227,6 +227,7 @@ fn a_token_is_accepted_exactly_when_the_oracle_says_so() {
             method: "GET",
             uri: RequestUri::exact("/", None),
             calls: None,
+            client_cert: None,
         };
         let outcome = rt.block_on(auth.authorize(&info));
         prop_assert_eq!(

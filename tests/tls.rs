@@ -408,3 +408,194 @@ async fn a_dpop_proof_over_tls_names_https() {
         "a proof for http:// is for another URI"
     );
 }
+
+/// A TLS client trusting `ca`, presenting `leaf` as its client certificate (none: `None`).
+fn client_with(ca: &Ca, leaf: Option<&Leaf>) -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(BOTH)
+        .unwrap()
+        .with_root_certificates(roots(&[ca]));
+    let mut config = match leaf {
+        None => builder.with_no_client_auth(),
+        Some(l) => builder
+            .with_client_auth_cert(
+                vec![l.cert.clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(l.key.clone_key()),
+            )
+            .unwrap(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    TlsConnector::from(Arc::new(config))
+}
+
+/// Whether the gateway refuses this client's handshake. In TLS 1.3 the client's side of the
+/// handshake ends before the server has checked its certificate: the refusal comes at the
+/// first read.
+async fn refused(connector: &TlsConnector, addr: SocketAddr) -> bool {
+    let answered = async {
+        let mut s = handshake(connector, addr, "localhost").await?;
+        s.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf).await? {
+            0 => Err(std::io::Error::other("closed")),
+            _ => Ok(()),
+        }
+    };
+    answered.await.is_err()
+}
+
+/// `GET path` with a bearer token on an open stream: the status.
+async fn status_with<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    path: &str,
+    token: &str,
+) -> (u16, String) {
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&data).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if data.len() >= end + 4 + length {
+                return (text[9..12].parse().unwrap(), text);
+            }
+        }
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed after {text:?}");
+        data.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Certificate-bound access tokens (RFC 8705 §3): a token with `cnf.x5t#S256` passes only on a
+/// connection that presented that certificate; a route with `require_certificate_bound` takes
+/// only such tokens; `client_auth = "required"` refuses a handshake without a valid one.
+#[tokio::test]
+async fn certificate_bound_tokens_pass_only_with_their_certificate() {
+    use common::idp::{now, MockIdp};
+    use portcullis::config::Algorithm;
+    use portcullis::devkeys::DevKey;
+    let (server_ca, client_ca, other_ca) = (
+        Ca::new("server CA"),
+        Ca::new("client CA"),
+        Ca::new("other CA"),
+    );
+    let files = PairFiles::new(&server_ca.server(&["localhost"]));
+    let client_ca_file = TempFile::with(&client_ca.pem());
+    let (alice, bob, mallory) = (
+        client_ca.client("alice"),
+        client_ca.client("bob"),
+        other_ca.client("mallory"),
+    );
+    let up = EchoUpstream::start("app").await;
+    let signing = DevKey::generate(Algorithm::ES256, "idp");
+    let idp = MockIdp::start(&[&signing]).await;
+    let auth = |mode: &str| {
+        format!(
+            "[[issuers]]\nissuer = \"{iss}\"\njwks_uri = \"{iss}/jwks\"\naudiences = [\"api\"]\nalgorithms = [\"ES256\"]\n\
+             [[routes]]\nname = \"bound\"\npath_prefix = \"/bound\"\nupstreams = [\"{up}\"]\nrequire_certificate_bound = true\n\
+             [[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstreams = [\"{up}\"]\n",
+            iss = idp.issuer(),
+            up = up.addr
+        ) + mode
+    };
+    let server_keys =
+        |mode: &str| format!("client_ca = \"{}\"\n{mode}", client_ca_file.0.display());
+    let text = config(&files, &[], &server_keys(""), up.addr)
+        .replace("[metrics]", &format!("{}[metrics]", auth("")));
+    let gw = start(&text).await;
+    let token = |cnf: Option<&Leaf>| {
+        let mut claims = serde_json::json!({ "iss": idp.issuer(), "sub": "u", "aud": "api",
+            "iat": now(), "exp": now() + 600 });
+        if let Some(leaf) = cnf {
+            let thumbprint = portcullis::dataplane::tls::thumbprint(&leaf.cert);
+            claims["cnf"] = serde_json::json!({ "x5t#S256": &*thumbprint });
+        }
+        signing.sign(&claims)
+    };
+    let (bound, bearer) = (token(Some(&alice)), token(None));
+
+    let mut as_alice = handshake(
+        &client_with(&server_ca, Some(&alice)),
+        gw.proxy,
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status_with(&mut as_alice, "/bound/x", &bound).await.0, 200);
+    assert_eq!(status_with(&mut as_alice, "/api/x", &bound).await.0, 200);
+    // The same token again (a cache hit) is held to the same certificate.
+    assert_eq!(status_with(&mut as_alice, "/api/y", &bound).await.0, 200);
+    let mut as_bob = handshake(&client_with(&server_ca, Some(&bob)), gw.proxy, "localhost")
+        .await
+        .unwrap();
+    let (status, answer) = status_with(&mut as_bob, "/api/x", &bound).await;
+    assert_eq!(status, 401);
+    assert!(answer.contains("error=\"invalid_token\""), "{answer}");
+    let mut anonymous = handshake(&client_with(&server_ca, None), gw.proxy, "localhost")
+        .await
+        .unwrap();
+    assert_eq!(status_with(&mut anonymous, "/api/x", &bound).await.0, 401);
+    let mut plain = tokio::net::TcpStream::connect(gw.plain.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        status_with(&mut plain, "/api/x", &bound).await.0,
+        401,
+        "no certificate on plain HTTP"
+    );
+    // A bearer token passes where binding is not required, and not where it is.
+    assert_eq!(status_with(&mut anonymous, "/api/x", &bearer).await.0, 200);
+    assert_eq!(status_with(&mut as_alice, "/bound/x", &bearer).await.0, 401);
+    // A certificate from a CA the gateway does not trust is refused at the handshake.
+    assert!(refused(&client_with(&server_ca, Some(&mallory)), gw.proxy).await);
+    let m = scrape(gw.metrics).await;
+    for (route, outcome, n) in [
+        // Bob's certificate, none, and plain HTTP.
+        ("api", "certificate_mismatch", 3.0),
+        ("bound", "certificate_unbound_token", 1.0),
+        ("bound", "allowed", 1.0),
+    ] {
+        assert_eq!(
+            m.get(
+                "portcullis_auth_decisions_total",
+                &[("route", route), ("outcome", outcome)]
+            ),
+            n,
+            "{route} {outcome}"
+        );
+    }
+    let hits = up.hits();
+    assert_eq!(hits, 4, "only the passed requests reach the upstream");
+
+    // `client_auth = "required"`: no certificate, no handshake.
+    let required = config(
+        &files,
+        &[],
+        &server_keys("client_auth = \"required\"\n"),
+        up.addr,
+    )
+    .replace("[metrics]", &format!("{}[metrics]", auth("")));
+    let gw = start(&required).await;
+    assert!(refused(&client_with(&server_ca, None), gw.proxy).await);
+    let mut as_alice = handshake(
+        &client_with(&server_ca, Some(&alice)),
+        gw.proxy,
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status_with(&mut as_alice, "/bound/x", &bound).await.0, 200);
+}

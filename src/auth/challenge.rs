@@ -257,6 +257,12 @@ fn token_description(fault: TokenFault) -> &'static str {
         TokenFault::SenderConstrained => {
             "The access token is bound to a key or certificate, and this resource accepts only bearer tokens."
         }
+        TokenFault::CertificateMismatch => {
+            "The access token is bound to a client certificate that this connection did not present."
+        }
+        TokenFault::NotCertificateBound => {
+            "This resource accepts only access tokens bound to the client certificate (RFC 8705)."
+        }
         TokenFault::DpopBoundAsBearer => {
             "The access token is DPoP-bound: send it with the DPoP scheme and a DPoP proof."
         }

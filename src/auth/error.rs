@@ -98,6 +98,11 @@ pub enum TokenFault {
     /// does not check on this route (or at all, for certificates), so it is not accepted as a
     /// bearer token (RFC 9449 §7.1).
     SenderConstrained,
+    /// A certificate-bound token (`cnf.x5t#S256`, RFC 8705 §3) on a connection that presented
+    /// no client certificate, or another one.
+    CertificateMismatch,
+    /// A token bound to no client certificate on a route with `require_certificate_bound`.
+    NotCertificateBound,
     /// A DPoP-bound token (`cnf.jkt`) sent with the `Bearer` scheme on a route that takes
     /// DPoP: it needs the `DPoP` scheme and a proof (RFC 9449 §7.1).
     DpopBoundAsBearer,
@@ -129,6 +134,8 @@ impl TokenFault {
             TokenFault::TypeNotAccepted => "token_type_not_accepted",
             TokenFault::UnsafeClaim => "unsafe_claim",
             TokenFault::SenderConstrained => "sender_constrained",
+            TokenFault::CertificateMismatch => "certificate_mismatch",
+            TokenFault::NotCertificateBound => "certificate_unbound_token",
             TokenFault::DpopBoundAsBearer => "dpop_bound_token_as_bearer",
             TokenFault::NotDpopBound => "dpop_token_not_bound",
             TokenFault::UnboundFromDpopIssuer => "dpop_unbound_token",
@@ -139,7 +146,7 @@ impl TokenFault {
 impl AuthError {
     /// Every value of [`AuthError::kind`], and `allowed`: the `outcome` label's whole set, so
     /// that its series exist (at 0) before the first such decision.
-    pub const OUTCOMES: [&'static str; 43] = [
+    pub const OUTCOMES: [&'static str; 45] = [
         "allowed",
         "missing_token",
         "invalid_request",
@@ -159,6 +166,8 @@ impl AuthError {
         "token_type_not_accepted",
         "unsafe_claim",
         "sender_constrained",
+        "certificate_mismatch",
+        "certificate_unbound_token",
         "insufficient_scope",
         "claims_not_satisfied",
         "insufficient_user_authentication",
@@ -229,6 +238,8 @@ mod tests {
             TypeNotAccepted,
             UnsafeClaim,
             SenderConstrained,
+            CertificateMismatch,
+            NotCertificateBound,
             DpopBoundAsBearer,
             NotDpopBound,
             UnboundFromDpopIssuer,

@@ -56,7 +56,7 @@ pub struct Claims {
     pub acr: Option<serde_json::Value>,
     pub auth_time: Option<serde_json::Value>,
     /// `cnf` (RFC 7800): any value but `null` binds the token to a key or certificate
-    /// ([`super::dpop::bound_key`]).
+    /// ([`super::dpop::confirmation`]).
     pub cnf: Option<serde_json::Value>,
 }
 
@@ -235,8 +235,8 @@ pub fn check_claims(
 ) -> Result<(), TokenFault> {
     let now = unix_seconds(now);
     let leeway = i64::try_from(rules.leeway.as_secs()).unwrap_or(i64::MAX);
-    // A DPoP binding is checked against the request's proof; any other binding refuses.
-    super::dpop::bound_key(claims.cnf.as_ref())?;
+    // A DPoP or certificate binding is checked against the request; any other refuses.
+    super::dpop::confirmation(claims.cnf.as_ref())?;
     if rules.require_typ {
         let typ = header.typ.as_deref().unwrap_or("");
         if !typ.eq_ignore_ascii_case("at+jwt") && !typ.eq_ignore_ascii_case("application/at+jwt") {

@@ -73,6 +73,9 @@ pub struct RequestInfo<'a> {
     /// Where the identity-provider calls the request waits on are recorded, when its trace is
     /// sampled for export (`[tracing]`); `None` records nothing.
     pub calls: Option<&'a crate::spans::CallLog>,
+    /// The SHA-256 thumbprint (base64url, RFC 8705 §3.1) of the client certificate the request's
+    /// TLS connection presented, verified by the listener; `None` without one.
+    pub client_cert: Option<&'a str>,
 }
 
 /// Who a request acts for: the permit an authorized request carries to the upstream.
@@ -121,6 +124,9 @@ pub struct Verified {
     /// `cnf.jkt`: the token is DPoP-bound to the key with this RFC 7638 thumbprint, and valid
     /// only with a proof by that key (RFC 9449 §6).
     pub jkt: Option<String>,
+    /// `cnf.x5t#S256`: the token is bound to the client certificate with this SHA-256
+    /// thumbprint (base64url), and valid only on a connection that presented it (RFC 8705 §3).
+    pub x5t: Option<String>,
     /// The token's issuer (`require_dpop`) accepts its tokens only DPoP-bound.
     pub dpop_required: bool,
 }
@@ -285,6 +291,25 @@ fn binding(
         (None, Some(_)) => Err(AuthError::InvalidToken(TokenFault::NotDpopBound)),
         (Some(jkt), Some(proof)) if jkt == proof.jkt => Ok(()),
         (Some(_), Some(_)) => Err(AuthError::InvalidProof(DpopFault::KeyMismatch)),
+    }
+}
+
+/// A valid token against the connection's client certificate (RFC 8705 §3): a
+/// certificate-bound token passes only on a connection that presented that certificate, and a
+/// route with `require_certificate_bound` takes only such tokens. Cached tokens are held to it
+/// on every request, as the binding is kept with the claims.
+fn certificate(
+    policy: &RoutePolicy,
+    principal: &Principal,
+    presented: Option<&str>,
+) -> Result<(), AuthError> {
+    match (principal.verified.x5t.as_deref(), presented) {
+        (Some(bound), Some(cert)) if bound == cert => Ok(()),
+        (Some(_), _) => Err(AuthError::InvalidToken(TokenFault::CertificateMismatch)),
+        (None, _) if policy.require_certificate_bound => {
+            Err(AuthError::InvalidToken(TokenFault::NotCertificateBound))
+        }
+        (None, _) => Ok(()),
     }
 }
 
@@ -634,6 +659,7 @@ impl Authenticator {
         let required = principal.verified.dpop_required
             || !self.dpop_issuers.is_empty() && self.dpop_issuers.contains(&principal.issuer);
         binding(policy.dpop, &principal, required, proof.as_ref())?;
+        certificate(policy, &principal, request.client_cert)?;
         permit(policy, &principal, seconds)?;
         let v = &principal.verified;
         let claim_headers = match policy.claim_headers.is_empty() {
@@ -782,6 +808,7 @@ impl Authenticator {
             true => Some(jwt::claim_set(parsed.signing_input).ok_or(TokenFault::Malformed)?),
             false => None,
         };
+        let confirmation = dpop::confirmation(c.cnf.as_ref())?;
         Ok(Verified {
             issuer_configured: true,
             audiences: match &c.aud {
@@ -793,7 +820,8 @@ impl Authenticator {
             auth_time: c.auth_time.as_ref().and_then(jwt::seconds),
             encoded: whole.as_ref().map(|(_, payload)| Arc::from(*payload)),
             claims: whole.map(|(set, _)| Arc::new(set)),
-            jkt: dpop::bound_key(c.cnf.as_ref())?,
+            jkt: confirmation.jkt,
+            x5t: confirmation.x5t,
             dpop_required,
         })
     }

@@ -33,6 +33,9 @@ pub struct RoutePolicy {
     pub claim_headers: Arc<ClaimHeaders>,
     /// `dpop`: whether the route takes DPoP-bound tokens (RFC 9449).
     pub dpop: super::dpop::DpopMode,
+    /// `require_certificate_bound`, default `false`: only tokens bound to the connection's
+    /// client certificate (`cnf.x5t#S256`, RFC 8705 §3) pass.
+    pub require_certificate_bound: bool,
 }
 
 impl Default for RoutePolicy {
@@ -45,6 +48,7 @@ impl RoutePolicy {
     /// A policy accepting both kinds of token, with the `X-Auth-*` headers and nothing else.
     pub fn new(all: Vec<String>, any: Vec<String>) -> RoutePolicy {
         RoutePolicy {
+            require_certificate_bound: false,
             all,
             any,
             token_types: TokenTypes::default(),

@@ -185,6 +185,13 @@ pub struct TlsConfig {
     /// `[[server.tls_certificates]]`: more pairs; the first whose certificate names the SNI
     /// host (exactly, or by a `*.` wildcard) is presented.
     pub more: Vec<TlsPair>,
+    /// `client_ca`, default none: client certificates are asked for and verified against these
+    /// CA certificates (PEM); a verified one's SHA-256 thumbprint reaches the auth core, for
+    /// certificate-bound tokens (RFC 8705 §3). Read at start; a change needs a restart.
+    pub client_ca: Option<std::path::PathBuf>,
+    /// `client_auth`, default `"optional"`: `"required"` refuses a handshake without a valid
+    /// client certificate.
+    pub client_required: bool,
 }
 
 /// A certificate chain file and its private key file, with the keys they came from.
@@ -384,6 +391,11 @@ impl Config {
             ),
             // On or off: the listener's protocol. The certificates themselves reload.
             ("server.tls_cert", s.tls.is_some() != n.tls.is_some()),
+            (
+                "server.client_ca",
+                s.tls.as_ref().map(|t| (&t.client_ca, t.client_required))
+                    != n.tls.as_ref().map(|t| (&t.client_ca, t.client_required)),
+            ),
             ("server.threads", s.threads != n.threads),
             ("server.max_uri_bytes", s.max_uri_bytes != n.max_uri_bytes),
             (

@@ -166,6 +166,10 @@ pub struct RawServer {
     pub plain_listen: Option<String>,
     /// Default `10s`.
     pub tls_reload_interval: Option<String>,
+    /// Client certificates: the CAs (PEM) they are verified against.
+    pub client_ca: Option<String>,
+    /// `"optional"` (default with `client_ca`) or `"required"`.
+    pub client_auth: Option<String>,
 }
 
 /// One `[[server.tls_certificates]]` entry.
@@ -286,6 +290,7 @@ pub struct RawRoute {
     pub resource: Option<String>,
     pub rate_limit: Option<RawRateLimit>,
     pub dpop: Option<String>,
+    pub require_certificate_bound: Option<bool>,
 }
 
 /// `[routes.rate_limit]`.

@@ -279,6 +279,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     });
     let context = RouteContext {
+        client_certificates: server.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         identity: &identity,
         issuers_known: &issuers_known,
         resource: global_resource.as_deref(),
@@ -541,9 +542,35 @@ fn tls(p: &mut Problems, s: &super::raw::RawServer) -> Option<super::TlsConfig> 
             "goes with tls_cert and tls_key, the certificate presented when no SNI name matches",
         );
     }
+    let client_ca = s.client_ca.as_deref().map(std::path::PathBuf::from);
+    let client_required = match s.client_auth.as_deref() {
+        None | Some("optional") => false,
+        Some("required") => true,
+        Some(other) => {
+            p.push(
+                "server.client_auth",
+                format!("{other:?} is not a mode; use \"optional\" or \"required\""),
+            );
+            false
+        }
+    };
+    if s.client_auth.is_some() && client_ca.is_none() {
+        p.push(
+            "server.client_auth",
+            "goes with client_ca, the CA certificates (PEM) client certificates are verified against",
+        );
+    }
+    if client_ca.is_some() && default.is_none() {
+        p.push(
+            "server.client_ca",
+            "goes with tls_cert and tls_key: client certificates come only over TLS",
+        );
+    }
     Some(super::TlsConfig {
         default: default?,
         more,
+        client_ca,
+        client_required,
     })
 }
 
@@ -811,6 +838,8 @@ fn is_route_name(s: &str) -> bool {
 /// A scope token (RFC 6749 §3.3): printable ASCII except space, `"` and `\`.
 /// What every route's validation needs from the rest of the file.
 struct RouteContext<'a> {
+    /// `[server] client_ca` is set: connections may present verified client certificates.
+    client_certificates: bool,
     identity: &'a super::policy::Identity,
     issuers_known: &'a [String],
     /// `[resource_metadata] resource`, when valid.
@@ -929,6 +958,10 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute, cx: &RouteContext) -> Opti
         ("cors_preflight", raw.cors_preflight.is_some()),
         ("resource", raw.resource.is_some()),
         ("dpop", raw.dpop.is_some()),
+        (
+            "require_certificate_bound",
+            raw.require_certificate_bound.is_some(),
+        ),
     ];
     for (name, _) in token_policy.iter().filter(|(_, set)| *set) {
         if auth == AuthMode::None {
@@ -969,6 +1002,13 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute, cx: &RouteContext) -> Opti
     let mut policy =
         super::policy::route_policy(p, key, raw, token_types, cx.identity, cx.issuers_known);
     policy.dpop = super::dpop::mode(p, key, raw.dpop.as_deref());
+    policy.require_certificate_bound = raw.require_certificate_bound.unwrap_or(false);
+    if policy.require_certificate_bound && !cx.client_certificates {
+        p.push(
+            format!("{key}.require_certificate_bound"),
+            "needs client certificates: set [server] client_ca (and tls_cert, tls_key)",
+        );
+    }
     let rate_limit = raw
         .rate_limit
         .as_ref()

@@ -145,7 +145,7 @@ pub async fn run_proxy(
         };
         match &tls {
             None => {
-                tokio::task::spawn_local(served.connection(stream, false, entered, stop));
+                tokio::task::spawn_local(served.connection(stream, None, entered, stop));
             }
             Some(acceptor) => {
                 let handshake = acceptor.accept(stream);
@@ -157,7 +157,16 @@ pub async fn run_proxy(
                         Err(_) => return late.inc(),
                     };
                     ok.inc();
-                    served.connection(stream, true, entered, stop).await;
+                    // The client certificate rustls verified (with `client_ca`), if any.
+                    let certificate = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first());
+                    let thumbprint = certificate.map(|c| tls::thumbprint(c));
+                    served
+                        .connection(stream, Some(thumbprint), entered, stop)
+                        .await;
                 });
             }
         }
@@ -177,19 +186,21 @@ struct Served {
 }
 
 impl Served {
-    /// Serve the connection (plain, or the TLS session over it) until it ends or the drain
-    /// closes it.
+    /// Serve the connection (plain, or the TLS session over it, `tls` holding its client
+    /// certificate's thumbprint) until it ends or the drain closes it.
     async fn connection<S>(
         self,
         stream: S,
-        tls: bool,
+        tls: Option<Option<Box<str>>>,
         entered: Entered,
         stop: watch::Receiver<Stop>,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let stream = ClientStream::new(stream, self.timeouts, &self.expired);
-        let conn = Rc::new(Conn::new(stream.shared(), self.peer.ip(), tls));
+        let mut conn = Conn::new(stream.shared(), self.peer.ip(), tls.is_some());
+        conn.client_cert = tls.flatten();
+        let conn = Rc::new(conn);
         let thread = self.thread;
         let service = hyper::service::service_fn(move |req| {
             proxy::serve(thread.current(), conn.clone(), req)

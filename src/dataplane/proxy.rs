@@ -171,6 +171,8 @@ pub struct Conn {
     pub ip: IpAddr,
     /// The connection came over TLS (`X-Forwarded-Proto: https`, a DPoP proof's `htu`).
     pub tls: bool,
+    /// The client certificate it presented, verified: its SHA-256 thumbprint, base64url.
+    pub client_cert: Option<Box<str>>,
 }
 
 impl Conn {
@@ -180,6 +182,7 @@ impl Conn {
             client: headers::ClientAddr::new(client),
             ip: client,
             tls,
+            client_cert: None,
         }
     }
 }
@@ -483,7 +486,11 @@ async fn forward(
             target_bytes,
             &parts.headers,
             client,
-            (settings.trust_forwarded_headers, conn.tls),
+            crate::gate::Via {
+                forwarded: settings.trust_forwarded_headers,
+                tls: conn.tls,
+                client_cert: conn.client_cert.as_deref(),
+            },
             record.calls.clone().as_deref(),
         )
         .await

@@ -130,7 +130,43 @@ fn load_all(config: &TlsConfig, provider: &CryptoProvider) -> Result<Vec<Pair>, 
 
 /// Every problem of the config's certificate files (`portcullis check`, start-up).
 pub fn problems(config: &TlsConfig) -> Vec<Problem> {
-    load_all(config, &provider()).err().unwrap_or_default()
+    let mut problems = load_all(config, &provider()).err().unwrap_or_default();
+    if let Some(Err(p)) = config.client_ca.as_deref().map(client_roots) {
+        problems.push(p);
+    }
+    problems
+}
+
+/// The CA certificates client certificates are verified against (`client_ca`).
+fn client_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, Problem> {
+    let problem = |message: String| Problem {
+        key: "server.client_ca".into(),
+        message,
+    };
+    let shown = path.display();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| {
+            problem(format!(
+                "{shown}: {e}; mount the client CA certificates (PEM) there"
+            ))
+        })?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    match added {
+        0 => Err(problem(format!("{shown} holds no usable CA certificate"))),
+        _ => Ok(roots),
+    }
+}
+
+/// A client certificate's SHA-256 thumbprint, base64url without padding: what a
+/// certificate-bound token's `cnf.x5t#S256` names (RFC 8705 §3.1).
+pub fn thumbprint(certificate: &[u8]) -> Box<str> {
+    use base64::Engine as _;
+    let digest = ::aws_lc_rs::digest::digest(&::aws_lc_rs::digest::SHA256, certificate);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(digest.as_ref())
+        .into_boxed_str()
 }
 
 fn provider() -> CryptoProvider {
@@ -203,16 +239,47 @@ impl Certificates {
     }
 
     /// The server config of the listener: TLS 1.3 and 1.2, ALPN `http/1.1`, these
-    /// certificates, session tickets.
-    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, rustls::Error> {
+    /// certificates, session tickets, and client certificates verified against `client_ca`
+    /// when it is set (asked for, and required with `client_auth = "required"`).
+    pub fn server_config(
+        self: &Arc<Self>,
+        tls: &TlsConfig,
+    ) -> Result<Arc<ServerConfig>, Vec<Problem>> {
+        let refused = |e: rustls::Error| {
+            vec![Problem {
+                key: "server.tls_cert".into(),
+                message: format!("the TLS settings are refused: {e}"),
+            }]
+        };
         let versions: &[&rustls::SupportedProtocolVersion] =
             &[&rustls::version::TLS13, &rustls::version::TLS12];
-        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(versions)?
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
+        let builder = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(versions)
+            .map_err(refused)?;
+        let builder = match tls.client_ca.as_deref() {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let roots = client_roots(path).map_err(|p| vec![p])?;
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    self.provider.clone(),
+                );
+                let verifier = match tls.client_required {
+                    true => verifier,
+                    false => verifier.allow_unauthenticated(),
+                };
+                let verifier = verifier.build().map_err(|e| {
+                    vec![Problem {
+                        key: "server.client_ca".into(),
+                        message: format!("cannot verify client certificates with it: {e}"),
+                    }]
+                })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        config.ticketer = aws_lc_rs::Ticketer::new()?;
+        config.ticketer = aws_lc_rs::Ticketer::new().map_err(refused)?;
         Ok(Arc::new(config))
     }
 }

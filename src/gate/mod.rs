@@ -168,8 +168,9 @@ impl Gate {
     /// `calls`: where the identity-provider calls the request waits on are recorded for its
     /// trace span (a sampled request with `[tracing]`).
     ///
-    /// `tls`: the request came over the TLS listener, so that (without `forwarded`) a DPoP
-    /// proof's `htu` names `https`.
+    /// `via.tls`: the request came over the TLS listener, so that (without `forwarded`) a DPoP
+    /// proof's `htu` names `https`; `via.client_cert`: the certificate a certificate-bound
+    /// token must have been presented with (RFC 8705 §3).
     #[allow(clippy::too_many_arguments)]
     pub async fn authorize<'g>(
         &'g self,
@@ -178,7 +179,7 @@ impl Gate {
         headers: &HeaderMap,
         client: IpAddr,
         preflights: bool,
-        (forwarded, tls): (bool, bool),
+        via: Via<'_>,
         calls: Option<&crate::spans::CallLog>,
     ) -> Result<Option<Grant>, Denied<'g>> {
         let route = routed.route;
@@ -201,7 +202,7 @@ impl Gate {
             return Ok(None);
         }
         let grant = self
-            .authorize_token(routed, method, headers, (forwarded, tls), calls)
+            .authorize_token(routed, method, headers, via, calls)
             .await
             .map_err(|challenge| Denied::Challenged { route, challenge })?;
         if let Some(l) = route
@@ -220,9 +221,10 @@ impl Gate {
         routed: &Routed<'_, '_>,
         method: &Method,
         headers: &HeaderMap,
-        (forwarded, tls): (bool, bool),
+        via: Via<'_>,
         calls: Option<&crate::spans::CallLog>,
     ) -> Result<Grant, Challenge> {
+        let forwarded = via.forwarded;
         let route = routed.route;
         let info = RequestInfo {
             headers,
@@ -235,7 +237,7 @@ impl Gate {
                 authority: routed.target.authority(),
                 // The listener's own scheme whatever a client's absolute-form target says; an
                 // asking proxy's original URL names the scheme it served.
-                scheme: match (forwarded, tls) {
+                scheme: match (forwarded, via.tls) {
                     (true, _) => routed.target.scheme().unwrap_or("http"),
                     (false, true) => "https",
                     (false, false) => "http",
@@ -244,6 +246,7 @@ impl Gate {
                 normalise: target::normalise_proof_path,
             },
             calls,
+            client_cert: via.client_cert,
         };
         match self.auth.authorize(&info).await {
             Ok(grant) => Ok(grant),
@@ -260,14 +263,14 @@ impl Gate {
 
     /// The whole decision: canonical target, route, auth mode, token, policy and rate limit
     /// (`client`: the address requests are counted by, [`limit::client_address`];
-    /// `forwarded`: `trust_forwarded_headers`, and `tls`, see [`Gate::authorize`]).
+    /// `via`: how the request arrived, see [`Gate::authorize`]).
     pub async fn check<'g, 't>(
         &'g self,
         method: &Method,
         raw_target: &'t [u8],
         headers: &HeaderMap,
         client: IpAddr,
-        via: (bool, bool),
+        via: Via<'_>,
         calls: Option<&crate::spans::CallLog>,
     ) -> Result<Pass<'g, 't>, Denied<'g>> {
         let routed = self.route(method, raw_target).map_err(Denied::Refused)?;
@@ -280,6 +283,18 @@ impl Gate {
             grant,
         })
     }
+}
+
+/// How a request arrived: what its listener knows beyond its bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Via<'a> {
+    /// The request's scheme and host come from `X-Forwarded-Proto` / `-Host`: a trusted proxy
+    /// in front (`trust_forwarded_headers`), or the proxy asking the decision endpoint.
+    pub forwarded: bool,
+    /// Over the TLS listener.
+    pub tls: bool,
+    /// The verified client certificate's SHA-256 thumbprint, base64url (RFC 8705 §3.1).
+    pub client_cert: Option<&'a str>,
 }
 
 /// A CORS preflight as browsers send it (Fetch Standard §4.8): `OPTIONS` with one non-empty

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
@@ -43,10 +44,21 @@ impl Ca {
         self.issuer.pem()
     }
 
+    /// A client certificate (ECDSA P-256, extended key usage `clientAuth`) for `name`.
+    pub fn client(&self, name: &str) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
     /// A server certificate (ECDSA P-256) for `names` (DNS names or IP addresses).
     pub fn server(&self, names: &[&str]) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let params = CertificateParams::new(names).unwrap();
+        self.sign(CertificateParams::new(names).unwrap())
+    }
+
+    fn sign(&self, params: CertificateParams) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf {

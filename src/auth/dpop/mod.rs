@@ -263,19 +263,40 @@ impl<'a> RequestUri<'a> {
     }
 }
 
-/// The key a token is bound to by its `cnf` claim (RFC 7800 §3.1): `Some(jkt)` for a DPoP-bound
-/// token (RFC 9449 §6.1: a `cnf` object with a non-empty string `jkt` and nothing else), `None`
-/// for a token without `cnf` (or `null`). Any other confirmation method (`x5t#S256` of RFC 8705,
-/// `jwk`, `jku`, `kid`) cannot be checked here and refuses the token.
-pub fn bound_key(cnf: Option<&serde_json::Value>) -> Result<Option<String>, TokenFault> {
+/// What a token's `cnf` claim (RFC 7800 §3.1) binds it to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Confirmation {
+    /// `jkt`: a DPoP key's RFC 7638 thumbprint (RFC 9449 §6.1).
+    pub jkt: Option<String>,
+    /// `x5t#S256`: a client certificate's SHA-256 thumbprint, base64url (RFC 8705 §3.1).
+    pub x5t: Option<String>,
+}
+
+/// The binding of a token by its `cnf` claim: a `cnf` object with exactly one member, a
+/// non-empty string `jkt` (DPoP) or `x5t#S256` (mutual-TLS), or no `cnf` (or `null`). Any other
+/// confirmation method (`jwk`, `jku`, `kid`), or both at once, cannot be checked here and
+/// refuses the token.
+pub fn confirmation(cnf: Option<&serde_json::Value>) -> Result<Confirmation, TokenFault> {
     let Some(cnf) = cnf.filter(|c| !c.is_null()) else {
-        return Ok(None);
+        return Ok(Confirmation::default());
     };
-    match cnf.as_object() {
-        Some(members) if members.len() == 1 => match members.get("jkt") {
-            Some(serde_json::Value::String(jkt)) if !jkt.is_empty() => Ok(Some(jkt.clone())),
-            _ => Err(TokenFault::SenderConstrained),
-        },
+    let members = cnf.as_object().filter(|m| m.len() == 1);
+    let (name, value) = members
+        .and_then(|m| m.iter().next())
+        .ok_or(TokenFault::SenderConstrained)?;
+    let value = match value {
+        serde_json::Value::String(v) if !v.is_empty() => Some(v.clone()),
+        _ => return Err(TokenFault::SenderConstrained),
+    };
+    match name.as_str() {
+        "jkt" => Ok(Confirmation {
+            jkt: value,
+            x5t: None,
+        }),
+        "x5t#S256" => Ok(Confirmation {
+            jkt: None,
+            x5t: value,
+        }),
         _ => Err(TokenFault::SenderConstrained),
     }
 }
@@ -619,5 +640,36 @@ mod reload_tests {
         // Once the old window and leeway are over, the old store is let go at the next reload.
         let later = Dpop::renewed_at(settings(10, 2000), full(), Some(&new), NOW + 20);
         assert!(later.before.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod confirmation_tests {
+    use super::{confirmation, Confirmation};
+    use crate::auth::TokenFault;
+    use serde_json::json;
+
+    #[test]
+    fn one_binding_is_read_and_anything_else_refuses_the_token() {
+        let read = |v: serde_json::Value| confirmation(Some(&v));
+        assert_eq!(confirmation(None), Ok(Confirmation::default()));
+        assert_eq!(read(json!(null)), Ok(Confirmation::default()));
+        assert_eq!(read(json!({"jkt": "k"})).unwrap().jkt.as_deref(), Some("k"));
+        let x5t = read(json!({"x5t#S256": "t"})).unwrap();
+        assert_eq!((x5t.jkt, x5t.x5t.as_deref()), (None, Some("t")));
+        for refused in [
+            json!({"jkt": "k", "x5t#S256": "t"}),
+            json!({"jwk": {"kty": "EC"}}),
+            json!({"x5t#S256": ""}),
+            json!({"x5t#S256": 7}),
+            json!({}),
+            json!("k"),
+        ] {
+            assert_eq!(
+                read(refused.clone()),
+                Err(TokenFault::SenderConstrained),
+                "{refused}"
+            );
+        }
     }
 }

@@ -31,6 +31,8 @@ pub struct Claims {
     pub auth_time: Option<i64>,
     /// `cnf.jkt` (RFC 9449 §6.2): the key the token is bound to.
     pub jkt: Option<String>,
+    /// `cnf.x5t#S256` (RFC 8705 §3.2): the client certificate the token is bound to.
+    pub x5t: Option<String>,
     /// A `cnf` member this gateway cannot check (RFC 8705 §3.2 certificates, other methods).
     pub unsupported_binding: bool,
 }
@@ -99,6 +101,7 @@ pub fn parse(body: &[u8]) -> Result<Answer, BadAnswer> {
         Some(OneOrMany::One(a)) => vec![a],
         Some(OneOrMany::Many(list)) => list,
     };
+    let confirmation = crate::auth::dpop::confirmation(full.cnf.as_ref());
     Ok(Answer::Active(Box::new(Claims {
         scopes: full
             .scope
@@ -117,10 +120,9 @@ pub fn parse(body: &[u8]) -> Result<Answer, BadAnswer> {
         iss: full.iss,
         acr: full.acr.and_then(|v| v.as_str().map(str::to_owned)),
         auth_time: full.auth_time.as_ref().and_then(super::super::jwt::seconds),
-        jkt: crate::auth::dpop::bound_key(full.cnf.as_ref())
-            .ok()
-            .flatten(),
-        unsupported_binding: crate::auth::dpop::bound_key(full.cnf.as_ref()).is_err(),
+        jkt: confirmation.clone().unwrap_or_default().jkt,
+        x5t: confirmation.clone().unwrap_or_default().x5t,
+        unsupported_binding: confirmation.is_err(),
     })))
 }
 

@@ -263,6 +263,7 @@ impl Introspector {
             encoded: whole.as_ref().map(crate::auth::claims::encode),
             claims: whole.map(Arc::new),
             jkt: claims.jkt.clone(),
+            x5t: claims.x5t.clone(),
             dpop_required: self.config.require_dpop,
         };
         Principal::new(
