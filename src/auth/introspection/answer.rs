@@ -244,6 +244,24 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_binding_is_read_and_an_unknown_one_marked() {
+        let claims = |body: &[u8]| match parse(body).unwrap() {
+            Answer::Active(c) => c,
+            Answer::Inactive => panic!("active"),
+        };
+        let bound = claims(
+            br#"{"active":true,"cnf":{"x5t#S256":"bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}}"#,
+        );
+        assert_eq!(
+            bound.x5t.as_deref(),
+            Some("bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2")
+        );
+        assert!(bound.jkt.is_none() && !bound.unsupported_binding);
+        let odd = claims(br#"{"active":true,"cnf":{"x5t#S256":"t","jkt":"k"}}"#);
+        assert!(odd.unsupported_binding && odd.x5t.is_none() && odd.jkt.is_none());
+    }
+
+    #[test]
     fn checks() {
         let base = Claims {
             exp: Some(1000),
