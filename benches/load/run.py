@@ -123,6 +123,9 @@ def main():
                     "worker_processes 2 and Portcullis with threads = 2, on both cores, with wrk "
                     "(two threads) on the same two cores; the proxy shares its cores with the "
                     "load, so the figures are labelled as such")
+    ap.add_argument("--tls", action="store_true", help="instead: TLS termination beside nginx "
+                    "terminating TLS with the same ECDSA P-256 certificate (HTTP/1.1 keep-alive, "
+                    "and new connections per second with Connection: close)")
     ap.add_argument("--perf", action="store_true", help="record the proxy under test with perf "
                     "during each scenario's first measured run: target/perf-<scenario>.data, and "
                     "the top functions printed")
@@ -142,7 +145,12 @@ def main():
     work = tempfile.mkdtemp(prefix="portcullis-load-")
     procs = []
     try:
-        report = run_two_workers(args, work, procs) if args.two_workers else run(args, work, procs)
+        if args.two_workers:
+            report = run_two_workers(args, work, procs)
+        elif args.tls:
+            report = run_tls(args, work, procs)
+        else:
+            report = run(args, work, procs)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -297,6 +305,90 @@ def run_two_workers(args, work, procs):
     return "\n".join(lines) + "\n"
 
 
+def run_tls(args, work, procs):
+    """Portcullis terminating TLS beside nginx terminating TLS, the same certificate (ECDSA
+    P-256) and the same upstream; each proxy on core 0, wrk and the upstream on core 1."""
+    key, cert = os.path.join(work, "tls.key"), os.path.join(work, "tls.crt")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    idp = spawn(procs, [LOAD_CORE], [binary("examples/load_idp"), work, "10"], work, "idp",
+                stdout=subprocess.PIPE)
+    line = idp.stdout.readline().decode()
+    if not line.startswith("ready "):
+        sys.exit(f"load_idp did not start: {line!r}")
+    issuer = line.split()[1]
+    upstream_port = free_port()
+    spawn(procs, [LOAD_CORE], nginx_cmd(work, "upstream", upstream_config(upstream_port)),
+          work, "upstream")
+    nginx_port = free_port()
+    tls_proxy = proxy_config(nginx_port, upstream_port).replace(
+        f"listen 127.0.0.1:{nginx_port};",
+        f"listen 127.0.0.1:{nginx_port} ssl; ssl_certificate {cert}; ssl_certificate_key {key}; "
+        "ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on;")
+    nginx = spawn(procs, [PROXY_CORE], nginx_cmd(work, "proxy", tls_proxy), work, "nginx")
+    port, admin = free_port(), free_port()
+    text = gateway_config(port, admin, issuer, upstream_port, True).replace(
+        "threads = 1", f'threads = 1\ntls_cert = "{cert}"\ntls_key = "{key}"')
+    gateway = spawn(procs, [PROXY_CORE], [binary("portcullis"), "run", "--config",
+                                          write(work, "tls.toml", text)], work, "tls")
+    wait_ready(f"http://127.0.0.1:{admin}/readyz", 30)
+    time.sleep(0.5)
+    static = write(work, "static.lua", WRK_DONE)
+    dynamic = write(work, "dynamic.lua", WRK_DYNAMIC + WRK_DONE)
+    close = ["Connection: close"]
+    chosen = [
+        ("nginx TLS proxy, no auth", nginx, nginx_port, "/", None, []),
+        ("portcullis TLS, auth = none", gateway, port, "/none", None, []),
+        ("portcullis TLS, JWT, one reused token", gateway, port, "/jwt", "reused.txt", []),
+        ("nginx TLS, new connection per request", nginx, nginx_port, "/", None, close),
+        ("portcullis TLS, new connection per request, auth = none", gateway, port, "/none", None,
+         close),
+    ]
+    results = {c[0]: [] for c in chosen}
+    for r in range(args.rounds):
+        for name, proc, target_port, path, tokens, headers in (chosen if r % 2 == 0 else chosen[::-1]):
+            url = f"https://127.0.0.1:{target_port}{path}"
+            script = [dynamic, os.path.join(work, tokens)] if tokens else [static]
+            log(f"round {r + 1}/{args.rounds}: {name}")
+            wrk(args, url, script, args.warmup, headers=headers)
+            before = cpu_seconds(proc.pid)
+            m = wrk(args, url, script, args.duration, headers=headers)
+            used = [b - a for a, b in zip(before, cpu_seconds(proc.pid))]
+            m["user_us"], m["kernel_us"] = (s * 1e6 / max(m["requests"], 1) for s in used)
+            if m["errors"]:
+                sys.exit(f"{name}: {m['errors']} errors or non-2xx answers; see {work}")
+            results[name].append(m)
+    def med(name, key="rps"):
+        return statistics.median(m[key] for m in results[name])
+
+    def ratio(a, b):
+        return statistics.median(x["rps"] / y["rps"] for x, y in zip(results[a], results[b]))
+
+    lines = [
+        "# Portcullis load benchmark: TLS termination beside nginx",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M')}; {args.rounds} rounds of {args.duration} s after "
+        f"{args.warmup} s of warm-up; {args.connections} connections; HTTP/1.1. One ECDSA P-256 "
+        "certificate for both; nginx with ssl_protocols TLSv1.2 TLSv1.3 and session tickets. "
+        "The proxy under test on core 0; wrk (one thread) and the upstream nginx on core 1. "
+        "\"New connection per request\": wrk sends Connection: close, so each request is a new "
+        "TCP connection and a full TLS handshake (wrk does not resume sessions).",
+        "",
+        "| scenario | req/s | × nginx TLS (same kind) | p50 ms | p99 ms | CPU µs/request, user + kernel |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in results:
+        base = ("nginx TLS, new connection per request" if "new connection" in name
+                else "nginx TLS proxy, no auth")
+        lines.append(f"| {name} | {med(name):,.0f} | {ratio(name, base):.2f} "
+                     f"| {med(name, 'p50') / 1000:.2f} | {med(name, 'p99') / 1000:.2f} "
+                     f"| {cpu_split(results[name])} |")
+    return "\n".join(lines) + "\n"
+
+
 def render_subset(args, results):
     """The --only report: medians, and each scenario against the first one named."""
     names = list(results)
@@ -437,11 +529,14 @@ def mint_proofs(issuer, work, seconds):
     return out
 
 
-def wrk(args, url, script, seconds, cores=LOAD_CORE, threads=1):
+def wrk(args, url, script, seconds, cores=LOAD_CORE, threads=1, headers=()):
     if callable(script):
         script = script(seconds)
     cmd = ["taskset", "-c", cores, "wrk", f"-t{threads}", f"-c{args.connections}", f"-d{seconds}s",
-           "--timeout", "5s", "-s", script[0], url]
+           "--timeout", "5s", "-s", script[0]]
+    for h in headers:
+        cmd += ["-H", h]
+    cmd.append(url)
     if len(script) > 1:
         cmd += ["--"] + script[1:]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
