@@ -502,6 +502,13 @@ const CLIENT_CHOSEN: &[(&str, &str)] = &[
     ("X-Envoy-Original-Path", "/api/admin"),
     ("X-Middleware-Subrequest", "middleware"),
     ("X-Auth-Subject", "admin"),
+    // Scheme carriers that frameworks and platforms read (red team: they passed).
+    ("X-Url-Scheme", "https"),
+    ("X-Scheme", "https"),
+    ("CloudFront-Forwarded-Proto", "https"),
+    ("X-Arr-Ssl", "1"),
+    ("Cf-Visitor", "{\"scheme\":\"https\"}"),
+    ("X-Appengine-Https", "on"),
     ("Authorization", "Bearer not-checked-on-an-open-route"),
 ];
 
@@ -531,6 +538,12 @@ async fn headers_that_choose_identity_path_or_method_never_reach_the_upstream() 
         "CF-Connecting-IP",
         "X-Forwarded-Port",
         "X-Forwarded-Prefix",
+        "X-Url-Scheme",
+        "X-Scheme",
+        "CloudFront-Forwarded-Proto",
+        "X-Arr-Ssl",
+        "Cf-Visitor",
+        "X-Appengine-Https",
     ];
     for (name, _) in CLIENT_CHOSEN {
         let kept = trusted_kept.contains(name);

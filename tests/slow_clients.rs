@@ -146,32 +146,6 @@ async fn a_partial_head_gets_408_and_a_silent_connection_is_closed() {
 }
 
 /// Read one response with a `Content-Length` body from a kept-alive connection.
-async fn read_response(stream: &mut TcpStream) -> String {
-    let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&data).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .expect("a Content-Length");
-            if data.len() >= end + 4 + length {
-                return text;
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-            .await
-            .expect("a response within 10 s")
-            .unwrap();
-        assert!(n > 0, "closed early after {text:?}");
-        data.extend_from_slice(&buf[..n]);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_deadline_of_a_later_request_starts_at_its_first_byte() {

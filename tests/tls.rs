@@ -111,30 +111,7 @@ async fn get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 ) -> String {
     let request = format!("GET {path} HTTP/1.1\r\nHost: api.example.test\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&data).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if data.len() >= end + 4 + length {
-                return text;
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-            .await
-            .expect("an answer")
-            .unwrap();
-        assert!(n > 0, "closed after {text:?}");
-        data.extend_from_slice(&buf[..n]);
-    }
+    common::read_response(stream).await
 }
 
 async fn start(text: &str) -> GatewayProcess {
@@ -447,7 +424,7 @@ async fn refused(connector: &TlsConnector, addr: SocketAddr) -> bool {
     answered.await.is_err()
 }
 
-/// `GET path` with a bearer token on an open stream: the status.
+/// `GET path` with a bearer token on an open stream: the status, and the answer.
 async fn status_with<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     stream: &mut S,
     path: &str,
@@ -456,27 +433,8 @@ async fn status_with<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&data).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if data.len() >= end + 4 + length {
-                return (text[9..12].parse().unwrap(), text);
-            }
-        }
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed after {text:?}");
-        data.extend_from_slice(&buf[..n]);
-    }
+    let text = common::read_response(stream).await;
+    (text[9..12].parse().unwrap(), text)
 }
 
 /// Certificate-bound access tokens (RFC 8705 §3): a token with `cnf.x5t#S256` passes only on a

@@ -55,7 +55,7 @@ const METHOD: [&str; 4] = [
 ];
 
 /// [`Class::ClientAddress`]; names starting with `x-forwarded-` are matched by prefix.
-const CLIENT_ADDRESS: [&str; 18] = [
+const CLIENT_ADDRESS: [&str; 24] = [
     "x-envoy-external-address",
     "x-envoy-internal",
     "fly-client-ip",
@@ -74,6 +74,14 @@ const CLIENT_ADDRESS: [&str; 18] = [
     "x-original-host",
     "x-host",
     "front-end-https",
+    // The request's scheme as WSGI servers (`X-Url-Scheme`), Tornado (`X-Scheme`), IIS ARR,
+    // CloudFront, Cloudflare and App Engine tell it.
+    "x-url-scheme",
+    "x-scheme",
+    "x-arr-ssl",
+    "cloudfront-forwarded-proto",
+    "cf-visitor",
+    "x-appengine-https",
 ];
 
 /// The identity headers of the gateways and auth proxies our users come from, removed from

@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -74,20 +72,7 @@ impl Collector {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
         let server = state.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let state = server.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| receive(state.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        super::serve_http(listener, move |req| receive(server.clone(), req));
         Collector { addr, state }
     }
 
