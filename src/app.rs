@@ -126,8 +126,11 @@ impl App {
         let tls = match &config.server.tls {
             None => None,
             Some(t) => {
-                let reloads = metrics.tls_reloads.clone();
-                let certificates = dataplane::tls::Certificates::load(t, reloads)
+                let (reloads, expiry) = (
+                    metrics.tls_reloads.clone(),
+                    metrics.tls_certificate_expiry.clone(),
+                );
+                let certificates = dataplane::tls::Certificates::load(t, reloads, expiry)
                     .map(Arc::new)
                     .map_err(StartupError::Tls)?;
                 let server = certificates.server_config(t).map_err(StartupError::Tls)?;
@@ -672,7 +675,9 @@ impl Reloader {
         let digest = tokio::task::spawn_blocking(move || {
             let mut state = blake2b_simd::Params::new().hash_length(32).to_state();
             for file in files {
-                let bytes = std::fs::read(&file).unwrap_or_default();
+                let limit = crate::auth::settings::MAX_FILE_BYTES;
+                let bytes =
+                    crate::auth::settings::read_regular_file(&file, limit).unwrap_or_default();
                 state.update(&(bytes.len() as u64).to_le_bytes());
                 state.update(&bytes);
             }

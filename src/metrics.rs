@@ -75,6 +75,9 @@ pub struct Metrics {
     /// `portcullis_tls_handshakes_total{result}`: `ok`, `failed` (a protocol error, no shared
     /// version, cipher or ALPN protocol) or `timeout` (not done within `client_header_timeout`).
     pub tls_handshakes: IntCounterVec,
+    /// `portcullis_tls_certificate_expiry_timestamp_seconds{certificate}`: the `notAfter` of
+    /// each certificate in use, by its config key (`server.tls_cert`, ...).
+    pub tls_certificate_expiry: prometheus::GaugeVec,
 }
 
 /// What [`Metrics::initialise`] needs to know of the configuration.
@@ -376,6 +379,14 @@ impl Metrics {
         for result in ["ok", "failed", "timeout"] {
             tls_handshakes.with_label_values(&[result]);
         }
+        let tls_certificate_expiry = prometheus::GaugeVec::new(
+            Opts::new(
+                "portcullis_tls_certificate_expiry_timestamp_seconds",
+                "When each TLS certificate in use expires (its notAfter), seconds since the epoch, by its config key.",
+            ),
+            &["certificate"],
+        )?;
+        registry.register(Box::new(tls_certificate_expiry.clone()))?;
         registry.register(Box::new(tls_reloads.clone()))?;
         registry.register(Box::new(tls_handshakes.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
@@ -452,6 +463,7 @@ impl Metrics {
             trace_exports,
             tls_reloads,
             tls_handshakes,
+            tls_certificate_expiry,
         })
     }
 

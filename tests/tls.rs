@@ -291,6 +291,48 @@ async fn certificates_reload_when_their_files_change_and_a_bad_pair_keeps_the_ol
     // The served certificate is still the renewed one: its chain is the one written first.
     let served = s.get_ref().1.peer_certificates().unwrap()[0].clone();
     assert_eq!(served, renewed.cert);
+    // Its expiry is published (rcgen's default notAfter: 4096-01-01).
+    let m = scrape(gw.metrics).await;
+    let expiry = ("certificate", "server.tls_cert");
+    assert_eq!(
+        m.get(
+            "portcullis_tls_certificate_expiry_timestamp_seconds",
+            &[expiry]
+        ),
+        67_090_118_400.0
+    );
+
+    // A FIFO at the certificate's path: refused without blocking (red team: reload and
+    // shutdown hung on the read), and the gateway still drains and exits on SIGTERM.
+    std::fs::remove_file(&files.cert.0).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&files.cert.0)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let m = scrape_until(gw.metrics, |m| {
+        m.get(
+            "portcullis_tls_certificate_reloads_total",
+            &[("result", "failure")],
+        ) >= 2.0
+    })
+    .await;
+    assert_eq!(
+        m.get(
+            "portcullis_tls_certificate_reloads_total",
+            &[("result", "failure")]
+        ),
+        2.0,
+        "{}",
+        gw.log()
+    );
+    assert!(gw.log().contains("not a regular file"), "{}", gw.log());
+    let mut s = handshake(&trusts_new, gw.proxy, "localhost").await.unwrap();
+    assert!(get(&mut s, "/fifo").await.starts_with("HTTP/1.1 200"));
+    drop((s, open));
+    gw.sigterm();
+    let exited = tokio::time::timeout(Duration::from_secs(15), gw.wait()).await;
+    assert_eq!(exited.expect("exits on SIGTERM"), Some(0));
 }
 
 #[test]
@@ -299,7 +341,28 @@ fn check_names_bad_certificate_files_by_key() {
     let (a, b) = (ca.server(&["localhost"]), ca.server(&["localhost"]));
     let cert = TempFile::with(&a.cert_pem);
     let wrong_key = TempFile::with(&b.key_pem);
+    let expired = ca.expired_server(&["localhost"]);
+    let (expired_cert, expired_key) = (
+        TempFile::with(&expired.cert_pem),
+        TempFile::with(&expired.key_pem),
+    );
     let cases = [
+        (
+            format!(
+                "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                expired_cert.0.display(),
+                expired_key.0.display()
+            ),
+            "the certificate expired on 2021-01-01T00:00:00Z",
+        ),
+        // Not regular files: a read would block (a FIFO) or never end (red team).
+        (
+            format!(
+                "tls_cert = \"{}\"\ntls_key = \"/dev/zero\"\n",
+                cert.0.display()
+            ),
+            "server.tls_key: /dev/zero: not a regular file",
+        ),
         (
             format!(
                 "tls_cert = \"/nonexistent/tls.crt\"\ntls_key = \"{}\"\n",

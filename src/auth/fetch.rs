@@ -71,10 +71,12 @@ pub enum TrustError {
 /// The PEM certificates of a `ca_file`, to trust besides the system store.
 pub fn read_trust(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, TrustError> {
     let shown = path.display().to_string();
-    let pem = std::fs::read(path).map_err(|source| TrustError::Read {
-        path: shown.clone(),
-        source,
-    })?;
+    let limit = super::settings::MAX_FILE_BYTES;
+    let pem =
+        super::settings::read_regular_file(path, limit).map_err(|source| TrustError::Read {
+            path: shown.clone(),
+            source,
+        })?;
     if !pem
         .windows(b"-----BEGIN CERTIFICATE-----".len())
         .any(|w| w == b"-----BEGIN CERTIFICATE-----")

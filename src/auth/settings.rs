@@ -119,6 +119,31 @@ pub enum SecretSource {
     File(std::path::PathBuf),
 }
 
+/// The most bytes read from a secret, CA, certificate or key file the config names.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// The bytes of a regular file of at most `limit` bytes. Anything else (a FIFO, a device such
+/// as `/dev/zero`, a directory) is refused before it is opened, so that reading a file the
+/// config names never blocks the reload or the shutdown behind it, nor fills memory (red
+/// team). Symbolic links are followed (Kubernetes mounts files through `..data` links).
+pub fn read_regular_file(path: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::new(
+            ErrorKind::FileTooLarge,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// A secret that cannot be read, said without its value.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SecretError {
@@ -150,7 +175,7 @@ impl SecretSource {
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| SecretError::Unset(name.clone()))?,
             SecretSource::File(path) => {
-                let bytes = std::fs::read(path)
+                let bytes = read_regular_file(path, MAX_FILE_BYTES)
                     .map_err(|e| SecretError::Unreadable(path.clone(), e.kind()))?;
                 String::from_utf8(bytes.trim_ascii().to_vec())
                     .ok()

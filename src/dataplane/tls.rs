@@ -25,7 +25,9 @@ use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ServerConfig};
 
+use crate::auth::settings::{read_regular_file, MAX_FILE_BYTES};
 use crate::config::{Problem, TlsConfig, TlsPair};
+use tokio_rustls::rustls::pki_types::pem;
 
 /// How often the certificate files are looked at for a change.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(10);
@@ -36,42 +38,96 @@ struct Pair {
     key: Arc<CertifiedKey>,
     /// subjectAltName DNS names, lower case; `*.example.com` for a wildcard.
     names: Vec<String>,
+    /// The leaf's `notAfter`, seconds since the epoch.
+    not_after: i64,
+    /// The config key of its certificate (`server.tls_cert`, ...): the expiry gauge's label.
+    cert_key: String,
 }
 
 impl Pair {
-    fn load(pair: &TlsPair, provider: &CryptoProvider) -> Result<Pair, Problem> {
+    /// Load a pair and check it at `now` (seconds since the epoch): readable regular files of
+    /// at most [`MAX_FILE_BYTES`], PEM, a key that is the certificate's, a leaf that parses
+    /// and is valid now.
+    fn load(pair: &TlsPair, provider: &CryptoProvider, now: i64) -> Result<Pair, Problem> {
         let key_key = format!("{}key", pair.cert_key.trim_end_matches("cert"));
         let problem = |key: &str, message: String| Problem {
             key: key.to_owned(),
             message,
         };
         let shown = |path: &std::path::Path| path.display().to_string();
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pair.cert)
-            .and_then(|certs| certs.collect::<Result<_, _>>())
-            .map_err(|e| {
-                let message = format!(
-                    "{}: {e}; mount the certificate chain (PEM) there",
-                    shown(&pair.cert)
-                );
-                problem(&pair.cert_key, message)
-            })?;
+        let read = |path: &std::path::Path, key: &str, what: &str| {
+            read_regular_file(path, MAX_FILE_BYTES).map_err(|e| {
+                problem(
+                    key,
+                    format!("{}: {e}; mount the {what} (PEM) there", shown(path)),
+                )
+            })
+        };
+        let cert_pem = read(&pair.cert, &pair.cert_key, "certificate chain")?;
+        let not_pem = |path: &std::path::Path, key: &str, e: pem::Error| {
+            let why = match e {
+                pem::Error::NoItemsFound => "holds no PEM item".to_owned(),
+                pem::Error::MissingSectionEnd { .. } => {
+                    "has a PEM section without its end line".to_owned()
+                }
+                pem::Error::IllegalSectionStart { .. } => "has a malformed PEM section".to_owned(),
+                pem::Error::Base64Decode(_) => "has a PEM section that is not base64".to_owned(),
+                other => format!("is not PEM ({other:?})"),
+            };
+            problem(key, format!("{} {why}", shown(path)))
+        };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| not_pem(&pair.cert, &pair.cert_key, e))?;
         if chain.is_empty() {
             let message = format!("{} holds no PEM certificate", shown(&pair.cert));
             return Err(problem(&pair.cert_key, message));
         }
-        let der = PrivateKeyDer::from_pem_file(&pair.key).map_err(|e| {
-            let message = format!(
-                "{}: {e}; mount the private key (PEM) there",
-                shown(&pair.key)
-            );
-            problem(&key_key, message)
-        })?;
+        let key_pem = read(&pair.key, &key_key, "private key")?;
+        let der =
+            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| not_pem(&pair.key, &key_key, e))?;
         let signing = provider.key_provider.load_private_key(der).map_err(|e| {
             problem(
                 &key_key,
                 format!("{}: not a usable private key: {e}", shown(&pair.key)),
             )
         })?;
+        // The leaf first: a certificate webpki cannot read (X.509 v1, say) would make the key
+        // look like another one's.
+        let leaf = webpki::EndEntityCert::try_from(&chain[0]).map_err(|e| {
+            problem(
+                &pair.cert_key,
+                format!(
+                    "{}: the certificate cannot be used: {e:?}",
+                    shown(&pair.cert)
+                ),
+            )
+        })?;
+        let names = leaf
+            .valid_dns_names()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        let (not_before, not_after) = validity(&chain[0]).ok_or_else(|| {
+            problem(
+                &pair.cert_key,
+                format!(
+                    "{}: the certificate's validity does not parse",
+                    shown(&pair.cert)
+                ),
+            )
+        })?;
+        if now > not_after || now < not_before {
+            let (when, at) = match now > not_after {
+                true => ("expired on", not_after),
+                false => ("is valid only from", not_before),
+            };
+            let message = format!(
+                "{}: the certificate {when} {}",
+                shown(&pair.cert),
+                rfc3339(at)
+            );
+            return Err(problem(&pair.cert_key, message));
+        }
         let key = CertifiedKey::new(chain, signing);
         key.keys_match().map_err(|_| {
             let message = format!(
@@ -81,22 +137,11 @@ impl Pair {
             );
             problem(&key_key, message)
         })?;
-        let leaf = webpki::EndEntityCert::try_from(&key.cert[0]).map_err(|e| {
-            problem(
-                &pair.cert_key,
-                format!(
-                    "{}: the certificate does not parse: {e:?}",
-                    shown(&pair.cert)
-                ),
-            )
-        })?;
-        let names = leaf
-            .valid_dns_names()
-            .map(|n| n.to_ascii_lowercase())
-            .collect();
         Ok(Pair {
             key: Arc::new(key),
             names,
+            not_after,
+            cert_key: pair.cert_key.clone(),
         })
     }
 
@@ -114,10 +159,11 @@ impl Pair {
 
 /// Every pair of a config, loaded whole or not at all.
 fn load_all(config: &TlsConfig, provider: &CryptoProvider) -> Result<Vec<Pair>, Vec<Problem>> {
+    let now = crate::auth::jwt::unix_seconds(std::time::SystemTime::now());
     let mut problems = Vec::new();
     let mut pairs = Vec::new();
     for pair in std::iter::once(&config.default).chain(&config.more) {
-        match Pair::load(pair, provider) {
+        match Pair::load(pair, provider, now) {
             Ok(p) => pairs.push(p),
             Err(p) => problems.push(p),
         }
@@ -144,13 +190,14 @@ fn client_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, Problem
         message,
     };
     let shown = path.display();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<_, _>>())
-        .map_err(|e| {
-            problem(format!(
-                "{shown}: {e}; mount the client CA certificates (PEM) there"
-            ))
-        })?;
+    let pem = read_regular_file(path, MAX_FILE_BYTES).map_err(|e| {
+        problem(format!(
+            "{shown}: {e}; mount the client CA certificates (PEM) there"
+        ))
+    })?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|_| problem(format!("{shown} is not PEM")))?;
     let mut roots = rustls::RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(certs);
     match added {
@@ -169,6 +216,16 @@ pub fn thumbprint(certificate: &[u8]) -> Box<str> {
         .into_boxed_str()
 }
 
+/// Each certificate's expiry, by its config key; keys no longer in use go.
+fn publish(expiry: &prometheus::GaugeVec, pairs: &[Pair]) {
+    expiry.reset();
+    for pair in pairs {
+        expiry
+            .with_label_values(&[&pair.cert_key])
+            .set(pair.not_after as f64);
+    }
+}
+
 fn provider() -> CryptoProvider {
     aws_lc_rs::default_provider()
 }
@@ -182,18 +239,25 @@ pub struct Certificates {
     /// config in use (a reload may change the paths).
     seen: Mutex<([u8; 32], TlsConfig)>,
     reloads: IntCounterVec,
+    expiry: prometheus::GaugeVec,
 }
 
 impl Certificates {
     /// Load the config's files; every problem, by key, when any is bad.
-    pub fn load(config: &TlsConfig, reloads: IntCounterVec) -> Result<Certificates, Vec<Problem>> {
+    pub fn load(
+        config: &TlsConfig,
+        reloads: IntCounterVec,
+        expiry: prometheus::GaugeVec,
+    ) -> Result<Certificates, Vec<Problem>> {
         let provider = Arc::new(provider());
         let pairs = load_all(config, &provider)?;
+        publish(&expiry, &pairs);
         Ok(Certificates {
             pairs: ArcSwap::from_pointee(pairs),
             provider,
             seen: Mutex::new((digest(config), config.clone())),
             reloads,
+            expiry,
         })
     }
 
@@ -202,8 +266,10 @@ impl Certificates {
     /// returned.
     pub fn reload(&self, config: &TlsConfig) -> Result<(), Vec<Problem>> {
         *self.seen.lock().expect("not poisoned") = (digest(config), config.clone());
-        let result =
-            load_all(config, &self.provider).map(|pairs| self.pairs.store(Arc::new(pairs)));
+        let result = load_all(config, &self.provider).map(|pairs| {
+            publish(&self.expiry, &pairs);
+            self.pairs.store(Arc::new(pairs));
+        });
         let label = if result.is_ok() { "success" } else { "failure" };
         self.reloads.with_label_values(&[label]).inc();
         match &result {
@@ -295,12 +361,86 @@ impl ResolvesServerCert for Certificates {
     }
 }
 
+/// A certificate's validity (RFC 5280 §4.1.2.5): `notBefore` and `notAfter`, seconds since the
+/// epoch, read from the DER of `tbsCertificate` (version, serialNumber, signature, issuer,
+/// validity). `None` when it is not laid out so.
+fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    /// One DER element: its tag, its contents, and what follows it.
+    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, mut rest) = rest.split_first()?;
+        let length = match first {
+            0..=0x7f => usize::from(first),
+            0x81..=0x84 => {
+                let (bytes, after) = rest.split_at_checked(usize::from(first & 0x7f))?;
+                rest = after;
+                bytes.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b))
+            }
+            _ => return None,
+        };
+        let (contents, rest) = rest.split_at_checked(length)?;
+        Some((tag, contents, rest))
+    }
+    const SEQUENCE: u8 = 0x30;
+    let (SEQUENCE, certificate, _) = element(der)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, _) = element(certificate)? else {
+        return None;
+    };
+    let (tag, _, after_version) = element(tbs)?;
+    // `[0] EXPLICIT version` is absent in a v1 certificate.
+    let mut rest = if tag == 0xa0 { after_version } else { tbs };
+    for _ in 0..3 {
+        rest = element(rest)?.2; // serialNumber, signature, issuer
+    }
+    let (SEQUENCE, validity, _) = element(rest)? else {
+        return None;
+    };
+    let (before_tag, before, rest) = element(validity)?;
+    let (after_tag, after, _) = element(rest)?;
+    Some((time(before_tag, before)?, time(after_tag, after)?))
+}
+
+/// `UTCTime` (`YYMMDDHHMMSSZ`, years 1950-2049) or `GeneralizedTime` (`YYYYMMDDHHMMSSZ`), as
+/// RFC 5280 §4.1.2.5 requires them: seconds since the epoch.
+fn time(tag: u8, text: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(text).ok()?;
+    let (year, rest) = match tag {
+        0x17 => {
+            let yy: i64 = text.get(0..2)?.parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, text.get(2..)?)
+        }
+        0x18 => (text.get(0..4)?.parse().ok()?, text.get(4..)?),
+        _ => return None,
+    };
+    if rest.len() != 11 || !rest.ends_with('Z') || !rest[..10].bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let field = |at: usize| rest[at..at + 2].parse::<i64>().ok();
+    let (month, day) = (field(0)?, field(2)?);
+    let (hour, minute, second) = (field(4)?, field(6)?, field(8)?);
+    // Days from 1970-01-01 to the civil date (H. Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+fn rfc3339(seconds: i64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
 /// A digest of every certificate and key file's bytes (an unreadable file counts as empty).
 fn digest(config: &TlsConfig) -> [u8; 32] {
     let mut state = blake2b_simd::Params::new().hash_length(32).to_state();
     for pair in std::iter::once(&config.default).chain(&config.more) {
         for path in [&pair.cert, &pair.key] {
-            let bytes = std::fs::read(path).unwrap_or_default();
+            let bytes = read_regular_file(path, MAX_FILE_BYTES).unwrap_or_default();
             state.update(&(bytes.len() as u64).to_le_bytes());
             state.update(&bytes);
         }
@@ -319,6 +459,8 @@ mod tests {
         let pair = |names: &[&str]| Pair {
             key: Arc::new(CertifiedKey::new(vec![], Arc::new(NoKey))),
             names: names.iter().map(|n| n.to_string()).collect(),
+            not_after: 0,
+            cert_key: "server.tls_cert".into(),
         };
         let p = pair(&["*.example.com", "api.example.org"]);
         assert!(p.names("a.example.com"));
@@ -327,6 +469,28 @@ mod tests {
         assert!(!p.names(".example.com"));
         assert!(p.names("api.example.org"));
         assert!(!p.names("www.api.example.org"));
+    }
+
+    #[test]
+    fn the_validity_is_read_from_the_der_in_both_time_forms() {
+        let mut params = rcgen::CertificateParams::new(vec!["a.example".to_owned()]).unwrap();
+        // 2049 is UTCTime's last year; 2050 on needs GeneralizedTime (RFC 5280 §4.1.2.5).
+        params.not_before = rcgen::date_time_ymd(2020, 2, 29);
+        params.not_after = rcgen::date_time_ymd(2050, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            validity(cert.der()),
+            Some((1_582_934_400, 2_524_608_000)),
+            "2020-02-29T00:00:00Z and 2050-01-01T00:00:00Z"
+        );
+        assert_eq!(time(0x17, b"491231235959Z"), Some(2_524_607_999));
+        assert_eq!(time(0x17, b"700101000000Z"), Some(0));
+        for bad in [&b"7001010000Z"[..], b"700101000000+0100", b"70010100000aZ"] {
+            assert_eq!(time(0x17, bad), None);
+        }
+        assert_eq!(validity(b"\x30\x03\x02\x01\x01"), None);
+        assert_eq!(rfc3339(2_524_608_000), "2050-01-01T00:00:00Z");
     }
 
     #[derive(Debug)]

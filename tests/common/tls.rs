@@ -52,6 +52,15 @@ impl Ca {
         self.sign(params)
     }
 
+    /// A server certificate for `names` that expired in 2021.
+    pub fn expired_server(&self, names: &[&str]) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        self.sign(params)
+    }
+
     /// A server certificate (ECDSA P-256) for `names` (DNS names or IP addresses).
     pub fn server(&self, names: &[&str]) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
