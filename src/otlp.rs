@@ -112,13 +112,14 @@ pub struct Exporter {
     follow_client: bool,
 }
 
-/// TraceIdRatioBased: sampled when the trace id's rightmost 56 bits (the random part of a
-/// W3C Level 2 trace id, as OpenTelemetry's sampling specification reads it) fall below
-/// `threshold`, or always at a ratio of 1.
+/// TraceIdRatioBased as OpenTelemetry's sampling specification (consistent probability
+/// sampling) has it: the rejection threshold is `(1 - ratio) * 2^56`, and a trace is sampled
+/// when the trace id's rightmost 56 bits (the random part of a W3C Level 2 trace id) are at
+/// least that.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Sampler {
     threshold: u64,
-    always: bool,
+    never: bool,
 }
 
 impl Sampler {
@@ -126,14 +127,14 @@ impl Sampler {
 
     fn new(ratio: f64) -> Sampler {
         Sampler {
-            threshold: (ratio * 2f64.powi(Self::BITS as i32)) as u64,
-            always: ratio >= 1.0,
+            threshold: ((1.0 - ratio) * 2f64.powi(Self::BITS as i32)) as u64,
+            never: ratio <= 0.0,
         }
     }
 
     fn sample(self, trace_id: u128) -> bool {
         let randomness = (trace_id as u64) & ((1 << Self::BITS) - 1);
-        self.always || randomness < self.threshold
+        !self.never && randomness >= self.threshold
     }
 }
 
@@ -263,7 +264,7 @@ impl Exporter {
             instrumentation_scope: self.scope.clone(),
         });
         for call in calls {
-            let failed = matches!(call.result, "failed" | "unavailable");
+            let failed = call.result == "failed";
             self.processor.on_end(SpanData {
                 span_context: context(SpanId::from(call.span_id)),
                 parent_span_id: own,
@@ -428,10 +429,10 @@ mod tests {
         assert!(!never.sample(0) && !never.sample(u128::MAX));
         let always = Sampler::new(1.0);
         assert!(always.sample(0) && always.sample(u128::MAX));
-        // The rightmost 56 bits decide; the rest of the id does not.
+        // The rightmost 56 bits decide, at or above the threshold; the rest of the id does not.
         let half = Sampler::new(0.5);
-        assert!(half.sample(0) && half.sample((1 << 55) - 1) && half.sample(u128::MAX << 56));
-        assert!(!half.sample(1 << 55) && !half.sample(u128::MAX));
+        assert!(half.sample(1 << 55) && half.sample(u128::MAX) && half.sample((1 << 56) - 1));
+        assert!(!half.sample(0) && !half.sample((1 << 55) - 1) && !half.sample(u128::MAX << 56));
         let tenth = Sampler::new(0.1);
         let sampled = (0..10_000u128)
             .filter(|i| tenth.sample(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))

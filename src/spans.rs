@@ -52,12 +52,6 @@ pub struct Pending {
     started: SystemTime,
 }
 
-impl Pending {
-    pub fn span_id(&self) -> u64 {
-        self.span_id
-    }
-}
-
 /// The calls of one sampled request. Touched only on the slow path (a call to the identity
 /// provider), never by a cache hit.
 #[derive(Debug)]

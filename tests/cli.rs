@@ -130,7 +130,7 @@ fn every_config_rule_names_its_key_and_fix() {
         // Unknown keys: the typo that would leave a route open.
         (
             "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\nscope = [\"admin\"]\n",
-            "routes[0].scope: unknown field `scope`, expected one of `name`, `path_prefix`, `methods`, `upstreams`, `scopes`, `scopes_any`, `auth`, `token_types`, `forward_token`, `allow_path_parameters`, `allow_method_override`, `allow_options_asterisk`, `issuers`, `audiences`, `claims_match`, `acr_values`, `max_age`, `cors_preflight`, `claims_header`, `claim_headers`, `claims`, `resource`, `rate_limit`, `dpop` (<config> line 5)",
+            "routes[0].scope: unknown field `scope`, expected one of `name`, `path_prefix`, `methods`, `upstreams`, `scopes`, `scopes_any`, `auth`, `token_types`, `forward_token`, `allow_path_parameters`, `allow_method_override`, `allow_options_asterisk`, `issuers`, `audiences`, `claims_match`, `acr_values`, `max_age`, `cors_preflight`, `claims_header`, `claim_headers`, `claims`, `resource`, `rate_limit`, `dpop`, `require_certificate_bound` (<config> line 5)",
         ),
         ("[server]\nlisten_addr = \"x\"\n", "server.listen_addr: unknown field `listen_addr`"),
         ("[server]\nthreads = \"two\"\n", "server.threads: invalid type"),
@@ -326,6 +326,7 @@ fn every_config_rule_names_its_key_and_fix() {
         (&format!("[server]\ntls_cert = \"/c.pem\"\n{ROUTE}{ISSUER}"), "server.tls_key: is required with the certificate"),
         (&format!("[server]\ntls_key = \"/k.pem\"\n{ROUTE}{ISSUER}"), "server.tls_cert: is required with the key"),
         (&format!("[server]\nplain_listen = \"127.0.0.1:8081\"\n{ROUTE}{ISSUER}"), "server.plain_listen: goes with tls_cert and tls_key"),
+        (&format!("[server]\nlisten = \"0.0.0.0:8443\"\ntls_cert = \"/c\"\ntls_key = \"/k\"\nplain_listen = \"127.0.0.1:8443\"\n{ROUTE}{ISSUER}"), "server.plain_listen: must not overlap server.listen"),
         (&format!("[server]\n[[server.tls_certificates]]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n{ROUTE}{ISSUER}"), "server.tls_certificates: goes with tls_cert and tls_key"),
         (&format!("[server]\ntls_cert = \"/c\"\ntls_key = \"/k\"\n[[server.tls_certificates]]\ncert = \"/c2\"\n{ROUTE}{ISSUER}"), "server.tls_certificates[0].key: is required with the certificate"),
         (&format!("[server]\ntls_cert = \"/c\"\ntls_key = \"/k\"\ntls_reload_interval = \"0s\"\n{ROUTE}{ISSUER}"), "server.tls_reload_interval: must be from 1s to 1h"),

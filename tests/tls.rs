@@ -420,33 +420,38 @@ async fn a_dpop_proof_over_tls_names_https() {
         iss = idp.issuer(),
         up = up.addr
     );
-    let text = config(&files, &[], "", up.addr).replace("[metrics]", &format!("{auth}[metrics]"));
-    let gw = start(&text).await;
     let key = DevKey::generate(Algorithm::ES256, "client");
     let claims = serde_json::json!({ "iss": idp.issuer(), "sub": "u", "aud": "api", "iat": now(),
         "exp": now() + 600, "cnf": { "jkt": key.thumbprint() } });
     let token = signing.sign(&claims);
-    let https = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
-        .resolve("localhost", gw.proxy)
-        .build()
-        .unwrap();
-    let url = format!("https://localhost:{}/bound/x", gw.proxy.port());
-    let send = |htu: String| {
-        let proof = key.dpop_proof("GET", &htu, &token, &serde_json::json!({}));
-        https
-            .get(&url)
-            .header("authorization", format!("DPoP {token}"))
-            .header("dpop", proof)
-            .send()
-    };
-    assert_eq!(send(url.clone()).await.unwrap().status(), 200);
-    let plain = url.replace("https://", "http://");
-    assert_eq!(
-        send(plain).await.unwrap().status(),
-        401,
-        "a proof for http:// is for another URI"
-    );
+    // Also behind a trusted proxy that sent no X-Forwarded-Proto: the listener's scheme stands
+    // (review: it fell back to http).
+    for server in ["", "trust_forwarded_headers = true"] {
+        let text =
+            config(&files, &[], server, up.addr).replace("[metrics]", &format!("{auth}[metrics]"));
+        let gw = start(&text).await;
+        let https = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+            .resolve("localhost", gw.proxy)
+            .build()
+            .unwrap();
+        let url = format!("https://localhost:{}/bound/x", gw.proxy.port());
+        let send = |htu: String| {
+            let proof = key.dpop_proof("GET", &htu, &token, &serde_json::json!({}));
+            https
+                .get(&url)
+                .header("authorization", format!("DPoP {token}"))
+                .header("dpop", proof)
+                .send()
+        };
+        assert_eq!(send(url.clone()).await.unwrap().status(), 200, "{server}");
+        let plain = url.replace("https://", "http://");
+        let status = send(plain).await.unwrap().status();
+        assert_eq!(
+            status, 401,
+            "{server}: a proof for http:// is for another URI"
+        );
+    }
 }
 
 /// A TLS client trusting `ca`, presenting `leaf` as its client certificate (none: `None`).
@@ -497,7 +502,11 @@ async fn status_with<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let text = common::read_response(stream).await;
-    (text[9..12].parse().unwrap(), text)
+    let status = text.get(9..12).and_then(|s| s.parse().ok());
+    (
+        status.unwrap_or_else(|| panic!("no status line: {text:?}")),
+        text,
+    )
 }
 
 /// Certificate-bound access tokens (RFC 8705 §3): a token with `cnf.x5t#S256` passes only on a

@@ -171,7 +171,10 @@ async fn a_request_is_a_server_span_whose_key_fetch_is_its_child_and_whose_child
     // A trace started here (sample_ratio defaults to 1): sampled, and a root span.
     assert_eq!(get(&gw, "/api/again", &token, None).await, 200);
     let started = upstream_traceparent(&up);
-    assert_eq!(started[3], "01", "sampled for the upstream too");
+    assert_eq!(
+        started[3], "03",
+        "sampled for the upstream too, its id random"
+    );
     let spans = exported(&collector, &hex(&started[1]), 1).await;
     assert_eq!(spans.len(), 1, "a cache hit waits for no call: {spans:?}");
     assert!(spans[0].span.parent_span_id.is_empty());
@@ -215,7 +218,7 @@ async fn sampling_follows_the_clients_flag_and_the_ratio_for_traces_started_here
     // Started here with a ratio of 0: not sampled, and the upstream is told so.
     assert_eq!(get(&gw, "/api/a", &token, None).await, 200);
     let started = upstream_traceparent(&up);
-    assert_eq!(started[3], "00");
+    assert_eq!(started[3], "02", "not sampled, its id random");
     // The client's trace, not sampled: not exported.
     let unsampled = "11111111111111111111111111111111";
     let sent = format!("00-{unsampled}-{CLIENT_PARENT}-00");
@@ -371,7 +374,7 @@ async fn tracing_is_kept_across_a_reload_and_the_last_spans_are_exported_at_exit
     );
     assert_eq!(get(&gw, "/api/x", &token, None).await, 200);
     let started = upstream_traceparent(&up);
-    assert_eq!(started[3], "01", "still sampled at the running ratio");
+    assert_eq!(started[3], "03", "still sampled at the running ratio");
     // SIGTERM at once: the span is still in the batch queue (batches leave every 2 s), and is
     // exported before the process ends.
     gw.sigterm();

@@ -128,13 +128,23 @@ pub const MAX_FILE_BYTES: u64 = 1 << 20;
 /// team). Symbolic links are followed (Kubernetes mounts files through `..data` links).
 pub fn read_regular_file(path: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_regular = || Error::new(ErrorKind::InvalidInput, "not a regular file");
     if !std::fs::metadata(path)?.is_file() {
-        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+        return Err(not_regular());
+    }
+    // Opened without blocking and checked again on the open file: a path swapped to a FIFO
+    // between the two looks neither blocks the open nor is read.
+    const O_NONBLOCK: i32 = 0o4000; // Linux's value (the gateway is built for Linux).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(not_regular());
     }
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(limit + 1)
-        .read_to_end(&mut bytes)?;
+    file.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(Error::new(
             ErrorKind::FileTooLarge,

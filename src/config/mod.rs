@@ -393,8 +393,12 @@ impl Config {
             ("server.tls_cert", s.tls.is_some() != n.tls.is_some()),
             (
                 "server.client_ca",
-                s.tls.as_ref().map(|t| (&t.client_ca, t.client_required))
-                    != n.tls.as_ref().map(|t| (&t.client_ca, t.client_required)),
+                s.tls.as_ref().map(|t| &t.client_ca) != n.tls.as_ref().map(|t| &t.client_ca),
+            ),
+            (
+                "server.client_auth",
+                s.tls.as_ref().map(|t| t.client_required)
+                    != n.tls.as_ref().map(|t| t.client_required),
             ),
             ("server.threads", s.threads != n.threads),
             ("server.max_uri_bytes", s.max_uri_bytes != n.max_uri_bytes),

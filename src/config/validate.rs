@@ -216,8 +216,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         },
     };
     if let Some(plain) = server.plain_listen {
-        if plain == server.listen && plain.port() != 0 {
-            p.push("server.plain_listen", "must differ from server.listen");
+        // Both bind with SO_REUSEPORT: overlapping addresses would share connections.
+        let (a, b) = (plain, server.listen);
+        let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+        if a.port() == b.port() && a.port() != 0 && overlap {
+            p.push(
+                "server.plain_listen",
+                "must not overlap server.listen: use another port",
+            );
         }
     }
     let metrics = MetricsConfig {

@@ -145,7 +145,12 @@ pub async fn run_proxy(
         };
         match &tls {
             None => {
-                tokio::task::spawn_local(served.connection(stream, None, entered, stop));
+                tokio::task::spawn_local(served.connection(
+                    stream,
+                    Transport::Plain,
+                    entered,
+                    stop,
+                ));
             }
             Some(acceptor) => {
                 let handshake = acceptor.accept(stream);
@@ -164,15 +169,25 @@ pub async fn run_proxy(
                         .peer_certificates()
                         .and_then(|c| c.first());
                     let thumbprint = certificate.map(|c| tls::thumbprint(c));
-                    served
-                        .connection(stream, Some(thumbprint), entered, stop)
-                        .await;
+                    let transport = Transport::Tls {
+                        client_cert: thumbprint,
+                    };
+                    served.connection(stream, transport, entered, stop).await;
                 });
             }
         }
     })
     .await;
     sweeper.abort();
+}
+
+/// How a proxy connection arrived.
+enum Transport {
+    Plain,
+    /// Over TLS, with the verified client certificate's thumbprint when one was presented.
+    Tls {
+        client_cert: Option<Box<str>>,
+    },
 }
 
 /// What serving one proxy connection takes.
@@ -186,20 +201,23 @@ struct Served {
 }
 
 impl Served {
-    /// Serve the connection (plain, or the TLS session over it, `tls` holding its client
-    /// certificate's thumbprint) until it ends or the drain closes it.
+    /// Serve the connection (plain, or the TLS session over it) until it ends or the drain
+    /// closes it.
     async fn connection<S>(
         self,
         stream: S,
-        tls: Option<Option<Box<str>>>,
+        transport: Transport,
         entered: Entered,
         stop: watch::Receiver<Stop>,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let stream = ClientStream::new(stream, self.timeouts, &self.expired);
-        let mut conn = Conn::new(stream.shared(), self.peer.ip(), tls.is_some());
-        conn.client_cert = tls.flatten();
+        let tls = matches!(transport, Transport::Tls { .. });
+        let mut conn = Conn::new(stream.shared(), self.peer.ip(), tls);
+        if let Transport::Tls { client_cert } = transport {
+            conn.client_cert = client_cert;
+        }
         let conn = Rc::new(conn);
         let thread = self.thread;
         let service = hyper::service::service_fn(move |req| {

@@ -29,6 +29,9 @@ use crate::auth::settings::{read_regular_file, MAX_FILE_BYTES};
 use crate::config::{Problem, TlsConfig, TlsPair};
 use tokio_rustls::rustls::pki_types::pem;
 
+/// How far a certificate's `notBefore` may be ahead of this host's clock.
+const NOT_BEFORE_SKEW: i64 = 300;
+
 /// How often the certificate files are looked at for a change.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -116,7 +119,8 @@ impl Pair {
                 ),
             )
         })?;
-        if now > not_after || now < not_before {
+        // A renewal issued moments ago by a CA whose clock runs ahead is not refused.
+        if now > not_after || now + NOT_BEFORE_SKEW < not_before {
             let (when, at) = match now > not_after {
                 true => ("expired on", not_after),
                 false => ("is valid only from", not_before),
@@ -265,7 +269,28 @@ impl Certificates {
     /// for new handshakes when every pair loads, else the old set stays and the problems are
     /// returned.
     pub fn reload(&self, config: &TlsConfig) -> Result<(), Vec<Problem>> {
-        *self.seen.lock().expect("not poisoned") = (digest(config), config.clone());
+        // One reload at a time (a reload's and the watch's), each from files to swap whole.
+        let mut seen = self.seen.lock().expect("not poisoned");
+        let result = self.load_and_swap(config);
+        if result.is_ok() {
+            // A refused reload leaves the watch on the files in use.
+            *seen = (digest(config), config.clone());
+        }
+        result
+    }
+
+    /// The watch's step: reload when the files in use changed since they were last tried (a
+    /// set that fails is not tried again until its files change once more).
+    fn refresh(&self) {
+        let mut seen = self.seen.lock().expect("not poisoned");
+        let now = digest(&seen.1);
+        if now != seen.0 {
+            seen.0 = now;
+            let _ = self.load_and_swap(&seen.1.clone());
+        }
+    }
+
+    fn load_and_swap(&self, config: &TlsConfig) -> Result<(), Vec<Problem>> {
         let result = load_all(config, &self.provider).map(|pairs| {
             publish(&self.expiry, &pairs);
             self.pairs.store(Arc::new(pairs));
@@ -291,16 +316,8 @@ impl Certificates {
         tick.tick().await;
         loop {
             tick.tick().await;
-            let (seen, config) = self.seen.lock().expect("not poisoned").clone();
-            let looked = config.clone();
-            let Ok(now) = tokio::task::spawn_blocking(move || digest(&looked)).await else {
-                continue;
-            };
-            if now == seen {
-                continue;
-            }
             let this = self.clone();
-            let _ = tokio::task::spawn_blocking(move || this.reload(&config)).await;
+            let _ = tokio::task::spawn_blocking(move || this.refresh()).await;
         }
     }
 
@@ -405,6 +422,13 @@ fn validity(der: &[u8]) -> Option<(i64, i64)> {
 /// `UTCTime` (`YYMMDDHHMMSSZ`, years 1950-2049) or `GeneralizedTime` (`YYYYMMDDHHMMSSZ`), as
 /// RFC 5280 §4.1.2.5 requires them: seconds since the epoch.
 fn time(tag: u8, text: &[u8]) -> Option<i64> {
+    if !text.is_ascii()
+        || !text[..text.len().saturating_sub(1)]
+            .iter()
+            .all(u8::is_ascii_digit)
+    {
+        return None;
+    }
     let text = std::str::from_utf8(text).ok()?;
     let (year, rest) = match tag {
         0x17 => {
@@ -420,6 +444,14 @@ fn time(tag: u8, text: &[u8]) -> Option<i64> {
     let field = |at: usize| rest[at..at + 2].parse::<i64>().ok();
     let (month, day) = (field(0)?, field(2)?);
     let (hour, minute, second) = (field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
     // Days from 1970-01-01 to the civil date (H. Hinnant's algorithm).
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
@@ -486,7 +518,14 @@ mod tests {
         );
         assert_eq!(time(0x17, b"491231235959Z"), Some(2_524_607_999));
         assert_eq!(time(0x17, b"700101000000Z"), Some(0));
-        for bad in [&b"7001010000Z"[..], b"700101000000+0100", b"70010100000aZ"] {
+        for bad in [
+            &b"7001010000Z"[..],
+            b"700101000000+0100",
+            b"70010100000aZ",
+            b"701332000000Z",
+            b"700101246000Z",
+            b"+70101000000Z",
+        ] {
             assert_eq!(time(0x17, bad), None);
         }
         assert_eq!(validity(b"\x30\x03\x02\x01\x01"), None);

@@ -124,7 +124,8 @@ pub fn propagate(
                     break id;
                 }
             };
-            (trace_id, u8::from(sample(None, trace_id)), None)
+            // Level 2's random-trace-id flag: every bit of this id is random.
+            (trace_id, 0x02 | u8::from(sample(None, trace_id)), None)
         }
     };
     // Only the sampled bit (and the random-trace-id bit of Level 2) are defined; others clear.
@@ -229,7 +230,8 @@ mod tests {
             assert!(trace.parent.is_none() && !trace.sampled, "{bad:?}");
             assert_eq!(parent.len(), 1);
             assert!(
-                parent[0].starts_with("00-") && parent[0].ends_with("-00"),
+                // Not sampled; Level 2's random-trace-id flag set.
+                parent[0].starts_with("00-") && parent[0].ends_with("-02"),
                 "{parent:?}"
             );
             assert_ne!(trace.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
@@ -245,7 +247,7 @@ mod tests {
         let mut h = HeaderMap::new();
         let trace = propagate(&mut h, counter(), |client, _| client.unwrap_or(true));
         assert!(trace.sampled && trace.parent.is_none());
-        assert!(h[&TRACEPARENT].to_str().unwrap().ends_with("-01"));
+        assert!(h[&TRACEPARENT].to_str().unwrap().ends_with("-03"));
         // The decision is asked with the client's flag, and its answer is what the upstream
         // gets (`follow_client_sampling = false` overrides the client's); other bits stay.
         let cases = [

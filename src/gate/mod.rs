@@ -238,7 +238,10 @@ impl Gate {
                 // The listener's own scheme whatever a client's absolute-form target says; an
                 // asking proxy's original URL names the scheme it served.
                 scheme: match (forwarded, via.tls) {
-                    (true, _) => routed.target.scheme().unwrap_or("http"),
+                    (true, tls) => routed.target.scheme().unwrap_or(match tls {
+                        true => "https",
+                        false => "http",
+                    }),
                     (false, true) => "https",
                     (false, false) => "http",
                 },

@@ -120,8 +120,8 @@ pub fn parse(body: &[u8]) -> Result<Answer, BadAnswer> {
         iss: full.iss,
         acr: full.acr.and_then(|v| v.as_str().map(str::to_owned)),
         auth_time: full.auth_time.as_ref().and_then(super::super::jwt::seconds),
-        jkt: confirmation.clone().unwrap_or_default().jkt,
-        x5t: confirmation.clone().unwrap_or_default().x5t,
+        jkt: confirmation.as_ref().ok().and_then(|c| c.jkt.clone()),
+        x5t: confirmation.as_ref().ok().and_then(|c| c.x5t.clone()),
         unsupported_binding: confirmation.is_err(),
     })))
 }
