@@ -629,3 +629,59 @@ async fn certificate_bound_tokens_pass_only_with_their_certificate() {
     .unwrap();
     assert_eq!(status_with(&mut as_alice, "/bound/x", &bound).await.0, 200);
 }
+
+/// A reload refused for its certificate files leaves the watch on the files in use: fixing the
+/// refused files later does not put them live beside the old configuration (review).
+#[tokio::test]
+async fn a_refused_reload_leaves_the_watch_on_the_certificates_in_use() {
+    let (in_use_ca, refused_ca, renewed_ca) =
+        (Ca::new("in use"), Ca::new("refused"), Ca::new("renewed"));
+    let files = PairFiles::new(&in_use_ca.server(&["localhost"]));
+    let up = EchoUpstream::start("app").await;
+    let text = config(&files, &[], "tls_reload_interval = \"1s\"", up.addr);
+    let gw = start(&text).await;
+    // A reload naming other files, whose key is not their certificate's: refused.
+    let (a, b) = (
+        refused_ca.server(&["localhost"]),
+        refused_ca.server(&["localhost"]),
+    );
+    let other = PairFiles::new(&a);
+    other.replace(&a.cert_pem, &b.key_pem);
+    let next = text
+        .replace(
+            &files.cert.0.display().to_string(),
+            &other.cert.0.display().to_string(),
+        )
+        .replace(
+            &files.key.0.display().to_string(),
+            &other.key.0.display().to_string(),
+        );
+    gw.rewrite_config(&next);
+    gw.sighup();
+    let refused = scrape_until(gw.metrics, |m| {
+        m.get("portcullis_config_reloads_total", &[("result", "failure")]) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        refused.get("portcullis_config_reloads_total", &[("result", "failure")]),
+        1.0,
+        "{}",
+        gw.log()
+    );
+    // The refused files mended, and the files in use renewed: the renewal goes live.
+    other.replace(&a.cert_pem, &a.key_pem);
+    let renewed = renewed_ca.server(&["localhost"]);
+    files.replace(&renewed.cert_pem, &renewed.key_pem);
+    let trusts_renewed = connector(&[&renewed_ca], &[b"http/1.1"], BOTH);
+    let live = eventually(Duration::from_secs(15), || async {
+        handshake(&trusts_renewed, gw.proxy, "localhost")
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(live, "the files in use were not followed: {}", gw.log());
+    let trusts_refused = connector(&[&refused_ca], &[b"http/1.1"], BOTH);
+    assert!(handshake(&trusts_refused, gw.proxy, "localhost")
+        .await
+        .is_err());
+}
