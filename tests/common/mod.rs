@@ -234,9 +234,12 @@ pub fn start_gateway_text(text: &str) -> RunningApp {
         .spawn()
 }
 
-/// A reqwest client that never reuses connections between tests and has a hard deadline.
+/// A reqwest client that never reuses connections between tests and has a hard deadline. It
+/// skips the system trust store: reading it on every build made 200 concurrent requests slow
+/// enough to miss their deadlines (tests that need trust add their own roots).
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
+        .tls_built_in_native_certs(false)
         .timeout(Duration::from_secs(20))
         .redirect(reqwest::redirect::Policy::none())
         .build()
