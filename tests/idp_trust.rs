@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::authz::MockAs;
-use common::binary::{GatewayProcess, TempFile, BIN};
+use common::binary::{GatewayProcess, TempFile};
 use common::idp::{claims, MockIdp};
 use common::tls::{Ca, TlsFront};
 use common::{became_ready, client, eventually, EchoUpstream};
@@ -197,14 +197,8 @@ fn check_names_an_unusable_ca_file_by_key() {
             "[[issuers]]\nissuer = \"https://idp.example\"\njwks_uri = \"https://idp.example/jwks\"\naudiences = [\"api\"]\nalgorithms = [\"ES256\"]\nca_file = \"{ca_file}\"\n\
              [[routes]]\nname = \"api\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\n"
         );
-        let file = TempFile::with(&text);
-        let out = std::process::Command::new(BIN)
-            .args(["check", "--offline", "--config"])
-            .arg(&file.0)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let (code, stderr) = common::binary::check_offline(&text);
+        assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
         assert!(stderr.contains("issuers[0].ca_file: "), "{stderr}");
     }

@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::binary::{GatewayProcess, TempFile, BIN};
+use common::binary::{GatewayProcess, TempFile};
 use common::tls::{Ca, Leaf};
-use common::{became_ready, eventually, scrape, scrape_until, EchoUpstream};
+use common::{became_ready, counted, eventually, scrape, scrape_until, EchoUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
@@ -267,20 +267,14 @@ async fn certificates_reload_when_their_files_change_and_a_bad_pair_keeps_the_ol
     // A key that is not the certificate's: refused, counted, logged; the renewed one stays.
     let (other, stranger) = (new_ca.server(&["localhost"]), new_ca.server(&["localhost"]));
     files.replace(&other.cert_pem, &stranger.key_pem);
-    let m = scrape_until(gw.metrics, |m| {
-        m.get(
-            "portcullis_tls_certificate_reloads_total",
-            &[("result", "failure")],
-        ) >= 1.0
-    })
+    let failure = [("result", "failure")];
+    counted(
+        gw.metrics,
+        "portcullis_tls_certificate_reloads_total",
+        &failure,
+        1.0,
+    )
     .await;
-    assert_eq!(
-        m.get(
-            "portcullis_tls_certificate_reloads_total",
-            &[("result", "failure")]
-        ),
-        1.0
-    );
     let log = gw.log();
     assert!(
         log.contains("TLS certificates not reloaded") && log.contains("server.tls_key"),
@@ -310,22 +304,14 @@ async fn certificates_reload_when_their_files_change_and_a_bad_pair_keeps_the_ol
         .status()
         .unwrap();
     assert!(made.success());
-    let m = scrape_until(gw.metrics, |m| {
-        m.get(
-            "portcullis_tls_certificate_reloads_total",
-            &[("result", "failure")],
-        ) >= 2.0
-    })
-    .await;
-    assert_eq!(
-        m.get(
-            "portcullis_tls_certificate_reloads_total",
-            &[("result", "failure")]
-        ),
+    let failure = [("result", "failure")];
+    counted(
+        gw.metrics,
+        "portcullis_tls_certificate_reloads_total",
+        &failure,
         2.0,
-        "{}",
-        gw.log()
-    );
+    )
+    .await;
     assert!(gw.log().contains("not a regular file"), "{}", gw.log());
     let mut s = handshake(&trusts_new, gw.proxy, "localhost").await.unwrap();
     assert!(get(&mut s, "/fifo").await.starts_with("HTTP/1.1 200"));
@@ -391,14 +377,8 @@ fn check_names_bad_certificate_files_by_key() {
         let text = format!(
             "[server]\n{tls}[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\nauth = \"none\"\n"
         );
-        let file = TempFile::with(&text);
-        let out = std::process::Command::new(BIN)
-            .args(["check", "--offline", "--config"])
-            .arg(&file.0)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let (code, stderr) = common::binary::check_offline(&text);
+        assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }
 }

@@ -175,12 +175,7 @@ def run(args, work, procs):
         p256_verify = openssl_verify_rate("ecdsap256", "nistp256")
 
     log("minting tokens and starting the identity provider")
-    idp = spawn(procs, [LOAD_CORE], [binary("examples/load_idp"), work, str(args.tokens)],
-                work, "idp", stdout=subprocess.PIPE)
-    line = idp.stdout.readline().decode()
-    if not line.startswith("ready "):
-        sys.exit(f"load_idp did not start: {line!r}")
-    issuer = line.split()[1]
+    issuer = start_idp(procs, [LOAD_CORE], work, args.tokens)
 
     upstream_port = free_port()
     upstream = spawn(procs, [LOAD_CORE], nginx_cmd(work, "upstream", upstream_config(upstream_port)),
@@ -245,16 +240,21 @@ def run(args, work, procs):
     return render(args, results, rsa_verify, p256_verify, stats, starts)
 
 
-def run_two_workers(args, work, procs):
-    """nginx (2 workers) and Portcullis (threads = 2) beside each other, everything on both
-    cores: what a two-core host sees with the load generator on the same host."""
-    both = [PROXY_CORE, LOAD_CORE]
-    idp = spawn(procs, both, [binary("examples/load_idp"), work, "10"], work, "idp",
+def start_idp(procs, cores, work, tokens):
+    """The identity provider of the benchmark, minting `tokens` tokens: its issuer URL."""
+    idp = spawn(procs, cores, [binary("examples/load_idp"), work, str(tokens)], work, "idp",
                 stdout=subprocess.PIPE)
     line = idp.stdout.readline().decode()
     if not line.startswith("ready "):
         sys.exit(f"load_idp did not start: {line!r}")
-    issuer = line.split()[1]
+    return line.split()[1]
+
+
+def run_two_workers(args, work, procs):
+    """nginx (2 workers) and Portcullis (threads = 2) beside each other, everything on both
+    cores: what a two-core host sees with the load generator on the same host."""
+    both = [PROXY_CORE, LOAD_CORE]
+    issuer = start_idp(procs, both, work, 10)
     upstream_port = free_port()
     spawn(procs, both, nginx_cmd(work, "upstream", upstream_config(upstream_port), workers=2),
           work, "upstream")
@@ -314,12 +314,7 @@ def run_tls(args, work, procs):
                     "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
                    check=True, capture_output=True)
-    idp = spawn(procs, [LOAD_CORE], [binary("examples/load_idp"), work, "10"], work, "idp",
-                stdout=subprocess.PIPE)
-    line = idp.stdout.readline().decode()
-    if not line.startswith("ready "):
-        sys.exit(f"load_idp did not start: {line!r}")
-    issuer = line.split()[1]
+    issuer = start_idp(procs, [LOAD_CORE], work, 10)
     upstream_port = free_port()
     spawn(procs, [LOAD_CORE], nginx_cmd(work, "upstream", upstream_config(upstream_port)),
           work, "upstream")

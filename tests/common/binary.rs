@@ -155,3 +155,17 @@ impl Drop for GatewayProcess {
         }
     }
 }
+
+/// `portcullis check --offline` on a file holding `text`: the exit code and what it printed.
+pub fn check_offline(text: &str) -> (Option<i32>, String) {
+    let file = TempFile::with(text);
+    let out = Command::new(BIN)
+        .args(["check", "--offline", "--config"])
+        .arg(&file.0)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -444,3 +444,9 @@ where
         }
     });
 }
+
+/// Wait (10 s at most) until the counter `name{labels}` reaches `n`, and assert it is exactly `n`.
+pub async fn counted(metrics_addr: SocketAddr, name: &str, labels: &[(&str, &str)], n: f64) {
+    let m = scrape_until(metrics_addr, |m| m.get(name, labels) >= n).await;
+    assert_eq!(m.get(name, labels), n, "{name}{labels:?}");
+}
