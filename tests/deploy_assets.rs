@@ -37,15 +37,27 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 }
 
 /// What a gateway with every feature the assets watch (issuers, introspection, DPoP, a rate
-/// limit, upstream health checks) exports before any traffic.
+/// limit, upstream health checks, TLS) exports before any traffic.
 async fn exported() -> BTreeSet<String> {
     let key = DevKey::generate(Algorithm::ES256, "k");
     let idp = MockIdp::start(&[&key]).await;
     let az = MockAs::start().await;
     let up = EchoUpstream::start("app").await;
     std::env::set_var("PORTCULLIS_TEST_ASSETS_SECRET", "s");
-    let gw = common::start_gateway(&format!(
-        r#"[[issuers]]
+    let leaf = common::tls::Ca::new("assets CA").server(&["localhost"]);
+    let (cert, tls_key) = (
+        common::binary::TempFile::with(&leaf.cert_pem),
+        common::binary::TempFile::with(&leaf.key_pem),
+    );
+    let server = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.0.display(),
+        tls_key.0.display()
+    );
+    let gw = common::start_gateway_with_server(
+        &server,
+        &format!(
+            r#"[[issuers]]
 issuer = "{issuer}"
 discovery = true
 audiences = ["api"]
@@ -64,10 +76,11 @@ dpop = "optional"
 key = "sub"
 requests = 100
 "#,
-        issuer = idp.issuer(),
-        endpoint = az.endpoint(),
-        up = up.addr
-    ));
+            issuer = idp.issuer(),
+            endpoint = az.endpoint(),
+            up = up.addr
+        ),
+    );
     assert!(became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(15)).await);
     let text = common::scrape_text(gw.metrics_addr).await;
     text.lines()
