@@ -86,7 +86,8 @@ def restricted(pod):
 
 
 def secret_files(gateway):
-    """Every `(key, path)` of a `*_secret_file` in a gateway config."""
+    """Every `(key, path)` of a `*_secret_file`, and of a TLS private key (`tls_key`, `key`
+    of `[[server.tls_certificates]]`), in a gateway config."""
     found = []
     def walk(value, key):
         if isinstance(value, dict):
@@ -95,7 +96,8 @@ def secret_files(gateway):
         elif isinstance(value, list):
             for i, v in enumerate(value):
                 walk(v, f"{key}[{i}]")
-        elif key.endswith("_secret_file"):
+        elif key.endswith("_secret_file") or key == "server.tls_key" or (
+                key.startswith("server.tls_certificates[") and key.endswith(".key")):
             found.append((key, value))
     walk(gateway, "")
     return found
@@ -137,6 +139,15 @@ def promises(docs, config):
         for key, path in secret_files(gateway):
             if not any(path.startswith(d.rstrip("/") + "/") for d in secret_dirs):
                 problems.append(f"portcullis: {key} = {path} of {config} is not in a mounted Secret")
+        # The proxy's port (server.listen) is the container's, and a NetworkPolicy lets it in
+        # (found when the edge moved to TLS on 8443: the policy still opened 8080).
+        listen = int(server.get("listen", "0.0.0.0:8080").rsplit(":", 1)[1])
+        if listen not in [p.get("containerPort") for p in c.get("ports", [])]:
+            problems.append(f"portcullis: server.listen's port {listen} of {config} is not a containerPort")
+        opened = [p.get("port") for n in docs if n["kind"] == "NetworkPolicy"
+                  for rule in n["spec"].get("ingress", []) for p in rule.get("ports", [])]
+        if opened and listen not in opened:
+            problems.append(f"NetworkPolicy: server.listen's port {listen} of {config} is not let in")
         limit = c.get("resources", {}).get("limits", {}).get("cpu")
         if limit is None or threads is None or cpu(limit) != threads:
             problems.append(f"portcullis: CPU limit {limit} does not match threads = {threads} of {config}")
@@ -213,6 +224,10 @@ def self_test(docs, config):
         "secret as env": lambda p, c, _: c.setdefault("env", []).append(
             {"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}),
         "PDB": lambda p, c, docs: docs.remove(next(d for d in docs if d["kind"] == "PodDisruptionBudget")),
+        "proxy port": lambda p, c, _: set_(c, "ports", [q for q in c["ports"] if q["name"] == "metrics"]),
+        "policy port": lambda p, c, docs: [rule.update(ports=[{"port": 9090, "protocol": "TCP"}])
+                                           for n in docs if n["kind"] == "NetworkPolicy"
+                                           for rule in n["spec"]["ingress"]],
     }
     if secret_files(tomllib.loads((ROOT / config).read_text())):
         cases["secret file mount"] = lambda p, c, _: set_(

@@ -45,13 +45,18 @@ fn the_shipped_config_passes_check() {
         .contains("ok (2 routes, 1 issuers, introspection off)"));
 }
 
-/// The configs the Kubernetes manifests ship validate; the edge's one secret is a file that
-/// only the pod has (a mounted Secret), and it is the only secret they name.
+/// The configs the Kubernetes manifests ship validate; the edge's one secret and its TLS
+/// certificate are files that only the pod has (mounted Secrets), and they are the only files
+/// they name.
 #[test]
 fn the_deployment_configs_validate() {
-    for (file, secrets) in [
-        ("deploy/sidecar.toml", vec![]),
-        ("deploy/edge.toml", vec!["introspection.client_secret_file"]),
+    for (file, secrets, tls) in [
+        ("deploy/sidecar.toml", vec![], vec![]),
+        (
+            "deploy/edge.toml",
+            vec!["introspection.client_secret_file"],
+            vec!["server.tls_cert"],
+        ),
     ] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
@@ -61,6 +66,14 @@ fn the_deployment_configs_validate() {
             .map(|p| p.key)
             .collect();
         assert_eq!(unreadable, secrets, "{file}");
+        let tls_problems: Vec<String> = config
+            .server
+            .tls
+            .iter()
+            .flat_map(portcullis::dataplane::tls::problems)
+            .map(|p| p.key)
+            .collect();
+        assert_eq!(tls_problems, tls, "{file}");
     }
 }
 
