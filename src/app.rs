@@ -133,7 +133,9 @@ impl App {
                 let certificates = dataplane::tls::Certificates::load(t, reloads, expiry)
                     .map(Arc::new)
                     .map_err(StartupError::Tls)?;
-                let server = certificates.server_config(t).map_err(StartupError::Tls)?;
+                let server = certificates
+                    .server_config(t, config.server.http2.enabled)
+                    .map_err(StartupError::Tls)?;
                 Some(Tls {
                     certificates,
                     acceptor: tokio_rustls::TlsAcceptor::from(server),
@@ -524,6 +526,7 @@ fn assemble(
         },
         read_timeout: config.upstream.read_timeout,
         max_body_bytes: s.max_body_bytes,
+        http2: s.http2,
     };
     // `[tracing]` takes effect at a restart: the exporter stays the one the process started.
     let exporter = match (previous, &config.tracing) {

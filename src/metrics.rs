@@ -78,6 +78,12 @@ pub struct Metrics {
     /// `portcullis_tls_certificate_expiry_timestamp_seconds{certificate}`: the `notAfter` of
     /// each certificate in use, by its config key (`server.tls_cert`, ...).
     pub tls_certificate_expiry: prometheus::GaugeVec,
+    /// `portcullis_connections_total{protocol}`: client connections of the proxy listeners by
+    /// the protocol they speak: `http/1.1` or `h2`.
+    pub connections: IntCounterVec,
+    /// `portcullis_http2_rapid_reset_closes_total`: HTTP/2 connections closed because their
+    /// client cancelled more streams than `server.http2.max_cancelled_streams` allows.
+    pub http2_rapid_reset_closes: prometheus::IntCounter,
 }
 
 /// What [`Metrics::initialise`] needs to know of the configuration.
@@ -387,6 +393,22 @@ impl Metrics {
             &["certificate"],
         )?;
         registry.register(Box::new(tls_certificate_expiry.clone()))?;
+        let connections = IntCounterVec::new(
+            Opts::new(
+                "portcullis_connections_total",
+                "Client connections of the proxy listeners, by protocol: http/1.1 or h2.",
+            ),
+            &["protocol"],
+        )?;
+        for protocol in ["http/1.1", "h2"] {
+            connections.with_label_values(&[protocol]);
+        }
+        registry.register(Box::new(connections.clone()))?;
+        let http2_rapid_reset_closes = prometheus::IntCounter::new(
+            "portcullis_http2_rapid_reset_closes_total",
+            "HTTP/2 connections closed because their client cancelled more streams than server.http2.max_cancelled_streams allows.",
+        )?;
+        registry.register(Box::new(http2_rapid_reset_closes.clone()))?;
         registry.register(Box::new(tls_reloads.clone()))?;
         registry.register(Box::new(tls_handshakes.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
@@ -464,6 +486,8 @@ impl Metrics {
             tls_reloads,
             tls_handshakes,
             tls_certificate_expiry,
+            connections,
+            http2_rapid_reset_closes,
         })
     }
 

@@ -173,6 +173,51 @@ pub struct ServerConfig {
     /// `tls_reload_interval`, default `10s`: how often the certificate and key files are looked
     /// at for a change (a renewal), which is then loaded without a restart.
     pub tls_reload_interval: Duration,
+    /// `[server.http2]`: HTTP/2 from clients.
+    pub http2: Http2Config,
+}
+
+/// `[server.http2]`: HTTP/2 from clients (RFC 9113), by TLS ALPN `h2` and, with `cleartext`,
+/// with prior knowledge on plain listeners. Every HTTP/1.1 rule holds per stream: the size
+/// limits, the canonical target, the gate, identity and forwarded headers; the upstream hop
+/// stays HTTP/1.1. Read at start: a change needs a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Config {
+    /// `enabled`, default `true`: TLS listeners offer `h2` before `http/1.1` by ALPN
+    /// (RFC 7301); `false` offers `http/1.1` only.
+    pub enabled: bool,
+    /// `cleartext`, default `false`: plain listeners (`listen` without TLS, `plain_listen`)
+    /// also take HTTP/2 with prior knowledge (h2c, RFC 9113 §3.3), told apart from HTTP/1.1 by
+    /// the connection preface. For a sidecar behind a mesh that speaks h2c to it. The
+    /// HTTP/1.1 `Upgrade: h2c` is never honoured nor forwarded.
+    pub cleartext: bool,
+    /// `max_concurrent_streams`, default 100 (RFC 9113 §6.5.2 recommends no fewer): streams a
+    /// client may have open on one connection; more are refused by the protocol.
+    pub max_concurrent_streams: u32,
+    /// `max_header_list_size`, default `max_uri_bytes + max_header_bytes + 4096`: the largest
+    /// decoded header block (RFC 9113 §6.5.2: name and value plus 32 per field, pseudo-header
+    /// fields included). A larger one is answered 431 by the protocol layer, and a block that
+    /// never ends (a CONTINUATION flood) closes the connection. `max_header_bytes` still applies
+    /// to the regular fields, as on HTTP/1.1.
+    pub max_header_list_size: u32,
+    /// `initial_stream_window_size`, default 262144 (256 KiB): how much of one stream's request
+    /// body a client may send ahead of the upstream's reading (flow control, §5.2).
+    pub initial_stream_window_size: u32,
+    /// `initial_connection_window_size`, default 1048576 (1 MiB): the same for all of one
+    /// connection's streams together; the most request body one connection can make the
+    /// gateway hold.
+    pub initial_connection_window_size: u32,
+    /// `ping_interval`, default `60s`; `0s` turns it off: a connection that has sent nothing for
+    /// this long is sent a PING (§6.7), to find a peer that is gone.
+    pub ping_interval: Option<Duration>,
+    /// `ping_timeout`, default `20s`: a PING unanswered this long closes the connection.
+    pub ping_timeout: Duration,
+    /// `max_cancelled_streams`, default 200: streams a client may cancel (`RST_STREAM`) before
+    /// their answer, on one connection within 10 s. Beyond, the connection is closed (GOAWAY):
+    /// the rapid-reset attack (CVE-2023-44487) opens and cancels streams so that their work
+    /// is never bounded by `max_concurrent_streams`. Streams cancelled before they were
+    /// handed to the gateway are bounded by the protocol layer itself (20).
+    pub max_cancelled_streams: u32,
 }
 
 /// TLS termination on `server.listen` (TLS 1.2 and 1.3, rustls): a default certificate and
@@ -400,6 +445,7 @@ impl Config {
                 s.tls.as_ref().map(|t| t.client_required)
                     != n.tls.as_ref().map(|t| t.client_required),
             ),
+            ("server.http2", s.http2 != n.http2),
             ("server.threads", s.threads != n.threads),
             ("server.max_uri_bytes", s.max_uri_bytes != n.max_uri_bytes),
             (

@@ -170,6 +170,33 @@ pub struct RawServer {
     pub client_ca: Option<String>,
     /// `"optional"` (default with `client_ca`) or `"required"`.
     pub client_auth: Option<String>,
+    /// `[server.http2]`.
+    #[serde(default)]
+    pub http2: RawHttp2,
+}
+
+/// `[server.http2]`: HTTP/2 from clients.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp2 {
+    /// Default `true`.
+    pub enabled: Option<bool>,
+    /// Default `false`.
+    pub cleartext: Option<bool>,
+    /// Default 100.
+    pub max_concurrent_streams: Option<i64>,
+    /// Default `max_uri_bytes + max_header_bytes + 4096`.
+    pub max_header_list_size: Option<i64>,
+    /// Default 262144.
+    pub initial_stream_window_size: Option<i64>,
+    /// Default 1048576.
+    pub initial_connection_window_size: Option<i64>,
+    /// Default `60s`; `0s` for none.
+    pub ping_interval: Option<String>,
+    /// Default `20s`.
+    pub ping_timeout: Option<String>,
+    /// Default 200.
+    pub max_cancelled_streams: Option<i64>,
 }
 
 /// One `[[server.tls_certificates]]` entry.

@@ -9,10 +9,11 @@ use url::Url;
 
 use super::issuer::{secure_enough, HTTPS_RULE};
 use super::raw::{
-    RawAuthConfig, RawConfig, RawIntrospection, RawIssuer, RawRoute, RawTokens, RawUpstream,
+    RawAuthConfig, RawConfig, RawIntrospection, RawIssuer, RawRoute, RawServer, RawTokens,
+    RawUpstream,
 };
 use super::{
-    AuthConfig, AuthMode, ClientAuth, Config, ConfigError, Convention, DecisionConfig,
+    AuthConfig, AuthMode, ClientAuth, Config, ConfigError, Convention, DecisionConfig, Http2Config,
     IntrospectionConfig, MetricsConfig, Problem, RouteConfig, SecretSource, ServerConfig,
     TokenTypes, TokensConfig, UpstreamConfig,
 };
@@ -214,6 +215,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
             d
         },
+        http2: http2(&mut p, s),
     };
     if let Some(plain) = server.plain_listen {
         // Both bind with SO_REUSEPORT: overlapping addresses would share connections.
@@ -1182,5 +1184,70 @@ fn check_route_set(p: &mut Problems, routes: &[RouteConfig]) {
             }
             claims.insert((&r.path_prefix, m), &r.name);
         }
+    }
+}
+
+/// `[server.http2]`, with its defaults and ranges.
+fn http2(p: &mut Problems, s: &RawServer) -> Http2Config {
+    let h = &s.http2;
+    // The head limits' own defaults and bounds, so that the header list default follows them.
+    let head = |n: Option<i64>, default: usize| {
+        n.filter(|n| (1..=1 << 20).contains(n))
+            .map_or(default, |n| n as usize)
+    };
+    let list_default = head(s.max_uri_bytes, 8192) + head(s.max_header_bytes, 32768) + 4096;
+    // RFC 9113 §6.9.2: at most 2^31 - 1; a connection window below the protocol's initial
+    // 65535 cannot be announced at all.
+    let window = |p: &mut Problems, key: &str, value: Option<i64>, default: u32| match value {
+        None => default,
+        Some(n) if (65_535..=(1 << 31) - 1).contains(&n) => n as u32,
+        Some(_) => {
+            p.push(key, "must be a whole number from 65535 to 2147483647");
+            default
+        }
+    };
+    let ping_interval = {
+        let key = "server.http2.ping_interval";
+        let d = p.duration(key, h.ping_interval.as_deref(), Duration::from_secs(60));
+        if !d.is_zero() && !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) {
+            p.push(key, "must be from 1s to 1h, or 0s for no pings");
+        }
+        (!d.is_zero()).then_some(d)
+    };
+    Http2Config {
+        enabled: h.enabled.unwrap_or(true),
+        cleartext: h.cleartext.unwrap_or(false),
+        max_concurrent_streams: p.positive(
+            "server.http2.max_concurrent_streams",
+            h.max_concurrent_streams,
+            100,
+            10_000,
+        ) as u32,
+        max_header_list_size: p.positive(
+            "server.http2.max_header_list_size",
+            h.max_header_list_size,
+            list_default,
+            4 << 20,
+        ) as u32,
+        initial_stream_window_size: window(
+            p,
+            "server.http2.initial_stream_window_size",
+            h.initial_stream_window_size,
+            256 << 10,
+        ),
+        initial_connection_window_size: window(
+            p,
+            "server.http2.initial_connection_window_size",
+            h.initial_connection_window_size,
+            1 << 20,
+        ),
+        ping_interval,
+        ping_timeout: p.timeout("server.http2.ping_timeout", &h.ping_timeout, 20),
+        max_cancelled_streams: p.positive(
+            "server.http2.max_cancelled_streams",
+            h.max_cancelled_streams,
+            200,
+            1_000_000,
+        ) as u32,
     }
 }

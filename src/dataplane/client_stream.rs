@@ -59,6 +59,9 @@ const BODY: u8 = 1;
 const IDLE: u8 = 2;
 /// An upgraded connection (a WebSocket tunnel): each read waits at most `client_body_timeout`.
 const TUNNEL: u8 = 3;
+/// An HTTP/2 connection: its streams interleave, so reads carry no head or idle deadline here
+/// (the connection's own watch keeps them, [`super::h2::Streams`]) and no head is tracked.
+const MULTIPLEXED: u8 = 4;
 
 /// Sent, without waiting, to a client whose request head missed its deadline.
 const REQUEST_TIMEOUT: &[u8] =
@@ -75,17 +78,25 @@ pub struct ConnShared {
 impl ConnShared {
     /// The request head has been read: stop its deadline.
     pub fn head_read(&self) {
-        self.phase.store(BODY, Ordering::Relaxed);
+        self.set_phase(BODY);
     }
 
     /// The response is complete: the next bytes on this connection start a new head.
     pub fn request_done(&self) {
-        self.phase.store(IDLE, Ordering::Relaxed);
+        self.set_phase(IDLE);
     }
 
     /// The connection was upgraded: from now on it carries a tunnel's bytes.
     pub fn upgraded(&self) {
-        self.phase.store(TUNNEL, Ordering::Relaxed);
+        self.set_phase(TUNNEL);
+    }
+
+    /// A connection's phase, except that an HTTP/2 connection's stays what it is: one stream's
+    /// head or end says nothing of the others.
+    fn set_phase(&self, phase: u8) {
+        if self.phase.load(Ordering::Relaxed) != MULTIPLEXED {
+            self.phase.store(phase, Ordering::Relaxed);
+        }
     }
 
     /// The head of the request hyper parsed next, as it arrived; `None` when the connection's
@@ -140,6 +151,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream<S> {
         }
     }
 
+    /// The first head's deadline counts from `accepted` (when the first bytes were read before
+    /// the stream was wrapped, to tell the protocol).
+    pub fn accepted_at(mut self, accepted: Instant) -> ClientStream<S> {
+        if self.head_deadline.is_some() {
+            self.head_deadline = Some(accepted + self.timeouts.header);
+        }
+        self
+    }
+
+    /// Wrap an accepted HTTP/2 connection: reads pass through (see [`MULTIPLEXED`]); writes
+    /// keep `send_timeout`.
+    pub fn multiplexed(inner: S, timeouts: ClientTimeouts, expired: &Expired) -> ClientStream<S> {
+        let stream = ClientStream {
+            head_deadline: None,
+            ..ClientStream::new(inner, timeouts, expired)
+        };
+        stream.shared.phase.store(MULTIPLEXED, Ordering::Relaxed);
+        stream
+    }
+
     /// The state the connection's service marks.
     pub fn shared(&self) -> Arc<ConnShared> {
         self.shared.clone()
@@ -192,6 +223,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientStream<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let phase = this.shared.phase.load(Ordering::Relaxed);
+        if phase == MULTIPLEXED {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
         if phase == BODY {
             this.idle_since = None;
             let before = buf.filled().len();

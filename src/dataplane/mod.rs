@@ -14,6 +14,7 @@
 pub mod body;
 pub mod client_stream;
 pub mod framing;
+pub mod h2;
 pub mod headers;
 pub mod heads;
 pub mod pool;
@@ -32,7 +33,7 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -103,15 +104,17 @@ fn server(header_timeout: Option<Duration>, max_buf: usize) -> http1::Builder {
 
 /// Run one worker's proxy listener until `stop` says drain, then drain. With `tls`, each
 /// connection's handshake comes first, bounded by `client_header_timeout` (which then starts
-/// again for the first request head).
+/// again for the first request head); ALPN chooses HTTP/2 or HTTP/1.1. Without, a plain
+/// connection is HTTP/1.1, or HTTP/2 by its preface with `[server.http2] cleartext`.
 pub async fn run_proxy(
     thread: Rc<WorkerThread>,
     listener: std::net::TcpListener,
     stop: watch::Receiver<Stop>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    // The head size limits size the parser's buffer for the listener's life: a reload that
-    // changes them says they need a restart (`Config::restart_needed`).
+    // The head size limits size the parser's buffer for the listener's life, and the HTTP/2
+    // settings are the listener's too: a reload that changes them says they need a restart
+    // (`Config::restart_needed`).
     let settings = thread.current().shared.settings;
     let metrics = thread.current().shared.metrics.clone();
     let expired = Expired {
@@ -120,6 +123,9 @@ pub async fn run_proxy(
     };
     let max_buf = settings.limits.max_uri_bytes + settings.limits.max_header_bytes + 4096;
     let builder = server(None, max_buf);
+    let http2 = h2::builder(&settings.http2);
+    let cleartext = settings.http2.cleartext;
+    let counted = ["http/1.1", "h2"].map(|p| metrics.connections.with_label_values(&[p]));
     let sweeper = {
         let pool = thread.pool().clone();
         tokio::task::spawn_local(async move {
@@ -138,16 +144,37 @@ pub async fn run_proxy(
         let served = Served {
             thread: thread.clone(),
             builder: builder.clone(),
+            http2: http2.clone(),
+            max_cancelled: settings.http2.max_cancelled_streams,
+            counted: counted.clone(),
             expired: expired.clone(),
             metrics: metrics.clone(),
             timeouts,
             peer,
+            accepted: Instant::now(),
         };
         match &tls {
+            None if cleartext => {
+                tokio::task::spawn_local(async move {
+                    let mut stream = stream;
+                    let sniffed = tokio::time::timeout(timeouts.header, h2::sniff(&mut stream));
+                    let (multiplexed, first) = match sniffed.await {
+                        Ok(Ok(sniffed)) => sniffed,
+                        Ok(Err(_)) => return,
+                        Err(_) => return served.expired.header.inc(),
+                    };
+                    let stream = h2::Rewound::new(first, stream);
+                    let protocol = Protocol::from_h2(multiplexed);
+                    served
+                        .connection(stream, Transport::Plain, protocol, entered, stop)
+                        .await;
+                });
+            }
             None => {
                 tokio::task::spawn_local(served.connection(
                     stream,
                     Transport::Plain,
+                    Protocol::Http1,
                     entered,
                     stop,
                 ));
@@ -162,17 +189,17 @@ pub async fn run_proxy(
                         Err(_) => return late.inc(),
                     };
                     ok.inc();
+                    let session = stream.get_ref().1;
+                    let protocol = Protocol::from_h2(session.alpn_protocol() == Some(b"h2"));
                     // The client certificate rustls verified (with `client_ca`), if any.
-                    let certificate = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first());
+                    let certificate = session.peer_certificates().and_then(|c| c.first());
                     let thumbprint = certificate.map(|c| tls::thumbprint(c));
                     let transport = Transport::Tls {
                         client_cert: thumbprint,
                     };
-                    served.connection(stream, transport, entered, stop).await;
+                    served
+                        .connection(stream, transport, protocol, entered, stop)
+                        .await;
                 });
             }
         }
@@ -190,14 +217,37 @@ enum Transport {
     },
 }
 
+/// What a proxy connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    H2,
+}
+
+impl Protocol {
+    fn from_h2(h2: bool) -> Protocol {
+        if h2 {
+            Protocol::H2
+        } else {
+            Protocol::Http1
+        }
+    }
+}
+
 /// What serving one proxy connection takes.
 struct Served {
     thread: Rc<WorkerThread>,
     builder: http1::Builder,
+    http2: hyper::server::conn::http2::Builder<h2::LocalExec>,
+    /// `[server.http2] max_cancelled_streams`.
+    max_cancelled: u32,
+    /// `portcullis_connections_total{protocol}`: HTTP/1.1, HTTP/2.
+    counted: [prometheus::IntCounter; 2],
     expired: Expired,
     metrics: crate::metrics::Metrics,
     timeouts: client_stream::ClientTimeouts,
     peer: SocketAddr,
+    accepted: Instant,
 }
 
 impl Served {
@@ -207,28 +257,60 @@ impl Served {
         self,
         stream: S,
         transport: Transport,
+        protocol: Protocol,
         entered: Entered,
         stop: watch::Receiver<Stop>,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let stream = ClientStream::new(stream, self.timeouts, &self.expired);
+        let multiplexed = protocol == Protocol::H2;
+        self.counted[usize::from(multiplexed)].inc();
+        let stream = match multiplexed {
+            false => ClientStream::new(stream, self.timeouts, &self.expired).accepted_at(self.accepted),
+            true => ClientStream::multiplexed(stream, self.timeouts, &self.expired),
+        };
         let tls = matches!(transport, Transport::Tls { .. });
         let mut conn = Conn::new(stream.shared(), self.peer.ip(), tls);
         if let Transport::Tls { client_cert } = transport {
             conn.client_cert = client_cert;
         }
+        if multiplexed {
+            conn.streams = Some(h2::Streams::new(self.max_cancelled));
+        }
         let conn = Rc::new(conn);
         let thread = self.thread;
-        let service = hyper::service::service_fn(move |req| {
-            proxy::serve(thread.current(), conn.clone(), req)
-        });
-        let connection = self
-            .builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let ended = watched(connection, |c| c.graceful_shutdown(), stop, entered);
-        parse_refusal(&self.metrics, ended.await)
+        let service = {
+            let conn = conn.clone();
+            hyper::service::service_fn(move |req| {
+                proxy::serve(thread.current(), conn.clone(), req)
+            })
+        };
+        if !multiplexed {
+            let connection = self
+                .builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let never = std::future::pending();
+            let ended = watched(connection, |c| c.graceful_shutdown(), stop, entered, never);
+            if let Some(ended) = ended.await {
+                parse_refusal(&self.metrics, ended);
+            }
+            return;
+        }
+        let connection = self.http2.serve_connection(TokioIo::new(stream), service);
+        let timeouts = self.timeouts;
+        let first = timeouts.header.saturating_sub(self.accepted.elapsed());
+        let rapid_reset = self.metrics.http2_rapid_reset_closes.clone();
+        let closing = async move {
+            let streams = conn.streams.as_ref().expect("set above");
+            if streams.closing(first, timeouts.keepalive).await {
+                rapid_reset.inc();
+            }
+            // GOAWAY, then a bounded wait for the open streams (a handshake that never
+            // completes is not waited for longer).
+            timeouts.header
+        };
+        drop(watched(connection, |c| c.graceful_shutdown(), stop, entered, closing).await);
     }
 }
 
@@ -245,7 +327,8 @@ pub async fn run_simple<H: simple::Handler>(
         let service =
             hyper::service::service_fn(move |req| simple::serve(handler.clone(), peer, req));
         let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let ended = watched(connection, |c| c.graceful_shutdown(), stop, entered);
+        let never = std::future::pending();
+        let ended = watched(connection, |c| c.graceful_shutdown(), stop, entered, never);
         tokio::task::spawn_local(async move { drop(ended.await) });
     })
     .await;
@@ -349,29 +432,38 @@ const SETTLE: Duration = Duration::from_millis(500);
 /// finish its in-flight request and close (`graceful`), and drive it to its end. The settling
 /// moment is for a connection accepted just before the drain: its request has usually been
 /// sent but not read yet, and hyper would take it for idle and close it unanswered (red team).
+/// When `close` is ready first, the connection is asked to close at once and given as long as
+/// `close` said to end; beyond, it is dropped (`None`).
 async fn watched<C: Future>(
     connection: C,
     graceful: impl FnOnce(Pin<&mut C>),
     mut stop: watch::Receiver<Stop>,
     _entered: Entered,
-) -> C::Output {
+    close: impl Future<Output = Duration>,
+) -> Option<C::Output> {
     let mut connection = pin!(connection);
-    tokio::select! {
-        ended = connection.as_mut() => return ended,
-        _ = stop.wait_for(|s| *s != Stop::Running) => {}
-    }
-    let settle = match *stop.borrow() {
-        Stop::Drain(grace) => grace.min(SETTLE),
-        Stop::Running => Duration::ZERO,
+    let bound = tokio::select! {
+        ended = connection.as_mut() => return Some(ended),
+        _ = stop.wait_for(|s| *s != Stop::Running) => None,
+        bound = close => Some(bound),
     };
-    if !settle.is_zero() {
-        tokio::select! {
-            ended = connection.as_mut() => return ended,
-            _ = tokio::time::sleep(settle) => {}
+    if bound.is_none() {
+        let settle = match *stop.borrow() {
+            Stop::Drain(grace) => grace.min(SETTLE),
+            Stop::Running => Duration::ZERO,
+        };
+        if !settle.is_zero() {
+            tokio::select! {
+                ended = connection.as_mut() => return Some(ended),
+                _ = tokio::time::sleep(settle) => {}
+            }
         }
     }
     graceful(connection.as_mut());
-    connection.await
+    match bound {
+        None => Some(connection.await),
+        Some(bound) => tokio::time::timeout(bound, connection).await.ok(),
+    }
 }
 
 /// A head hyper's parser refused, and answered itself (400, 414 or 431), never reached the

@@ -52,6 +52,8 @@ pub struct Settings {
     pub max_body_bytes: Option<u64>,
     /// `[log] log_subject`.
     pub log_subject: bool,
+    /// `[server.http2]`: read when a listener starts.
+    pub http2: crate::config::Http2Config,
 }
 
 /// One worker thread: its own upstream pool, and its copy of the current config's parts,
@@ -173,6 +175,8 @@ pub struct Conn {
     pub tls: bool,
     /// The client certificate it presented, verified: its SHA-256 thumbprint, base64url.
     pub client_cert: Option<Box<str>>,
+    /// An HTTP/2 connection's open and cancelled streams; `None` on HTTP/1.1.
+    pub streams: Option<super::h2::Streams>,
 }
 
 impl Conn {
@@ -183,6 +187,7 @@ impl Conn {
             ip: client,
             tls,
             client_cert: None,
+            streams: None,
         }
     }
 }
@@ -250,8 +255,12 @@ pub async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, std::convert::Infallible> {
     conn.stream.head_read();
+    if let Some(streams) = &conn.streams {
+        streams.begin();
+    }
     let mut pending = Abandoned {
         worker: worker.clone(),
+        conn: conn.clone(),
         record: Some(Record {
             log_subject: worker.shared.settings.log_subject,
             ..Record::new(method_label(req.method()))
@@ -263,12 +272,14 @@ pub async fn serve(
     let record = pending.record.take().expect("taken only here");
     let tunnel = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let status = response.status().as_u16();
-    let stream = conn.stream.clone();
     let finish = Finish::new(move || {
         if tunnel {
-            stream.upgraded();
+            conn.stream.upgraded();
         } else {
-            stream.request_done();
+            conn.stream.request_done();
+        }
+        if let Some(streams) = &conn.streams {
+            streams.end(false);
         }
         let seconds = record.start.elapsed().as_secs_f64();
         worker
@@ -285,6 +296,7 @@ pub async fn serve(
 /// abandoned request is never invisible.
 struct Abandoned {
     worker: Rc<Worker>,
+    conn: Rc<Conn>,
     record: Option<Record>,
 }
 
@@ -294,6 +306,10 @@ const CLIENT_CLOSED: u16 = 499;
 impl Drop for Abandoned {
     fn drop(&mut self) {
         if let Some(record) = self.record.take() {
+            if let Some(streams) = &self.conn.streams {
+                // An HTTP/2 client cancelled the stream (RST_STREAM), or the connection ended.
+                streams.end(true);
+            }
             let seconds = record.start.elapsed().as_secs_f64();
             self.worker
                 .counters
@@ -422,7 +438,18 @@ async fn forward(
     // A request answered before its body was read is not kept: the unread bytes would be
     // read as the next head.
     let early = |s: Synthetic| answer(if body_unread { s.closing() } else { s });
-    let Some(head) = conn.stream.next_head() else {
+    if parts.version == Version::HTTP_2 {
+        if let Err(description) = super::h2::request_head(&mut parts) {
+            return answer(Synthetic::error(400, "bad_request", description));
+        }
+    }
+    let head = match conn.streams {
+        // An HTTP/2 head has no raw form to follow: h2 decoded it, and checked its framing
+        // (RFC 9113 §8.1.1: a Content-Length that disagrees with the DATA is a stream error).
+        Some(_) => Some(super::heads::Head::default()),
+        None => conn.stream.next_head(),
+    };
+    let Some(head) = head else {
         // The connection's bytes could not be framed as the HTTP parser frames them, so no
         // head on it can be checked as it arrived: refused, and the connection closed.
         return answer(

@@ -1,6 +1,6 @@
 //! TLS termination on the proxy listener: rustls with aws-lc-rs, TLS 1.3 and 1.2 only (RFC 8446,
-//! RFC 5246; RFC 8996 retired 1.0 and 1.1), ALPN `http/1.1` (RFC 7301: a client offering only
-//! protocols the gateway does not speak is refused with `no_application_protocol`).
+//! RFC 5246; RFC 8996 retired 1.0 and 1.1), ALPN `h2` and `http/1.1` (RFC 7301: a client offering
+//! only protocols the gateway does not speak is refused with `no_application_protocol`).
 //!
 //! Certificates: a default pair (`tls_cert`, `tls_key`) and more chosen by the client's SNI
 //! (RFC 6066 §3), each by the DNS names of its certificate's subjectAltName, exact or by a
@@ -321,12 +321,14 @@ impl Certificates {
         }
     }
 
-    /// The server config of the listener: TLS 1.3 and 1.2, ALPN `http/1.1`, these
+    /// The server config of the listener: TLS 1.3 and 1.2, ALPN `h2` (with `http2`) and
+    /// `http/1.1`, these
     /// certificates, session tickets, and client certificates verified against `client_ca`
     /// when it is set (asked for, and required with `client_auth = "required"`).
     pub fn server_config(
         self: &Arc<Self>,
         tls: &TlsConfig,
+        http2: bool,
     ) -> Result<Arc<ServerConfig>, Vec<Problem>> {
         let refused = |e: rustls::Error| {
             vec![Problem {
@@ -361,7 +363,11 @@ impl Certificates {
             }
         };
         let mut config = builder.with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // The server's order wins (RFC 7301 §3.2): HTTP/2 when the client offers both.
+        config.alpn_protocols = match http2 {
+            true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            false => vec![b"http/1.1".to_vec()],
+        };
         config.ticketer = aws_lc_rs::Ticketer::new().map_err(refused)?;
         Ok(Arc::new(config))
     }
