@@ -101,7 +101,11 @@ pub fn request_head(parts: &mut http::request::Parts) -> Result<(), HeadFault> {
             return Err("The :authority may not hold userinfo.");
         }
         match parts.headers.get(HOST) {
-            Some(host) if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) => {
+            Some(host)
+                if !host
+                    .as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
+            {
                 return Err("The Host header and :authority name different hosts.");
             }
             Some(_) => {}
@@ -219,7 +223,9 @@ pub async fn sniff<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(bool, Ve
     let mut seen = Vec::with_capacity(PREFACE.len());
     let mut chunk = [0u8; 24];
     loop {
-        let n = stream.read(&mut chunk[..PREFACE.len() - seen.len()]).await?;
+        let n = stream
+            .read(&mut chunk[..PREFACE.len() - seen.len()])
+            .await?;
         seen.extend_from_slice(&chunk[..n]);
         if n == 0 || !PREFACE.starts_with(&seen) {
             return Ok((false, seen));

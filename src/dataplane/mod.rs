@@ -266,7 +266,9 @@ impl Served {
         let multiplexed = protocol == Protocol::H2;
         self.counted[usize::from(multiplexed)].inc();
         let stream = match multiplexed {
-            false => ClientStream::new(stream, self.timeouts, &self.expired).accepted_at(self.accepted),
+            false => {
+                ClientStream::new(stream, self.timeouts, &self.expired).accepted_at(self.accepted)
+            }
             true => ClientStream::multiplexed(stream, self.timeouts, &self.expired),
         };
         let tls = matches!(transport, Transport::Tls { .. });
@@ -281,9 +283,7 @@ impl Served {
         let thread = self.thread;
         let service = {
             let conn = conn.clone();
-            hyper::service::service_fn(move |req| {
-                proxy::serve(thread.current(), conn.clone(), req)
-            })
+            hyper::service::service_fn(move |req| proxy::serve(thread.current(), conn.clone(), req))
         };
         if !multiplexed {
             let connection = self
@@ -310,7 +310,16 @@ impl Served {
             // completes is not waited for longer).
             timeouts.header
         };
-        drop(watched(connection, |c| c.graceful_shutdown(), stop, entered, closing).await);
+        drop(
+            watched(
+                connection,
+                |c| c.graceful_shutdown(),
+                stop,
+                entered,
+                closing,
+            )
+            .await,
+        );
     }
 }
 

@@ -110,6 +110,11 @@ impl GatewayProcess {
         }
     }
 
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Everything the gateway logged so far (`RUST_LOG` is `info` unless `env` set it).
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()

@@ -5,6 +5,7 @@ pub mod authz;
 pub mod binary;
 pub mod collector;
 pub mod framework;
+pub mod h2;
 pub mod idp;
 pub mod oidc;
 pub mod tls;
