@@ -1,11 +1,12 @@
-//! The attack catalogue, HTTP/1.1: request smuggling, framing, trailers, oversize requests.
+//! The attack catalogue: HTTP/1.1 request smuggling, framing, trailers, oversize requests; the
+//! HTTP/2 attacks (rapid reset, CONTINUATION floods, an HPACK bomb) against a live HTTP/2 listener.
 
 mod common;
 
 use std::time::Duration;
 
 use common::idp::{claims, MockIdp};
-use common::{became_ready, orders_routes, raw_request, start_gateway, EchoUpstream};
+use common::{became_ready, counted, orders_routes, raw_request, start_gateway, EchoUpstream};
 use portcullis::app::RunningApp;
 use portcullis::config::Algorithm;
 use portcullis::devkeys::DevKey;
@@ -426,4 +427,272 @@ async fn an_h2c_upgrade_is_never_forwarded() {
             "{connection}: statuses {statuses:?}, upstream saw {rest:?}"
         );
     }
+}
+
+/// A gateway process with h2c, for the HTTP/2 attacks: its memory and CPU time are read from
+/// /proc around each attack.
+struct H2World {
+    gw: common::binary::GatewayProcess,
+    up: EchoUpstream,
+}
+
+async fn h2_world(max_cancelled: u32) -> H2World {
+    let up = EchoUpstream::start("app").await;
+    let gw = common::binary::GatewayProcess::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 1\n[server.http2]\ncleartext = true\n\
+             max_cancelled_streams = {max_cancelled}\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [[routes]]\nname = \"open\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+            up.addr
+        ),
+        &[],
+    );
+    assert!(became_ready(&gw.metrics.to_string(), Duration::from_secs(10)).await);
+    H2World { gw, up }
+}
+
+impl H2World {
+    /// A well-behaved HTTP/2 client is served at once, on a new connection.
+    async fn next_client_served(&self) {
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .tls_built_in_native_certs(false)
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let resp = client
+            .get(format!("http://{}/next", self.gw.proxy))
+            .send()
+            .await
+            .expect("the next client is served within 2 s");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+    }
+
+    /// Run `attack`, then check that it cost at most `max_cpu_ms` of the gateway's CPU time
+    /// and `max_rss_mb` of memory that stayed, and that the next client is served.
+    async fn bounded<F: std::future::Future>(
+        &self,
+        name: &str,
+        max_cpu_ms: u64,
+        attack: F,
+    ) -> F::Output {
+        let (rss, cpu) = common::h2::usage(self.gw.pid());
+        let out = attack.await;
+        let (rss_after, cpu_after) = common::h2::usage(self.gw.pid());
+        // /proc counts CPU time in clock ticks, 100 per second on Linux.
+        let cpu_ms = (cpu_after - cpu) * 10;
+        let grown_mb = rss_after.saturating_sub(rss) / 1024;
+        eprintln!("{name}: {cpu_ms} ms of CPU, {grown_mb} MB more resident");
+        assert!(cpu_ms <= max_cpu_ms, "{name}: {cpu_ms} ms of CPU");
+        assert!(grown_mb <= 32, "{name}: {grown_mb} MB more resident");
+        self.next_client_served().await;
+        out
+    }
+}
+
+use common::h2::{self as h2raw, Raw};
+
+/// Rapid reset (CVE-2023-44487), both ways. Streams reset before the gateway took them: h2
+/// ends the connection with ENHANCE_YOUR_CALM after 20. Streams reset after (each waited for
+/// until it reached the upstream, the costly case): the connection is closed once more than
+/// `max_cancelled_streams` were cancelled, and counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_rapid_reset_is_cut_short() {
+    let w = h2_world(20).await;
+    let request = h2raw::request("GET", "/hang", "a", &[]);
+    let (frames, closed) = w
+        .bounded("rapid reset, one burst", 1500, async {
+            let mut conn = Raw::connect(w.gw.proxy).await;
+            let mut burst = Vec::new();
+            for i in 0..5000u32 {
+                let stream = 2 * i + 1;
+                burst.extend(h2raw::frame(
+                    h2raw::HEADERS,
+                    h2raw::END_HEADERS | h2raw::END_STREAM,
+                    stream,
+                    &request,
+                ));
+                burst.extend(h2raw::frame(
+                    h2raw::RST_STREAM,
+                    0,
+                    stream,
+                    &h2raw::CANCEL.to_be_bytes(),
+                ));
+            }
+            let _ = conn.send(&burst).await;
+            conn.to_end(Duration::from_secs(10)).await
+        })
+        .await;
+    assert!(closed, "the connection ends");
+    let goaway = frames
+        .iter()
+        .find(|f| f.kind == h2raw::GOAWAY)
+        .expect("a GOAWAY");
+    assert_eq!(goaway.error_code(), Some(h2raw::ENHANCE_YOUR_CALM));
+    let forwarded = w.up.hits();
+    assert!(
+        forwarded < 200,
+        "{forwarded} of 5000 reset streams reached the upstream"
+    );
+
+    let before = w.up.hits();
+    let (frames, closed, sent) = w
+        .bounded("rapid reset, after accept", 1500, async {
+            let mut conn = Raw::connect(w.gw.proxy).await;
+            let mut sent = 0;
+            for i in 0..40u32 {
+                let stream = 2 * i + 1;
+                let headers = h2raw::frame(
+                    h2raw::HEADERS,
+                    h2raw::END_HEADERS | h2raw::END_STREAM,
+                    stream,
+                    &request,
+                );
+                if conn.send(&headers).await.is_err() {
+                    break;
+                }
+                let reached = before + i as usize + 1;
+                if !common::eventually(Duration::from_secs(5), || async { w.up.hits() >= reached })
+                    .await
+                {
+                    break;
+                }
+                sent += 1;
+                let reset =
+                    h2raw::frame(h2raw::RST_STREAM, 0, stream, &h2raw::CANCEL.to_be_bytes());
+                if conn.send(&reset).await.is_err() {
+                    break;
+                }
+            }
+            let (frames, closed) = conn.to_end(Duration::from_secs(10)).await;
+            (frames, closed, sent)
+        })
+        .await;
+    assert!(closed, "the connection ends");
+    assert!(frames.iter().any(|f| f.kind == h2raw::GOAWAY), "{frames:?}");
+    assert!(
+        (21..=22).contains(&sent),
+        "{sent} streams reached the upstream and were cancelled"
+    );
+    counted(
+        w.gw.metrics,
+        "portcullis_http2_rapid_reset_closes_total",
+        &[],
+        1.0,
+    )
+    .await;
+}
+
+/// A CONTINUATION flood (CVE-2024-27316 class): a header block that never ends, in large
+/// frames and in tiny ones. h2 ends the connection after a few frames beyond what
+/// `max_header_list_size` needs; nothing is forwarded.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_continuation_floods_end_the_connection() {
+    let w = h2_world(200).await;
+    for (name, size) in [("large frames", 16_000usize), ("tiny frames", 1)] {
+        let (frames, closed, sent) = w
+            .bounded(name, 1500, async {
+                let mut conn = Raw::connect(w.gw.proxy).await;
+                let first = h2raw::request("GET", "/flood", "a", &[]);
+                conn.send(&h2raw::frame(h2raw::HEADERS, 0, 1, &first))
+                    .await
+                    .unwrap();
+                // Each CONTINUATION adds bytes of a literal that never completes.
+                let junk = h2raw::frame(h2raw::CONTINUATION, 0, 1, &vec![b'x'; size]);
+                let batch = junk.repeat((64 << 10) / junk.len() + 1);
+                let mut sent = 0usize;
+                while sent < 256 << 20 {
+                    if conn.send(&batch).await.is_err() {
+                        break;
+                    }
+                    sent += batch.len();
+                }
+                let (frames, closed) = conn.to_end(Duration::from_secs(10)).await;
+                (frames, closed, sent)
+            })
+            .await;
+        assert!(closed, "{name}: the connection ends");
+        assert!(
+            sent < 256 << 20,
+            "{name}: the gateway took {sent} bytes of one header block"
+        );
+        if let Some(goaway) = frames.iter().find(|f| f.kind == h2raw::GOAWAY) {
+            assert_eq!(
+                goaway.error_code(),
+                Some(h2raw::ENHANCE_YOUR_CALM),
+                "{name}"
+            );
+        }
+    }
+    assert!(
+        w.up.seen().iter().all(|s| s.uri == "/next"),
+        "only the well-behaved clients' requests were forwarded"
+    );
+}
+
+/// An HPACK bomb: one 4 KB literal put in the dynamic table, then header blocks that name it
+/// over and over. Twenty times (80 KB decoded, over `max_header_list_size`): the stream is
+/// answered 431 and the connection goes on to serve its next stream. Sixteen thousand times
+/// (64 MB decoded from 16 KB): h2 stops decoding and ends the connection with
+/// ENHANCE_YOUR_CALM. Neither block is kept or forwarded.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_hpack_bomb_is_refused_without_being_decoded_into_memory() {
+    let w = h2_world(200).await;
+    let mut conn = Raw::connect(w.gw.proxy).await;
+    let headers = |stream: u32, block: &[u8]| {
+        h2raw::frame(
+            h2raw::HEADERS,
+            h2raw::END_HEADERS | h2raw::END_STREAM,
+            stream,
+            block,
+        )
+    };
+    // Index 62 is the newest dynamic entry (RFC 7541 §2.3.3).
+    let naming = |times: usize| {
+        let mut block = h2raw::request("GET", "/bomb", "a", &[]);
+        block.extend(std::iter::repeat_n(0xbe, times));
+        block
+    };
+    let mut first = h2raw::request("GET", "/table", "a", &[]);
+    first.extend(h2raw::indexed_literal("x-bomb", &[b'z'; 4000]));
+    conn.send(&headers(1, &first)).await.unwrap();
+    conn.send(&headers(3, &naming(20))).await.unwrap();
+    conn.send(&headers(5, &h2raw::request("GET", "/after", "a", &[])))
+        .await
+        .unwrap();
+    let frames = conn
+        .until(Duration::from_secs(10), |f| {
+            f.stream == 5 && f.kind == h2raw::HEADERS
+        })
+        .await;
+    let status = |stream: u32| {
+        frames
+            .iter()
+            .find(|f| f.stream == stream && f.kind == h2raw::HEADERS)
+            .and_then(|f| h2raw::status(&f.payload))
+    };
+    assert_eq!(status(3), Some(431), "{frames:?}");
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.stream == 5 && f.kind == h2raw::HEADERS),
+        "the connection goes on: {frames:?}"
+    );
+
+    let (frames, closed) = w
+        .bounded("HPACK bomb", 1500, async {
+            conn.send(&headers(7, &naming(16_000))).await.unwrap();
+            conn.to_end(Duration::from_secs(10)).await
+        })
+        .await;
+    assert!(closed);
+    let goaway = frames
+        .iter()
+        .find(|f| f.kind == h2raw::GOAWAY)
+        .expect("a GOAWAY");
+    assert_eq!(goaway.error_code(), Some(h2raw::ENHANCE_YOUR_CALM));
+    let mut uris: Vec<String> = w.up.seen().iter().map(|s| s.uri.clone()).collect();
+    uris.sort();
+    assert_eq!(uris, ["/after", "/next", "/table"]);
 }

@@ -305,9 +305,14 @@ impl Served {
             let streams = conn.streams.as_ref().expect("set above");
             if streams.closing(first, timeouts.keepalive).await {
                 rapid_reset.inc();
+                // At once: hyper's graceful GOAWAY admits new streams until the client answers
+                // a PING, which an attacker need not do. The GOAWAY is written (the connection
+                // is polled once more), then the socket is dropped.
+                return Duration::ZERO;
             }
-            // GOAWAY, then a bounded wait for the open streams (a handshake that never
-            // completes is not waited for longer).
+            // Idle: GOAWAY, then a bounded wait for the open streams (a handshake that never
+            // completes, or a client that never answers the GOAWAY's PING, is not waited for
+            // longer).
             timeouts.header
         };
         drop(
