@@ -24,6 +24,8 @@ if [ "${1:-}" = test ]; then
 fi
 if [ "${1:-}" = bench ]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  # The HTTP/2 rows of the TLS benchmark.
+  command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
   command -v taskset >/dev/null 2>&1 || need+=(util-linux)
   command -v python3 >/dev/null 2>&1 || need+=(python3)

@@ -21,6 +21,7 @@ proxy's core is saturated, so that is the cost that sets the rate.
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -321,8 +322,8 @@ def run_tls(args, work, procs):
     nginx_port = free_port()
     tls_proxy = proxy_config(nginx_port, upstream_port).replace(
         f"listen 127.0.0.1:{nginx_port};",
-        f"listen 127.0.0.1:{nginx_port} ssl; ssl_certificate {cert}; ssl_certificate_key {key}; "
-        "ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on;")
+        f"listen 127.0.0.1:{nginx_port} ssl http2; ssl_certificate {cert}; "
+        f"ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on;")
     nginx = spawn(procs, [PROXY_CORE], nginx_cmd(work, "proxy", tls_proxy), work, "nginx")
     port, admin = free_port(), free_port()
     text = gateway_config(port, admin, issuer, upstream_port, True).replace(
@@ -342,15 +343,29 @@ def run_tls(args, work, procs):
         ("portcullis TLS, new connection per request, auth = none", gateway, port, "/none", None,
          close),
     ]
+    # HTTP/2 by ALPN, driven by h2load (wrk offers no ALPN, so it gets HTTP/1.1 from both).
+    with open(os.path.join(work, "reused.txt")) as f:
+        reused = f.readline().strip()
+    bearer = [f"Authorization: Bearer {reused}"]
+    chosen += [
+        ("nginx TLS, HTTP/2, no auth", nginx, nginx_port, "/", "h2", []),
+        ("portcullis TLS, HTTP/2, auth = none", gateway, port, "/none", "h2", []),
+        ("portcullis TLS, HTTP/2, JWT, one reused token", gateway, port, "/jwt", "h2", bearer),
+    ]
     results = {c[0]: [] for c in chosen}
     for r in range(args.rounds):
         for name, proc, target_port, path, tokens, headers in (chosen if r % 2 == 0 else chosen[::-1]):
             url = f"https://127.0.0.1:{target_port}{path}"
-            script = [dynamic, os.path.join(work, tokens)] if tokens else [static]
             log(f"round {r + 1}/{args.rounds}: {name}")
-            wrk(args, url, script, args.warmup, headers=headers)
-            before = cpu_seconds(proc.pid)
-            m = wrk(args, url, script, args.duration, headers=headers)
+            if tokens == "h2":
+                h2load(args, url, args.warmup, headers)
+                before = cpu_seconds(proc.pid)
+                m = h2load(args, url, args.duration, headers)
+            else:
+                script = [dynamic, os.path.join(work, tokens)] if tokens else [static]
+                wrk(args, url, script, args.warmup, headers=headers)
+                before = cpu_seconds(proc.pid)
+                m = wrk(args, url, script, args.duration, headers=headers)
             used = [b - a for a, b in zip(before, cpu_seconds(proc.pid))]
             m["user_us"], m["kernel_us"] = (s * 1e6 / max(m["requests"], 1) for s in used)
             if m["errors"]:
@@ -370,18 +385,26 @@ def run_tls(args, work, procs):
         "certificate for both; nginx with ssl_protocols TLSv1.2 TLSv1.3 and session tickets. "
         "The proxy under test on core 0; wrk (one thread) and the upstream nginx on core 1. "
         "\"New connection per request\": wrk sends Connection: close, so each request is a new "
-        "TCP connection and a full TLS handshake (wrk does not resume sessions).",
+        "TCP connection and a full TLS handshake (wrk does not resume sessions). \"HTTP/2\": "
+        f"h2load (one thread) over {h2_connections(args)} connections of {H2_STREAMS} streams each "
+        "(the same number of requests in flight), ALPN h2; h2load reports no percentiles, so its "
+        "rows show the mean request time in the p50 column and none in p99.",
         "",
         "| scenario | req/s | × nginx TLS (same kind) | p50 ms | p99 ms | CPU µs/request, user + kernel |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name in results:
         base = ("nginx TLS, new connection per request" if "new connection" in name
+                else "nginx TLS, HTTP/2, no auth" if "HTTP/2" in name
                 else "nginx TLS proxy, no auth")
         lines.append(f"| {name} | {med(name):,.0f} | {ratio(name, base):.2f} "
-                     f"| {med(name, 'p50') / 1000:.2f} | {med(name, 'p99') / 1000:.2f} "
+                     f"| {med(name, 'p50') / 1000:.2f} | {ms(med(name, 'p99'))} "
                      f"| {cpu_split(results[name])} |")
     return "\n".join(lines) + "\n"
+
+
+def ms(us):
+    return "–" if us != us else f"{us / 1000:.2f}"
 
 
 def render_subset(args, results):
@@ -522,6 +545,35 @@ def mint_proofs(issuer, work, seconds):
     urllib.request.urlopen(urllib.request.Request(f"{issuer}/proofs?{query}", method="POST"),
                            timeout=600).read()
     return out
+
+
+H2_STREAMS = 4
+
+
+def h2_connections(args):
+    return max(1, args.connections // H2_STREAMS)
+
+
+def h2load(args, url, seconds, headers=()):
+    """h2load over HTTP/2 (TLS, ALPN h2) for `seconds`: the rate, and the mean request time (in
+    microseconds, as `p50`; h2load reports no percentiles)."""
+    cmd = ["taskset", "-c", LOAD_CORE, "h2load", "-t1", f"-c{h2_connections(args)}",
+           f"-m{H2_STREAMS}", f"-D{seconds}"]
+    for h in headers:
+        cmd += ["-H", h]
+    cmd.append(url)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
+                     r"(\d+) errored", out)
+    rate = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", out)
+    codes = re.search(r"status codes: (\d+) 2xx", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+    if not (done and rate and codes and mean):
+        sys.exit(f"h2load printed no result:\n{out}")
+    succeeded, failed, errored = map(int, done.groups())
+    scale = {"us": 1, "ms": 1e3, "s": 1e6}[mean.group(2)]
+    return {"requests": succeeded, "rps": float(rate.group(2)), "p50": float(mean.group(1)) * scale,
+            "p99": float("nan"), "errors": failed + errored + succeeded - int(codes.group(1))}
 
 
 def wrk(args, url, script, seconds, cores=LOAD_CORE, threads=1, headers=()):
