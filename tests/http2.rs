@@ -281,6 +281,7 @@ async fn http2_connections_close_when_idle_or_when_no_stream_comes() {
     assert!(frames.iter().any(|f| f.kind == raw::GOAWAY), "{frames:?}");
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
 
     // A stream answered, then idle: closed after keepalive_timeout, not before the stream
     // ended and not while one is open.
@@ -312,7 +313,132 @@ async fn http2_connections_close_when_idle_or_when_no_stream_comes() {
         .expect("the stream was answered");
     assert_eq!(raw::status(&head.payload), Some(200));
     assert!(frames.iter().any(|f| f.kind == raw::GOAWAY));
-    assert!(idle_from.elapsed() >= Duration::from_millis(1800));
+    let idle = idle_from.elapsed();
+    assert!(idle >= Duration::from_millis(1800), "{idle:?}");
+    assert!(idle < Duration::from_secs(4), "{idle:?}");
+    counted(
+        gw.metrics_addr,
+        "portcullis_client_timeouts_total",
+        &[("phase", "header")],
+        1.0,
+    )
+    .await;
+}
+
+/// A client that never opens its flow-control window (SETTINGS_INITIAL_WINDOW_SIZE = 0, no
+/// WINDOW_UPDATE) stalls no socket write, yet its response can never be sent: the connection
+/// is closed after `send_timeout`, as a client that stops reading is on HTTP/1.1, and counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_opens_its_window_is_cut_off_after_send_timeout() {
+    let up = EchoUpstream::start("app").await;
+    let gw = start_gateway_with_server(
+        "send_timeout = \"1s\"",
+        &format!(
+            "{CLEARTEXT}[[routes]]\nname = \"open\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+            up.addr
+        ),
+    );
+    assert!(became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(10)).await);
+    let mut conn = Raw::connect_with(gw.proxy_addr, &[(raw::INITIAL_WINDOW_SIZE, 0)]).await;
+    let block = raw::request("GET", "/body", "a", &[]);
+    conn.send(&raw::frame(
+        raw::HEADERS,
+        raw::END_HEADERS | raw::END_STREAM,
+        1,
+        &block,
+    ))
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (frames, closed) = conn.to_end(Duration::from_secs(10)).await;
+    assert!(closed, "the connection is closed: {frames:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.kind == raw::HEADERS && f.stream == 1),
+        "the head was sent (it is not flow-controlled): {frames:?}"
+    );
+    assert!(!frames.iter().any(|f| f.kind == raw::DATA), "{frames:?}");
+    counted(
+        gw.metrics_addr,
+        "portcullis_client_timeouts_total",
+        &[("phase", "send")],
+        1.0,
+    )
+    .await;
+}
+
+/// A CORS preflight passes a `cors_preflight = "forward"` route without a token only when it
+/// has no body. On HTTP/2 a body needs no `Content-Length` (DATA frames after HEADERS): such a
+/// request is chunked on the upstream hop, and the gate sees it so; it needs a token.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_preflight_with_a_body_needs_a_token() {
+    let s = setup_with(CLEARTEXT, "").await;
+    let gw = start_gateway_with_server(
+        "",
+        &format!(
+            "{CLEARTEXT}[[issuers]]\nissuer = \"{}\"\ndiscovery = true\naudiences = [\"api\"]\n\
+             algorithms = [\"RS256\"]\n[[routes]]\nname = \"cors\"\npath_prefix = \"/\"\n\
+             upstreams = [\"{}\"]\ncors_preflight = \"forward\"\n",
+            s.idp.issuer(),
+            s.up.addr
+        ),
+    );
+    assert!(became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(10)).await);
+    let preflight = raw::request(
+        "OPTIONS",
+        "/p",
+        "a",
+        &[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "DELETE"),
+        ],
+    );
+    let mut conn = Raw::connect(gw.proxy_addr).await;
+    // Without a body: a preflight, forwarded unchecked.
+    conn.send(&raw::frame(
+        raw::HEADERS,
+        raw::END_HEADERS | raw::END_STREAM,
+        1,
+        &preflight,
+    ))
+    .await
+    .unwrap();
+    // With DATA frames and no Content-Length: not a preflight.
+    conn.send(&raw::frame(raw::HEADERS, raw::END_HEADERS, 3, &preflight))
+        .await
+        .unwrap();
+    conn.send(&raw::frame(
+        raw::DATA,
+        raw::END_STREAM,
+        3,
+        b"DELETE everything",
+    ))
+    .await
+    .unwrap();
+    let mut statuses = std::collections::HashMap::new();
+    let frames = conn
+        .until(Duration::from_secs(10), |f| {
+            if f.kind == raw::HEADERS {
+                statuses.insert(f.stream, raw::status(&f.payload));
+            }
+            statuses.len() == 2
+        })
+        .await;
+    assert_eq!(statuses.get(&1), Some(&Some(200)), "{frames:?}");
+    assert_eq!(statuses.get(&3), Some(&Some(401)), "{frames:?}");
+    let seen = s.up.seen();
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the bodiless preflight reached the upstream"
+    );
+    assert_eq!(seen[0].method, "OPTIONS");
 }
 
 fn tls_config(pair: (&TempFile, &TempFile), up: SocketAddr, http2: &str) -> String {

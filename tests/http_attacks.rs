@@ -535,6 +535,12 @@ async fn http2_rapid_reset_is_cut_short() {
         forwarded < 200,
         "{forwarded} of 5000 reset streams reached the upstream"
     );
+    let m = common::scrape(w.gw.metrics).await;
+    assert_eq!(
+        m.get("portcullis_http2_rapid_reset_closes_total", &[]),
+        0.0,
+        "h2's own limit, not the gateway's count, ended that one"
+    );
 
     let before = w.up.hits();
     let (frames, closed, sent) = w

@@ -386,6 +386,8 @@ enum Kind {
 pub struct ResBody {
     kind: Kind,
     finish: Option<Finish>,
+    /// On HTTP/2: when this body last waited for hyper to ask for more ([`super::h2::Handed`]).
+    handed: Option<super::h2::Handed>,
 }
 
 impl ResBody {
@@ -393,6 +395,7 @@ impl ResBody {
         ResBody {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
             finish: None,
+            handed: None,
         }
     }
 
@@ -404,7 +407,16 @@ impl ResBody {
         ResBody {
             kind: Kind::Upstream(body),
             finish: None,
+            handed: None,
         }
+    }
+
+    /// On HTTP/2: mark `handed` now (the response head goes to hyper) and at each frame, and
+    /// clear it whenever hyper asks for the next one.
+    pub fn with_handed(mut self, handed: super::h2::Handed) -> ResBody {
+        handed.set(Some(tokio::time::Instant::now()));
+        self.handed = Some(handed);
+        self
     }
 
     /// Run `finish` when this body is done or dropped.
@@ -429,10 +441,16 @@ impl Body for ResBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(handed) = &this.handed {
+            handed.set(None);
+        }
         let polled = match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
         };
+        if let (Some(handed), Poll::Ready(Some(Ok(_)))) = (&this.handed, &polled) {
+            handed.set(Some(tokio::time::Instant::now()));
+        }
         if let Poll::Ready(None | Some(Err(_))) = polled {
             this.finish = None;
         }

@@ -32,7 +32,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::header::{COOKIE, HOST};
+use http::header::{CONTENT_LENGTH, COOKIE, HOST, TRANSFER_ENCODING};
 use http::{HeaderValue, Uri};
 use hyper::server::conn::http2;
 use hyper_util::rt::TokioTimer;
@@ -83,22 +83,51 @@ pub fn builder(config: &Http2Config) -> http2::Builder<LocalExec> {
     builder
 }
 
-/// Why a stream's head is refused before anything else is looked at (400).
-pub type HeadFault = &'static str;
+/// Why a stream's head is refused before anything else is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadFault {
+    pub status: u16,
+    pub error: &'static str,
+    pub description: &'static str,
+}
+
+const fn bad(description: &'static str) -> HeadFault {
+    HeadFault {
+        status: 400,
+        error: "bad_request",
+        description,
+    }
+}
+
+/// The most fields a head may have: hyper's HTTP/1.1 parser refuses more (431), and HTTP/2
+/// is held to the same.
+const MAX_FIELDS: usize = 100;
 
 /// Make an HTTP/2 request head look like the HTTP/1.1 head it stands for, so that every later
 /// rule reads it the same way:
 ///
 /// - `:authority` becomes `Host` (RFC 9113 §8.3.1). Both present and different is malformed,
 ///   and so is an `:authority` with userinfo; neither present is refused as an HTTP/1.1
-///   request without `Host` is (RFC 9112 §3.2).
+///   request without `Host` is (RFC 9112 §3.2). A request without `:path` is malformed.
 /// - The target is `:path` alone (origin-form), so that no absolute-form rule applies.
 /// - Several `Cookie` fields become one, joined by `"; "` (§8.2.3): an HTTP/1.1 upstream may
 ///   read only one.
-pub fn request_head(parts: &mut http::request::Parts) -> Result<(), HeadFault> {
+/// - A body without `Content-Length` (`has_body`: the HEADERS frame did not end the stream)
+///   goes to the upstream chunked, and the head says `Transfer-Encoding: chunked` from here
+///   on: every rule that asks whether a request has a body (a CORS preflight has none) reads
+///   what the upstream will read.
+/// - More than [`MAX_FIELDS`] fields is 431, as on HTTP/1.1.
+pub fn request_head(parts: &mut http::request::Parts, has_body: bool) -> Result<(), HeadFault> {
+    if parts.headers.len() > MAX_FIELDS {
+        return Err(HeadFault {
+            status: 431,
+            error: "header_fields_too_large",
+            description: "The request has more header fields than this gateway accepts.",
+        });
+    }
     if let Some(authority) = parts.uri.authority() {
         if authority.as_str().contains('@') {
-            return Err("The :authority may not hold userinfo.");
+            return Err(bad("The :authority may not hold userinfo."));
         }
         match parts.headers.get(HOST) {
             Some(host)
@@ -106,20 +135,22 @@ pub fn request_head(parts: &mut http::request::Parts) -> Result<(), HeadFault> {
                     .as_bytes()
                     .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
             {
-                return Err("The Host header and :authority name different hosts.");
+                return Err(bad("The Host header and :authority name different hosts."));
             }
             Some(_) => {}
             None => {
                 let host = HeaderValue::from_str(authority.as_str())
-                    .map_err(|_| "The :authority is not a valid host[:port].")?;
+                    .map_err(|_| bad("The :authority is not a valid host[:port]."))?;
                 parts.headers.insert(HOST, host);
             }
         }
     } else if !parts.headers.contains_key(HOST) {
-        return Err("An HTTP/2 request needs :authority or a Host header.");
+        return Err(bad("An HTTP/2 request needs :authority or a Host header."));
     }
-    let path = parts.uri.path_and_query().cloned();
-    parts.uri = path.map_or_else(|| Uri::from_static("/"), Uri::from);
+    let Some(path) = parts.uri.path_and_query().cloned() else {
+        return Err(bad("An HTTP/2 request needs a :path."));
+    };
+    parts.uri = Uri::from(path);
     let mut cookies = parts.headers.get_all(COOKIE).iter();
     if let (Some(_), Some(_)) = (cookies.next(), cookies.next()) {
         let joined = parts
@@ -129,14 +160,42 @@ pub fn request_head(parts: &mut http::request::Parts) -> Result<(), HeadFault> {
             .map(HeaderValue::as_bytes)
             .collect::<Vec<_>>()
             .join(&b"; "[..]);
-        let joined = HeaderValue::from_bytes(&joined).map_err(|_| "A Cookie is not valid.")?;
+        let joined = HeaderValue::from_bytes(&joined).map_err(|_| bad("A Cookie is not valid."))?;
         parts.headers.insert(COOKIE, joined);
+    }
+    if has_body && !parts.headers.contains_key(CONTENT_LENGTH) {
+        // h2 refused any Transfer-Encoding the client sent (§8.2.2): this one is ours.
+        parts
+            .headers
+            .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
     Ok(())
 }
 
-/// The open streams of one HTTP/2 connection, for its idle deadline and the rapid-reset
-/// count. Touched only on the worker's thread.
+/// When a stream's response last waited on the client: set when its head or a frame of its
+/// body is handed to hyper, cleared when hyper asks for more. Still set after `send_timeout`
+/// means the client's flow-control window has kept hyper from sending (a client that never
+/// sends WINDOW_UPDATE stalls no socket write, so the socket's own `send_timeout` never fires).
+pub type Handed = std::rc::Rc<Cell<Option<tokio::time::Instant>>>;
+
+/// Why an HTTP/2 connection is to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// No stream open for `keepalive_timeout`.
+    Idle,
+    /// No first stream within `client_header_timeout` of the accept.
+    NoFirstStream,
+    /// More than `max_cancelled_streams` cancelled within [`CANCEL_WINDOW`].
+    RapidReset,
+    /// A response waited on the client's window longer than `send_timeout`.
+    Stalled,
+}
+
+/// How often open streams are looked at for a stalled response, at most.
+const STALL_SCAN: Duration = Duration::from_secs(1);
+
+/// The open streams of one HTTP/2 connection, for its idle deadline, the rapid-reset count and
+/// stalled responses. Touched only on the worker's thread.
 #[derive(Debug)]
 pub struct Streams {
     open: Cell<usize>,
@@ -148,6 +207,8 @@ pub struct Streams {
     max_cancelled: u32,
     /// Too many cancelled: the connection is to close.
     calm: Cell<bool>,
+    /// Each open stream's [`Handed`] (dead once the stream is gone).
+    handed: std::cell::RefCell<Vec<std::rc::Weak<Cell<Option<tokio::time::Instant>>>>>,
     changed: Notify,
 }
 
@@ -160,15 +221,22 @@ impl Streams {
             window: Cell::new(Instant::now()),
             max_cancelled,
             calm: Cell::new(false),
+            handed: Default::default(),
             changed: Notify::new(),
         }
     }
 
-    /// A stream's request reached the service.
-    pub fn begin(&self) {
+    /// A stream's request reached the service: its [`Handed`], to give its response body.
+    pub fn begin(&self) -> Handed {
         self.open.set(self.open.get() + 1);
         self.begun.set(self.begun.get() + 1);
+        let handed = Handed::default();
+        let mut all = self.handed.borrow_mut();
+        all.retain(|h| h.strong_count() > 0);
+        all.push(std::rc::Rc::downgrade(&handed));
+        drop(all);
         self.changed.notify_one();
+        handed
     }
 
     /// A stream ended: answered (`cancelled == false`) or dropped by the client before its
@@ -189,15 +257,36 @@ impl Streams {
         self.changed.notify_one();
     }
 
-    /// Ready when the connection must close: it cancelled too many streams (`true`), or it sat
-    /// with no open stream for `keepalive` (`first` before its first stream) (`false`).
-    pub async fn closing(&self, first: Duration, keepalive: Duration) -> bool {
+    /// Some open stream's response has waited on the client for `send` or longer.
+    fn stalled(&self, send: Duration) -> bool {
+        let now = tokio::time::Instant::now();
+        self.handed.borrow().iter().any(|h| {
+            h.upgrade()
+                .and_then(|h| h.get())
+                .is_some_and(|since| now.duration_since(since) >= send)
+        })
+    }
+
+    /// Ready when the connection must close, and why: see [`Close`]. `first` is what is left
+    /// of `client_header_timeout`, `keepalive` is `keepalive_timeout`, `send` is
+    /// `send_timeout`.
+    pub async fn closing(&self, first: Duration, keepalive: Duration, send: Duration) -> Close {
+        let scan = send.min(STALL_SCAN);
+        let mut next_scan = tokio::time::Instant::now() + scan;
         loop {
             if self.calm.get() {
-                return true;
+                return Close::RapidReset;
             }
             if self.open.get() > 0 {
-                self.changed.notified().await;
+                tokio::select! {
+                    () = self.changed.notified() => {}
+                    () = tokio::time::sleep_until(next_scan) => {
+                        if self.stalled(send) {
+                            return Close::Stalled;
+                        }
+                        next_scan = tokio::time::Instant::now() + scan;
+                    }
+                }
                 continue;
             }
             let begun = self.begun.get();
@@ -205,7 +294,7 @@ impl Streams {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {
                     if self.open.get() == 0 && self.begun.get() == begun {
-                        return false;
+                        return if begun == 0 { Close::NoFirstStream } else { Close::Idle };
                     }
                 }
                 () = self.changed.notified() => {}
@@ -322,23 +411,23 @@ mod tests {
     #[test]
     fn request_heads_become_http1_heads() {
         let mut p = head("https://api.example:8443/a/b?c=d", &[]);
-        request_head(&mut p).unwrap();
+        request_head(&mut p, false).unwrap();
         assert_eq!(p.uri, "/a/b?c=d");
         assert_eq!(p.headers[HOST], "api.example:8443");
 
         let mut p = head("https://API.example/x", &[("host", "api.EXAMPLE")]);
-        request_head(&mut p).unwrap();
+        request_head(&mut p, false).unwrap();
         assert_eq!(p.headers[HOST], "api.EXAMPLE");
 
         let mut p = head("/x", &[("host", "h")]);
-        request_head(&mut p).unwrap();
+        request_head(&mut p, false).unwrap();
         assert_eq!(p.uri, "/x");
 
         let mut p = head(
             "https://h/",
             &[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")],
         );
-        request_head(&mut p).unwrap();
+        request_head(&mut p, false).unwrap();
         let cookies: Vec<_> = p.headers.get_all(COOKIE).iter().collect();
         assert_eq!(cookies, ["a=1; b=2; c=3"]);
 
@@ -348,8 +437,25 @@ mod tests {
             ("/x", &[]),
         ];
         for (uri, headers) in table {
-            assert!(request_head(&mut head(uri, headers)).is_err(), "{uri}");
+            assert!(
+                request_head(&mut head(uri, headers), false).is_err(),
+                "{uri}"
+            );
         }
+
+        // A body without a length is chunked on the upstream hop, and the head says so.
+        let mut p = head("https://h/", &[]);
+        request_head(&mut p, true).unwrap();
+        assert_eq!(p.headers[TRANSFER_ENCODING], "chunked");
+        let mut p = head("https://h/", &[("content-length", "3")]);
+        request_head(&mut p, true).unwrap();
+        assert!(!p.headers.contains_key(TRANSFER_ENCODING));
+
+        let many: Vec<(String, String)> =
+            (0..101).map(|i| (format!("x-{i}"), "v".into())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let fault = request_head(&mut head("https://h/", &many), false).unwrap_err();
+        assert_eq!(fault.status, 431);
     }
 
     #[tokio::test]
@@ -383,16 +489,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_closes_and_one_that_cancels_too_much_too() {
+    async fn idle_cancelling_and_stalled_connections_close() {
         let streams = Streams::new(2);
         let first = Duration::from_secs(10);
         let keep = Duration::from_secs(60);
         let started = tokio::time::Instant::now();
-        assert!(!streams.closing(first, keep).await);
+        let send = Duration::from_secs(30);
+        assert_eq!(
+            streams.closing(first, keep, send).await,
+            Close::NoFirstStream
+        );
         assert_eq!(started.elapsed(), first, "no stream: the first deadline");
 
         let streams = std::rc::Rc::new(Streams::new(2));
-        streams.begin();
+        let _handed = streams.begin();
         let s = streams.clone();
         let local = tokio::task::LocalSet::new();
         local
@@ -403,16 +513,41 @@ mod tests {
                     tokio::time::sleep(Duration::from_secs(100)).await;
                     s2.end(false);
                 });
-                assert!(!s.closing(first, keep).await);
+                assert_eq!(s.closing(first, keep, send).await, Close::Idle);
                 assert_eq!(started.elapsed(), Duration::from_secs(160));
             })
             .await;
 
         let streams = Streams::new(2);
         for _ in 0..3 {
-            streams.begin();
+            drop(streams.begin());
             streams.end(true);
         }
-        assert!(streams.closing(first, keep).await, "three cancelled of two");
+        let why = streams.closing(first, keep, send).await;
+        assert_eq!(why, Close::RapidReset, "three cancelled of two");
+
+        // A response handed to hyper and never asked for again: closed after send_timeout.
+        let streams = Streams::new(2);
+        let handed = streams.begin();
+        handed.set(Some(tokio::time::Instant::now()));
+        let started = tokio::time::Instant::now();
+        assert_eq!(streams.closing(first, keep, send).await, Close::Stalled);
+        let waited = started.elapsed();
+        assert!(waited >= send && waited <= send + STALL_SCAN, "{waited:?}");
+        // One that hyper keeps asking for is never stalled, however long the stream lasts.
+        let streams = Streams::new(2);
+        let handed = streams.begin();
+        let closing = streams.closing(first, keep, send);
+        let busy = async {
+            for _ in 0..600 {
+                handed.set(Some(tokio::time::Instant::now()));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                handed.set(None);
+            }
+        };
+        tokio::select! {
+            why = closing => panic!("closed: {why:?}"),
+            () = busy => {}
+        }
     }
 }

@@ -189,6 +189,11 @@ pub async fn run_proxy(
                         Err(_) => return late.inc(),
                     };
                     ok.inc();
+                    // The first head's (or stream's) deadline starts after the handshake.
+                    let served = Served {
+                        accepted: Instant::now(),
+                        ..served
+                    };
                     let session = stream.get_ref().1;
                     let protocol = Protocol::from_h2(session.alpn_protocol() == Some(b"h2"));
                     // The client certificate rustls verified (with `client_ca`), if any.
@@ -301,19 +306,28 @@ impl Served {
         let timeouts = self.timeouts;
         let first = timeouts.header.saturating_sub(self.accepted.elapsed());
         let rapid_reset = self.metrics.http2_rapid_reset_closes.clone();
+        let expired = self.expired;
         let closing = async move {
             let streams = conn.streams.as_ref().expect("set above");
-            if streams.closing(first, timeouts.keepalive).await {
-                rapid_reset.inc();
+            let why = streams
+                .closing(first, timeouts.keepalive, timeouts.send)
+                .await;
+            match why {
+                h2::Close::Idle => {}
+                h2::Close::NoFirstStream => expired.header.inc(),
+                h2::Close::RapidReset => rapid_reset.inc(),
+                h2::Close::Stalled => expired.send.inc(),
+            }
+            match why {
                 // At once: hyper's graceful GOAWAY admits new streams until the client answers
                 // a PING, which an attacker need not do. The GOAWAY is written (the connection
                 // is polled once more), then the socket is dropped.
-                return Duration::ZERO;
+                h2::Close::RapidReset | h2::Close::Stalled => Duration::ZERO,
+                // GOAWAY, then a bounded wait for the open streams (a handshake that never
+                // completes, or a client that never answers the GOAWAY's PING, is not waited
+                // for longer).
+                h2::Close::Idle | h2::Close::NoFirstStream => timeouts.header,
             }
-            // Idle: GOAWAY, then a bounded wait for the open streams (a handshake that never
-            // completes, or a client that never answers the GOAWAY's PING, is not waited for
-            // longer).
-            timeouts.header
         };
         drop(
             watched(
@@ -456,28 +470,36 @@ async fn watched<C: Future>(
     close: impl Future<Output = Duration>,
 ) -> Option<C::Output> {
     let mut connection = pin!(connection);
+    let mut close = pin!(close);
+    let drained = tokio::select! {
+        ended = connection.as_mut() => return Some(ended),
+        _ = stop.wait_for(|s| *s != Stop::Running) => true,
+        bound = close.as_mut() => {
+            graceful(connection.as_mut());
+            return tokio::time::timeout(bound, connection).await.ok();
+        }
+    };
+    debug_assert!(drained);
+    let settle = match *stop.borrow() {
+        Stop::Drain(grace) => grace.min(SETTLE),
+        Stop::Running => Duration::ZERO,
+    };
+    // While draining, `close` is still watched: an HTTP/2 client that cancels too much or
+    // stalls is not kept for the rest of the grace.
     let bound = tokio::select! {
         ended = connection.as_mut() => return Some(ended),
-        _ = stop.wait_for(|s| *s != Stop::Running) => None,
-        bound = close => Some(bound),
+        _ = tokio::time::sleep(settle) => None,
+        bound = close.as_mut() => Some(bound),
     };
-    if bound.is_none() {
-        let settle = match *stop.borrow() {
-            Stop::Drain(grace) => grace.min(SETTLE),
-            Stop::Running => Duration::ZERO,
-        };
-        if !settle.is_zero() {
-            tokio::select! {
-                ended = connection.as_mut() => return Some(ended),
-                _ = tokio::time::sleep(settle) => {}
-            }
-        }
-    }
     graceful(connection.as_mut());
-    match bound {
-        None => Some(connection.await),
-        Some(bound) => tokio::time::timeout(bound, connection).await.ok(),
-    }
+    let bound = match bound {
+        Some(bound) => bound,
+        None => tokio::select! {
+            ended = connection.as_mut() => return Some(ended),
+            bound = close.as_mut() => bound,
+        },
+    };
+    tokio::time::timeout(bound, connection).await.ok()
 }
 
 /// A head hyper's parser refused, and answered itself (400, 414 or 431), never reached the

@@ -255,9 +255,7 @@ pub async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, std::convert::Infallible> {
     conn.stream.head_read();
-    if let Some(streams) = &conn.streams {
-        streams.begin();
-    }
+    let handed = conn.streams.as_ref().map(|s| s.begin());
     let mut pending = Abandoned {
         worker: worker.clone(),
         conn: conn.clone(),
@@ -288,7 +286,13 @@ pub async fn serve(
         log_request(&worker.shared.metrics, &record, status, seconds);
         export_span(worker.shared.exporter.as_deref(), record, status, seconds);
     });
-    Ok(response.map(|body| body.with_finish(finish)))
+    Ok(response.map(|body| {
+        let body = body.with_finish(finish);
+        match handed {
+            Some(handed) => body.with_handed(handed),
+            None => body,
+        }
+    }))
 }
 
 /// The record of a request whose future hyper dropped before its answer was ready: the client
@@ -439,8 +443,12 @@ async fn forward(
     // read as the next head.
     let early = |s: Synthetic| answer(if body_unread { s.closing() } else { s });
     if parts.version == Version::HTTP_2 {
-        if let Err(description) = super::h2::request_head(&mut parts) {
-            return answer(Synthetic::error(400, "bad_request", description));
+        if let Err(fault) = super::h2::request_head(&mut parts, body_unread) {
+            return answer(Synthetic::error(
+                fault.status,
+                fault.error,
+                fault.description,
+            ));
         }
     }
     let head = match conn.streams {

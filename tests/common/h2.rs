@@ -20,6 +20,8 @@ pub const GOAWAY: u8 = 0x7;
 pub const CONTINUATION: u8 = 0x9;
 
 pub const END_STREAM: u8 = 0x1;
+/// SETTINGS_INITIAL_WINDOW_SIZE (RFC 9113 §6.5.2).
+pub const INITIAL_WINDOW_SIZE: u16 = 0x4;
 pub const END_HEADERS: u8 = 0x4;
 pub const ACK: u8 = 0x1;
 
@@ -119,8 +121,19 @@ pub struct Raw {
 impl Raw {
     /// Connect, send the preface and an empty SETTINGS.
     pub async fn connect(addr: SocketAddr) -> Raw {
+        Raw::connect_with(addr, &[]).await
+    }
+
+    /// Connect, send the preface and SETTINGS with these `(identifier, value)` pairs.
+    pub async fn connect_with(addr: SocketAddr, settings: &[(u16, u32)]) -> Raw {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let hello = [PREFACE.to_vec(), frame(SETTINGS, 0, 0, &[])].concat();
+        let payload: Vec<u8> = settings
+            .iter()
+            .flat_map(|(id, value)| {
+                [id.to_be_bytes().to_vec(), value.to_be_bytes().to_vec()].concat()
+            })
+            .collect();
+        let hello = [PREFACE.to_vec(), frame(SETTINGS, 0, 0, &payload)].concat();
         stream.write_all(&hello).await.unwrap();
         Raw { stream }
     }
