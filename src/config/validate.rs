@@ -151,6 +151,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         raw.introspection.as_ref(),
         raw.dpop.as_ref(),
     );
+    // Each at most 1 MiB: the head buffer holds both.
+    let max_uri_bytes = p.positive("server.max_uri_bytes", s.max_uri_bytes, 8192, 1 << 20);
+    let max_header_bytes = p.positive(
+        "server.max_header_bytes",
+        s.max_header_bytes,
+        32768,
+        1 << 20,
+    );
     let server = ServerConfig {
         listen: p.socket_addr("server.listen", s.listen.as_deref(), "0.0.0.0:8080"),
         realm: auth.realm.clone(),
@@ -185,14 +193,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         },
         trust_forwarded_headers: s.trust_forwarded_headers.unwrap_or(false),
-        // Each at most 1 MiB: the head buffer holds both.
-        max_uri_bytes: p.positive("server.max_uri_bytes", s.max_uri_bytes, 8192, 1 << 20),
-        max_header_bytes: p.positive(
-            "server.max_header_bytes",
-            s.max_header_bytes,
-            32768,
-            1 << 20,
-        ),
+        max_uri_bytes,
+        max_header_bytes,
         client_header_timeout: p.timeout(
             "server.client_header_timeout",
             &s.client_header_timeout,
@@ -215,7 +217,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
             d
         },
-        http2: http2(&mut p, s),
+        http2: http2(&mut p, s, max_uri_bytes + max_header_bytes + 4096),
     };
     if let Some(plain) = server.plain_listen {
         // Both bind with SO_REUSEPORT: overlapping addresses would share connections.
@@ -1187,15 +1189,9 @@ fn check_route_set(p: &mut Problems, routes: &[RouteConfig]) {
     }
 }
 
-/// `[server.http2]`, with its defaults and ranges.
-fn http2(p: &mut Problems, s: &RawServer) -> Http2Config {
+/// `[server.http2]`, with its defaults and ranges; `list_default` follows the head limits.
+fn http2(p: &mut Problems, s: &RawServer, list_default: usize) -> Http2Config {
     let h = &s.http2;
-    // The head limits' own defaults and bounds, so that the header list default follows them.
-    let head = |n: Option<i64>, default: usize| {
-        n.filter(|n| (1..=1 << 20).contains(n))
-            .map_or(default, |n| n as usize)
-    };
-    let list_default = head(s.max_uri_bytes, 8192) + head(s.max_header_bytes, 32768) + 4096;
     // RFC 9113 §6.9.2: at most 2^31 - 1; a connection window below the protocol's initial
     // 65535 cannot be announced at all.
     let window = |p: &mut Problems, key: &str, value: Option<i64>, default: u32| match value {

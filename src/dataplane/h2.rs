@@ -303,6 +303,42 @@ impl Streams {
     }
 }
 
+/// The counters of [`Close`]: `portcullis_client_timeouts_total{phase="header"|"send"}` and
+/// `portcullis_http2_rapid_reset_closes_total`.
+pub struct CloseCounters {
+    pub header: prometheus::IntCounter,
+    pub send: prometheus::IntCounter,
+    pub rapid_reset: prometheus::IntCounter,
+}
+
+/// Ready when the connection must close (see [`Streams::closing`]), counted; then how long it
+/// may still take to end after its GOAWAY.
+pub async fn until_closing(
+    streams: &Streams,
+    first: Duration,
+    timeouts: super::client_stream::ClientTimeouts,
+    counters: CloseCounters,
+) -> Duration {
+    let why = streams
+        .closing(first, timeouts.keepalive, timeouts.send)
+        .await;
+    match why {
+        Close::Idle => {}
+        Close::NoFirstStream => counters.header.inc(),
+        Close::RapidReset => counters.rapid_reset.inc(),
+        Close::Stalled => counters.send.inc(),
+    }
+    match why {
+        // At once: hyper's graceful GOAWAY admits new streams until the client answers a
+        // PING, which an attacker need not do. The GOAWAY is written (the connection is polled
+        // once more), then the socket is dropped.
+        Close::RapidReset | Close::Stalled => Duration::ZERO,
+        // GOAWAY, then a bounded wait for the open streams (a handshake that never completes,
+        // or a client that never answers the GOAWAY's PING, is not waited for longer).
+        Close::Idle | Close::NoFirstStream => timeouts.header,
+    }
+}
+
 /// Read the first bytes of a plain connection, at most the preface's length, and say whether
 /// they are the HTTP/2 preface: with prior knowledge, the client sends it first (RFC 9113
 /// §3.3). The bytes read are given back, to be read again by the protocol's parser.

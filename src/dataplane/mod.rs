@@ -305,29 +305,14 @@ impl Served {
         let connection = self.http2.serve_connection(TokioIo::new(stream), service);
         let timeouts = self.timeouts;
         let first = timeouts.header.saturating_sub(self.accepted.elapsed());
-        let rapid_reset = self.metrics.http2_rapid_reset_closes.clone();
-        let expired = self.expired;
+        let counters = h2::CloseCounters {
+            header: self.expired.header,
+            send: self.expired.send,
+            rapid_reset: self.metrics.http2_rapid_reset_closes.clone(),
+        };
         let closing = async move {
             let streams = conn.streams.as_ref().expect("set above");
-            let why = streams
-                .closing(first, timeouts.keepalive, timeouts.send)
-                .await;
-            match why {
-                h2::Close::Idle => {}
-                h2::Close::NoFirstStream => expired.header.inc(),
-                h2::Close::RapidReset => rapid_reset.inc(),
-                h2::Close::Stalled => expired.send.inc(),
-            }
-            match why {
-                // At once: hyper's graceful GOAWAY admits new streams until the client answers
-                // a PING, which an attacker need not do. The GOAWAY is written (the connection
-                // is polled once more), then the socket is dropped.
-                h2::Close::RapidReset | h2::Close::Stalled => Duration::ZERO,
-                // GOAWAY, then a bounded wait for the open streams (a handshake that never
-                // completes, or a client that never answers the GOAWAY's PING, is not waited
-                // for longer).
-                h2::Close::Idle | h2::Close::NoFirstStream => timeouts.header,
-            }
+            h2::until_closing(streams, first, timeouts, counters).await
         };
         drop(
             watched(
