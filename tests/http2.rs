@@ -276,7 +276,7 @@ async fn http2_connections_close_when_idle_or_when_no_stream_comes() {
     // connection ends.
     let started = std::time::Instant::now();
     let mut silent = Raw::connect(gw.proxy_addr).await;
-    let (frames, closed) = silent.to_end(Duration::from_secs(10)).await;
+    let (frames, closed) = silent.read_to_close(Duration::from_secs(10)).await;
     assert!(closed, "{frames:?}");
     assert!(frames.iter().any(|f| f.kind == raw::GOAWAY), "{frames:?}");
     let waited = started.elapsed();
@@ -300,12 +300,12 @@ async fn http2_connections_close_when_idle_or_when_no_stream_comes() {
         "the stream reached the upstream"
     );
     // Longer than both deadlines with the stream open: nothing closes it.
-    let (early, closed) = conn.to_end(Duration::from_millis(2500)).await;
+    let (early, closed) = conn.read_to_close(Duration::from_millis(2500)).await;
     assert!(!closed, "{early:?}");
     assert!(!early.iter().any(|f| f.kind == raw::GOAWAY), "{early:?}");
     up.release();
     let idle_from = std::time::Instant::now();
-    let (frames, closed) = conn.to_end(Duration::from_secs(10)).await;
+    let (frames, closed) = conn.read_to_close(Duration::from_secs(10)).await;
     assert!(closed);
     let head = frames
         .iter()
@@ -350,7 +350,7 @@ async fn a_client_that_never_opens_its_window_is_cut_off_after_send_timeout() {
     .await
     .unwrap();
     let started = std::time::Instant::now();
-    let (frames, closed) = conn.to_end(Duration::from_secs(10)).await;
+    let (frames, closed) = conn.read_to_close(Duration::from_secs(10)).await;
     assert!(closed, "the connection is closed: {frames:?}");
     let waited = started.elapsed();
     assert!(

@@ -521,7 +521,7 @@ async fn http2_rapid_reset_is_cut_short() {
                 ));
             }
             let _ = conn.send(&burst).await;
-            conn.to_end(Duration::from_secs(10)).await
+            conn.read_to_close(Duration::from_secs(10)).await
         })
         .await;
     assert!(closed, "the connection ends");
@@ -571,7 +571,7 @@ async fn http2_rapid_reset_is_cut_short() {
                     break;
                 }
             }
-            let (frames, closed) = conn.to_end(Duration::from_secs(10)).await;
+            let (frames, closed) = conn.read_to_close(Duration::from_secs(10)).await;
             (frames, closed, sent)
         })
         .await;
@@ -614,7 +614,7 @@ async fn http2_continuation_floods_end_the_connection() {
                     }
                     sent += batch.len();
                 }
-                let (frames, closed) = conn.to_end(Duration::from_secs(10)).await;
+                let (frames, closed) = conn.read_to_close(Duration::from_secs(10)).await;
                 (frames, closed, sent)
             })
             .await;
@@ -689,7 +689,7 @@ async fn an_http2_hpack_bomb_is_refused_without_being_decoded_into_memory() {
     let (frames, closed) = w
         .bounded("HPACK bomb", 1500, async {
             conn.send(&headers(7, &naming(16_000))).await.unwrap();
-            conn.to_end(Duration::from_secs(10)).await
+            conn.read_to_close(Duration::from_secs(10)).await
         })
         .await;
     assert!(closed);

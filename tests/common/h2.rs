@@ -194,7 +194,7 @@ impl Raw {
 
     /// Read until the gateway closes the connection (or `wait` passes with nothing): the
     /// frames, and whether it was closed.
-    pub async fn to_end(&mut self, wait: Duration) -> (Vec<Frame>, bool) {
+    pub async fn read_to_close(&mut self, wait: Duration) -> (Vec<Frame>, bool) {
         let mut seen = Vec::new();
         loop {
             let mut head = [0u8; 9];
