@@ -194,12 +194,13 @@ pub struct Http2Config {
     /// `max_concurrent_streams`, default 100 (RFC 9113 §6.5.2 recommends no fewer): streams a
     /// client may have open on one connection; more are refused by the protocol.
     pub max_concurrent_streams: u32,
-    /// `max_header_list_size`, default `max_uri_bytes + max_header_bytes + 4096`: the largest
+    /// `max_header_list_size`, default (`None`) `max_uri_bytes + max_header_bytes + 4096`, the
+    /// HTTP/1.1 head buffer's size (so that changing those alone needs no HTTP/2 restart): the largest
     /// decoded header block (RFC 9113 §6.5.2: name and value plus 32 per field, pseudo-header
     /// fields included). A larger one is answered 431 by the protocol layer, and a block that
     /// never ends (a CONTINUATION flood) closes the connection. `max_header_bytes` still applies
     /// to the regular fields, as on HTTP/1.1.
-    pub max_header_list_size: u32,
+    pub max_header_list_size: Option<u32>,
     /// `initial_stream_window_size`, default 262144 (256 KiB): how much of one stream's request
     /// body a client may send ahead of the upstream's reading (flow control, §5.2).
     pub initial_stream_window_size: u32,

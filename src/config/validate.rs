@@ -217,7 +217,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
             d
         },
-        http2: http2(&mut p, s, max_uri_bytes + max_header_bytes + 4096),
+        http2: http2(&mut p, s),
     };
     if let Some(plain) = server.plain_listen {
         // Both bind with SO_REUSEPORT: overlapping addresses would share connections.
@@ -1189,8 +1189,8 @@ fn check_route_set(p: &mut Problems, routes: &[RouteConfig]) {
     }
 }
 
-/// `[server.http2]`, with its defaults and ranges; `list_default` follows the head limits.
-fn http2(p: &mut Problems, s: &RawServer, list_default: usize) -> Http2Config {
+/// `[server.http2]`, with its defaults and ranges.
+fn http2(p: &mut Problems, s: &RawServer) -> Http2Config {
     let h = &s.http2;
     // RFC 9113 §6.9.2: at most 2^31 - 1; a connection window below the protocol's initial
     // 65535 cannot be announced at all.
@@ -1219,12 +1219,9 @@ fn http2(p: &mut Problems, s: &RawServer, list_default: usize) -> Http2Config {
             100,
             10_000,
         ) as u32,
-        max_header_list_size: p.positive(
-            "server.http2.max_header_list_size",
-            h.max_header_list_size,
-            list_default,
-            4 << 20,
-        ) as u32,
+        max_header_list_size: h
+            .max_header_list_size
+            .map(|n| p.positive("server.http2.max_header_list_size", Some(n), 1, 4 << 20) as u32),
         initial_stream_window_size: window(
             p,
             "server.http2.initial_stream_window_size",

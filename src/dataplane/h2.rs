@@ -67,13 +67,17 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
     }
 }
 
-/// The server settings of every HTTP/2 connection of a proxy listener.
-pub fn builder(config: &Http2Config) -> http2::Builder<LocalExec> {
+/// The server settings of every HTTP/2 connection of a proxy listener; `head_buffer` is the
+/// HTTP/1.1 head buffer's size, the header list size unless `max_header_list_size` is set.
+pub fn builder(config: &Http2Config, head_buffer: usize) -> http2::Builder<LocalExec> {
+    let list_size = config
+        .max_header_list_size
+        .unwrap_or(u32::try_from(head_buffer).unwrap_or(u32::MAX));
     let mut builder = http2::Builder::new(LocalExec);
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(config.max_concurrent_streams)
-        .max_header_list_size(config.max_header_list_size)
+        .max_header_list_size(list_size)
         .initial_stream_window_size(config.initial_stream_window_size)
         .initial_connection_window_size(config.initial_connection_window_size)
         .keep_alive_interval(config.ping_interval)

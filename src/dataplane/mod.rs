@@ -123,7 +123,7 @@ pub async fn run_proxy(
     };
     let max_buf = settings.limits.max_uri_bytes + settings.limits.max_header_bytes + 4096;
     let builder = server(None, max_buf);
-    let http2 = h2::builder(&settings.http2);
+    let http2 = h2::builder(&settings.http2, max_buf);
     let cleartext = settings.http2.cleartext;
     let counted = ["http/1.1", "h2"].map(|p| metrics.connections.with_label_values(&[p]));
     let sweeper = {
