@@ -54,6 +54,32 @@ async fn h2_send(
 
 const CLEARTEXT: &str = "[server.http2]\ncleartext = true\n";
 
+/// A ready gateway with h2c and one open route to a new echo upstream; `server`: more
+/// `[server]` keys.
+async fn open_h2c(server: &str) -> (EchoUpstream, portcullis::app::RunningApp) {
+    let up = EchoUpstream::start("app").await;
+    let gw = start_gateway_with_server(
+        server,
+        &format!(
+            "{CLEARTEXT}[[routes]]\nname = \"open\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+            up.addr
+        ),
+    );
+    assert!(became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(10)).await);
+    (up, gw)
+}
+
+/// `portcullis_client_timeouts_total{phase}` reaches 1.
+async fn timed_out(gw: &portcullis::app::RunningApp, phase: &str) {
+    counted(
+        gw.metrics_addr,
+        "portcullis_client_timeouts_total",
+        &[("phase", phase)],
+        1.0,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_stream_passes_the_gate_as_an_http1_request_would() {
     let s = setup_with(CLEARTEXT, "").await;
@@ -161,15 +187,7 @@ async fn every_stream_passes_the_gate_as_an_http1_request_would() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn authority_host_and_cookies_reach_an_http1_upstream_as_it_expects() {
-    let up = EchoUpstream::start("app").await;
-    let gw = start_gateway_with_server(
-        "",
-        &format!(
-            "{CLEARTEXT}[[routes]]\nname = \"open\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
-            up.addr
-        ),
-    );
-    assert!(became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(10)).await);
+    let (up, gw) = open_h2c("").await;
     let addr = gw.proxy_addr;
     let mut h2 = h2_client(addr).await;
 
@@ -205,14 +223,7 @@ async fn authority_host_and_cookies_reach_an_http1_upstream_as_it_expects() {
     let mut conn = Raw::connect(addr).await;
     // No :authority and no Host: refused as an HTTP/1.1 request without Host is.
     let block = raw::request("GET", "/none", "", &[]);
-    conn.send(&raw::frame(
-        raw::HEADERS,
-        raw::END_HEADERS | raw::END_STREAM,
-        1,
-        &block,
-    ))
-    .await
-    .unwrap();
+    conn.request(1, &block).await;
     let frames = conn
         .until(Duration::from_secs(10), |f| {
             f.stream == 1 && f.kind == raw::HEADERS
@@ -222,14 +233,7 @@ async fn authority_host_and_cookies_reach_an_http1_upstream_as_it_expects() {
     assert_eq!(raw::status(&head.payload), Some(400));
     // Userinfo in :authority.
     let block = raw::request("GET", "/u", "user@api.example", &[]);
-    conn.send(&raw::frame(
-        raw::HEADERS,
-        raw::END_HEADERS | raw::END_STREAM,
-        3,
-        &block,
-    ))
-    .await
-    .unwrap();
+    conn.request(3, &block).await;
     let frames = conn.until(Duration::from_secs(10), |f| f.stream == 3).await;
     let last = frames.last().unwrap();
     assert!(
@@ -239,14 +243,7 @@ async fn authority_host_and_cookies_reach_an_http1_upstream_as_it_expects() {
     // A connection-specific field is malformed in HTTP/2 (§8.2.2): the stream is reset by
     // the protocol layer, and nothing is forwarded.
     let block = raw::request("GET", "/te", "a", &[("transfer-encoding", "chunked")]);
-    conn.send(&raw::frame(
-        raw::HEADERS,
-        raw::END_HEADERS | raw::END_STREAM,
-        5,
-        &block,
-    ))
-    .await
-    .unwrap();
+    conn.request(5, &block).await;
     let frames = conn.until(Duration::from_secs(10), |f| f.stream == 5).await;
     assert_eq!(frames.last().unwrap().kind, raw::RST_STREAM, "{frames:?}");
     assert_eq!(up.hits(), 2, "none of these reached the upstream");
@@ -262,15 +259,7 @@ async fn authority_host_and_cookies_reach_an_http1_upstream_as_it_expects() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_connections_close_when_idle_or_when_no_stream_comes() {
-    let up = EchoUpstream::start("app").await;
-    let gw = start_gateway_with_server(
-        "client_header_timeout = \"1s\"\nkeepalive_timeout = \"2s\"",
-        &format!(
-            "{CLEARTEXT}[[routes]]\nname = \"open\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
-            up.addr
-        ),
-    );
-    assert!(became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(10)).await);
+    let (up, gw) = open_h2c("client_header_timeout = \"1s\"\nkeepalive_timeout = \"2s\"").await;
 
     // The preface and SETTINGS, then nothing: GOAWAY after client_header_timeout, and the
     // connection ends.
@@ -287,14 +276,7 @@ async fn http2_connections_close_when_idle_or_when_no_stream_comes() {
     // ended and not while one is open.
     let mut conn = Raw::connect(gw.proxy_addr).await;
     let block = raw::request("GET", "/gate", "a", &[]);
-    conn.send(&raw::frame(
-        raw::HEADERS,
-        raw::END_HEADERS | raw::END_STREAM,
-        1,
-        &block,
-    ))
-    .await
-    .unwrap();
+    conn.request(1, &block).await;
     assert!(
         common::eventually(Duration::from_secs(10), || async { up.hits() == 1 }).await,
         "the stream reached the upstream"
@@ -316,13 +298,7 @@ async fn http2_connections_close_when_idle_or_when_no_stream_comes() {
     let idle = idle_from.elapsed();
     assert!(idle >= Duration::from_millis(1800), "{idle:?}");
     assert!(idle < Duration::from_secs(4), "{idle:?}");
-    counted(
-        gw.metrics_addr,
-        "portcullis_client_timeouts_total",
-        &[("phase", "header")],
-        1.0,
-    )
-    .await;
+    timed_out(&gw, "header").await;
 }
 
 /// A client that never opens its flow-control window (SETTINGS_INITIAL_WINDOW_SIZE = 0, no
@@ -330,25 +306,10 @@ async fn http2_connections_close_when_idle_or_when_no_stream_comes() {
 /// is closed after `send_timeout`, as a client that stops reading is on HTTP/1.1, and counted.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_never_opens_its_window_is_cut_off_after_send_timeout() {
-    let up = EchoUpstream::start("app").await;
-    let gw = start_gateway_with_server(
-        "send_timeout = \"1s\"",
-        &format!(
-            "{CLEARTEXT}[[routes]]\nname = \"open\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
-            up.addr
-        ),
-    );
-    assert!(became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(10)).await);
+    let (up, gw) = open_h2c("send_timeout = \"1s\"").await;
     let mut conn = Raw::connect_with(gw.proxy_addr, &[(raw::INITIAL_WINDOW_SIZE, 0)]).await;
     let block = raw::request("GET", "/body", "a", &[]);
-    conn.send(&raw::frame(
-        raw::HEADERS,
-        raw::END_HEADERS | raw::END_STREAM,
-        1,
-        &block,
-    ))
-    .await
-    .unwrap();
+    conn.request(1, &block).await;
     let started = std::time::Instant::now();
     let (frames, closed) = conn.read_to_close(Duration::from_secs(10)).await;
     assert!(closed, "the connection is closed: {frames:?}");
@@ -364,13 +325,7 @@ async fn a_client_that_never_opens_its_window_is_cut_off_after_send_timeout() {
         "the head was sent (it is not flow-controlled): {frames:?}"
     );
     assert!(!frames.iter().any(|f| f.kind == raw::DATA), "{frames:?}");
-    counted(
-        gw.metrics_addr,
-        "portcullis_client_timeouts_total",
-        &[("phase", "send")],
-        1.0,
-    )
-    .await;
+    timed_out(&gw, "send").await;
 }
 
 /// A CORS preflight passes a `cors_preflight = "forward"` route without a token only when it
@@ -401,14 +356,7 @@ async fn an_http2_preflight_with_a_body_needs_a_token() {
     );
     let mut conn = Raw::connect(gw.proxy_addr).await;
     // Without a body: a preflight, forwarded unchecked.
-    conn.send(&raw::frame(
-        raw::HEADERS,
-        raw::END_HEADERS | raw::END_STREAM,
-        1,
-        &preflight,
-    ))
-    .await
-    .unwrap();
+    conn.request(1, &preflight).await;
     // With DATA frames and no Content-Length: not a preflight.
     conn.send(&raw::frame(raw::HEADERS, raw::END_HEADERS, 3, &preflight))
         .await

@@ -142,6 +142,12 @@ impl Raw {
         self.stream.write_all(bytes).await
     }
 
+    /// Send a request without a body: one HEADERS frame with END_HEADERS and END_STREAM.
+    pub async fn request(&mut self, stream: u32, block: &[u8]) {
+        let frame = frame(HEADERS, END_HEADERS | END_STREAM, stream, block);
+        self.send(&frame).await.unwrap();
+    }
+
     /// The next frame, answering SETTINGS and PING as a client must; `None` at the end of the
     /// connection (or a reset), or when nothing comes within `wait`.
     pub async fn next(&mut self, wait: Duration) -> Option<Frame> {
