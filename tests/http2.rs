@@ -306,7 +306,7 @@ async fn http2_connections_close_when_idle_or_when_no_stream_comes() {
 /// is closed after `send_timeout`, as a client that stops reading is on HTTP/1.1, and counted.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_never_opens_its_window_is_cut_off_after_send_timeout() {
-    let (up, gw) = open_h2c("send_timeout = \"1s\"").await;
+    let (_up, gw) = open_h2c("send_timeout = \"1s\"").await;
     let mut conn = Raw::connect_with(gw.proxy_addr, &[(raw::INITIAL_WINDOW_SIZE, 0)]).await;
     let block = raw::request("GET", "/body", "a", &[]);
     conn.request(1, &block).await;
