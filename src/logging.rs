@@ -5,7 +5,8 @@
 //! The data plane logs nothing of a request but the access line (target `portcullis::access`):
 //! request id, method label, route, status, auth outcome, duration, upstream, client address,
 //! `client_id`, and `sub` only with `[log] log_subject`. Never a path, a query or a header
-//! value; hyper's own diagnostics are not compiled in (its `tracing` feature is off), so no
+//! value; hyper's own diagnostics are not compiled in (its `tracing` feature is off), and the
+//! h2 crate's are capped at `warn` (its debug lines quote malformed header blocks), so no
 //! library line can carry a request target or a header.
 
 /// Install the subscriber and the `log` bridge; `json`: one JSON object per line. Call once,
@@ -13,6 +14,12 @@
 pub fn init(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // h2's debug and trace lines quote malformed header blocks (a `:path` with its query, say):
+    // capped at warn whatever `RUST_LOG` asks (red team).
+    let filter = match "h2=warn".parse() {
+        Ok(cap) => filter.add_directive(cap),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -111,6 +111,20 @@ impl Synthetic {
         answer
     }
 
+    /// 503 with `Retry-After: 1`: this worker holds as many HTTP/2 streams as
+    /// `max_streams_per_worker` allows.
+    pub fn overloaded() -> Synthetic {
+        let mut answer = Synthetic::error(
+            503,
+            "overloaded",
+            "The gateway has too many requests in flight; retry after the time in Retry-After.",
+        );
+        answer
+            .headers
+            .push((http::header::RETRY_AFTER, HeaderValue::from_static("1")));
+        answer
+    }
+
     /// 502: the upstream could not be reached or broke the protocol.
     pub fn bad_gateway() -> Synthetic {
         Synthetic::error(502, "bad_gateway", "The upstream could not be reached.").closing()

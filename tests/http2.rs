@@ -480,3 +480,103 @@ async fn a_reload_that_changes_http2_settings_says_it_needs_a_restart() {
         .unwrap();
     assert_eq!(resp.version(), Version::HTTP_2);
 }
+
+/// Each HTTP/2 stream holds an upstream connection: past `max_streams_per_worker` open
+/// streams on a worker (over all its connections), a new stream is answered 503 with
+/// `Retry-After` before any other work, so that a few hundred connections at
+/// `max_concurrent_streams` cannot use up the process's file descriptors (red team).
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_beyond_the_workers_bound_are_answered_503() {
+    let up = EchoUpstream::start("app").await;
+    let gw = common::start_gateway_text(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 1\n[server.http2]\ncleartext = true\n\
+         max_streams_per_worker = 3\n[metrics]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nname = \"open\"\n\
+         path_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+        up.addr
+    ));
+    assert!(became_ready(&gw.metrics_addr.to_string(), Duration::from_secs(10)).await);
+    let gate = raw::request("GET", "/gate", "a", &[]);
+    let mut first = Raw::connect(gw.proxy_addr).await;
+    first.request(1, &gate).await;
+    first.request(3, &gate).await;
+    let mut second = Raw::connect(gw.proxy_addr).await;
+    second.request(1, &gate).await;
+    assert!(
+        common::eventually(Duration::from_secs(10), || async { up.hits() == 3 }).await,
+        "three streams reached the upstream"
+    );
+    // A fourth, on either connection: 503 at once.
+    second.request(3, &gate).await;
+    let frames = second
+        .until(Duration::from_secs(10), |f| {
+            f.stream == 3 && f.kind == raw::HEADERS
+        })
+        .await;
+    let head = frames
+        .iter()
+        .find(|f| f.stream == 3 && f.kind == raw::HEADERS);
+    assert_eq!(
+        head.and_then(|f| raw::status(&f.payload)),
+        Some(503),
+        "{frames:?}"
+    );
+    assert_eq!(up.hits(), 3);
+    // Once the three are answered, streams are taken again.
+    up.release();
+    let frames = first
+        .until(Duration::from_secs(10), |f| {
+            f.stream == 3 && f.flags & raw::END_STREAM != 0
+        })
+        .await;
+    assert!(frames.iter().any(|f| f.stream == 3), "{frames:?}");
+    let resp = h2c()
+        .get(format!("http://{}/again", gw.proxy_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// Even at `RUST_LOG=debug`, no log line carries a request's path or query: the h2 crate's
+/// debug lines, which quote a malformed `:path`, are capped (red team).
+#[tokio::test]
+async fn a_malformed_path_is_not_logged_even_at_debug() {
+    let up = EchoUpstream::start("app").await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 1\n{CLEARTEXT}[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [[routes]]\nname = \"open\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
+        up.addr
+    );
+    let gw = GatewayProcess::start(&text, &[("RUST_LOG", "debug")]);
+    assert!(became_ready(&gw.metrics.to_string(), Duration::from_secs(10)).await);
+    let mut conn = Raw::connect(gw.proxy).await;
+    // No leading slash: malformed (RFC 9113 §8.3.1), refused by h2 itself.
+    conn.request(
+        1,
+        &raw::request("GET", "admin?access_token=SECRETPAYLOAD", "a", &[]),
+    )
+    .await;
+    let frames = conn
+        .until(Duration::from_secs(10), |f| {
+            f.stream == 1 || f.kind == raw::GOAWAY
+        })
+        .await;
+    assert!(!frames.is_empty());
+    // And a request that is served, so that the log has caught up past the malformed one.
+    let resp = h2c()
+        .get(format!("http://{}/fine?q=SECRETQUERY", gw.proxy))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            gw.log().contains("portcullis::access")
+        })
+        .await
+    );
+    let log = gw.log();
+    for secret in ["SECRETPAYLOAD", "SECRETQUERY", "access_token"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}

@@ -219,6 +219,11 @@ pub struct Http2Config {
     /// is never bounded by `max_concurrent_streams`. Streams cancelled before they were
     /// handed to the gateway are bounded by the protocol layer itself (20).
     pub max_cancelled_streams: u32,
+    /// `max_streams_per_worker`, default 1000: HTTP/2 streams open at once on one worker, over
+    /// all its connections. Each holds an upstream connection (a file descriptor), so without
+    /// a bound a few hundred connections at `max_concurrent_streams` could use up the
+    /// process's descriptors. A stream beyond is answered 503 with `Retry-After: 1`.
+    pub max_streams_per_worker: u32,
 }
 
 /// TLS termination on `server.listen` (TLS 1.2 and 1.3, rustls): a default certificate and

@@ -197,6 +197,8 @@ pub struct RawHttp2 {
     pub ping_timeout: Option<String>,
     /// Default 200.
     pub max_cancelled_streams: Option<i64>,
+    /// Default 1000.
+    pub max_streams_per_worker: Option<i64>,
 }
 
 /// One `[[server.tls_certificates]]` entry.

@@ -1242,5 +1242,11 @@ fn http2(p: &mut Problems, s: &RawServer) -> Http2Config {
             200,
             1_000_000,
         ) as u32,
+        max_streams_per_worker: p.positive(
+            "server.http2.max_streams_per_worker",
+            h.max_streams_per_worker,
+            1000,
+            1_000_000,
+        ) as u32,
     }
 }

@@ -129,6 +129,16 @@ pub fn request_head(parts: &mut http::request::Parts, has_body: bool) -> Result<
             description: "The request has more header fields than this gateway accepts.",
         });
     }
+    // §8.2.1: a value with leading or trailing white space is malformed. An HTTP/1.1 parser
+    // trims it, so the upstream would read another value than the one checked here.
+    let padded = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        let ws = |c: Option<&u8>| matches!(c, Some(b' ' | b'\t'));
+        ws(b.first()) || ws(b.last())
+    };
+    if parts.headers.values().any(padded) {
+        return Err(bad("A header field value begins or ends with white space."));
+    }
     if let Some(authority) = parts.uri.authority() {
         if authority.as_str().contains('@') {
             return Err(bad("The :authority may not hold userinfo."));
@@ -209,6 +219,8 @@ pub struct Streams {
     cancelled: Cell<u32>,
     window: Cell<Instant>,
     max_cancelled: u32,
+    /// The worker's open HTTP/2 streams, over all its connections, and their bound.
+    worker: WorkerStreams,
     /// Too many cancelled: the connection is to close.
     calm: Cell<bool>,
     /// Each open stream's [`Handed`] (dead once the stream is gone).
@@ -216,9 +228,27 @@ pub struct Streams {
     changed: Notify,
 }
 
+/// A worker's open HTTP/2 streams (`Rc`: one per worker and listener) and
+/// `max_streams_per_worker`.
+#[derive(Debug, Clone)]
+pub struct WorkerStreams {
+    pub open: std::rc::Rc<Cell<usize>>,
+    pub max: usize,
+}
+
+impl WorkerStreams {
+    pub fn new(max: u32) -> WorkerStreams {
+        WorkerStreams {
+            open: Default::default(),
+            max: max as usize,
+        }
+    }
+}
+
 impl Streams {
-    pub fn new(max_cancelled: u32) -> Streams {
+    pub fn new(max_cancelled: u32, worker: WorkerStreams) -> Streams {
         Streams {
+            worker,
             open: Cell::new(0),
             begun: Cell::new(0),
             cancelled: Cell::new(0),
@@ -233,6 +263,7 @@ impl Streams {
     /// A stream's request reached the service: its [`Handed`], to give its response body.
     pub fn begin(&self) -> Handed {
         self.open.set(self.open.get() + 1);
+        self.worker.open.set(self.worker.open.get() + 1);
         self.begun.set(self.begun.get() + 1);
         let handed = Handed::default();
         let mut all = self.handed.borrow_mut();
@@ -247,6 +278,9 @@ impl Streams {
     /// answer.
     pub fn end(&self, cancelled: bool) {
         self.open.set(self.open.get().saturating_sub(1));
+        self.worker
+            .open
+            .set(self.worker.open.get().saturating_sub(1));
         if cancelled {
             let now = Instant::now();
             if now.duration_since(self.window.get()) > CANCEL_WINDOW {
@@ -259,6 +293,11 @@ impl Streams {
             }
         }
         self.changed.notify_one();
+    }
+
+    /// The worker has more streams open than `max_streams_per_worker` (this one counted).
+    pub fn worker_full(&self) -> bool {
+        self.worker.open.get() > self.worker.max
     }
 
     /// Some open stream's response has waited on the client for `send` or longer.
@@ -473,6 +512,8 @@ mod tests {
 
         let table: &[(&str, &[(&str, &str)])] = &[
             ("https://a/x", &[("host", "b")]),
+            ("https://a/x", &[("x-a", " padded")]),
+            ("https://a/x", &[("x-a", "padded\t")]),
             ("https://user@a/x", &[]),
             ("/x", &[]),
         ];
@@ -530,7 +571,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_cancelling_and_stalled_connections_close() {
-        let streams = Streams::new(2);
+        let streams = Streams::new(2, WorkerStreams::new(10));
         let first = Duration::from_secs(10);
         let keep = Duration::from_secs(60);
         let started = tokio::time::Instant::now();
@@ -541,7 +582,7 @@ mod tests {
         );
         assert_eq!(started.elapsed(), first, "no stream: the first deadline");
 
-        let streams = std::rc::Rc::new(Streams::new(2));
+        let streams = std::rc::Rc::new(Streams::new(2, WorkerStreams::new(10)));
         let _handed = streams.begin();
         let s = streams.clone();
         let local = tokio::task::LocalSet::new();
@@ -558,7 +599,7 @@ mod tests {
             })
             .await;
 
-        let streams = Streams::new(2);
+        let streams = Streams::new(2, WorkerStreams::new(10));
         for _ in 0..3 {
             drop(streams.begin());
             streams.end(true);
@@ -567,7 +608,7 @@ mod tests {
         assert_eq!(why, Close::RapidReset, "three cancelled of two");
 
         // A response handed to hyper and never asked for again: closed after send_timeout.
-        let streams = Streams::new(2);
+        let streams = Streams::new(2, WorkerStreams::new(10));
         let handed = streams.begin();
         handed.set(Some(tokio::time::Instant::now()));
         let started = tokio::time::Instant::now();
@@ -575,7 +616,7 @@ mod tests {
         let waited = started.elapsed();
         assert!(waited >= send && waited <= send + STALL_SCAN, "{waited:?}");
         // One that hyper keeps asking for is never stalled, however long the stream lasts.
-        let streams = Streams::new(2);
+        let streams = Streams::new(2, WorkerStreams::new(10));
         let handed = streams.begin();
         let closing = streams.closing(first, keep, send);
         let busy = async {

@@ -126,6 +126,7 @@ pub async fn run_proxy(
     let http2 = h2::builder(&settings.http2, max_buf);
     let cleartext = settings.http2.cleartext;
     let counted = ["http/1.1", "h2"].map(|p| metrics.connections.with_label_values(&[p]));
+    let worker_streams = h2::WorkerStreams::new(settings.http2.max_streams_per_worker);
     let sweeper = {
         let pool = thread.pool().clone();
         tokio::task::spawn_local(async move {
@@ -146,6 +147,7 @@ pub async fn run_proxy(
             builder: builder.clone(),
             http2: http2.clone(),
             max_cancelled: settings.http2.max_cancelled_streams,
+            worker_streams: worker_streams.clone(),
             counted: counted.clone(),
             expired: expired.clone(),
             metrics: metrics.clone(),
@@ -246,6 +248,8 @@ struct Served {
     http2: hyper::server::conn::http2::Builder<h2::LocalExec>,
     /// `[server.http2] max_cancelled_streams`.
     max_cancelled: u32,
+    /// The worker's open HTTP/2 streams and `max_streams_per_worker`.
+    worker_streams: h2::WorkerStreams,
     /// `portcullis_connections_total{protocol}`: HTTP/1.1, HTTP/2.
     counted: [prometheus::IntCounter; 2],
     expired: Expired,
@@ -282,7 +286,7 @@ impl Served {
             conn.client_cert = client_cert;
         }
         if multiplexed {
-            conn.streams = Some(h2::Streams::new(self.max_cancelled));
+            conn.streams = Some(h2::Streams::new(self.max_cancelled, self.worker_streams));
         }
         let conn = Rc::new(conn);
         let thread = self.thread;

@@ -442,6 +442,10 @@ async fn forward(
     // A request answered before its body was read is not kept: the unread bytes would be
     // read as the next head.
     let early = |s: Synthetic| answer(if body_unread { s.closing() } else { s });
+    if conn.streams.as_ref().is_some_and(|s| s.worker_full()) {
+        // Before any other work: the stream would hold one more upstream connection.
+        return answer(Synthetic::overloaded());
+    }
     if parts.version == Version::HTTP_2 {
         if let Err(fault) = super::h2::request_head(&mut parts, body_unread) {
             return answer(Synthetic::error(
