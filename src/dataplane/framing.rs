@@ -32,7 +32,8 @@ pub struct Refusal {
     pub description: &'static str,
 }
 
-const fn refusal(status: u16, error: &'static str, description: &'static str) -> Refusal {
+/// A refusal with its status, error code and description.
+pub const fn refusal(status: u16, error: &'static str, description: &'static str) -> Refusal {
     Refusal {
         status,
         error,

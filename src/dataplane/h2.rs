@@ -87,20 +87,12 @@ pub fn builder(config: &Http2Config, head_buffer: usize) -> http2::Builder<Local
     builder
 }
 
-/// Why a stream's head is refused before anything else is looked at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeadFault {
-    pub status: u16,
-    pub error: &'static str,
-    pub description: &'static str,
-}
+/// Why a stream's head is refused before anything else is looked at: the framing check's own
+/// refusal.
+pub type HeadFault = super::framing::Refusal;
 
 const fn bad(description: &'static str) -> HeadFault {
-    HeadFault {
-        status: 400,
-        error: "bad_request",
-        description,
-    }
+    super::framing::refusal(400, "bad_request", description)
 }
 
 /// The most fields a head may have: hyper's HTTP/1.1 parser refuses more (431), and HTTP/2
@@ -123,11 +115,11 @@ const MAX_FIELDS: usize = 100;
 /// - More than [`MAX_FIELDS`] fields is 431, as on HTTP/1.1.
 pub fn request_head(parts: &mut http::request::Parts, has_body: bool) -> Result<(), HeadFault> {
     if parts.headers.len() > MAX_FIELDS {
-        return Err(HeadFault {
-            status: 431,
-            error: "header_fields_too_large",
-            description: "The request has more header fields than this gateway accepts.",
-        });
+        return Err(super::framing::refusal(
+            431,
+            "header_fields_too_large",
+            "The request has more header fields than this gateway accepts.",
+        ));
     }
     // §8.2.1: a value with leading or trailing white space is malformed. An HTTP/1.1 parser
     // trims it, so the upstream would read another value than the one checked here.
