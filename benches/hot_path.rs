@@ -27,6 +27,7 @@ fn routes(n: usize) -> Vec<RouteConfig> {
             path_prefix: format!("/svc{}/v{}/res{i}", i % 20, i % 3),
             methods: Some(vec![Method::GET, Method::POST]),
             upstreams: vec!["127.0.0.1:1".into()],
+            upstream_protocol: Default::default(),
             policy: RoutePolicy::new(vec![format!("svc{i}:read")], vec![]),
             auth: AuthMode::Required,
             forward_token: false,

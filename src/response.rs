@@ -188,11 +188,67 @@ impl Synthetic {
     /// The HTTP response. A `HEAD` request gets the same head (its `Content-Length` included)
     /// and no body; the caller's server omits it.
     pub fn render<B: From<Bytes>>(self) -> http::Response<B> {
-        let mut response = http::Response::new(B::from(self.body));
-        *response.status_mut() =
-            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        self.build(false, B::from)
+    }
+
+    /// The answer to the request whose header fields are `request`: a gRPC request's refusal
+    /// as a gRPC client reads it ([`Synthetic::render`] otherwise).
+    ///
+    /// gRPC over HTTP/2 (PROTOCOL-HTTP2.md, "Responses"): a call that fails before any message
+    /// is answered *trailers-only*, one header block holding `:status 200`,
+    /// `content-type: application/grpc`, `grpc-status` and `grpc-message`, and no body. gRPC
+    /// clients read the outcome from `grpc-status` and, on any other `:status`, replace it by
+    /// their own mapping of the HTTP status (grpc-go: 400 becomes INTERNAL and the message is
+    /// lost), so the status is 200 here, as Envoy's local replies to gRPC send. The gateway's
+    /// own header fields stay: `WWW-Authenticate` (RFC 6750 §3), `Retry-After`, `DPoP-Nonce`.
+    /// Codes: [`grpc_status`].
+    pub fn render_for<B: From<Bytes>>(self, request: &http::HeaderMap) -> http::Response<B> {
+        match is_grpc(request) {
+            true => self.render_grpc(),
+            false => self.render(),
+        }
+    }
+
+    /// The answer to a gRPC request ([`Synthetic::render_for`]): trailers-only when it refuses.
+    pub fn render_grpc<B: From<Bytes>>(self) -> http::Response<B> {
+        let grpc = self.status >= 400;
+        self.build(grpc, B::from)
+    }
+
+    /// [`Synthetic::render_for`] into a body made from a `String` (the tower layer's bound).
+    pub fn render_text_for<B: From<String>>(self, request: &http::HeaderMap) -> http::Response<B> {
+        let grpc = self.status >= 400 && is_grpc(request);
+        self.build(grpc, |b| B::from(String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    fn build<B>(self, grpc: bool, body: impl FnOnce(Bytes) -> B) -> http::Response<B> {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = match grpc {
+            true => {
+                let mut r = http::Response::new(body(Bytes::new()));
+                let headers = r.headers_mut();
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                headers.insert(
+                    GRPC_STATUS.clone(),
+                    HeaderValue::from(grpc_status(self.status)),
+                );
+                let message = grpc_message(&self.body, status);
+                if let Ok(v) = HeaderValue::try_from(message) {
+                    headers.insert(GRPC_MESSAGE.clone(), v);
+                }
+                // What the answer stands for, for the gateway's own counters and access line.
+                r.extensions_mut().insert(Stands(self.status));
+                r
+            }
+            false => {
+                let mut r = http::Response::new(body(self.body));
+                *r.status_mut() = status;
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+                r
+            }
+        };
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static(self.cache_control));
         if self.close {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
@@ -202,6 +258,64 @@ impl Synthetic {
         }
         response
     }
+}
+
+/// The HTTP status a gRPC trailers-only answer stands for (it is sent with `:status 200`), in
+/// the response's extensions: requests are counted and logged by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stands(pub u16);
+
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// A gRPC request: `content-type` is `application/grpc`, alone or with a `+format` or
+/// parameters (PROTOCOL-HTTP2.md, "Requests"). `application/grpc-web` is not: gRPC-Web carries
+/// its trailers in the body, which these answers do not.
+pub fn is_grpc(request: &http::HeaderMap) -> bool {
+    let Some(value) = request.get(CONTENT_TYPE) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    let prefix = b"application/grpc";
+    value.len() >= prefix.len()
+        && value[..prefix.len()].eq_ignore_ascii_case(prefix)
+        && matches!(value.get(prefix.len()), None | Some(b'+' | b';'))
+}
+
+/// The gRPC status code (gRPC's statuscodes.md) for a refusal with HTTP `status`: 16
+/// UNAUTHENTICATED for 401, 7 PERMISSION_DENIED for 403, 14 UNAVAILABLE for 502, 503 and 504
+/// (as gRPC's own HTTP mapping, so clients may retry), 3 INVALID_ARGUMENT for 400 (the request
+/// as sent cannot succeed), 12 UNIMPLEMENTED for 404 and 405 (no route serves the method),
+/// 4 DEADLINE_EXCEEDED for 408, 8 RESOURCE_EXHAUSTED for 413, 429 and 431 (a quota or size
+/// limit), and 2 UNKNOWN for anything else.
+pub fn grpc_status(status: u16) -> u16 {
+    match status {
+        400 => 3,
+        401 => 16,
+        403 => 7,
+        404 | 405 => 12,
+        408 => 4,
+        413 | 429 | 431 => 8,
+        502..=504 => 14,
+        _ => 2,
+    }
+}
+
+/// `grpc-message`: the answer's `error_description` (else the status's reason), percent-encoded
+/// as gRPC requires: every byte outside printable ASCII, and `%`.
+fn grpc_message(body: &[u8], status: StatusCode) -> String {
+    let described = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error_description"].as_str().map(str::to_owned));
+    let text = described.unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned());
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        match b {
+            b' '..=b'~' if b != b'%' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 /// `DPoP-Nonce` (RFC 9449 §8.1).
@@ -250,6 +364,90 @@ mod tests {
         assert_eq!(r.status(), 405);
         assert_eq!(r.headers()[http::header::ALLOW], "GET, HEAD");
         assert!(!r.headers().contains_key(CONNECTION));
+    }
+
+    fn grpc_request(content_type: &'static str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        h
+    }
+
+    #[test]
+    fn a_grpc_refusal_is_trailers_only_with_the_challenge_kept() {
+        let c = Challenge {
+            status: 401,
+            www_authenticate: vec!["Bearer realm=\"r\", error=\"invalid_token\"".into()],
+            retry_after: None,
+            dpop_nonce: None,
+            body: r#"{"error":"invalid_token","error_description":"100% expired"}"#.into(),
+            outcome: "expired",
+        };
+        let r: http::Response<Bytes> =
+            Synthetic::from(c).render_for(&grpc_request("application/grpc+proto"));
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/grpc");
+        assert_eq!(r.headers()["grpc-status"], "16");
+        assert_eq!(r.headers()["grpc-message"], "100%25 expired");
+        assert_eq!(
+            r.headers()[http::header::WWW_AUTHENTICATE],
+            "Bearer realm=\"r\", error=\"invalid_token\""
+        );
+        assert!(r.body().is_empty());
+        assert_eq!(r.extensions().get::<Stands>(), Some(&Stands(401)));
+    }
+
+    #[test]
+    fn grpc_is_told_by_its_content_type_only() {
+        for (content_type, grpc) in [
+            ("application/grpc", true),
+            ("Application/GRPC", true),
+            ("application/grpc+proto", true),
+            ("application/grpc;charset=utf-8", true),
+            ("application/grpc-web", false),
+            ("application/grpc-web+proto", false),
+            ("application/grpcx", false),
+            ("application/json", false),
+        ] {
+            assert_eq!(is_grpc(&grpc_request(content_type)), grpc, "{content_type}");
+        }
+        assert!(!is_grpc(&http::HeaderMap::new()));
+        // Plain HTTP callers, and successes, get the plain answer.
+        let r: http::Response<Bytes> =
+            Synthetic::gateway_timeout().render_for(&grpc_request("application/json"));
+        assert_eq!(r.status(), 504);
+        let r: http::Response<Bytes> = Synthetic::json(200, Bytes::from_static(b"{}"))
+            .render_for(&grpc_request("application/grpc"));
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn grpc_codes_by_status() {
+        for (status, code) in [
+            (400, 3),
+            (401, 16),
+            (403, 7),
+            (404, 12),
+            (405, 12),
+            (408, 4),
+            (413, 8),
+            (429, 8),
+            (431, 8),
+            (502, 14),
+            (503, 14),
+            (504, 14),
+            (500, 2),
+        ] {
+            assert_eq!(grpc_status(status), code, "{status}");
+        }
+        let r: http::Response<Bytes> =
+            Synthetic::overloaded().render_for(&grpc_request("application/grpc"));
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()[http::header::RETRY_AFTER], "1");
+        assert!(r.headers()["grpc-message"]
+            .to_str()
+            .unwrap()
+            .starts_with("The gateway has"));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Route {
     pub policy: RoutePolicy,
     /// Keep `Authorization` on the forwarded request.
     pub forward_token: bool,
+    /// `upstream_protocol`: HTTP/1.1 or HTTP/2 to the upstreams.
+    pub upstream_protocol: crate::config::UpstreamProtocol,
     /// `allow_path_parameters`: `;` parameters in the path are accepted.
     pub path_parameters: bool,
     /// `allow_method_override`: method-override headers are forwarded.
@@ -117,6 +119,7 @@ impl Router {
                     auth: c.auth,
                     policy: c.policy.clone(),
                     forward_token: c.forward_token,
+                    upstream_protocol: c.upstream_protocol,
                     path_parameters: c.allow_path_parameters,
                     method_override: c.allow_method_override,
                     options_asterisk: c.allow_options_asterisk,

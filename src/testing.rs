@@ -33,6 +33,7 @@ pub fn route(name: &str, prefix: &str) -> crate::config::RouteConfig {
         path_prefix: prefix.into(),
         methods: None,
         upstreams: vec!["127.0.0.1:1".into()],
+        upstream_protocol: Default::default(),
         policy: Default::default(),
         auth: crate::config::AuthMode::None,
         forward_token: false,

@@ -6,6 +6,8 @@
 //! - On failure the answer is the RFC 6750 challenge (400 / 401 / 403) or 503, returned as
 //!   `Ok(response)`: a refusal is a response, not an error, so the inner service's error type is
 //!   kept (as tower-http's `AsyncRequireAuthorization` does).
+//!   A gRPC request (`content-type: application/grpc…`) gets the same refusal trailers-only,
+//!   with `grpc-status` ([`Synthetic::render_for`](crate::response::Synthetic::render_for)).
 //! - [`AuthLayer::new`] spawns the key refresh (and introspection endpoint discovery) on the
 //!   current tokio runtime; the tasks stop when the last layer or service clone is dropped.
 
@@ -22,6 +24,7 @@ use tower_service::Service;
 use crate::auth::{
     Authenticator, DpopMode, Principal, RequestInfo, RequestUri, RoutePolicy, TokenTypes,
 };
+use crate::response::Synthetic;
 
 /// The authenticator and its background tasks, shared by every layer and service cloned from
 /// one [`AuthLayer::new`].
@@ -229,9 +232,11 @@ where
                         req.extensions_mut().insert::<Principal>(principal);
                         inner.call(req).await
                     }
-                    Err(error) => Ok(auth
-                        .challenge(&error, &layer.policy, req.headers())
-                        .into_response()),
+                    // A gRPC caller gets the challenge trailers-only (`grpc-status`).
+                    Err(error) => {
+                        let challenge = auth.challenge(&error, &layer.policy, req.headers());
+                        Ok(Synthetic::from(challenge).render_text_for(req.headers()))
+                    }
                 }
             }),
         }

@@ -135,27 +135,6 @@ impl Challenge {
         }
         self
     }
-
-    /// The complete HTTP answer: status, `WWW-Authenticate` (or `Retry-After` for 503), a JSON
-    /// body, `Cache-Control: no-store`.
-    pub fn into_response<B: From<String>>(self) -> http::Response<B> {
-        let mut builder = http::Response::builder()
-            .status(self.status)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::CACHE_CONTROL, "no-store");
-        for v in self.www_authenticate {
-            builder = builder.header(http::header::WWW_AUTHENTICATE, v);
-        }
-        if let Some(nonce) = self.dpop_nonce {
-            builder = builder.header("dpop-nonce", nonce);
-        }
-        if let Some(secs) = self.retry_after {
-            builder = builder.header(http::header::RETRY_AFTER, secs);
-        }
-        builder
-            .body(B::from(self.body))
-            .expect("status and header values are valid by construction")
-    }
 }
 
 /// Status, RFC 6750 error code and a fixed, ASCII, quote-free description.

@@ -293,6 +293,17 @@ pub enum AuthMode {
     None,
 }
 
+/// `upstream_protocol`: how the gateway speaks to a route's upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// `"http1"` (default): HTTP/1.1, one pooled connection per request in flight.
+    #[default]
+    Http1,
+    /// `"http2"`: HTTP/2 with prior knowledge (h2c, RFC 9113 §3.3), one multiplexed connection
+    /// per upstream address and worker. gRPC servers need it: their trailers and streams.
+    Http2,
+}
+
 /// One `[[routes]]` entry.
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
@@ -304,6 +315,8 @@ pub struct RouteConfig {
     pub methods: Option<Vec<Method>>,
     /// `upstreams`: `host:port` entries, resolved when the gateway starts.
     pub upstreams: Vec<String>,
+    /// `upstream_protocol`, default `"http1"`; `"http2"`: HTTP/2 with prior knowledge.
+    pub upstream_protocol: UpstreamProtocol,
     /// What the route requires of a token: `scopes` (every one), `scopes_any` (at least one),
     /// `token_types` (default `["jwt", "opaque"]`), `issuers`, `audiences`,
     /// `[[routes.claims]]` with `claims_match`, `acr_values` and `max_age`; and the claims it

@@ -297,6 +297,7 @@ pub struct RawRoute {
     pub methods: Option<Vec<String>>,
     #[serde(default)]
     pub upstreams: Vec<String>,
+    pub upstream_protocol: Option<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
     #[serde(default)]

@@ -1034,6 +1034,17 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute, cx: &RouteContext) -> Opti
         }
         (None, global) => global.map(str::to_owned),
     };
+    let upstream_protocol = match raw.upstream_protocol.as_deref() {
+        None | Some("http1") => super::UpstreamProtocol::Http1,
+        Some("http2") => super::UpstreamProtocol::Http2,
+        Some(_) => {
+            p.push(
+                format!("{key}.upstream_protocol"),
+                "must be \"http1\" (the default) or \"http2\" (HTTP/2 with prior knowledge, as gRPC servers speak)",
+            );
+            super::UpstreamProtocol::Http1
+        }
+    };
     if p.0.len() > before {
         return None;
     }
@@ -1042,6 +1053,7 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute, cx: &RouteContext) -> Opti
         path_prefix: path_prefix?,
         methods,
         upstreams: raw.upstreams.clone(),
+        upstream_protocol,
         policy,
         auth,
         forward_token: raw.forward_token.unwrap_or(false),

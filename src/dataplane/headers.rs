@@ -92,6 +92,21 @@ fn is_websocket(v: &HeaderValue) -> bool {
     })
 }
 
+/// The request's `TE` lists `trailers` (RFC 9110 §10.1.4): the client takes trailer fields.
+/// Read before [`remove_hop_by_hop`] removes `TE`; an HTTP/2 hop carries it on as
+/// `te: trailers`, the one value HTTP/2 allows (RFC 9113 §8.2.2), which gRPC servers require.
+pub fn accepts_trailers(map: &HeaderMap) -> bool {
+    map.get_all(http::header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim_matches([' ', '\t']).eq_ignore_ascii_case("trailers"))
+        })
+}
+
 /// Remove every header the client may not choose ([`crate::gate::headers::unwanted`]) from a
 /// request to forward.
 pub fn strip_client_headers(map: &mut HeaderMap, strip: Strip) {

@@ -19,6 +19,7 @@ use super::headers::{self, Strip};
 use super::pool::{Checkout, ConnectError, Pool};
 use super::upstreams::{Rotation, Upstreams};
 use crate::auth::Grant;
+use crate::config::UpstreamProtocol;
 use crate::gate::headers::IdentityNames;
 use crate::gate::{limit, Denied, Gate, Refusal, TargetFault};
 use crate::live::Live;
@@ -265,11 +266,20 @@ pub async fn serve(
         }),
     };
     let record = pending.record.as_mut().expect("set above");
-    let response = forward(&worker, &conn, req, record).await;
+    let grpc = crate::response::is_grpc(req.headers());
+    let response = match forward(&worker, &conn, req, record).await {
+        Ok(response) => response,
+        Err(synthetic) if grpc => synthetic.render_grpc(),
+        Err(synthetic) => synthetic.render(),
+    };
     // The answer is ready: from here on the response body's end records the request.
     let record = pending.record.take().expect("taken only here");
     let tunnel = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    let status = response.status().as_u16();
+    // A gRPC refusal is sent as 200 and counted as what it stands for.
+    let status = response
+        .extensions()
+        .get::<crate::response::Stands>()
+        .map_or(response.status().as_u16(), |s| s.0);
     let finish = Finish::new(move || {
         if tunnel {
             conn.stream.upgraded();
@@ -425,30 +435,26 @@ fn resource_document(method: &Method, document: &bytes::Bytes) -> Synthetic {
     }
 }
 
-fn answer(synthetic: Synthetic) -> Response<ResBody> {
-    synthetic.render()
-}
-
 async fn forward(
     worker: &Worker,
     conn: &Conn,
     req: Request<Incoming>,
     record: &mut Record,
-) -> Response<ResBody> {
+) -> Result<Response<ResBody>, Synthetic> {
     let shared = &*worker.shared;
     let settings = &shared.settings;
     let (mut parts, body) = req.into_parts();
     let body_unread = !body.is_end_stream();
     // A request answered before its body was read is not kept: the unread bytes would be
     // read as the next head.
-    let early = |s: Synthetic| answer(if body_unread { s.closing() } else { s });
+    let early = |s: Synthetic| if body_unread { s.closing() } else { s };
     if conn.streams.as_ref().is_some_and(|s| s.worker_full()) {
         // Before any other work: the stream would hold one more upstream connection.
-        return answer(Synthetic::overloaded());
+        return Err(Synthetic::overloaded());
     }
     if parts.version == Version::HTTP_2 {
         if let Err(fault) = super::h2::request_head(&mut parts, body_unread) {
-            return answer(Synthetic::error(
+            return Err(Synthetic::error(
                 fault.status,
                 fault.error,
                 fault.description,
@@ -464,14 +470,12 @@ async fn forward(
     let Some(head) = head else {
         // The connection's bytes could not be framed as the HTTP parser frames them, so no
         // head on it can be checked as it arrived: refused, and the connection closed.
-        return answer(
-            Synthetic::error(
-                400,
-                "bad_request",
-                "The request's framing on this connection could not be followed.",
-            )
-            .closing(),
-        );
+        return Err(Synthetic::error(
+            400,
+            "bad_request",
+            "The request's framing on this connection could not be followed.",
+        )
+        .closing());
     };
     record.request_id = Some(headers::set_request_id(&mut parts.headers));
     let exporter = shared.exporter.as_deref();
@@ -501,21 +505,23 @@ async fn forward(
         }
     };
     if let Some(r) = framing::check(&parts, target_bytes, raw_lengths, &settings.limits) {
-        return answer(Synthetic::error(r.status, r.error, r.description).closing());
+        return Err(Synthetic::error(r.status, r.error, r.description).closing());
     }
     if let (Some(limit), Some(length)) = (settings.max_body_bytes, declared_length(&parts)) {
         if length > limit {
-            return answer(Synthetic::body_too_large());
+            return Err(Synthetic::body_too_large());
         }
     }
     if notable
         .fragment_line
         .is_some_and(|line| framing::target_lost_fragment(&line, target_bytes))
     {
-        return early(Synthetic::refusal(Refusal::Target(TargetFault::RawByte)));
+        return Err(early(Synthetic::refusal(Refusal::Target(
+            TargetFault::RawByte,
+        ))));
     }
     if let Some(document) = shared.gate.resource_document(parts.uri.path()) {
-        return early(resource_document(&parts.method, document));
+        return Err(early(resource_document(&parts.method, document)));
     }
     let client = limit::client_address(&parts.headers, conn.ip, settings.trust_forwarded_headers);
     let pass = match shared
@@ -547,7 +553,7 @@ async fn forward(
                 }
                 Denied::Refused(_) => {}
             }
-            return early(Synthetic::denied(denied));
+            return Err(early(Synthetic::denied(denied)));
         }
     };
     record.client = Some(client);
@@ -571,7 +577,11 @@ async fn forward(
             )),
             // A canonical target is a valid origin-form URI; a failure would be a gate bug,
             // and the request is refused rather than forwarded as received.
-            Err(_) => return early(Synthetic::refusal(Refusal::Target(TargetFault::Form))),
+            Err(_) => {
+                return Err(early(Synthetic::refusal(Refusal::Target(
+                    TargetFault::Form,
+                ))))
+            }
         }
     } else {
         None
@@ -586,7 +596,14 @@ async fn forward(
     }
 
     let map = &mut parts.headers;
-    let websocket = headers::remove_hop_by_hop(map);
+    let http2 = route.upstream_protocol == UpstreamProtocol::Http2;
+    let te_trailers = http2 && headers::accepts_trailers(map);
+    // An HTTP/2 hop has no `Upgrade` (RFC 9113 §8.6): the request goes on without it, as a
+    // server may ignore an upgrade (RFC 9110 §7.8).
+    let websocket = headers::remove_hop_by_hop(map).filter(|_| !http2);
+    if te_trailers {
+        map.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
     let strip = Strip {
         trusted: settings.trust_forwarded_headers,
         method_override: route.method_override,
@@ -647,7 +664,7 @@ async fn forward(
         Ok(sent) => sent,
         Err(kind) => {
             record.error.set(Some(kind));
-            return answer(match body_state.fault.get() {
+            return Err(match body_state.fault.get() {
                 Some(BodyFault::Timeout) => Synthetic::body_timeout(),
                 Some(BodyFault::Malformed) => Synthetic::bad_body(),
                 Some(BodyFault::TooLarge) => Synthetic::body_too_large(),
@@ -661,11 +678,11 @@ async fn forward(
         // An upstream may switch protocols only when asked to (RFC 9110 §15.2.2).
         let (Some(client_upgrade), Some(upgrade)) = (client_upgrade, websocket) else {
             record.error.set(Some(UpstreamErrorKind::Protocol));
-            return answer(Synthetic::bad_gateway());
+            return Err(Synthetic::bad_gateway());
         };
         let Some(upstream_upgrade) = rparts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             record.error.set(Some(UpstreamErrorKind::Protocol));
-            return answer(Synthetic::bad_gateway());
+            return Err(Synthetic::bad_gateway());
         };
         drop(rbody);
         headers::remove_hop_by_hop(&mut rparts.headers);
@@ -675,7 +692,7 @@ async fn forward(
         );
         rparts.headers.insert(http::header::UPGRADE, upgrade);
         super::tunnel::spawn(client_upgrade, upstream_upgrade, checkout);
-        return Response::from_parts(rparts, ResBody::empty());
+        return Ok(Response::from_parts(rparts, ResBody::empty()));
     }
     let bodiless = head_only
         || rparts.status == StatusCode::NO_CONTENT
@@ -694,7 +711,24 @@ async fn forward(
         settings.read_timeout,
         record.error.clone(),
     );
-    Response::from_parts(rparts, ResBody::upstream(body))
+    Ok(Response::from_parts(rparts, ResBody::upstream(body)))
+}
+
+/// An HTTP/2 hop names the host in `:authority`, not `Host` (RFC 9113 §8.3.1): the target
+/// becomes `http://{Host}{path}`, from which h2 writes `:scheme`, `:authority` and `:path`.
+/// `OPTIONS *` keeps its form (and `Host`).
+fn to_authority(req: &mut Request<ClientBody>) {
+    if req.uri().authority().is_some() || req.uri().path() == "*" {
+        return;
+    }
+    let Some(host) = req.headers().get(HOST).and_then(|h| h.to_str().ok()) else {
+        return;
+    };
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    if let Ok(uri) = Uri::try_from(format!("http://{host}{path}")) {
+        *req.uri_mut() = uri;
+        req.headers_mut().remove(HOST);
+    }
 }
 
 /// The request's `Content-Length`, when it has one (framing checked it already).
@@ -743,24 +777,28 @@ async fn send(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_error = UpstreamErrorKind::NoHealthyUpstream;
     let mut fresh: Option<SocketAddr> = None;
+    let protocol = route.upstream_protocol;
     loop {
         let (addr, made) = match fresh.take() {
-            Some(addr) => (addr, worker.pool.connect(addr).await),
+            Some(addr) => (addr, worker.pool.connect(addr, protocol).await),
             None => {
                 let Some(backend) = upstreams.select(&worker.rotation, route.index, &tried) else {
                     return Err(last_error);
                 };
                 let addr = backend.addr;
                 tried.push(addr);
-                (addr, worker.pool.checkout(addr).await)
+                (addr, worker.pool.checkout(addr, protocol).await)
             }
         };
         record.upstream = Some(addr);
         // An HTTP/1.0 client may send no Host; the upstream hop is HTTP/1.1, which needs one.
-        if !req.headers().contains_key(HOST) {
+        if !req.headers().contains_key(HOST) && req.uri().authority().is_none() {
             if let Ok(host) = HeaderValue::try_from(addr.to_string()) {
                 req.headers_mut().insert(HOST, host);
             }
+        }
+        if protocol == UpstreamProtocol::Http2 {
+            to_authority(&mut req);
         }
         let mut checkout = match made {
             Ok(checkout) => checkout,

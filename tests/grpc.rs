@@ -1,0 +1,649 @@
+//! gRPC through the gateway, with a real gRPC client and server (tonic): a route with
+//! `upstream_protocol = "http2"` carries unary and bidirectional streaming calls unbuffered,
+//! with the identity headers and the upstream's trailers; a refused call gets a trailers-only
+//! answer with `grpc-status` and the RFC 6750 challenge; a deadline and a cancelled call end the
+//! upstream's call. Trailers from the client reach an HTTP/2 upstream, filtered.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes};
+use common::idp::{claims, setup_with, Setup};
+use common::{counted, dead_addr, eventually};
+use futures_util::Stream;
+use http::uri::PathAndQuery;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::{Code, Status};
+
+/// Messages as raw bytes: no generated code, no protoc.
+#[derive(Debug, Clone, Copy, Default)]
+struct Raw;
+
+impl Encoder for Raw {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        let n = src.remaining();
+        Ok(Some(src.copy_to_bytes(n)))
+    }
+}
+
+impl Codec for Raw {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+/// What the upstream saw.
+#[derive(Default)]
+struct Seen {
+    /// Calls that reached a method.
+    calls: AtomicUsize,
+    /// `Slow` calls whose handler began, and those dropped before they finished (cancelled).
+    slow: AtomicUsize,
+    cancelled: AtomicUsize,
+    /// The last call's `grpc-timeout` and `authorization` metadata.
+    timeout: Mutex<Option<String>>,
+    authorization: Mutex<Option<String>>,
+}
+
+/// Counts a `Slow` call dropped before its end.
+struct Guard(Arc<Seen>, bool);
+
+impl Guard {
+    fn finished(&mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+type Responses = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+
+/// `test.Echo`: `Unary` answers its message with the subject the gateway named; `Bidi` echoes
+/// each message as it comes and, on `fail`, ends with ABORTED and trailer metadata; `Slow`
+/// never answers in time.
+#[derive(Clone)]
+struct Echo(Arc<Seen>);
+
+impl tonic::server::NamedService for Echo {
+    const NAME: &'static str = "test.Echo";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Echo {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let seen = self.0.clone();
+        Box::pin(async move {
+            seen.calls.fetch_add(1, Ordering::SeqCst);
+            let headers = req.headers();
+            let text = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            *seen.timeout.lock().unwrap() = text("grpc-timeout");
+            *seen.authorization.lock().unwrap() = text("authorization");
+            let mut grpc = tonic::server::Grpc::new(Raw);
+            let response = match req.uri().path() {
+                "/test.Echo/Unary" => {
+                    let unary = tower::service_fn(|r: tonic::Request<Bytes>| async move {
+                        let subject = r
+                            .metadata()
+                            .get("x-auth-subject")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_owned();
+                        let mut out = r.into_inner().to_vec();
+                        out.extend_from_slice(format!(" for {subject}").as_bytes());
+                        Ok::<_, Status>(tonic::Response::new(Bytes::from(out)))
+                    });
+                    grpc.unary(unary, req).await
+                }
+                "/test.Echo/Bidi" => {
+                    let bidi = tower::service_fn(
+                        |r: tonic::Request<tonic::Streaming<Bytes>>| async move {
+                            let inbound = r.into_inner();
+                            let out =
+                                futures_util::stream::unfold(Some(inbound), |inbound| async {
+                                    let mut inbound = inbound?;
+                                    match inbound.message().await {
+                                        Ok(Some(m)) if &m[..] == b"fail" => {
+                                            let mut md = tonic::metadata::MetadataMap::new();
+                                            md.insert("order-id", "7".parse().unwrap());
+                                            let status = Status::with_metadata(
+                                                Code::Aborted,
+                                                "told to fail",
+                                                md,
+                                            );
+                                            Some((Err(status), None))
+                                        }
+                                        Ok(Some(m)) => Some((Ok(m), Some(inbound))),
+                                        Ok(None) => None,
+                                        Err(status) => Some((Err(status), None)),
+                                    }
+                                });
+                            Ok::<_, Status>(tonic::Response::new(Box::pin(out) as Responses))
+                        },
+                    );
+                    grpc.streaming(bidi, req).await
+                }
+                "/test.Echo/Slow" => {
+                    let seen = seen.clone();
+                    let slow = tower::service_fn(move |_: tonic::Request<Bytes>| {
+                        seen.slow.fetch_add(1, Ordering::SeqCst);
+                        let mut guard = Guard(seen.clone(), false);
+                        async move {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            guard.finished();
+                            Ok::<_, Status>(tonic::Response::new(Bytes::new()))
+                        }
+                    });
+                    grpc.unary(slow, req).await
+                }
+                _ => Status::unimplemented("no such method").into_http(),
+            };
+            Ok(response)
+        })
+    }
+}
+
+/// A tonic server of `test.Echo` on a new port.
+async fn grpc_upstream() -> (SocketAddr, Arc<Seen>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let service = Echo(seen.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream_of(listener))
+            .await
+            .unwrap();
+    });
+    (addr, seen)
+}
+
+/// The listener's connections as the stream tonic serves.
+fn tokio_stream_of(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures_util::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(s, _)| s);
+        Some((accepted, listener))
+    })
+}
+
+/// The gateway (h2c on, so a gRPC client can reach it in cleartext) with a `grpc` route to
+/// `upstream` over HTTP/2 that requires `orders:read`, and a `down` route to nothing.
+async fn gateway(upstream: SocketAddr) -> Setup {
+    setup_with(
+        "[server.http2]\ncleartext = true\n",
+        &format!(
+            r#"
+[[routes]]
+name = "grpc"
+path_prefix = "/test.Echo"
+upstreams = ["{upstream}"]
+upstream_protocol = "http2"
+scopes = ["orders:read"]
+[[routes]]
+name = "down"
+path_prefix = "/test.Down"
+upstreams = ["{dead}"]
+upstream_protocol = "http2"
+auth = "none"
+"#,
+            dead = dead_addr()
+        ),
+    )
+    .await
+}
+
+async fn client(gateway: SocketAddr) -> tonic::client::Grpc<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tonic::client::Grpc::new(channel)
+}
+
+fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}").parse().unwrap();
+        req.metadata_mut().insert("authorization", value);
+    }
+    req
+}
+
+async fn unary(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    path: &'static str,
+    req: tonic::Request<Bytes>,
+) -> Result<tonic::Response<Bytes>, Status> {
+    grpc.ready().await.unwrap();
+    grpc.unary(req, PathAndQuery::from_static(path), Raw).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unary_and_bidirectional_calls_pass_with_identity_and_trailers() {
+    let (upstream, seen) = grpc_upstream().await;
+    let s = gateway(upstream).await;
+    let mut grpc = client(s.gw.proxy_addr).await;
+    let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
+
+    // Unary: the upstream names the subject the gateway set; the token is not forwarded.
+    let mut req = with_token(Bytes::from_static(b"hello"), Some(&token));
+    req.metadata_mut()
+        .insert("x-auth-subject", "admin".parse().unwrap());
+    let resp = unary(&mut grpc, "/test.Echo/Unary", req).await.unwrap();
+    assert_eq!(&resp.into_inner()[..], b"hello for user-7");
+    assert_eq!(*seen.authorization.lock().unwrap(), None);
+
+    // Bidirectional: each message is echoed before the next is sent, so neither direction is
+    // buffered to its end; the upstream's status, with its metadata, arrives in trailers after
+    // the messages.
+    grpc.ready().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let outbound =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let resp = grpc
+        .streaming(
+            with_token(outbound, Some(&token)),
+            PathAndQuery::from_static("/test.Echo/Bidi"),
+            Raw,
+        )
+        .await
+        .unwrap();
+    let mut inbound = resp.into_inner();
+    for i in 0..5 {
+        let message = Bytes::from(format!("message {i}"));
+        tx.send(message.clone()).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+            .await
+            .expect("an echo held back: a direction was buffered")
+            .unwrap();
+        assert_eq!(echoed, Some(message));
+    }
+    tx.send(Bytes::from_static(b"fail")).await.unwrap();
+    let status = inbound.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert_eq!(status.message(), "told to fail");
+    assert_eq!(status.metadata().get("order-id").unwrap(), "7");
+
+    // A method the upstream lacks: its UNIMPLEMENTED passes through.
+    let req = with_token(Bytes::new(), Some(&token));
+    let status = unary(&mut grpc, "/test.Echo/Nope", req).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    assert_eq!(
+        s.up.hits(),
+        0,
+        "the echo upstream of the other routes got a call"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_calls_get_grpc_status_and_the_challenge() {
+    let (upstream, seen) = grpc_upstream().await;
+    let s = gateway(upstream).await;
+    let mut grpc = client(s.gw.proxy_addr).await;
+
+    // No token: UNAUTHENTICATED, with the Bearer challenge kept.
+    let status = unary(
+        &mut grpc,
+        "/test.Echo/Unary",
+        with_token(Bytes::new(), None),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(status.message(), "This resource requires a bearer token.");
+    let challenge = status.metadata().get("www-authenticate").unwrap();
+    assert!(challenge
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer realm=\"api\""));
+
+    // A bad token: UNAUTHENTICATED with error="invalid_token", the refresh-and-retry signal.
+    let req = with_token(Bytes::new(), Some("not.a.jwt"));
+    let status = unary(&mut grpc, "/test.Echo/Unary", req).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let challenge = status.metadata().get("www-authenticate").unwrap();
+    assert!(challenge
+        .to_str()
+        .unwrap()
+        .contains("error=\"invalid_token\""));
+
+    // The scope missing: PERMISSION_DENIED, insufficient_scope.
+    let weak = s.rsa.sign(&claims(&s.idp, "profile"));
+    let req = with_token(Bytes::new(), Some(&weak));
+    let status = unary(&mut grpc, "/test.Echo/Unary", req).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let challenge = status.metadata().get("www-authenticate").unwrap();
+    assert!(challenge.to_str().unwrap().contains("insufficient_scope"));
+
+    // Two Authorization fields: 400 invalid_request, INVALID_ARGUMENT.
+    let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
+    let mut req = with_token(Bytes::new(), Some(&token));
+    let again = format!("Bearer {token}").parse().unwrap();
+    req.metadata_mut().append("authorization", again);
+    let status = unary(&mut grpc, "/test.Echo/Unary", req).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.metadata().get("www-authenticate").is_some());
+
+    // The upstream cannot be reached: the gateway's 502 is UNAVAILABLE, which clients retry.
+    let status = unary(
+        &mut grpc,
+        "/test.Down/Unary",
+        with_token(Bytes::new(), None),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
+    // Counted by the status each answer stands for, not the 200 it is sent with.
+    let m = common::scrape(s.gw.metrics_addr).await;
+    let class = |c| {
+        m.get(
+            "portcullis_requests_total",
+            &[("route", "grpc"), ("status", c)],
+        )
+    };
+    assert_eq!(class("4xx"), 4.0);
+    assert_eq!(class("2xx"), 0.0);
+    let down = m.get(
+        "portcullis_requests_total",
+        &[("route", "down"), ("status", "5xx")],
+    );
+    assert_eq!(down, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deadline_that_expires_ends_the_upstream_call() {
+    let (upstream, seen) = grpc_upstream().await;
+    let s = gateway(upstream).await;
+    let mut grpc = client(s.gw.proxy_addr).await;
+    let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
+
+    let mut req = with_token(Bytes::new(), Some(&token));
+    req.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = unary(&mut grpc, "/test.Echo/Slow", req).await.unwrap_err();
+    let took = started.elapsed();
+    // tonic's client gives up at its deadline ("Timeout expired", CANCELLED), unless the
+    // upstream's DEADLINE_EXCEEDED, sent at the same deadline, arrives first.
+    assert!(
+        matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{status:?}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // The deadline went on to the upstream, and its call ended rather than running 30 s.
+    assert!(seen.timeout.lock().unwrap().is_some());
+    let ended = eventually(Duration::from_secs(5), || async {
+        seen.cancelled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(ended, "the upstream's call outlived its deadline");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_call_is_cancelled_upstream() {
+    let (upstream, seen) = grpc_upstream().await;
+    let s = gateway(upstream).await;
+    let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
+
+    // No deadline: only the client's RST_STREAM, passed on by the gateway, can end the call.
+    let tcp = tokio::net::TcpStream::connect(s.gw.proxy_addr)
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::post(format!("http://{}/test.Echo/Slow", s.gw.proxy_addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(req, false).unwrap();
+    // One empty message: the 5-byte gRPC frame header.
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    // The handler runs (its message read): only now can its end be seen.
+    let reached = eventually(Duration::from_secs(5), || async {
+        seen.slow.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(reached);
+    drop(response);
+    body.send_reset(h2::Reason::CANCEL);
+    let ended = eventually(Duration::from_secs(5), || async {
+        seen.cancelled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(
+        ended,
+        "the upstream's call went on after the client cancelled it"
+    );
+    // Logged and counted as the client closing the request.
+    counted(
+        s.gw.metrics_addr,
+        "portcullis_requests_total",
+        &[("route", "grpc"), ("status", "4xx")],
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trailers_reach_an_http2_upstream_filtered_and_come_back() {
+    // A plain HTTP/2 upstream that reads the request's trailers and answers with its own.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        use http_body_util::BodyExt;
+                        let te = req.headers().get("te").cloned();
+                        let collected = req.into_body().collect().await.unwrap();
+                        let trailers = collected.trailers().cloned().unwrap_or_default();
+                        let names: Vec<&str> = trailers.keys().map(|k| k.as_str()).collect();
+                        let mut answer = http::HeaderMap::new();
+                        answer.insert("x-answer-trailer", "yes".parse().unwrap());
+                        let body = http_body_util::StreamBody::new(futures_util::stream::iter([
+                            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                Bytes::from(names.join(",")),
+                            )),
+                            Ok(hyper::body::Frame::trailers(answer)),
+                        ]));
+                        let mut resp = http::Response::new(body);
+                        if let Some(te) = te {
+                            resp.headers_mut().insert("x-seen-te", te);
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+            });
+        }
+    });
+    let s = gateway(upstream).await;
+    let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
+
+    let tcp = tokio::net::TcpStream::connect(s.gw.proxy_addr)
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::post(format!("http://{}/test.Echo/Any", s.gw.proxy_addr))
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(req, false).unwrap();
+    body.send_data(Bytes::from_static(b"payload"), false)
+        .unwrap();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    // Identity and forwarding fields in trailers never reach the upstream.
+    trailers.insert("x-auth-subject", "admin".parse().unwrap());
+    trailers.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+    body.send_trailers(trailers).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-seen-te"], "trailers");
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    assert_eq!(String::from_utf8(text).unwrap(), "x-checksum");
+    let answer = body
+        .trailers()
+        .await
+        .unwrap()
+        .expect("the upstream's trailers");
+    assert_eq!(answer["x-answer-trailer"], "yes");
+}
+
+/// A plain HTTP/2 upstream answering `ok`; with `once`, each connection serves one request and
+/// then closes with GOAWAY. Returns its address and its count of connections that carried a
+/// request (the gateway's health checks connect too, and send none).
+async fn h2_upstream(once: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let (served, mut told) = tokio::sync::mpsc::channel::<()>(64);
+                let first = Arc::new(std::sync::Once::new());
+                let service =
+                    hyper::service::service_fn(move |_: http::Request<hyper::body::Incoming>| {
+                        let served = served.clone();
+                        first.call_once(|| {
+                            count.fetch_add(1, Ordering::SeqCst);
+                        });
+                        async move {
+                            let _ = served.try_send(());
+                            let body = http_body_util::Full::new(Bytes::from_static(b"ok"));
+                            Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                        }
+                    });
+                let builder =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+                tokio::pin!(conn);
+                loop {
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        Some(()) = told.recv(), if once => conn.as_mut().graceful_shutdown(),
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_share_one_upstream_connection_and_a_closed_one_is_replaced() {
+    // Many concurrent streams on one client connection (one worker) share one upstream
+    // connection: HTTP/1.1 would have opened one per request in flight.
+    let (upstream, accepted) = h2_upstream(false).await;
+    let s = gateway(upstream).await;
+    let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
+    let tcp = tokio::net::TcpStream::connect(s.gw.proxy_addr)
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = || {
+        http::Request::get(format!("http://{}/test.Echo/x", s.gw.proxy_addr))
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap()
+    };
+    let send = |client: h2::client::SendRequest<Bytes>, req| async move {
+        let mut client = client.ready().await.unwrap();
+        let (response, _) = client.send_request(req, true).unwrap();
+        response.await.unwrap().status()
+    };
+    assert_eq!(send(client.clone(), request()).await, 200);
+    let calls: Vec<_> = (0..32).map(|_| send(client.clone(), request())).collect();
+    for status in futures_util::future::join_all(calls).await {
+        assert_eq!(status, 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    // An upstream that closes its connection (GOAWAY) after every request: each next request
+    // goes out on a new one, never to the closed one.
+    let (upstream, accepted) = h2_upstream(true).await;
+    let s = gateway(upstream).await;
+    let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
+    let url = format!("http://{}/test.Echo/x", s.gw.proxy_addr);
+    for _ in 0..10 {
+        let resp = common::client()
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "ok");
+    }
+    assert!(accepted.load(Ordering::SeqCst) >= 2);
+}
