@@ -434,12 +434,7 @@ async fn a_cancelled_call_is_cancelled_upstream() {
     let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
 
     // No deadline: only the client's RST_STREAM, passed on by the gateway, can end the call.
-    let tcp = tokio::net::TcpStream::connect(s.gw.proxy_addr)
-        .await
-        .unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
+    let mut client = common::h2::client(s.gw.proxy_addr).await;
     let req = http::Request::post(format!("http://{}/test.Echo/Slow", s.gw.proxy_addr))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
@@ -517,12 +512,7 @@ async fn trailers_reach_an_http2_upstream_filtered_and_come_back() {
     let s = gateway(upstream).await;
     let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
 
-    let tcp = tokio::net::TcpStream::connect(s.gw.proxy_addr)
-        .await
-        .unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
+    let mut client = common::h2::client(s.gw.proxy_addr).await;
     let req = http::Request::post(format!("http://{}/test.Echo/Any", s.gw.proxy_addr))
         .header("te", "trailers")
         .header("authorization", format!("Bearer {token}"))
@@ -541,12 +531,7 @@ async fn trailers_reach_an_http2_upstream_filtered_and_come_back() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-seen-te"], "trailers");
     let mut body = response.into_body();
-    let mut text = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        text.extend_from_slice(&chunk);
-    }
+    let text = common::h2::read_body(&mut body).await;
     assert_eq!(String::from_utf8(text).unwrap(), "x-checksum");
     let answer = body
         .trailers()
@@ -606,11 +591,7 @@ async fn streams_share_one_upstream_connection_and_a_closed_one_is_replaced() {
     let (upstream, accepted) = h2_upstream(false).await;
     let s = gateway(upstream).await;
     let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
-    let tcp = tokio::net::TcpStream::connect(s.gw.proxy_addr)
-        .await
-        .unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
+    let client = common::h2::client(s.gw.proxy_addr).await;
     let request = || {
         http::Request::get(format!("http://{}/test.Echo/x", s.gw.proxy_addr))
             .header("authorization", format!("Bearer {token}"))

@@ -25,14 +25,6 @@ fn h2c() -> reqwest::Client {
         .unwrap()
 }
 
-/// An h2 connection of the h2 crate, for heads reqwest would not send.
-async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    client
-}
-
 /// Send `req` (no body) and read the whole answer.
 async fn h2_send(
     client: &mut h2::client::SendRequest<bytes::Bytes>,
@@ -43,12 +35,7 @@ async fn h2_send(
     let response = response.await.unwrap();
     let status = response.status();
     let mut body = response.into_body();
-    let mut text = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        text.extend_from_slice(&chunk);
-    }
+    let text = raw::read_body(&mut body).await;
     (status, String::from_utf8_lossy(&text).into_owned())
 }
 
@@ -135,7 +122,7 @@ async fn every_stream_passes_the_gate_as_an_http1_request_would() {
 
     // Canonical targets hold per stream: a dot segment or an encoded slash cannot reach
     // `/orders` under the open-looking prefix of another route.
-    let mut h2 = h2_client(addr).await;
+    let mut h2 = raw::client(addr).await;
     for path in [
         "/either/../orders/1",
         "/either/%2e%2e/orders/1",
@@ -189,7 +176,7 @@ async fn every_stream_passes_the_gate_as_an_http1_request_would() {
 async fn authority_host_and_cookies_reach_an_http1_upstream_as_it_expects() {
     let (up, gw) = open_h2c("").await;
     let addr = gw.proxy_addr;
-    let mut h2 = h2_client(addr).await;
+    let mut h2 = raw::client(addr).await;
 
     // Several Cookie fields (RFC 9113 §8.2.3) become one.
     let req = Request::get("http://api.example/c")

@@ -317,3 +317,23 @@ pub fn usage(pid: u32) -> (u64, u64) {
     let cpu = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     (rss, cpu)
 }
+
+/// A connection of the h2 crate to `addr`, ready for a stream: for heads and bodies a client
+/// library would not send (a Host beside `:authority`, trailers, a reset mid-call).
+pub async fn client(addr: SocketAddr) -> ::h2::client::SendRequest<bytes::Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = ::h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    client.ready().await.unwrap()
+}
+
+/// Read a response body of the h2 crate to its end, giving its window back as it goes.
+pub async fn read_body(body: &mut ::h2::RecvStream) -> Vec<u8> {
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    text
+}
