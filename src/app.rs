@@ -186,6 +186,7 @@ impl App {
                 write_timeout: u.write_timeout,
                 idle_timeout: u.idle_timeout,
                 max_idle: u.keepalive_pool_size,
+                streams_per_connection: u.http2_max_streams_per_connection,
             },
             grace: s.shutdown_grace,
             drain_delay: s.drain_delay,

@@ -215,8 +215,13 @@ fn tokio_stream_of(
 /// The gateway (h2c on, so a gRPC client can reach it in cleartext) with a `grpc` route to
 /// `upstream` over HTTP/2 that requires `orders:read`, and a `down` route to nothing.
 async fn gateway(upstream: SocketAddr) -> Setup {
+    gateway_with(upstream, "").await
+}
+
+/// [`gateway`] with more top-level configuration.
+async fn gateway_with(upstream: SocketAddr, top: &str) -> Setup {
     setup_with(
-        "[server.http2]\ncleartext = true\n",
+        &format!("[server.http2]\ncleartext = true\n{top}"),
         &format!(
             r#"
 [[routes]]
@@ -627,4 +632,148 @@ async fn streams_share_one_upstream_connection_and_a_closed_one_is_replaced() {
         assert_eq!(resp.text().await.unwrap(), "ok");
     }
     assert!(accepted.load(Ordering::SeqCst) >= 2);
+}
+
+/// What [`held_upstream`] saw: connections that carried a request, and the most streams one
+/// connection had open at once.
+#[derive(Default)]
+struct Held {
+    connections: AtomicUsize,
+    most_at_once: AtomicUsize,
+}
+
+/// An HTTP/2 upstream: `…/held` answers once `held` requests are open at once (across all
+/// connections), `…/big` answers 4 MiB, anything else `ok`.
+async fn held_upstream(held: usize) -> (SocketAddr, Arc<Held>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Held::default());
+    let barrier = Arc::new(tokio::sync::Barrier::new(held));
+    let counts = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (seen, barrier) = (counts.clone(), barrier.clone());
+            let open = Arc::new(AtomicUsize::new(0));
+            let first = Arc::new(std::sync::Once::new());
+            let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                let (seen, barrier, open) = (seen.clone(), barrier.clone(), open.clone());
+                first.call_once(|| {
+                    seen.connections.fetch_add(1, Ordering::SeqCst);
+                });
+                async move {
+                    let body = match req.uri().path().rsplit('/').next() {
+                        Some("held") => {
+                            let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                            seen.most_at_once.fetch_max(now, Ordering::SeqCst);
+                            barrier.wait().await;
+                            open.fetch_sub(1, Ordering::SeqCst);
+                            Bytes::from_static(b"ok")
+                        }
+                        Some("big") => Bytes::from(vec![b'x'; 4 << 20]),
+                        _ => Bytes::from_static(b"ok"),
+                    };
+                    let _: &hyper::body::Incoming = req.body();
+                    let body = http_body_util::Full::new(body);
+                    Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                }
+            });
+            tokio::spawn(async move {
+                let builder =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                let _ = builder
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_upstream_connection_makes_the_worker_open_another() {
+    // 12 requests open at once on one client connection (one worker), with 4 streams allowed
+    // per upstream connection: the upstream answers only when all 12 are open, which takes 3
+    // connections of 4 streams each.
+    let (upstream, seen) = held_upstream(12).await;
+    let s = gateway_with(
+        upstream,
+        "[upstream]\nhttp2_max_streams_per_connection = 4\n",
+    )
+    .await;
+    let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
+    let client = common::h2::client(s.gw.proxy_addr).await;
+    let calls = (0..12).map(|_| {
+        let req = http::Request::get(format!("http://{}/test.Echo/held", s.gw.proxy_addr))
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap();
+        let client = client.clone();
+        async move {
+            let mut client = client.ready().await.unwrap();
+            let (response, _) = client.send_request(req, true).unwrap();
+            let mut response = response.await.unwrap();
+            let status = response.status();
+            (status, common::h2::read_body(response.body_mut()).await)
+        }
+    });
+    let answers = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures_util::future::join_all(calls),
+    )
+    .await
+    .expect("the 12 requests were open upstream at once");
+    for (status, body) in answers {
+        assert_eq!(
+            (status, body.as_slice()),
+            (http::StatusCode::OK, &b"ok"[..])
+        );
+    }
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+    assert_eq!(seen.most_at_once.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_does_not_stall_the_shared_upstream_connection() {
+    // Three 4 MiB answers a client never reads, then a small one on the same client
+    // connection (so the same worker and upstream connection). Only the unread streams'
+    // windows fill: the connection's is large enough for every stream it carries.
+    let (upstream, seen) = held_upstream(1).await;
+    let s = gateway(upstream).await;
+    let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
+    let tcp = tokio::net::TcpStream::connect(s.gw.proxy_addr)
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(65_535)
+        .initial_connection_window_size(1 << 30)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = |path: &str| {
+        http::Request::get(format!("http://{}/test.Echo/{path}", s.gw.proxy_addr))
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap()
+    };
+    let mut unread = Vec::new();
+    for _ in 0..3 {
+        let mut client = client.clone().ready().await.unwrap();
+        let (response, _) = client.send_request(request("big"), true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        unread.push(response);
+    }
+    let mut client = client.clone().ready().await.unwrap();
+    let (response, _) = client.send_request(request("small"), true).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut response = response.await.unwrap();
+        common::h2::read_body(response.body_mut()).await
+    })
+    .await
+    .expect("the small answer came while the big ones sat unread");
+    assert_eq!(answer, b"ok");
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    drop(unread);
 }

@@ -282,6 +282,9 @@ pub struct UpstreamConfig {
     /// `keepalive_pool_size`, default `128`: idle upstream connections kept per upstream address
     /// and worker.
     pub keepalive_pool_size: usize,
+    /// `http2_max_streams_per_connection`, default `100`: streams one HTTP/2 upstream
+    /// connection carries at once (`upstream_protocol = "http2"`); more open another.
+    pub http2_max_streams_per_connection: usize,
 }
 
 /// Whether a route checks tokens.
@@ -499,6 +502,10 @@ impl Config {
             (
                 "upstream.keepalive_pool_size",
                 u.keepalive_pool_size != nu.keepalive_pool_size,
+            ),
+            (
+                "upstream.http2_max_streams_per_connection",
+                u.http2_max_streams_per_connection != nu.http2_max_streams_per_connection,
             ),
             (
                 "upstream.health_check_interval",

@@ -228,6 +228,7 @@ pub struct RawUpstream {
     pub health_check_interval: Option<String>,
     pub resolve_interval: Option<String>,
     pub keepalive_pool_size: Option<i64>,
+    pub http2_max_streams_per_connection: Option<i64>,
 }
 
 /// `[tokens]`: limits and the verified-token cache.

@@ -463,6 +463,12 @@ fn upstream(p: &mut Problems, u: &RawUpstream) -> UpstreamConfig {
             128,
             1_000_000,
         ),
+        http2_max_streams_per_connection: p.positive(
+            "upstream.http2_max_streams_per_connection",
+            u.http2_max_streams_per_connection,
+            100,
+            10_000,
+        ),
     }
 }
 

@@ -6,12 +6,18 @@
 //! closes it. Idle connections are kept per upstream, at most `max_idle` each, for at most
 //! `idle_timeout`.
 //!
-//! HTTP/2 (`upstream_protocol = "http2"`, prior knowledge): one connection per upstream address
-//! and worker carries every stream to it; each request takes a clone of its sender. It is
-//! replaced when it closes (the upstream's GOAWAY, an error), and dropped after `idle_timeout`
-//! without a request; streams still open on it keep it until they end.
+//! HTTP/2 (`upstream_protocol = "http2"`, prior knowledge): a connection per upstream address
+//! and worker carries up to `streams_per_connection` streams at once; each request takes a clone
+//! of its sender and holds one of the connection's stream slots until its response body ends or
+//! is dropped. When every connection to the address is full, another is opened. A connection is
+//! let go when it closes (the upstream's GOAWAY, an error) or after `idle_timeout` without a
+//! request; streams still open on it keep it until they end.
+//!
+//! Flow control (RFC 9113 §5.2): each stream may have [`STREAM_WINDOW`] bytes of response
+//! unread, and the connection's window is that times `streams_per_connection`, so a client
+//! that stops reading holds back its own stream only, never the connection's other streams.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -19,7 +25,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::Either;
+use futures_util::future::{Either, FutureExt, LocalBoxFuture, Shared};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -29,6 +35,9 @@ use super::body::ClientBody;
 use super::stall::WriteStall;
 use crate::config::UpstreamProtocol;
 
+/// The largest flow-control window HTTP/2 allows (RFC 9113 §6.9.1).
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+
 /// `[upstream]` settings the pool applies.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSettings {
@@ -37,14 +46,21 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// Idle connections kept per upstream and worker.
     pub max_idle: usize,
+    /// Streams one HTTP/2 connection carries at once.
+    pub streams_per_connection: usize,
 }
 
-/// Why a new upstream connection could not be made.
-#[derive(Debug)]
+/// The response bytes one HTTP/2 stream from an upstream may have unread: what one request
+/// can make the worker hold for a client that does not read.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+
+/// Why a new upstream connection could not be made (shared by the requests that waited for
+/// it).
+#[derive(Debug, Clone)]
 pub enum ConnectError {
     Timeout,
-    Refused(io::Error),
-    Handshake(hyper::Error),
+    Refused(Rc<io::Error>),
+    Handshake(Rc<hyper::Error>),
 }
 
 struct Idle {
@@ -52,16 +68,48 @@ struct Idle {
     since: Instant,
 }
 
-/// An HTTP/2 connection's sender, and when a request last took it.
+/// An HTTP/2 connection being made, then its sender (or why it could not be made).
+type Handshake =
+    Shared<LocalBoxFuture<'static, Result<http2::SendRequest<ClientBody>, ConnectError>>>;
+
+/// An HTTP/2 connection, when a request last took it, and its streams open now.
 struct Multiplexed {
-    sender: http2::SendRequest<ClientBody>,
+    handshake: Handshake,
     used: Instant,
+    open: Rc<Cell<usize>>,
+}
+
+impl Multiplexed {
+    /// Open or still being made.
+    fn usable(&self) -> bool {
+        match self.handshake.peek() {
+            Some(Ok(sender)) => !sender.is_closed(),
+            Some(Err(_)) => false,
+            None => true,
+        }
+    }
+}
+
+/// One of an HTTP/2 connection's stream slots, given back when dropped.
+struct Slot(Rc<Cell<usize>>);
+
+impl Slot {
+    fn take(open: &Rc<Cell<usize>>) -> Slot {
+        open.set(open.get() + 1);
+        Slot(open.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
 }
 
 /// One worker's upstream connections.
 pub struct Pool {
     idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
-    multiplexed: RefCell<HashMap<SocketAddr, Multiplexed>>,
+    multiplexed: RefCell<HashMap<SocketAddr, Vec<Multiplexed>>>,
     settings: PoolSettings,
 }
 
@@ -101,11 +149,14 @@ pub struct Checkout {
     pub sender: Sender,
     /// It came from the pool (and may have been closed by the upstream meanwhile).
     pub reused: bool,
+    /// The HTTP/2 stream slot this request holds.
+    _slot: Option<Slot>,
 }
 
 impl Checkout {
     /// The response is complete: an HTTP/1.1 connection may serve the next request. (An
-    /// HTTP/2 one stays in the pool throughout; this clone of its sender goes.)
+    /// HTTP/2 one stays in the pool throughout; this clone of its sender and its stream slot
+    /// go.)
     pub fn release(self) {
         if let Sender::Http1(sender) = self.sender {
             self.pool.put(self.addr, sender);
@@ -122,88 +173,122 @@ impl Pool {
         })
     }
 
-    /// An idle (HTTP/1.1) or the shared (HTTP/2) connection to `addr`, or a new one.
+    /// An idle (HTTP/1.1) or a shared (HTTP/2) connection to `addr`, or a new one.
     pub async fn checkout(
         self: &Rc<Self>,
         addr: SocketAddr,
         protocol: UpstreamProtocol,
     ) -> Result<Checkout, ConnectError> {
-        let pooled = match protocol {
-            UpstreamProtocol::Http1 => self.take(addr).map(Sender::Http1),
-            UpstreamProtocol::Http2 => self.share(addr).map(Sender::Http2),
-        };
-        if let Some(sender) = pooled {
-            return Ok(Checkout {
-                pool: self.clone(),
-                addr,
-                sender,
-                reused: true,
-            });
+        match protocol {
+            UpstreamProtocol::Http1 => match self.take(addr) {
+                Some(sender) => Ok(self.checkout_of(addr, Sender::Http1(sender), true, None)),
+                None => self.connect(addr, protocol).await,
+            },
+            UpstreamProtocol::Http2 => {
+                let (handshake, slot, reused) = match self.share(addr) {
+                    Some((handshake, slot)) => {
+                        // One still being made counts as new: its failure is not retried.
+                        let reused = handshake.peek().is_some();
+                        (handshake, slot, reused)
+                    }
+                    None => self.start_http2(addr),
+                };
+                let sender = handshake.await?;
+                Ok(self.checkout_of(addr, Sender::Http2(sender), reused, Some(slot)))
+            }
         }
-        self.connect(addr, protocol).await
     }
 
-    /// A new connection to `addr`, whatever is pooled. A new HTTP/2 connection replaces the
-    /// pooled one for the requests that follow.
+    /// A new connection to `addr`, whatever is pooled. A new HTTP/2 connection is shared by
+    /// the requests that follow.
     pub async fn connect(
         self: &Rc<Self>,
         addr: SocketAddr,
         protocol: UpstreamProtocol,
     ) -> Result<Checkout, ConnectError> {
-        let stream = tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ConnectError::Timeout)?
-            .map_err(ConnectError::Refused)?;
-        let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(WriteStall::new(stream, self.settings.write_timeout, None));
-        let sender = match protocol {
+        match protocol {
             UpstreamProtocol::Http1 => {
+                let io = dial(addr, &self.settings).await?;
                 let (sender, connection) = http1::Builder::new()
                     .handshake(io)
                     .await
-                    .map_err(ConnectError::Handshake)?;
+                    .map_err(|e| ConnectError::Handshake(Rc::new(e)))?;
                 tokio::task::spawn_local(async move {
                     let _ = connection.with_upgrades().await;
                 });
-                Sender::Http1(sender)
+                Ok(self.checkout_of(addr, Sender::Http1(sender), false, None))
             }
             UpstreamProtocol::Http2 => {
-                let (sender, connection) = http2::Builder::new(super::h2::LocalExec)
-                    .timer(TokioTimer::new())
-                    .handshake(io)
-                    .await
-                    .map_err(ConnectError::Handshake)?;
-                tokio::task::spawn_local(async move {
-                    let _ = connection.await;
-                });
-                self.multiplexed.borrow_mut().insert(
-                    addr,
-                    Multiplexed {
-                        sender: sender.clone(),
-                        used: Instant::now(),
-                    },
-                );
-                Sender::Http2(sender)
+                let (handshake, slot, _) = self.start_http2(addr);
+                let sender = handshake.await?;
+                Ok(self.checkout_of(addr, Sender::Http2(sender), false, Some(slot)))
             }
-        };
-        Ok(Checkout {
+        }
+    }
+
+    fn checkout_of(
+        self: &Rc<Self>,
+        addr: SocketAddr,
+        sender: Sender,
+        reused: bool,
+        slot: Option<Slot>,
+    ) -> Checkout {
+        Checkout {
             pool: self.clone(),
             addr,
             sender,
-            reused: false,
-        })
+            reused,
+            _slot: slot,
+        }
     }
 
-    /// A clone of the open HTTP/2 connection to `addr`'s sender.
-    fn share(&self, addr: SocketAddr) -> Option<http2::SendRequest<ClientBody>> {
+    /// Begin a new HTTP/2 connection to `addr` and list it at once, so that the requests that
+    /// come while it is being made wait for it rather than each making its own; take one of
+    /// its stream slots.
+    fn start_http2(self: &Rc<Self>, addr: SocketAddr) -> (Handshake, Slot, bool) {
+        let settings = self.settings;
+        let streams = self.settings.streams_per_connection.max(1);
+        let window = (STREAM_WINDOW as usize).saturating_mul(streams);
+        let made = async move {
+            let io = dial(addr, &settings).await?;
+            let (sender, connection) = http2::Builder::new(super::h2::LocalExec)
+                .timer(TokioTimer::new())
+                .adaptive_window(false)
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(window.min(MAX_WINDOW as usize) as u32)
+                .handshake(io)
+                .await
+                .map_err(|e| ConnectError::Handshake(Rc::new(e)))?;
+            tokio::task::spawn_local(async move {
+                let _ = connection.await;
+            });
+            Ok(sender)
+        };
+        let handshake = made.boxed_local().shared();
+        let open = Rc::new(Cell::new(0));
+        let slot = Slot::take(&open);
+        self.multiplexed
+            .borrow_mut()
+            .entry(addr)
+            .or_default()
+            .push(Multiplexed {
+                handshake: handshake.clone(),
+                used: Instant::now(),
+                open,
+            });
+        (handshake, slot, false)
+    }
+
+    /// An HTTP/2 connection to `addr` (open, or being made) with a free stream slot, and the
+    /// slot. Closed and failed connections are let go on the way.
+    fn share(&self, addr: SocketAddr) -> Option<(Handshake, Slot)> {
         let mut shared = self.multiplexed.borrow_mut();
-        let conn = shared.get_mut(&addr)?;
-        if conn.sender.is_closed() {
-            shared.remove(&addr);
-            return None;
-        }
+        let list = shared.get_mut(&addr)?;
+        list.retain(Multiplexed::usable);
+        let limit = self.settings.streams_per_connection.max(1);
+        let conn = list.iter_mut().find(|c| c.open.get() < limit)?;
         conn.used = Instant::now();
-        Some(conn.sender.clone())
+        Some((conn.handshake.clone(), Slot::take(&conn.open)))
     }
 
     /// The most recently used idle connection to `addr` that is still open and young enough.
@@ -244,8 +329,26 @@ impl Pool {
         for list in self.idle.borrow_mut().values_mut() {
             list.retain(|c| !c.sender.is_closed() && now - c.since < timeout);
         }
-        self.multiplexed
-            .borrow_mut()
-            .retain(|_, c| !c.sender.is_closed() && now - c.used < timeout);
+        self.multiplexed.borrow_mut().retain(|_, list| {
+            list.retain(|c| c.usable() && (c.open.get() > 0 || now - c.used < timeout));
+            !list.is_empty()
+        });
     }
+}
+
+/// A TCP connection to `addr`, within `connect_timeout`, its writes bounded by `write_timeout`.
+async fn dial(
+    addr: SocketAddr,
+    settings: &PoolSettings,
+) -> Result<TokioIo<WriteStall<TcpStream>>, ConnectError> {
+    let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout)?
+        .map_err(|e| ConnectError::Refused(Rc::new(e)))?;
+    let _ = stream.set_nodelay(true);
+    Ok(TokioIo::new(WriteStall::new(
+        stream,
+        settings.write_timeout,
+        None,
+    )))
 }
