@@ -28,6 +28,7 @@ fn routes(n: usize) -> Vec<RouteConfig> {
             methods: Some(vec![Method::GET, Method::POST]),
             upstreams: vec!["127.0.0.1:1".into()],
             upstream_protocol: Default::default(),
+            upstream_tls: None,
             policy: RoutePolicy::new(vec![format!("svc{i}:read")], vec![]),
             auth: AuthMode::Required,
             forward_token: false,
@@ -146,7 +147,7 @@ fn upstream_select(c: &mut Criterion) {
     let upstreams = Upstreams::resolve([list.as_slice()], &gauge).unwrap();
     let rotation = upstreams.rotation(0);
     c.bench_function("upstream_select_4_backends", |b| {
-        b.iter(|| black_box(upstreams.select(&rotation, 0, &[]).map(|b| b.addr)))
+        b.iter(|| black_box(upstreams.select(&rotation, 0, &[]).map(|m| m.backend.addr)))
     });
 }
 

@@ -64,7 +64,7 @@ pub enum StartupError {
     Thread(#[source] io::Error),
     #[error("tracing.otlp_endpoint: cannot export to it: {0}")]
     Tracing(#[source] opentelemetry_otlp::ExporterBuildError),
-    /// Certificate or key files of `[server]` TLS that cannot be used.
+    /// Certificate or key files of `[server]` or upstream TLS that cannot be used.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Tls(Vec<crate::config::Problem>),
 }
@@ -460,7 +460,7 @@ impl App {
 /// config's), keeping what did not change: issuers' keys, caches, limiter counters, DPoP
 /// replay state, upstream health ([`Authenticator::renewed`], [`Router::renewed`],
 /// [`Upstreams::renewed`]). Fails, touching nothing that serves, when a secret cannot be read
-/// or an upstream host does not resolve.
+/// or an upstream host does not resolve, or an upstream TLS file cannot be used.
 fn assemble(
     config: &Config,
     metrics: &Metrics,
@@ -480,6 +480,7 @@ fn assemble(
         upstream: e.upstream,
         source: e.source,
     })?;
+    let upstream_tls = dataplane::upstream_tls::for_routes(config).map_err(StartupError::Tls)?;
     metrics.initialise(&crate::metrics::Known {
         routes: config
             .routes
@@ -541,6 +542,7 @@ fn assemble(
         gate,
         metrics: metrics.clone(),
         upstreams: Arc::new(upstreams),
+        upstream_tls: upstream_tls.into(),
         settings,
         exporter,
     })
@@ -676,6 +678,9 @@ impl Reloader {
         for (_, path) in self.config.ca_files() {
             files.push(path.to_owned());
         }
+        for (_, path) in self.config.upstream_client_files() {
+            files.push(path.to_owned());
+        }
         let digest = tokio::task::spawn_blocking(move || {
             let mut state = blake2b_simd::Params::new().hash_length(32).to_state();
             for file in files {
@@ -711,6 +716,7 @@ impl Reloader {
             gate: current.gate.clone(),
             metrics: current.metrics.clone(),
             upstreams: next.clone(),
+            upstream_tls: current.upstream_tls.clone(),
             settings: current.settings,
             exporter: current.exporter.clone(),
         }));

@@ -92,6 +92,7 @@ fn check(path: &std::path::Path, offline: bool) -> ExitCode {
             if let Some(tls) = &config.server.tls {
                 problems.extend(portcullis::dataplane::tls::problems(tls));
             }
+            problems.extend(portcullis::dataplane::upstream_tls::problems(&config));
             if !offline {
                 problems.extend(config.unresolvable_hosts());
                 if let Some(warning) = config.unresolvable_collector() {

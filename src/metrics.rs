@@ -133,14 +133,18 @@ pub enum UpstreamErrorKind {
     NoHealthyUpstream,
     /// The upstream closed or broke the connection mid-exchange, or answered garbage.
     Protocol,
+    /// The TLS handshake with the upstream failed (`upstream_tls`): its certificate did not
+    /// verify for the name, or no common TLS version.
+    Tls,
 }
 
 impl UpstreamErrorKind {
-    pub const ALL: [UpstreamErrorKind; 4] = [
+    pub const ALL: [UpstreamErrorKind; 5] = [
         UpstreamErrorKind::Connect,
         UpstreamErrorKind::Timeout,
         UpstreamErrorKind::NoHealthyUpstream,
         UpstreamErrorKind::Protocol,
+        UpstreamErrorKind::Tls,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -149,6 +153,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::NoHealthyUpstream => "no_healthy_upstream",
             UpstreamErrorKind::Protocol => "protocol",
+            UpstreamErrorKind::Tls => "tls",
         }
     }
 }

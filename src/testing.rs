@@ -34,6 +34,7 @@ pub fn route(name: &str, prefix: &str) -> crate::config::RouteConfig {
         methods: None,
         upstreams: vec!["127.0.0.1:1".into()],
         upstream_protocol: Default::default(),
+        upstream_tls: None,
         policy: Default::default(),
         auth: crate::config::AuthMode::None,
         forward_token: false,

@@ -143,7 +143,7 @@ fn every_config_rule_names_its_key_and_fix() {
         // Unknown keys: the typo that would leave a route open.
         (
             "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:9\"]\nscope = [\"admin\"]\n",
-            "routes[0].scope: unknown field `scope`, expected one of `name`, `path_prefix`, `methods`, `upstreams`, `upstream_protocol`, `scopes`, `scopes_any`, `auth`, `token_types`, `forward_token`, `allow_path_parameters`, `allow_method_override`, `allow_options_asterisk`, `issuers`, `audiences`, `claims_match`, `acr_values`, `max_age`, `cors_preflight`, `claims_header`, `claim_headers`, `claims`, `resource`, `rate_limit`, `dpop`, `require_certificate_bound` (<config> line 5)",
+            "routes[0].scope: unknown field `scope`, expected one of `name`, `path_prefix`, `methods`, `upstreams`, `upstream_protocol`, `upstream_tls`, `upstream_server_name`, `upstream_ca_file`, `upstream_client_cert`, `upstream_client_key`, `scopes`, `scopes_any`, `auth`, `token_types`, `forward_token`, `allow_path_parameters`, `allow_method_override`, `allow_options_asterisk`, `issuers`, `audiences`, `claims_match`, `acr_values`, `max_age`, `cors_preflight`, `claims_header`, `claim_headers`, `claims`, `resource`, `rate_limit`, `dpop`, `require_certificate_bound` (<config> line 5)",
         ),
         ("[server]\nlisten_addr = \"x\"\n", "server.listen_addr: unknown field `listen_addr`"),
         ("[server]\nthreads = \"two\"\n", "server.threads: invalid type"),
@@ -326,6 +326,9 @@ fn every_config_rule_names_its_key_and_fix() {
         (&format!("[resource_metadata]\nresource = \"http://api.example\"\n{ROUTE}{ISSUER}"), "resource_metadata.resource: \"http://api.example\" must be an https URL"),
         (&format!("[resource_metadata]\nresource = \"https://api.example/#x\"\n{ROUTE}{ISSUER}"), "resource_metadata.resource: \"https://api.example/#x\" must be an https URL without query or fragment"),
         (&format!("{ROUTE}resource = \"https://api.example/r\"\n{ISSUER}"), "routes[0].resource: needs a [resource_metadata] section"),
+        (&format!("{ROUTE}upstream_server_name = \"api.internal\"\n{ISSUER}"), "routes[0].upstream_server_name: goes with upstream_tls = true"),
+        (&format!("{ROUTE}upstream_tls = true\nupstream_client_key = \"/k.pem\"\n{ISSUER}"), "routes[0].upstream_client_key: goes with upstream_client_cert"),
+        (&format!("{ROUTE}upstream_tls = true\nupstream_ca_file = \"\"\n{ISSUER}"), "routes[0].upstream_ca_file: is empty"),
         (&format!("{ROUTE}upstream_protocol = \"h2\"\n{ISSUER}"), "routes[0].upstream_protocol: must be \"http1\" (the default) or \"http2\""),
         (&format!("{ROUTE}[routes.rate_limit]\nkey = \"ip\"\nrequests = 5\n{ISSUER}"), "routes[0].rate_limit.key: Some(\"ip\"): use \"client_address\", \"sub\" or \"client_id\""),
         (&format!("{ROUTE}[routes.rate_limit]\nkey = \"sub\"\n{ISSUER}"), "routes[0].rate_limit.requests: is required"),

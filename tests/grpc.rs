@@ -777,3 +777,80 @@ async fn a_client_that_stops_reading_does_not_stall_the_shared_upstream_connecti
     assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
     drop(unread);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_the_upstream_has_no_stream_for_times_out() {
+    // The upstream allows one stream per connection (below the pool's 100) and answers none.
+    // A second request waits for a stream that never opens, so its body is never read:
+    // read_timeout bounds the wait (504), as it bounds a bodiless request's.
+    use common::h2::{frame, Raw, HEADERS, PREFACE, SETTINGS};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let count = opened.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut upstream = Raw { stream: tcp };
+                let mut preface = [0u8; 24];
+                if upstream.stream.read_exact(&mut preface).await.is_err() || preface != PREFACE {
+                    return; // a health check
+                }
+                // SETTINGS_MAX_CONCURRENT_STREAMS (0x3) = 1.
+                let one = [0u8, 3, 0, 0, 0, 1];
+                upstream.send(&frame(SETTINGS, 0, 0, &one)).await.unwrap();
+                while let Some(f) = upstream.next(Duration::from_secs(30)).await {
+                    if f.kind == HEADERS {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    let s = gateway_with(upstream, "[upstream]\nread_timeout = \"1s\"\n").await;
+    let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
+    let client = common::h2::client(s.gw.proxy_addr).await;
+    let request = |method: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}/test.Echo/x", s.gw.proxy_addr))
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap()
+    };
+    // The first holds the upstream's one stream: its body stays open (bounded only by
+    // client_body_timeout, 60 s).
+    let mut first = client.clone().ready().await.unwrap();
+    let (_unanswered, mut open_body) = first.send_request(request("POST"), false).unwrap();
+    open_body
+        .send_data(Bytes::from_static(b"a"), false)
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            opened.load(Ordering::SeqCst) == 1
+        })
+        .await
+    );
+
+    let mut second = client.clone().ready().await.unwrap();
+    let (response, mut body) = second.send_request(request("POST"), false).unwrap();
+    body.send_data(Bytes::from_static(b"abc"), true).unwrap();
+    let started = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("answered, not left waiting for a stream")
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        1,
+        "the second stream never opened"
+    );
+}

@@ -302,9 +302,24 @@ pub enum UpstreamProtocol {
     /// `"http1"` (default): HTTP/1.1, one pooled connection per request in flight.
     #[default]
     Http1,
-    /// `"http2"`: HTTP/2 with prior knowledge (h2c, RFC 9113 §3.3), one multiplexed connection
-    /// per upstream address and worker. gRPC servers need it: their trailers and streams.
+    /// `"http2"`: HTTP/2 with prior knowledge (h2c, RFC 9113 §3.3), or chosen by ALPN over TLS.
+    /// Streams share a connection per upstream address and worker, another opened when all are
+    /// full (`http2_max_streams_per_connection`). gRPC servers need it: trailers and streams.
     Http2,
+}
+
+/// `upstream_tls = true`: TLS to a route's upstreams, and what verifies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTlsConfig {
+    /// `upstream_server_name`: the name sent by SNI and verified in the upstream's certificate;
+    /// default each `upstreams` entry's host.
+    pub server_name: Option<String>,
+    /// `upstream_ca_file`: the CA certificates (PEM) upstream certificates are verified
+    /// against, instead of the system trust store.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// `upstream_client_cert` / `upstream_client_key`: the certificate presented to upstreams
+    /// that ask for one (mTLS).
+    pub client: Option<TlsPair>,
 }
 
 /// One `[[routes]]` entry.
@@ -320,6 +335,8 @@ pub struct RouteConfig {
     pub upstreams: Vec<String>,
     /// `upstream_protocol`, default `"http1"`; `"http2"`: HTTP/2 with prior knowledge.
     pub upstream_protocol: UpstreamProtocol,
+    /// `upstream_tls`, default `false`.
+    pub upstream_tls: Option<UpstreamTlsConfig>,
     /// What the route requires of a token: `scopes` (every one), `scopes_any` (at least one),
     /// `token_types` (default `["jwt", "opaque"]`), `issuers`, `audiences`,
     /// `[[routes.claims]]` with `claims_match`, `acr_values` and `max_age`; and the claims it
@@ -569,7 +586,30 @@ impl Config {
             .introspection
             .iter()
             .filter_map(|c| Some(("introspection.ca_file".to_owned(), c.ca_file.as_deref()?)));
-        issuers.chain(introspection).collect()
+        let upstreams = self.routes.iter().enumerate().filter_map(|(i, r)| {
+            Some((
+                format!("routes[{i}].upstream_ca_file"),
+                r.upstream_tls.as_ref()?.ca_file.as_deref()?,
+            ))
+        });
+        issuers.chain(introspection).chain(upstreams).collect()
+    }
+
+    /// The client certificate and key files of upstream TLS, by key.
+    pub fn upstream_client_files(&self) -> Vec<(String, &std::path::Path)> {
+        let pairs = self
+            .routes
+            .iter()
+            .filter_map(|r| r.upstream_tls.as_ref()?.client.as_ref());
+        pairs
+            .flat_map(|c| {
+                let key = format!("{}key", c.cert_key.trim_end_matches("cert"));
+                [
+                    (c.cert_key.clone(), c.cert.as_path()),
+                    (key, c.key.as_path()),
+                ]
+            })
+            .collect()
     }
 
     /// Every host name the config names that does not resolve now, by key: upstreams, key set

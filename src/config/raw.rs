@@ -299,6 +299,11 @@ pub struct RawRoute {
     #[serde(default)]
     pub upstreams: Vec<String>,
     pub upstream_protocol: Option<String>,
+    pub upstream_tls: Option<bool>,
+    pub upstream_server_name: Option<String>,
+    pub upstream_ca_file: Option<String>,
+    pub upstream_client_cert: Option<String>,
+    pub upstream_client_key: Option<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
     #[serde(default)]

@@ -862,6 +862,70 @@ struct RouteContext<'a> {
     resource: Option<&'a str>,
 }
 
+/// A route's `upstream_tls` and the keys that go with it. The files are read when the gateway
+/// starts, reloads, or `portcullis check` runs (`dataplane::upstream_tls`).
+fn upstream_tls(p: &mut Problems, key: &str, raw: &RawRoute) -> Option<super::UpstreamTlsConfig> {
+    let path = |v: &Option<String>, name: &str, p: &mut Problems| match v.as_deref() {
+        Some("") => {
+            p.push(format!("{key}.{name}"), "is empty; name a PEM file");
+            None
+        }
+        v => v.map(std::path::PathBuf::from),
+    };
+    let ca_file = path(&raw.upstream_ca_file, "upstream_ca_file", p);
+    let cert = path(&raw.upstream_client_cert, "upstream_client_cert", p);
+    let client_key = path(&raw.upstream_client_key, "upstream_client_key", p);
+    let server_name = raw.upstream_server_name.clone();
+    if server_name.as_deref().is_some_and(|n| n.is_empty()) {
+        p.push(
+            format!("{key}.upstream_server_name"),
+            "is empty; name the host the upstreams' certificate is for, or leave the key out",
+        );
+    }
+    let client = match (cert, client_key) {
+        (Some(cert), Some(client_key)) => Some(super::TlsPair {
+            cert,
+            key: client_key,
+            cert_key: format!("{key}.upstream_client_cert"),
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            p.push(
+                format!("{key}.upstream_client_cert"),
+                "goes with upstream_client_key, the private key (PEM) of the client certificate",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            p.push(
+                format!("{key}.upstream_client_key"),
+                "goes with upstream_client_cert, the client certificate chain (PEM)",
+            );
+            None
+        }
+    };
+    if raw.upstream_tls != Some(true) {
+        let set = [
+            ("upstream_server_name", raw.upstream_server_name.is_some()),
+            ("upstream_ca_file", raw.upstream_ca_file.is_some()),
+            ("upstream_client_cert", raw.upstream_client_cert.is_some()),
+            ("upstream_client_key", raw.upstream_client_key.is_some()),
+        ];
+        for (name, _) in set.iter().filter(|(_, set)| *set) {
+            p.push(
+                format!("{key}.{name}"),
+                "goes with upstream_tls = true: without it the upstreams are spoken to in plain text",
+            );
+        }
+        return None;
+    }
+    Some(super::UpstreamTlsConfig {
+        server_name,
+        ca_file,
+        client,
+    })
+}
+
 fn route(p: &mut Problems, key: &str, raw: &RawRoute, cx: &RouteContext) -> Option<RouteConfig> {
     let before = p.0.len();
     let name = raw.name.clone().unwrap_or_default();
@@ -1051,6 +1115,7 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute, cx: &RouteContext) -> Opti
             super::UpstreamProtocol::Http1
         }
     };
+    let upstream_tls = upstream_tls(p, key, raw);
     if p.0.len() > before {
         return None;
     }
@@ -1060,6 +1125,7 @@ fn route(p: &mut Problems, key: &str, raw: &RawRoute, cx: &RouteContext) -> Opti
         methods,
         upstreams: raw.upstreams.clone(),
         upstream_protocol,
+        upstream_tls,
         policy,
         auth,
         forward_token: raw.forward_token.unwrap_or(false),

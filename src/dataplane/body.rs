@@ -80,6 +80,10 @@ pub struct BodyState {
     /// The body has been read to its end (and so sent, up to the socket).
     done: Cell<bool>,
     finished: tokio::sync::Notify,
+    /// The last read found the client had sent nothing more yet: the wait is the client's.
+    on_client: Cell<bool>,
+    /// Told at every read of the body.
+    read: tokio::sync::Notify,
 }
 
 impl BodyState {
@@ -93,6 +97,26 @@ impl BodyState {
     /// The body has been read to its end.
     pub fn is_done(&self) -> bool {
         self.done.get()
+    }
+
+    /// Return when the upstream's side has not read the body for `limit` while the client
+    /// had more of it ready (or before the first read): the upstream does not take the
+    /// request, e.g. an HTTP/2 stream that never opens because the upstream's connection
+    /// allows no more, or a flow-control window it never opens. Waits on the client's pace
+    /// do not count (they are bounded by `client_body_timeout`); never returns once the body
+    /// is read whole.
+    pub async fn upstream_stalled(&self, limit: Duration) {
+        loop {
+            let read = self.read.notified();
+            if self.done.get() {
+                return std::future::pending().await;
+            }
+            if self.on_client.get() {
+                read.await;
+            } else if tokio::time::timeout(limit, read).await.is_err() {
+                return;
+            }
+        }
     }
 
     fn finish(&self) {
@@ -210,7 +234,10 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        this.state.read.notify_waiters();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.state.on_client.set(polled.is_pending());
+        match polled {
             Poll::Pending => {
                 if this.stall.expired(this.timeout, cx) {
                     this.timeouts.inc();

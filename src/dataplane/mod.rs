@@ -24,6 +24,7 @@ pub mod stall;
 pub mod tls;
 pub mod trace;
 pub mod tunnel;
+pub mod upstream_tls;
 pub mod upstreams;
 
 use std::cell::Cell;

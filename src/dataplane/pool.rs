@@ -13,6 +13,9 @@
 //! let go when it closes (the upstream's GOAWAY, an error) or after `idle_timeout` without a
 //! request; streams still open on it keep it until they end.
 //!
+//! Connections are pooled by address and TLS settings (`upstream_tls`, [`UpstreamTls::id`]):
+//! a connection made for one route's certificate and name never serves another's.
+//!
 //! Flow control (RFC 9113 §5.2): each stream may have [`STREAM_WINDOW`] bytes of response
 //! unread, and the connection's window is that times `streams_per_connection`, so a client
 //! that stops reading holds back its own stream only, never the connection's other streams.
@@ -23,16 +26,19 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::{Either, FutureExt, LocalBoxFuture, Shared};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::body::ClientBody;
 use super::stall::WriteStall;
+use super::upstream_tls::UpstreamTls;
 use crate::config::UpstreamProtocol;
 
 /// The largest flow-control window HTTP/2 allows (RFC 9113 §6.9.1).
@@ -60,7 +66,35 @@ pub const STREAM_WINDOW: u32 = 256 * 1024;
 pub enum ConnectError {
     Timeout,
     Refused(Rc<io::Error>),
+    /// The TLS handshake failed: the certificate did not verify, or no common version.
+    Tls(Rc<io::Error>),
     Handshake(Rc<hyper::Error>),
+}
+
+/// Where a request goes: an upstream address, in the route's protocol, over the route's TLS
+/// (with the host of the `upstreams` entry the address came from) or in plain text.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub addr: SocketAddr,
+    pub protocol: UpstreamProtocol,
+    pub tls: Option<&'a Arc<UpstreamTls>>,
+    pub host: &'a str,
+}
+
+impl Target<'_> {
+    fn key(&self) -> Key {
+        Key {
+            addr: self.addr,
+            tls: self.tls.map_or(0, |t| t.id),
+        }
+    }
+}
+
+/// What pooled connections are found by: the address, and the TLS settings' id (0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    addr: SocketAddr,
+    tls: u64,
 }
 
 struct Idle {
@@ -108,8 +142,8 @@ impl Drop for Slot {
 
 /// One worker's upstream connections.
 pub struct Pool {
-    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
-    multiplexed: RefCell<HashMap<SocketAddr, Vec<Multiplexed>>>,
+    idle: RefCell<HashMap<Key, Vec<Idle>>>,
+    multiplexed: RefCell<HashMap<Key, Vec<Multiplexed>>>,
     settings: PoolSettings,
 }
 
@@ -145,7 +179,7 @@ impl Sender {
 /// A connection taken for one request.
 pub struct Checkout {
     pool: Rc<Pool>,
-    addr: SocketAddr,
+    key: Key,
     pub sender: Sender,
     /// It came from the pool (and may have been closed by the upstream meanwhile).
     pub reused: bool,
@@ -159,7 +193,7 @@ impl Checkout {
     /// go.)
     pub fn release(self) {
         if let Sender::Http1(sender) = self.sender {
-            self.pool.put(self.addr, sender);
+            self.pool.put(self.key, sender);
         }
     }
 }
@@ -173,128 +207,123 @@ impl Pool {
         })
     }
 
-    /// An idle (HTTP/1.1) or a shared (HTTP/2) connection to `addr`, or a new one.
-    pub async fn checkout(
-        self: &Rc<Self>,
-        addr: SocketAddr,
-        protocol: UpstreamProtocol,
-    ) -> Result<Checkout, ConnectError> {
-        match protocol {
-            UpstreamProtocol::Http1 => match self.take(addr) {
-                Some(sender) => Ok(self.checkout_of(addr, Sender::Http1(sender), true, None)),
-                None => self.connect(addr, protocol).await,
+    /// An idle (HTTP/1.1) or a shared (HTTP/2) connection to the target, or a new one.
+    pub async fn checkout(self: &Rc<Self>, target: Target<'_>) -> Result<Checkout, ConnectError> {
+        let key = target.key();
+        match target.protocol {
+            UpstreamProtocol::Http1 => match self.take(key) {
+                Some(sender) => Ok(self.checkout_of(key, Sender::Http1(sender), true, None)),
+                None => self.connect(target).await,
             },
             UpstreamProtocol::Http2 => {
-                let (handshake, slot, reused) = match self.share(addr) {
+                let (handshake, slot, reused) = match self.share(key) {
                     Some((handshake, slot)) => {
                         // One still being made counts as new: its failure is not retried.
                         let reused = handshake.peek().is_some();
                         (handshake, slot, reused)
                     }
-                    None => self.start_http2(addr),
+                    None => {
+                        let (handshake, slot) = self.start_http2(target);
+                        (handshake, slot, false)
+                    }
                 };
                 let sender = handshake.await?;
-                Ok(self.checkout_of(addr, Sender::Http2(sender), reused, Some(slot)))
+                Ok(self.checkout_of(key, Sender::Http2(sender), reused, Some(slot)))
             }
         }
     }
 
-    /// A new connection to `addr`, whatever is pooled. A new HTTP/2 connection is shared by
-    /// the requests that follow.
-    pub async fn connect(
-        self: &Rc<Self>,
-        addr: SocketAddr,
-        protocol: UpstreamProtocol,
-    ) -> Result<Checkout, ConnectError> {
-        match protocol {
+    /// A new connection to the target, whatever is pooled (a retry after a pooled one failed).
+    /// For HTTP/2, another open (or being made) connection with a free slot serves as well,
+    /// the failed one being let go of by then; a new one is shared by the requests that follow.
+    pub async fn connect(self: &Rc<Self>, target: Target<'_>) -> Result<Checkout, ConnectError> {
+        let key = target.key();
+        match target.protocol {
             UpstreamProtocol::Http1 => {
-                let io = dial(addr, &self.settings).await?;
-                let (sender, connection) = http1::Builder::new()
-                    .handshake(io)
-                    .await
-                    .map_err(|e| ConnectError::Handshake(Rc::new(e)))?;
-                tokio::task::spawn_local(async move {
-                    let _ = connection.with_upgrades().await;
-                });
-                Ok(self.checkout_of(addr, Sender::Http1(sender), false, None))
+                let sender = match made(target, &self.settings).await? {
+                    Either::Left(plain) => http1_handshake(plain).await?,
+                    Either::Right(tls) => http1_handshake(tls).await?,
+                };
+                Ok(self.checkout_of(key, Sender::Http1(sender), false, None))
             }
             UpstreamProtocol::Http2 => {
-                let (handshake, slot, _) = self.start_http2(addr);
+                let (handshake, slot) = match self.share(key) {
+                    Some(shared) => shared,
+                    None => self.start_http2(target),
+                };
                 let sender = handshake.await?;
-                Ok(self.checkout_of(addr, Sender::Http2(sender), false, Some(slot)))
+                Ok(self.checkout_of(key, Sender::Http2(sender), false, Some(slot)))
             }
         }
     }
 
     fn checkout_of(
         self: &Rc<Self>,
-        addr: SocketAddr,
+        key: Key,
         sender: Sender,
         reused: bool,
         slot: Option<Slot>,
     ) -> Checkout {
         Checkout {
             pool: self.clone(),
-            addr,
+            key,
             sender,
             reused,
             _slot: slot,
         }
     }
 
-    /// Begin a new HTTP/2 connection to `addr` and list it at once, so that the requests that
-    /// come while it is being made wait for it rather than each making its own; take one of
-    /// its stream slots.
-    fn start_http2(self: &Rc<Self>, addr: SocketAddr) -> (Handshake, Slot, bool) {
+    /// Begin a new HTTP/2 connection to the target and list it at once, so that the requests
+    /// that come while it is being made wait for it rather than each making its own; take one
+    /// of its stream slots.
+    fn start_http2(self: &Rc<Self>, target: Target<'_>) -> (Handshake, Slot) {
         let settings = self.settings;
-        let streams = self.settings.streams_per_connection.max(1);
-        let window = (STREAM_WINDOW as usize).saturating_mul(streams);
+        let key = target.key();
+        let (addr, protocol, host) = (target.addr, target.protocol, target.host.to_owned());
+        let tls = target.tls.cloned();
         let made = async move {
-            let io = dial(addr, &settings).await?;
-            let (sender, connection) = http2::Builder::new(super::h2::LocalExec)
-                .timer(TokioTimer::new())
-                .adaptive_window(false)
-                .initial_stream_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(window.min(MAX_WINDOW as usize) as u32)
-                .handshake(io)
-                .await
-                .map_err(|e| ConnectError::Handshake(Rc::new(e)))?;
-            tokio::task::spawn_local(async move {
-                let _ = connection.await;
-            });
-            Ok(sender)
+            let target = Target {
+                addr,
+                protocol,
+                tls: tls.as_ref(),
+                host: &host,
+            };
+            match made(target, &settings).await? {
+                Either::Left(plain) => http2_handshake(plain, &settings).await,
+                Either::Right(tls) => http2_handshake(tls, &settings).await,
+            }
         };
         let handshake = made.boxed_local().shared();
         let open = Rc::new(Cell::new(0));
         let slot = Slot::take(&open);
         self.multiplexed
             .borrow_mut()
-            .entry(addr)
+            .entry(key)
             .or_default()
             .push(Multiplexed {
                 handshake: handshake.clone(),
                 used: Instant::now(),
                 open,
             });
-        (handshake, slot, false)
+        (handshake, slot)
     }
 
-    /// An HTTP/2 connection to `addr` (open, or being made) with a free stream slot, and the
+    /// An HTTP/2 connection for `key` (open, or being made) with a free stream slot, and the
     /// slot. Closed and failed connections are let go on the way.
-    fn share(&self, addr: SocketAddr) -> Option<(Handshake, Slot)> {
+    fn share(&self, key: Key) -> Option<(Handshake, Slot)> {
         let mut shared = self.multiplexed.borrow_mut();
-        let list = shared.get_mut(&addr)?;
+        let list = shared.get_mut(&key)?;
         list.retain(Multiplexed::usable);
-        let limit = self.settings.streams_per_connection.max(1);
+        let limit = self.settings.streams_per_connection;
         let conn = list.iter_mut().find(|c| c.open.get() < limit)?;
         conn.used = Instant::now();
         Some((conn.handshake.clone(), Slot::take(&conn.open)))
     }
 
-    /// The most recently used idle connection to `addr` that is still open and young enough.
-    fn take(&self, addr: SocketAddr) -> Option<http1::SendRequest<ClientBody>> {
+    /// The most recently used idle connection for `key` that is still open and young enough.
+    fn take(&self, key: Key) -> Option<http1::SendRequest<ClientBody>> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&key)?;
         let now = Instant::now();
         while let Some(conn) = list.pop() {
             if !conn.sender.is_closed() && now - conn.since < self.settings.idle_timeout {
@@ -304,12 +333,12 @@ impl Pool {
         None
     }
 
-    fn put(&self, addr: SocketAddr, sender: http1::SendRequest<ClientBody>) {
+    fn put(&self, key: Key, sender: http1::SendRequest<ClientBody>) {
         if sender.is_closed() || self.settings.max_idle == 0 {
             return;
         }
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(addr).or_default();
+        let list = idle.entry(key).or_default();
         if list.len() >= self.settings.max_idle {
             // The oldest goes; dropping it closes it.
             list.remove(0);
@@ -336,19 +365,77 @@ impl Pool {
     }
 }
 
-/// A TCP connection to `addr`, within `connect_timeout`, its writes bounded by `write_timeout`.
-async fn dial(
-    addr: SocketAddr,
+type Plain = WriteStall<TcpStream>;
+
+/// A connection to the target within `connect_timeout`, TLS handshake included, its writes
+/// bounded by `write_timeout`.
+async fn made(
+    target: Target<'_>,
     settings: &PoolSettings,
-) -> Result<TokioIo<WriteStall<TcpStream>>, ConnectError> {
-    let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
+) -> Result<Either<Plain, tokio_rustls::client::TlsStream<Plain>>, ConnectError> {
+    let addr = target.addr;
+    let connected = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| ConnectError::Refused(Rc::new(e)))?;
+        let _ = stream.set_nodelay(true);
+        let stream = WriteStall::new(stream, settings.write_timeout, None);
+        let Some(tls) = target.tls else {
+            return Ok(Either::Left(stream));
+        };
+        let refused = |e: io::Error| {
+            tracing::warn!(upstream = %addr, error = %e, "TLS handshake with an upstream failed");
+            ConnectError::Tls(Rc::new(e))
+        };
+        let name = tls.name_for(target.host).ok_or_else(|| {
+            refused(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no name to verify the upstream's certificate for",
+            ))
+        })?;
+        tls.handshake(name, stream)
+            .await
+            .map(Either::Right)
+            .map_err(refused)
+    };
+    tokio::time::timeout(settings.connect_timeout, connected)
         .await
         .map_err(|_| ConnectError::Timeout)?
-        .map_err(|e| ConnectError::Refused(Rc::new(e)))?;
-    let _ = stream.set_nodelay(true);
-    Ok(TokioIo::new(WriteStall::new(
-        stream,
-        settings.write_timeout,
-        None,
-    )))
+}
+
+async fn http1_handshake<IO>(io: IO) -> Result<http1::SendRequest<ClientBody>, ConnectError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ConnectError::Handshake(Rc::new(e)))?;
+    tokio::task::spawn_local(async move {
+        let _ = connection.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
+async fn http2_handshake<IO>(
+    io: IO,
+    settings: &PoolSettings,
+) -> Result<http2::SendRequest<ClientBody>, ConnectError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let streams = settings.streams_per_connection.max(1);
+    let window = (STREAM_WINDOW as usize).saturating_mul(streams);
+    let (sender, connection) = http2::Builder::new(super::h2::LocalExec)
+        .timer(TokioTimer::new())
+        .adaptive_window(false)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(window.min(MAX_WINDOW as usize) as u32)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ConnectError::Handshake(Rc::new(e)))?;
+    tokio::task::spawn_local(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
 }

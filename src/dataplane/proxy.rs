@@ -16,7 +16,8 @@ use super::body::{BodyFault, BodyState, ClientBody, Finish, ResBody, TrailerRule
 use super::client_stream::{ClientTimeouts, ConnShared};
 use super::framing::{self, RequestLimits};
 use super::headers::{self, Strip};
-use super::pool::{Checkout, ConnectError, Pool};
+use super::pool::{Checkout, ConnectError, Pool, Target};
+use super::upstreams::Member;
 use super::upstreams::{Rotation, Upstreams};
 use crate::auth::Grant;
 use crate::config::UpstreamProtocol;
@@ -36,6 +37,8 @@ pub struct Shared {
     pub gate: Arc<Gate>,
     pub metrics: Metrics,
     pub upstreams: Arc<Upstreams>,
+    /// Each route's `upstream_tls`, by route index.
+    pub upstream_tls: Arc<[Option<Arc<super::upstream_tls::UpstreamTls>>]>,
     pub settings: Settings,
     /// `[tracing]`: the span exporter, the same one across reloads.
     pub exporter: Option<Arc<crate::otlp::Exporter>>,
@@ -715,17 +718,18 @@ async fn forward(
 }
 
 /// An HTTP/2 hop names the host in `:authority`, not `Host` (RFC 9113 §8.3.1): the target
-/// becomes `http://{Host}{path}`, from which h2 writes `:scheme`, `:authority` and `:path`.
-/// `OPTIONS *` keeps its form (and `Host`).
-fn to_authority(req: &mut Request<ClientBody>) {
+/// becomes `{scheme}://{Host}{path}`, from which h2 writes `:scheme` (`https` over TLS,
+/// `http` otherwise), `:authority` and `:path`. `OPTIONS *` keeps its form (and `Host`).
+fn to_authority(req: &mut Request<ClientBody>, tls: bool) {
     if req.uri().authority().is_some() || req.uri().path() == "*" {
         return;
     }
     let Some(host) = req.headers().get(HOST).and_then(|h| h.to_str().ok()) else {
         return;
     };
+    let scheme = if tls { "https" } else { "http" };
     let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    if let Ok(uri) = Uri::try_from(format!("http://{host}{path}")) {
+    if let Ok(uri) = Uri::try_from(format!("{scheme}://{host}{path}")) {
         *req.uri_mut() = uri;
         req.headers_mut().remove(HOST);
     }
@@ -776,19 +780,34 @@ async fn send(
     let read_timeout = worker.shared.settings.read_timeout;
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_error = UpstreamErrorKind::NoHealthyUpstream;
-    let mut fresh: Option<SocketAddr> = None;
+    let mut fresh: Option<&Member> = None;
     let protocol = route.upstream_protocol;
+    let tls = worker
+        .shared
+        .upstream_tls
+        .get(route.index)
+        .and_then(Option::as_ref);
     loop {
-        let (addr, made) = match fresh.take() {
-            Some(addr) => (addr, worker.pool.connect(addr, protocol).await),
+        let (member, new) = match fresh.take() {
+            Some(member) => (member, true),
             None => {
-                let Some(backend) = upstreams.select(&worker.rotation, route.index, &tried) else {
+                let Some(member) = upstreams.select(&worker.rotation, route.index, &tried) else {
                     return Err(last_error);
                 };
-                let addr = backend.addr;
-                tried.push(addr);
-                (addr, worker.pool.checkout(addr, protocol).await)
+                tried.push(member.backend.addr);
+                (member, false)
             }
+        };
+        let addr = member.backend.addr;
+        let target = Target {
+            addr,
+            protocol,
+            tls,
+            host: &member.host,
+        };
+        let made = match new {
+            true => worker.pool.connect(target).await,
+            false => worker.pool.checkout(target).await,
         };
         record.upstream = Some(addr);
         // An HTTP/1.0 client may send no Host; the upstream hop is HTTP/1.1, which needs one.
@@ -798,13 +817,14 @@ async fn send(
             }
         }
         if protocol == UpstreamProtocol::Http2 {
-            to_authority(&mut req);
+            to_authority(&mut req, tls.is_some());
         }
         let mut checkout = match made {
             Ok(checkout) => checkout,
             Err(e) => {
                 last_error = match e {
                     ConnectError::Timeout => UpstreamErrorKind::Timeout,
+                    ConnectError::Tls(_) => UpstreamErrorKind::Tls,
                     ConnectError::Refused(_) | ConnectError::Handshake(_) => {
                         UpstreamErrorKind::Connect
                     }
@@ -814,18 +834,24 @@ async fn send(
         };
         if checkout.sender.ready().await.is_err() {
             if checkout.reused {
-                fresh = Some(addr);
+                fresh = Some(member);
             } else {
                 last_error = UpstreamErrorKind::Connect;
             }
             continue;
         }
         // `read_timeout` counts from the end of the request body: a slow upload is bounded by
-        // `client_body_timeout` per read, not by the upstream's answer time.
+        // `client_body_timeout` per read, not by the upstream's answer time. Until then it
+        // bounds each wait for the upstream to take more of the body the client has ready.
         let answered = checkout.sender.try_send_request(req);
         let waited = async {
-            body.finished().await;
-            tokio::time::sleep(read_timeout).await;
+            tokio::select! {
+                () = async {
+                    body.finished().await;
+                    tokio::time::sleep(read_timeout).await;
+                } => {}
+                () = body.upstream_stalled(read_timeout) => {}
+            }
         };
         let sent = tokio::select! {
             biased;
@@ -838,7 +864,7 @@ async fn send(
                 Some(back) => {
                     req = back;
                     if checkout.reused {
-                        fresh = Some(addr);
+                        fresh = Some(member);
                     } else {
                         last_error = UpstreamErrorKind::Connect;
                     }

@@ -37,8 +37,8 @@ pub const WATCH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One certificate chain with its key, and the names it is chosen by.
 #[derive(Debug)]
-struct Pair {
-    key: Arc<CertifiedKey>,
+pub(super) struct Pair {
+    pub(super) key: Arc<CertifiedKey>,
     /// subjectAltName DNS names, lower case; `*.example.com` for a wildcard.
     names: Vec<String>,
     /// The leaf's `notAfter`, seconds since the epoch.
@@ -51,7 +51,11 @@ impl Pair {
     /// Load a pair and check it at `now` (seconds since the epoch): readable regular files of
     /// at most [`MAX_FILE_BYTES`], PEM, a key that is the certificate's, a leaf that parses
     /// and is valid now.
-    fn load(pair: &TlsPair, provider: &CryptoProvider, now: i64) -> Result<Pair, Problem> {
+    pub(super) fn load(
+        pair: &TlsPair,
+        provider: &CryptoProvider,
+        now: i64,
+    ) -> Result<Pair, Problem> {
         let key_key = format!("{}key", pair.cert_key.trim_end_matches("cert"));
         let problem = |key: &str, message: String| Problem {
             key: key.to_owned(),
@@ -189,16 +193,22 @@ pub fn problems(config: &TlsConfig) -> Vec<Problem> {
 
 /// The CA certificates client certificates are verified against (`client_ca`).
 fn client_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, Problem> {
+    ca_roots(path, "server.client_ca", "client CA certificates")
+}
+
+/// The CA certificates of the PEM file at `path` (config key `key`), `what` they are for.
+pub(super) fn ca_roots(
+    path: &std::path::Path,
+    key: &str,
+    what: &str,
+) -> Result<rustls::RootCertStore, Problem> {
     let problem = |message: String| Problem {
-        key: "server.client_ca".into(),
+        key: key.into(),
         message,
     };
     let shown = path.display();
-    let pem = read_regular_file(path, MAX_FILE_BYTES).map_err(|e| {
-        problem(format!(
-            "{shown}: {e}; mount the client CA certificates (PEM) there"
-        ))
-    })?;
+    let pem = read_regular_file(path, MAX_FILE_BYTES)
+        .map_err(|e| problem(format!("{shown}: {e}; mount the {what} (PEM) there")))?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|_| problem(format!("{shown} is not PEM")))?;
@@ -230,7 +240,7 @@ fn publish(expiry: &prometheus::GaugeVec, pairs: &[Pair]) {
     }
 }
 
-fn provider() -> CryptoProvider {
+pub(super) fn provider() -> CryptoProvider {
     aws_lc_rs::default_provider()
 }
 

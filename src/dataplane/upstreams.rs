@@ -32,11 +32,27 @@ impl Backend {
     }
 }
 
+/// One address of a group, and the host of the `upstreams` entry it came from: the name TLS
+/// verifies (`upstream_tls`) unless the route sets `upstream_server_name`.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub backend: Arc<Backend>,
+    pub host: Arc<str>,
+}
+
+/// The host of a `host:port` entry, without an IPv6 literal's brackets.
+pub fn host_of(entry: &str) -> &str {
+    let host = entry.rsplit_once(':').map_or(entry, |(host, _)| host);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
 /// The upstreams of each route, and their health.
 #[derive(Debug)]
 pub struct Upstreams {
     /// The distinct groups; routes with the same upstream list share one.
-    groups: Vec<Vec<Arc<Backend>>>,
+    groups: Vec<Vec<Member>>,
     /// Each route's group, indexed by [`crate::routing::Route::index`].
     route_group: Vec<usize>,
     /// Every distinct backend, for the health checks.
@@ -83,8 +99,9 @@ impl Upstreams {
                 route_group.push(group);
                 continue;
             }
-            let mut group = Vec::new();
+            let mut group: Vec<Member> = Vec::new();
             for upstream in list {
+                let host: Arc<str> = host_of(upstream).into();
                 let addrs = upstream.to_socket_addrs().map_err(|source| Unresolved {
                     route,
                     upstream: upstream.clone(),
@@ -104,8 +121,11 @@ impl Upstreams {
                         all.push(b.clone());
                         b
                     });
-                    if !group.iter().any(|b: &Arc<Backend>| b.addr == addr) {
-                        group.push(backend.clone());
+                    if !group.iter().any(|m| m.backend.addr == addr) {
+                        group.push(Member {
+                            backend: backend.clone(),
+                            host: host.clone(),
+                        });
                     }
                 }
             }
@@ -126,11 +146,11 @@ impl Upstreams {
     /// name does not resolve: its last addresses stay, with a warning. Otherwise the new set,
     /// keeping the backends (and health) of addresses that stay.
     pub fn re_resolved(&self, gauge: &IntGaugeVec) -> Option<Upstreams> {
-        let addresses = |groups: &[Vec<Arc<Backend>>], route_group: &[usize]| {
+        let addresses = |groups: &[Vec<Member>], route_group: &[usize]| {
             route_group
                 .iter()
                 .map(|&g| {
-                    let mut a: Vec<SocketAddr> = groups[g].iter().map(|b| b.addr).collect();
+                    let mut a: Vec<SocketAddr> = groups[g].iter().map(|m| m.backend.addr).collect();
                     a.sort_unstable();
                     a
                 })
@@ -160,14 +180,14 @@ impl Upstreams {
         rotation: &Rotation,
         route: usize,
         tried: &[SocketAddr],
-    ) -> Option<&Arc<Backend>> {
+    ) -> Option<&Member> {
         let group = self.route_group[route];
-        let backends = &self.groups[group];
+        let members = &self.groups[group];
         let start = rotation.0[group].get();
         rotation.0[group].set(start.wrapping_add(1));
-        (0..backends.len())
-            .map(|i| &backends[start.wrapping_add(i) % backends.len()])
-            .find(|b| b.healthy() && !tried.contains(&b.addr))
+        (0..members.len())
+            .map(|i| &members[start.wrapping_add(i) % members.len()])
+            .find(|m| m.backend.healthy() && !tried.contains(&m.backend.addr))
     }
 
     /// The addresses this set has and `next` has not: their health series go.
@@ -233,11 +253,18 @@ mod tests {
         assert_eq!(up.route_group, [0, 1, 0]);
         let rotation = up.rotation(0);
         let picks: Vec<u16> = (0..4)
-            .map(|_| up.select(&rotation, 0, &[]).unwrap().addr.port())
+            .map(|_| up.select(&rotation, 0, &[]).unwrap().backend.addr.port())
             .collect();
         assert_eq!(picks, [1, 2, 1, 2]);
         let second_worker = up.rotation(1);
-        assert_eq!(up.select(&second_worker, 0, &[]).unwrap().addr.port(), 2);
+        assert_eq!(
+            up.select(&second_worker, 0, &[])
+                .unwrap()
+                .backend
+                .addr
+                .port(),
+            2
+        );
     }
 
     #[test]
@@ -247,10 +274,23 @@ mod tests {
         let rotation = up.rotation(0);
         up.all[0].healthy.store(false, Ordering::Relaxed);
         for _ in 0..3 {
-            assert_eq!(up.select(&rotation, 0, &[]).unwrap().addr.port(), 2);
+            assert_eq!(up.select(&rotation, 0, &[]).unwrap().backend.addr.port(), 2);
         }
         let tried = [up.all[1].addr];
         assert!(up.select(&rotation, 0, &tried).is_none());
+    }
+
+    #[test]
+    fn an_entry_s_host_is_its_name_without_the_port_or_brackets() {
+        assert_eq!(host_of("api.internal:8443"), "api.internal");
+        assert_eq!(host_of("10.0.0.1:443"), "10.0.0.1");
+        assert_eq!(host_of("[::1]:443"), "::1");
+        let a = vec!["localhost:1".to_owned()];
+        let up = Upstreams::resolve([a.as_slice()], &gauge()).unwrap();
+        assert_eq!(
+            &*up.select(&up.rotation(0), 0, &[]).unwrap().host,
+            "localhost"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -83,21 +83,67 @@ impl Ca {
 pub struct TlsFront {
     pub addr: SocketAddr,
     handshakes: Arc<AtomicUsize>,
+    hellos: Arc<Mutex<Vec<Hello>>>,
+}
+
+/// What a completed handshake carried.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    /// The SNI name, if the client sent one.
+    pub sni: Option<String>,
+    /// The protocol ALPN chose, if any.
+    pub alpn: Option<Vec<u8>>,
+    /// The client certificate's DER, if the client presented one.
+    pub client_cert: Option<Vec<u8>>,
+}
+
+/// How a [`TlsFront`] terminates TLS beyond its certificate.
+#[derive(Default)]
+pub struct FrontOptions<'a> {
+    /// Require a client certificate signed by this CA.
+    pub client_ca: Option<&'a Ca>,
+    /// ALPN protocols the front selects from, in its order of preference.
+    pub alpn: Vec<Vec<u8>>,
 }
 
 impl TlsFront {
     pub async fn start(leaf: &Leaf, backend: SocketAddr) -> TlsFront {
+        TlsFront::start_with(leaf, backend, FrontOptions::default()).await
+    }
+
+    pub async fn start_with(
+        leaf: &Leaf,
+        backend: SocketAddr,
+        options: FrontOptions<'_>,
+    ) -> TlsFront {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
+            .unwrap();
+        let builder = match options.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.issuer.der().clone()).unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
             .with_single_cert(
                 vec![leaf.cert.clone()],
                 PrivateKeyDer::Pkcs8(leaf.key.clone_key()),
             )
             .unwrap();
+        config.alpn_protocols = options.alpn;
         let acceptor = TlsAcceptor::from(Arc::new(config));
+        let hellos = Arc::new(Mutex::new(Vec::new()));
+        let heard = hellos.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let handshakes = Arc::new(AtomicUsize::new(0));
@@ -107,12 +153,21 @@ impl TlsFront {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (acceptor, counted) = (acceptor.clone(), counted.clone());
+                let (acceptor, counted, heard) = (acceptor.clone(), counted.clone(), heard.clone());
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(stream).await else {
                         return;
                     };
                     counted.fetch_add(1, Ordering::SeqCst);
+                    let (_, session) = tls.get_ref();
+                    heard.lock().unwrap().push(Hello {
+                        sni: session.server_name().map(str::to_owned),
+                        alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+                        client_cert: session
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| c.to_vec()),
+                    });
                     let Ok(mut plain) = TcpStream::connect(backend).await else {
                         return;
                     };
@@ -120,7 +175,16 @@ impl TlsFront {
                 });
             }
         });
-        TlsFront { addr, handshakes }
+        TlsFront {
+            addr,
+            handshakes,
+            hellos,
+        }
+    }
+
+    /// The handshakes completed so far, in order.
+    pub fn hellos(&self) -> Vec<Hello> {
+        self.hellos.lock().unwrap().clone()
     }
 
     /// TLS handshakes completed.
