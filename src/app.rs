@@ -187,6 +187,7 @@ impl App {
                 idle_timeout: u.idle_timeout,
                 max_idle: u.keepalive_pool_size,
                 streams_per_connection: u.http2_max_streams_per_connection,
+                keepalive_interval: u.http2_keepalive_interval,
             },
             grace: s.shutdown_grace,
             drain_delay: s.drain_delay,

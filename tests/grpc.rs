@@ -854,3 +854,104 @@ async fn a_request_the_upstream_has_no_stream_for_times_out() {
         "the second stream never opened"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_upstream_gets_the_client_s_host_as_authority() {
+    // HTTP/2 carries the target in `:scheme` and `:authority`, not in Host (RFC 9113 §8.3.1):
+    // the client's Host becomes `:authority` on the h2c hop, and a request without one (HTTP/1.0)
+    // names the upstream's address, as the HTTP/1.1 hop's Host would.
+    let upstream = common::h2::target_echo().await;
+    let gw = common::start_gateway(&format!(
+        "[[routes]]\nname = \"h2\"\npath_prefix = \"/\"\nupstreams = [\"{upstream}\"]\n\
+         upstream_protocol = \"http2\"\nauth = \"none\"\n"
+    ));
+    let named = common::raw_request(
+        gw.proxy_addr,
+        b"GET /x HTTP/1.1\r\nHost: orders.example:8443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(named.starts_with("HTTP/1.1 200"), "{named}");
+    assert!(
+        named.ends_with("\r\n\r\nHTTP/2.0 http orders.example:8443"),
+        "{named}"
+    );
+    let unnamed = common::raw_request(gw.proxy_addr, b"GET /x HTTP/1.0\r\n\r\n").await;
+    assert!(unnamed.starts_with("HTTP/1.0 200"), "{unnamed}");
+    assert!(
+        unnamed.ends_with(&format!("\r\n\r\nHTTP/2.0 http {upstream}")),
+        "{unnamed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_upstream_connection_is_pinged_and_replaced() {
+    // An upstream connection the network dropped without a FIN looks open and answers nothing,
+    // PINGs included. Its request fails once a PING goes unanswered (502 well before
+    // read_timeout), and the next request opens a new connection.
+    use common::h2::{frame, Raw, ACK, HEADERS, PING, PREFACE, SETTINGS};
+    #[derive(Default)]
+    struct Silent {
+        connections: AtomicUsize,
+        requests: AtomicUsize,
+        pings: AtomicUsize,
+        closed: AtomicUsize,
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let seen = Arc::new(Silent::default());
+    let counts = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen = counts.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut upstream = Raw { stream: tcp };
+                let mut preface = [0u8; 24];
+                if upstream.stream.read_exact(&mut preface).await.is_err() || preface != PREFACE {
+                    return; // a health check
+                }
+                seen.connections.fetch_add(1, Ordering::SeqCst);
+                upstream.send(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+                // Frames as they come; SETTINGS acknowledged, then silence: no answer, no
+                // PING acknowledgement.
+                let (frames, closed) = upstream.read_to_close(Duration::from_secs(30)).await;
+                for f in &frames {
+                    match f.kind {
+                        HEADERS => _ = seen.requests.fetch_add(1, Ordering::SeqCst),
+                        PING if f.flags & ACK == 0 => _ = seen.pings.fetch_add(1, Ordering::SeqCst),
+                        _ => {}
+                    }
+                }
+                if closed {
+                    seen.closed.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let gw = common::start_gateway(&format!(
+        "[upstream]\nread_timeout = \"30s\"\nhttp2_keepalive_interval = \"300ms\"\n\
+         [[routes]]\nname = \"h2\"\npath_prefix = \"/\"\nupstreams = [\"{upstream}\"]\n\
+         upstream_protocol = \"http2\"\nauth = \"none\"\n"
+    ));
+    let url = format!("http://{}/x", gw.proxy_addr);
+    for n in 1..=2 {
+        let started = Instant::now();
+        let resp = common::client().get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 502, "request {n}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                seen.closed.load(Ordering::SeqCst) == n
+            })
+            .await,
+            "the gateway closed connection {n}"
+        );
+    }
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 2);
+    assert!(seen.pings.load(Ordering::SeqCst) >= 2);
+}

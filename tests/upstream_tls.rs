@@ -180,39 +180,6 @@ async fn a_client_certificate_is_presented_to_an_upstream_that_requires_one() {
     assert_eq!(presented.as_deref(), Some(leaf.cert.as_ref()));
 }
 
-/// A plain HTTP/2 server (prior knowledge) answering each request with its HTTP version,
-/// `:scheme` and `:authority`.
-async fn h2_server() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let service =
-                hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
-                    let uri = req.uri();
-                    let body = format!(
-                        "{:?} {} {}",
-                        req.version(),
-                        uri.scheme_str().unwrap_or("-"),
-                        uri.authority().map_or("-", |a| a.as_str())
-                    );
-                    async move {
-                        let body = http_body_util::Full::new(bytes::Bytes::from(body));
-                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
-                    }
-                });
-            tokio::spawn(async move {
-                let builder =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-                let _ = builder
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_over_tls_is_chosen_by_alpn() {
     let ca = Ca::new("Upstream private CA");
@@ -220,7 +187,12 @@ async fn http2_over_tls_is_chosen_by_alpn() {
         alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
         ..FrontOptions::default()
     };
-    let front = TlsFront::start_with(&ca.server(&["localhost"]), h2_server().await, options).await;
+    let front = TlsFront::start_with(
+        &ca.server(&["localhost"]),
+        common::h2::target_echo().await,
+        options,
+    )
+    .await;
     let (_file, trust) = ca_file(&ca);
     let more = format!("{trust}\nupstream_protocol = \"http2\"");
     let gw = gateway(&format!("localhost:{}", front.addr.port()), &more);

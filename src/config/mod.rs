@@ -285,6 +285,12 @@ pub struct UpstreamConfig {
     /// `http2_max_streams_per_connection`, default `100`: streams one HTTP/2 upstream
     /// connection carries at once (`upstream_protocol = "http2"`); more open another.
     pub http2_max_streams_per_connection: usize,
+    /// `http2_keepalive_interval`, default `30s`: an HTTP/2 upstream connection that has been
+    /// silent this long is sent a PING (RFC 9113 §6.7), and one not answered within as long
+    /// is closed: a connection the network dropped without a FIN (a NAT or conntrack entry
+    /// expired, a node gone) fails its streams (502) and is replaced, rather than taking new
+    /// requests until each times out.
+    pub http2_keepalive_interval: Duration,
 }
 
 /// Whether a route checks tokens.
@@ -523,6 +529,10 @@ impl Config {
             (
                 "upstream.http2_max_streams_per_connection",
                 u.http2_max_streams_per_connection != nu.http2_max_streams_per_connection,
+            ),
+            (
+                "upstream.http2_keepalive_interval",
+                u.http2_keepalive_interval != nu.http2_keepalive_interval,
             ),
             (
                 "upstream.health_check_interval",

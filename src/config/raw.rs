@@ -229,6 +229,7 @@ pub struct RawUpstream {
     pub resolve_interval: Option<String>,
     pub keepalive_pool_size: Option<i64>,
     pub http2_max_streams_per_connection: Option<i64>,
+    pub http2_keepalive_interval: Option<String>,
 }
 
 /// `[tokens]`: limits and the verified-token cache.

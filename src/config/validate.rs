@@ -469,6 +469,12 @@ fn upstream(p: &mut Problems, u: &RawUpstream) -> UpstreamConfig {
             100,
             10_000,
         ),
+        http2_keepalive_interval: d(
+            p,
+            "http2_keepalive_interval",
+            &u.http2_keepalive_interval,
+            secs(30),
+        ),
     }
 }
 

@@ -11,7 +11,9 @@
 //! of its sender and holds one of the connection's stream slots until its response body ends or
 //! is dropped. When every connection to the address is full, another is opened. A connection is
 //! let go when it closes (the upstream's GOAWAY, an error) or after `idle_timeout` without a
-//! request; streams still open on it keep it until they end.
+//! request; streams still open on it keep it until they end. A connection silent for
+//! `keepalive_interval` is pinged and closed when the PING is not answered within as long, so
+//! one the network dropped without a FIN is found and replaced.
 //!
 //! Connections are pooled by address and TLS settings (`upstream_tls`, [`UpstreamTls::id`]):
 //! a connection made for one route's certificate and name never serves another's.
@@ -54,6 +56,9 @@ pub struct PoolSettings {
     pub max_idle: usize,
     /// Streams one HTTP/2 connection carries at once.
     pub streams_per_connection: usize,
+    /// An HTTP/2 connection silent this long is pinged; one whose PING is not answered within
+    /// as long is closed.
+    pub keepalive_interval: Duration,
 }
 
 /// The response bytes one HTTP/2 stream from an upstream may have unread: what one request
@@ -424,13 +429,16 @@ async fn http2_handshake<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let streams = settings.streams_per_connection.max(1);
+    let streams = settings.streams_per_connection;
     let window = (STREAM_WINDOW as usize).saturating_mul(streams);
     let (sender, connection) = http2::Builder::new(super::h2::LocalExec)
         .timer(TokioTimer::new())
         .adaptive_window(false)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(window.min(MAX_WINDOW as usize) as u32)
+        .keep_alive_interval(settings.keepalive_interval)
+        .keep_alive_timeout(settings.keepalive_interval)
+        .keep_alive_while_idle(true)
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| ConnectError::Handshake(Rc::new(e)))?;

@@ -337,3 +337,36 @@ pub async fn read_body(body: &mut ::h2::RecvStream) -> Vec<u8> {
     }
     text
 }
+
+/// A plain HTTP/2 server (prior knowledge) answering each request with its HTTP version,
+/// `:scheme` and `:authority` (`HTTP/2.0 http host:port`), to see the target the gateway sends.
+pub async fn target_echo() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let service =
+                hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
+                    let uri = req.uri();
+                    let body = format!(
+                        "{:?} {} {}",
+                        req.version(),
+                        uri.scheme_str().unwrap_or("-"),
+                        uri.authority().map_or("-", |a| a.as_str())
+                    );
+                    async move {
+                        let body = http_body_util::Full::new(bytes::Bytes::from(body));
+                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                    }
+                });
+            tokio::spawn(async move {
+                let builder =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                let _ = builder
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
