@@ -300,3 +300,61 @@ async fn the_layer_checks_dpop_proofs() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_grpc_call_gets_a_trailers_only_answer_from_the_layer() {
+    // The layer in front of a tonic server: a refused call is answered as gRPC clients read
+    // it (HTTP 200, grpc-status in the one header block), the RFC 6750 challenge kept.
+    let f = fixture().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = f
+        .layer
+        .clone()
+        .require_scopes(["orders:read"])
+        .layer(inner(calls.clone()));
+    let grpc = |token: Option<&str>| {
+        let mut req = Request::post("/orders.v1.Orders/Get")
+            .header("content-type", "application/grpc+proto")
+            .header("te", "trailers");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req.body(String::new()).unwrap()
+    };
+    let cases = [
+        (None, "16", "Bearer realm=\"orders\""),
+        (
+            Some("not-a-token".to_owned()),
+            "16",
+            "error=\"invalid_token\"",
+        ),
+        (
+            Some(f.token("profile")),
+            "7",
+            "error=\"insufficient_scope\"",
+        ),
+    ];
+    for (token, status, challenge) in cases {
+        let resp = svc.clone().oneshot(grpc(token.as_deref())).await.unwrap();
+        assert_eq!(resp.status(), 200, "{token:?}");
+        assert_eq!(header(&resp, "content-type"), "application/grpc");
+        assert_eq!(header(&resp, "grpc-status"), status, "{token:?}");
+        assert!(!header(&resp, "grpc-message").is_empty());
+        assert!(
+            header(&resp, "www-authenticate").contains(challenge),
+            "{token:?}: {}",
+            header(&resp, "www-authenticate")
+        );
+        assert_eq!(resp.body(), "");
+    }
+    // Not gRPC (gRPC-Web is answered as any HTTP request): the plain 401.
+    let mut web = grpc(None);
+    web.headers_mut().insert(
+        "content-type",
+        "application/grpc-web+proto".parse().unwrap(),
+    );
+    let resp = svc.clone().oneshot(web).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(header(&resp, "grpc-status"), "");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
