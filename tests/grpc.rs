@@ -959,3 +959,35 @@ async fn a_silent_upstream_connection_is_pinged_and_replaced() {
     assert_eq!(seen.requests.load(Ordering::SeqCst), 2);
     assert!(seen.pings.load(Ordering::SeqCst) >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_connection_s_idle_time_counts_from_its_last_stream_s_end() {
+    // One stream held open longer than idle_timeout (its 4 MiB answer read only after 4 s),
+    // then a pause shorter than idle_timeout: the next request reuses the connection, which
+    // was idle for the pause only.
+    let (upstream, seen) = held_upstream(1).await;
+    let gw = common::start_gateway_with_server(
+        "[server.http2]\ncleartext = true",
+        &format!(
+            "[upstream]\nidle_timeout = \"3s\"\n\
+         [[routes]]\nname = \"h2\"\npath_prefix = \"/\"\nupstreams = [\"{upstream}\"]\n\
+         upstream_protocol = \"http2\"\nauth = \"none\"\n"
+        ),
+    );
+    let client = common::h2::client(gw.proxy_addr).await;
+    let get = |path: &str| {
+        http::Request::get(format!("http://{}{path}", gw.proxy_addr))
+            .body(())
+            .unwrap()
+    };
+    let mut sender = client.clone().ready().await.unwrap();
+    let (response, _) = sender.send_request(get("/big"), true).unwrap();
+    let mut body = response.await.unwrap().into_body();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(common::h2::read_body(&mut body).await.len(), 4 << 20);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut sender = client.clone().ready().await.unwrap();
+    let (response, _) = sender.send_request(get("/x"), true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+}

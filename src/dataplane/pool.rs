@@ -10,8 +10,8 @@
 //! and worker carries up to `streams_per_connection` streams at once; each request takes a clone
 //! of its sender and holds one of the connection's stream slots until its response body ends or
 //! is dropped. When every connection to the address is full, another is opened. A connection is
-//! let go when it closes (the upstream's GOAWAY, an error) or after `idle_timeout` without a
-//! request; streams still open on it keep it until they end. A connection silent for
+//! let go when it closes (the upstream's GOAWAY, an error) or once it has had no stream open
+//! for `idle_timeout`. A connection silent for
 //! `keepalive_interval` is pinged and closed when the PING is not answered within as long, so
 //! one the network dropped without a FIN is found and replaced.
 //!
@@ -111,11 +111,17 @@ struct Idle {
 type Handshake =
     Shared<LocalBoxFuture<'static, Result<http2::SendRequest<ClientBody>, ConnectError>>>;
 
-/// An HTTP/2 connection, when a request last took it, and its streams open now.
+/// An HTTP/2 connection and its streams.
 struct Multiplexed {
     handshake: Handshake,
-    used: Instant,
-    open: Rc<Cell<usize>>,
+    streams: Rc<Streams>,
+}
+
+/// An HTTP/2 connection's streams open now, and when one last began or ended: its idle time
+/// counts from the end of its last stream, however long that stream ran.
+struct Streams {
+    open: Cell<usize>,
+    used: Cell<Instant>,
 }
 
 impl Multiplexed {
@@ -130,18 +136,20 @@ impl Multiplexed {
 }
 
 /// One of an HTTP/2 connection's stream slots, given back when dropped.
-struct Slot(Rc<Cell<usize>>);
+struct Slot(Rc<Streams>);
 
 impl Slot {
-    fn take(open: &Rc<Cell<usize>>) -> Slot {
-        open.set(open.get() + 1);
-        Slot(open.clone())
+    fn take(streams: &Rc<Streams>) -> Slot {
+        streams.open.set(streams.open.get() + 1);
+        streams.used.set(Instant::now());
+        Slot(streams.clone())
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
+        self.0.open.set(self.0.open.get().saturating_sub(1));
+        self.0.used.set(Instant::now());
     }
 }
 
@@ -299,16 +307,18 @@ impl Pool {
             }
         };
         let handshake = made.boxed_local().shared();
-        let open = Rc::new(Cell::new(0));
-        let slot = Slot::take(&open);
+        let streams = Rc::new(Streams {
+            open: Cell::new(0),
+            used: Cell::new(Instant::now()),
+        });
+        let slot = Slot::take(&streams);
         self.multiplexed
             .borrow_mut()
             .entry(key)
             .or_default()
             .push(Multiplexed {
                 handshake: handshake.clone(),
-                used: Instant::now(),
-                open,
+                streams,
             });
         (handshake, slot)
     }
@@ -320,9 +330,8 @@ impl Pool {
         let list = shared.get_mut(&key)?;
         list.retain(Multiplexed::usable);
         let limit = self.settings.streams_per_connection;
-        let conn = list.iter_mut().find(|c| c.open.get() < limit)?;
-        conn.used = Instant::now();
-        Some((conn.handshake.clone(), Slot::take(&conn.open)))
+        let conn = list.iter().find(|c| c.streams.open.get() < limit)?;
+        Some((conn.handshake.clone(), Slot::take(&conn.streams)))
     }
 
     /// The most recently used idle connection for `key` that is still open and young enough.
@@ -355,8 +364,8 @@ impl Pool {
     }
 
     /// Close idle connections that are older than `idle_timeout` or already closed, and let go
-    /// of HTTP/2 connections no request took for `idle_timeout`. The worker runs this every
-    /// second.
+    /// of HTTP/2 connections that carried no stream for `idle_timeout`. The worker runs this
+    /// every second.
     pub fn sweep(&self) {
         let now = Instant::now();
         let timeout = self.settings.idle_timeout;
@@ -364,7 +373,10 @@ impl Pool {
             list.retain(|c| !c.sender.is_closed() && now - c.since < timeout);
         }
         self.multiplexed.borrow_mut().retain(|_, list| {
-            list.retain(|c| c.usable() && (c.open.get() > 0 || now - c.used < timeout));
+            list.retain(|c| {
+                let streams = &c.streams;
+                c.usable() && (streams.open.get() > 0 || now - streams.used.get() < timeout)
+            });
             !list.is_empty()
         });
     }
