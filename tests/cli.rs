@@ -349,6 +349,8 @@ fn every_config_rule_names_its_key_and_fix() {
         (&format!("[server]\ntls_cert = \"/c\"\ntls_key = \"/k\"\ntls_reload_interval = \"0s\"\n{ROUTE}{ISSUER}"), "server.tls_reload_interval: must be from 1s to 1h"),
         (&format!("[server.http2]\nmax_streams = 10\n{ROUTE}{ISSUER}"), "server.http2.max_streams: unknown field `max_streams`"),
         (&format!("[server.http2]\nmax_concurrent_streams = 0\n{ROUTE}{ISSUER}"), "server.http2.max_concurrent_streams: must be a whole number from 1 to 10000"),
+        (&format!("[upstream]\nhttp2_max_streams_per_connection = 8001\n{ROUTE}{ISSUER}"), "upstream.http2_max_streams_per_connection: must be a whole number from 1 to 8000"),
+        (&format!("[upstream]\nhttp2_keepalive_interval = \"0s\"\n{ROUTE}{ISSUER}"), "upstream.http2_keepalive_interval: must be from 100ms to 1h"),
         (&format!("[server.http2]\ninitial_stream_window_size = 1024\n{ROUTE}{ISSUER}"), "server.http2.initial_stream_window_size: must be a whole number from 65535 to 2147483647"),
         (&format!("[server.http2]\ninitial_connection_window_size = 2147483648\n{ROUTE}{ISSUER}"), "server.http2.initial_connection_window_size: must be a whole number from 65535"),
         (&format!("[server.http2]\nping_interval = \"10ms\"\n{ROUTE}{ISSUER}"), "server.http2.ping_interval: must be from 1s to 1h, or 0s for no pings"),

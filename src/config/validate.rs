@@ -467,13 +467,13 @@ fn upstream(p: &mut Problems, u: &RawUpstream) -> UpstreamConfig {
             "upstream.http2_max_streams_per_connection",
             u.http2_max_streams_per_connection,
             100,
-            10_000,
+            // 8000 streams of 256 KiB fit the largest connection window (2^31 − 1).
+            8_000,
         ),
-        http2_keepalive_interval: d(
-            p,
-            "http2_keepalive_interval",
+        http2_keepalive_interval: p.timeout(
+            "upstream.http2_keepalive_interval",
             &u.http2_keepalive_interval,
-            secs(30),
+            30,
         ),
     }
 }
