@@ -682,13 +682,7 @@ async fn held_upstream(held: usize) -> (SocketAddr, Arc<Held>) {
                     Ok::<_, std::convert::Infallible>(http::Response::new(body))
                 }
             });
-            tokio::spawn(async move {
-                let builder =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-                let _ = builder
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                    .await;
-            });
+            common::h2::serve(tcp, service);
         }
     });
     (addr, seen)
@@ -787,32 +781,23 @@ async fn a_request_the_upstream_has_no_stream_for_times_out() {
     // The upstream allows one stream per connection (below the pool's 100) and answers none.
     // A second request waits for a stream that never opens, so its body is never read:
     // read_timeout bounds the wait (504), as it bounds a bodiless request's.
-    use common::h2::{frame, Raw, HEADERS, PREFACE, SETTINGS};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
+    use common::h2::{frame, HEADERS, SETTINGS};
     let opened = Arc::new(AtomicUsize::new(0));
     let count = opened.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let count = count.clone();
-            tokio::spawn(async move {
-                use tokio::io::AsyncReadExt;
-                let mut upstream = Raw { stream: tcp };
-                let mut preface = [0u8; 24];
-                if upstream.stream.read_exact(&mut preface).await.is_err() || preface != PREFACE {
-                    return; // a health check
+    let upstream = common::h2::raw_upstream(move |mut upstream| {
+        let count = count.clone();
+        async move {
+            // SETTINGS_MAX_CONCURRENT_STREAMS (0x3) = 1.
+            let one = [0u8, 3, 0, 0, 0, 1];
+            upstream.send(&frame(SETTINGS, 0, 0, &one)).await.unwrap();
+            while let Some(f) = upstream.next(Duration::from_secs(30)).await {
+                if f.kind == HEADERS {
+                    count.fetch_add(1, Ordering::SeqCst);
                 }
-                // SETTINGS_MAX_CONCURRENT_STREAMS (0x3) = 1.
-                let one = [0u8, 3, 0, 0, 0, 1];
-                upstream.send(&frame(SETTINGS, 0, 0, &one)).await.unwrap();
-                while let Some(f) = upstream.next(Duration::from_secs(30)).await {
-                    if f.kind == HEADERS {
-                        count.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            });
+            }
         }
-    });
+    })
+    .await;
     let s = gateway_with(upstream, "[upstream]\nread_timeout = \"1s\"\n").await;
     let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
     let client = common::h2::client(s.gw.proxy_addr).await;
@@ -892,7 +877,7 @@ async fn a_silent_upstream_connection_is_pinged_and_replaced() {
     // An upstream connection the network dropped without a FIN looks open and answers nothing,
     // PINGs included. Its request fails once a PING goes unanswered (502 well before
     // read_timeout), and the next request opens a new connection.
-    use common::h2::{frame, Raw, ACK, HEADERS, PING, PREFACE, SETTINGS};
+    use common::h2::{frame, ACK, HEADERS, PING, SETTINGS};
     #[derive(Default)]
     struct Silent {
         connections: AtomicUsize,
@@ -900,38 +885,29 @@ async fn a_silent_upstream_connection_is_pinged_and_replaced() {
         pings: AtomicUsize,
         closed: AtomicUsize,
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
     let seen = Arc::new(Silent::default());
     let counts = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let seen = counts.clone();
-            tokio::spawn(async move {
-                use tokio::io::AsyncReadExt;
-                let mut upstream = Raw { stream: tcp };
-                let mut preface = [0u8; 24];
-                if upstream.stream.read_exact(&mut preface).await.is_err() || preface != PREFACE {
-                    return; // a health check
+    let upstream = common::h2::raw_upstream(move |mut upstream| {
+        let seen = counts.clone();
+        async move {
+            seen.connections.fetch_add(1, Ordering::SeqCst);
+            upstream.send(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+            // Frames as they come, never answered: no response, no SETTINGS or PING
+            // acknowledgement.
+            let (frames, closed) = upstream.read_to_close(Duration::from_secs(30)).await;
+            for f in &frames {
+                match f.kind {
+                    HEADERS => _ = seen.requests.fetch_add(1, Ordering::SeqCst),
+                    PING if f.flags & ACK == 0 => _ = seen.pings.fetch_add(1, Ordering::SeqCst),
+                    _ => {}
                 }
-                seen.connections.fetch_add(1, Ordering::SeqCst);
-                upstream.send(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
-                // Frames as they come; SETTINGS acknowledged, then silence: no answer, no
-                // PING acknowledgement.
-                let (frames, closed) = upstream.read_to_close(Duration::from_secs(30)).await;
-                for f in &frames {
-                    match f.kind {
-                        HEADERS => _ = seen.requests.fetch_add(1, Ordering::SeqCst),
-                        PING if f.flags & ACK == 0 => _ = seen.pings.fetch_add(1, Ordering::SeqCst),
-                        _ => {}
-                    }
-                }
-                if closed {
-                    seen.closed.fetch_add(1, Ordering::SeqCst);
-                }
-            });
+            }
+            if closed {
+                seen.closed.fetch_add(1, Ordering::SeqCst);
+            }
         }
-    });
+    })
+    .await;
     let gw = common::start_gateway(&format!(
         "[upstream]\nread_timeout = \"30s\"\nhttp2_keepalive_interval = \"300ms\"\n\
          [[routes]]\nname = \"h2\"\npath_prefix = \"/\"\nupstreams = [\"{upstream}\"]\n\

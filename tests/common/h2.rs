@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -359,12 +360,53 @@ pub async fn target_echo() -> SocketAddr {
                         Ok::<_, std::convert::Infallible>(http::Response::new(body))
                     }
                 });
+            serve(tcp, service);
+        }
+    });
+    addr
+}
+
+/// Serve one accepted connection as a plain HTTP/2 server (prior knowledge), on a task.
+pub fn serve<S, B>(tcp: TcpStream, service: S)
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        let builder =
+            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        let _ = builder
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+            .await;
+    });
+}
+
+/// A raw HTTP/2 upstream on 127.0.0.1:0, for upstreams no server library would be: each
+/// connection that begins with the client preface (the gateway's health checks send none) is
+/// handed to `serve`, the preface read. Returns its address.
+pub async fn raw_upstream<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(Raw) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = std::sync::Arc::new(serve);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let serve = serve.clone();
             tokio::spawn(async move {
-                let builder =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-                let _ = builder
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                    .await;
+                let mut upstream = Raw { stream: tcp };
+                let mut preface = [0u8; 24];
+                if upstream.stream.read_exact(&mut preface).await.is_ok() && preface == PREFACE {
+                    serve(upstream).await;
+                }
             });
         }
     });
