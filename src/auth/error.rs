@@ -211,6 +211,34 @@ impl AuthError {
     }
 }
 
+/// The most characters of outside text a log field carries: past it, `…`.
+pub const UNTRUSTED_MAX_CHARS: usize = 512;
+
+/// An error whose text comes partly from outside (the names in a peer's certificate, an
+/// identity provider's answer), shown for a log field: control characters, `"` and `\`
+/// escaped, so that it can neither begin a forged line nor break the text format's
+/// `key="value"`, and cut at [`UNTRUSTED_MAX_CHARS`] (a certificate with a thousand names
+/// would make every failure a 68 KB line).
+pub struct Untrusted<T>(pub T);
+
+impl<T: std::fmt::Display> std::fmt::Display for Untrusted<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        let text = self.0.to_string();
+        for (n, c) in text.chars().enumerate() {
+            if n == UNTRUSTED_MAX_CHARS {
+                return f.write_char('…');
+            }
+            if c.is_control() || c == '"' || c == '\\' {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,5 +304,24 @@ mod tests {
                 "{listed} is listed but never produced"
             );
         }
+    }
+
+    #[test]
+    fn outside_text_cannot_forge_a_line_or_run_on() {
+        let names = "a.example\n2026-12-03T00:00:00Z ERROR forged\r\u{1b}[31m \"q\" \\ ";
+        let shown = Untrusted(names).to_string();
+        assert_eq!(
+            shown,
+            "a.example\\n2026-12-03T00:00:00Z ERROR forged\\r\\u{1b}[31m \\\"q\\\" \\\\ "
+        );
+        assert!(!shown.chars().any(char::is_control));
+        let long = "é".repeat(10_000);
+        let shown = Untrusted(&long).to_string();
+        assert_eq!(shown.chars().count(), UNTRUSTED_MAX_CHARS + 1);
+        assert!(shown.ends_with('…'));
+        assert_eq!(
+            Untrusted("fine: UnknownIssuer").to_string(),
+            "fine: UnknownIssuer"
+        );
     }
 }

@@ -18,6 +18,7 @@ use arc_swap::ArcSwapOption;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use url::Url;
 
+use super::error::Untrusted;
 use super::fetch::{self, FetchError};
 use super::keys::{KeySet, MAX_JWKS_BYTES};
 use super::settings::{Algorithm, IssuerConfig, KeySource};
@@ -240,7 +241,7 @@ impl IssuerKeys {
                     .jwks_fetches
                     .with_label_values(&[issuer, e.kind()])
                     .inc();
-                tracing::warn!(issuer, error = %e, "key fetch failed; keeping the last good keys");
+                tracing::warn!(issuer, error = %Untrusted(&e), "key fetch failed; keeping the last good keys");
             }
         }
         let (keys, next) = result?;

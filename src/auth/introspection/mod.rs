@@ -30,6 +30,7 @@ use url::Url;
 
 use self::answer::{Answer, BadAnswer, Claims, Expectations};
 use super::claims::ClaimSet;
+use super::error::Untrusted;
 use super::fetch::{self, FetchError};
 use super::{AuthError, Principal, TokenFault, TokenSource, Verified, RETRY_AFTER};
 use crate::auth::settings::{ClientAuth, IntrospectionConfig};
@@ -229,7 +230,7 @@ impl Introspector {
         calls: Option<&CallLog>,
     ) -> Result<Arc<Principal>, AuthError> {
         let answer = self.answer(token, key, calls).await.map_err(|e| {
-            tracing::warn!(error = %e, "introspection failed; answering 503");
+            tracing::warn!(error = %Untrusted(&e), "introspection failed; answering 503");
             AuthError::IdpUnavailable {
                 retry_after: RETRY_AFTER,
             }
@@ -379,7 +380,7 @@ impl Introspector {
         if let Err(e @ (CallError::Unauthorized { .. } | CallError::NoSecret(_))) = &result {
             tracing::error!(
                 client_id = %self.config.client_id,
-                error = %e,
+                error = %Untrusted(e),
                 "introspection: the authorization server does not accept the gateway's client credentials; every opaque token is refused with 503 until this is fixed"
             );
         }
@@ -526,7 +527,7 @@ impl Introspector {
             }
             Err(e) => {
                 *last_failure = Some(Instant::now());
-                tracing::warn!(issuer, error = %e, "introspection endpoint discovery failed");
+                tracing::warn!(issuer, error = %Untrusted(&e), "introspection endpoint discovery failed");
                 Err(e)
             }
         }
