@@ -967,3 +967,51 @@ async fn an_upstream_connection_s_idle_time_counts_from_its_last_stream_s_end() 
     assert_eq!(response.await.unwrap().status(), 200);
     assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_opens_no_stream_is_retired_and_closed() {
+    // An upstream that allows no stream at all (SETTINGS_MAX_CONCURRENT_STREAMS = 0): each
+    // request queues on the connection and gets 504 after read_timeout. hyper keeps a queued
+    // request until its connection closes, so a connection on which a request waited in vain
+    // and nothing else was answered takes no new request, and is closed once its streams end.
+    // (A new connection's first stream may go out before the upstream's SETTINGS arrive; it
+    // is not answered either.)
+    use common::h2::{frame, SETTINGS};
+    #[derive(Default)]
+    struct Refusing {
+        connections: AtomicUsize,
+        closed: AtomicUsize,
+    }
+    let seen = Arc::new(Refusing::default());
+    let counts = seen.clone();
+    let upstream = common::h2::raw_upstream(move |mut upstream| {
+        let seen = counts.clone();
+        async move {
+            seen.connections.fetch_add(1, Ordering::SeqCst);
+            let none = [0u8, 3, 0, 0, 0, 0];
+            upstream.send(&frame(SETTINGS, 0, 0, &none)).await.unwrap();
+            // SETTINGS and PINGs answered; a stream never.
+            while upstream.next(Duration::from_secs(30)).await.is_some() {}
+            seen.closed.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .await;
+    let gw = common::start_gateway(&format!(
+        "[upstream]\nread_timeout = \"300ms\"\n\
+         [[routes]]\nname = \"h2\"\npath_prefix = \"/\"\nupstreams = [\"{upstream}\"]\n\
+         upstream_protocol = \"http2\"\nauth = \"none\"\n"
+    ));
+    let url = format!("http://{}/x", gw.proxy_addr);
+    for n in 1..=3 {
+        let resp = common::client().get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 504, "request {n}");
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                seen.closed.load(Ordering::SeqCst) == n
+            })
+            .await,
+            "connection {n} closed by the gateway"
+        );
+    }
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+}

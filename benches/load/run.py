@@ -357,16 +357,22 @@ def run_tls(args, work, procs):
         for name, proc, target_port, path, tokens, headers in (chosen if r % 2 == 0 else chosen[::-1]):
             url = f"https://127.0.0.1:{target_port}{path}"
             log(f"round {r + 1}/{args.rounds}: {name}")
+            recorded = args.perf and r == 0 and proc is gateway
+            slug = "tls-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
             if tokens == "h2":
                 h2load(args, url, args.warmup, headers)
+                perf = start_perf(proc.pid, slug, args.duration) if recorded else None
                 before = cpu_seconds(proc.pid)
                 m = h2load(args, url, args.duration, headers)
             else:
                 script = [dynamic, os.path.join(work, tokens)] if tokens else [static]
                 wrk(args, url, script, args.warmup, headers=headers)
+                perf = start_perf(proc.pid, slug, args.duration) if recorded else None
                 before = cpu_seconds(proc.pid)
                 m = wrk(args, url, script, args.duration, headers=headers)
             used = [b - a for a, b in zip(before, cpu_seconds(proc.pid))]
+            if perf:
+                perf.wait()
             m["user_us"], m["kernel_us"] = (s * 1e6 / max(m["requests"], 1) for s in used)
             if m["errors"]:
                 sys.exit(f"{name}: {m['errors']} errors or non-2xx answers; see {work}")

@@ -291,11 +291,13 @@ impl Served {
         }
         let conn = Rc::new(conn);
         let thread = self.thread;
-        let service = {
-            let conn = conn.clone();
-            hyper::service::service_fn(move |req| proxy::serve(thread.current(), conn.clone(), req))
-        };
         if !multiplexed {
+            let service = {
+                let conn = conn.clone();
+                hyper::service::service_fn(move |req| {
+                    proxy::serve(thread.current(), conn.clone(), req)
+                })
+            };
             let connection = self
                 .builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -307,6 +309,15 @@ impl Served {
             }
             return;
         }
+        // Each stream's future is boxed at once: hyper moves it into the stream's task and
+        // the task onto the worker, and the request's whole state (several KiB) would be
+        // copied at every move.
+        let service = {
+            let conn = conn.clone();
+            hyper::service::service_fn(move |req| {
+                Box::pin(proxy::serve(thread.current(), conn.clone(), req))
+            })
+        };
         let connection = self.http2.serve_connection(TokioIo::new(stream), service);
         let timeouts = self.timeouts;
         let first = timeouts.header.saturating_sub(self.accepted.elapsed());

@@ -37,10 +37,12 @@ use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use super::body::ClientBody;
 use super::stall::WriteStall;
 use super::upstream_tls::UpstreamTls;
+use crate::auth::error::Untrusted;
 use crate::config::UpstreamProtocol;
 
 /// The largest flow-control window HTTP/2 allows (RFC 9113 §6.9.1).
@@ -122,11 +124,32 @@ struct Multiplexed {
 struct Streams {
     open: Cell<usize>,
     used: Cell<Instant>,
+    /// Response heads that arrived on the connection: its progress.
+    answered: Cell<u64>,
+    /// Given no new request, and closed once its last stream ends (see [`Checkout::stalled`]).
+    retired: Cell<bool>,
+    /// Tells the connection's task to close it.
+    close: Notify,
+}
+
+impl Streams {
+    fn new() -> Streams {
+        Streams {
+            open: Cell::new(0),
+            used: Cell::new(Instant::now()),
+            answered: Cell::new(0),
+            retired: Cell::new(false),
+            close: Notify::new(),
+        }
+    }
 }
 
 impl Multiplexed {
-    /// Open or still being made.
+    /// Open or still being made, and not retired.
     fn usable(&self) -> bool {
+        if self.streams.retired.get() {
+            return false;
+        }
         match self.handshake.peek() {
             Some(Ok(sender)) => !sender.is_closed(),
             Some(Err(_)) => false,
@@ -148,8 +171,12 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.open.set(self.0.open.get().saturating_sub(1));
-        self.0.used.set(Instant::now());
+        let streams = &self.0;
+        streams.open.set(streams.open.get().saturating_sub(1));
+        streams.used.set(Instant::now());
+        if streams.retired.get() && streams.open.get() == 0 {
+            streams.close.notify_one();
+        }
     }
 }
 
@@ -207,6 +234,32 @@ impl Checkout {
     pub fn release(self) {
         if let Sender::Http1(sender) = self.sender {
             self.pool.put(self.key, sender);
+        }
+    }
+
+    /// The HTTP/2 connection's answers so far, to tell after a wait whether any came.
+    pub fn progress(&self) -> u64 {
+        self._slot.as_ref().map_or(0, |slot| slot.0.answered.get())
+    }
+
+    /// A response head arrived for this request.
+    pub fn answered(&self) {
+        if let Some(slot) = &self._slot {
+            slot.0.answered.set(slot.0.answered.get() + 1);
+        }
+    }
+
+    /// This request waited out `read_timeout` on an HTTP/2 connection: if no stream on it got
+    /// an answer since `progress`, the connection is retired, given no new request and
+    /// closed once its last stream ends. Requests may be queued on it that will never be
+    /// sent (the upstream allows fewer concurrent streams than the pool's limit, or none, or
+    /// one long stream holds its only one), and hyper keeps each queued request, abandoned
+    /// or not, until the connection closes.
+    pub fn stalled(&self, progress: u64) {
+        if let Some(slot) = &self._slot {
+            if slot.0.answered.get() == progress {
+                slot.0.retired.set(true);
+            }
         }
     }
 }
@@ -294,6 +347,8 @@ impl Pool {
         let key = target.key();
         let (addr, protocol, host) = (target.addr, target.protocol, target.host.to_owned());
         let tls = target.tls.cloned();
+        let streams = Rc::new(Streams::new());
+        let task_streams = streams.clone();
         let made = async move {
             let target = Target {
                 addr,
@@ -302,15 +357,11 @@ impl Pool {
                 host: &host,
             };
             match made(target, &settings).await? {
-                Either::Left(plain) => http2_handshake(plain, &settings).await,
-                Either::Right(tls) => http2_handshake(tls, &settings).await,
+                Either::Left(plain) => http2_handshake(plain, &settings, task_streams).await,
+                Either::Right(tls) => http2_handshake(tls, &settings, task_streams).await,
             }
         };
         let handshake = made.boxed_local().shared();
-        let streams = Rc::new(Streams {
-            open: Cell::new(0),
-            used: Cell::new(Instant::now()),
-        });
         let slot = Slot::take(&streams);
         self.multiplexed
             .borrow_mut()
@@ -401,7 +452,7 @@ async fn made(
             return Ok(Either::Left(stream));
         };
         let refused = |e: io::Error| {
-            tracing::warn!(upstream = %addr, error = %e, "TLS handshake with an upstream failed");
+            tracing::warn!(upstream = %addr, error = %Untrusted(&e), "TLS handshake with an upstream failed");
             ConnectError::Tls(Rc::new(e))
         };
         let name = tls.name_for(target.host).ok_or_else(|| {
@@ -437,12 +488,13 @@ where
 async fn http2_handshake<IO>(
     io: IO,
     settings: &PoolSettings,
+    streams: Rc<Streams>,
 ) -> Result<http2::SendRequest<ClientBody>, ConnectError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let streams = settings.streams_per_connection;
-    let window = (STREAM_WINDOW as usize).saturating_mul(streams);
+    let limit = settings.streams_per_connection;
+    let window = (STREAM_WINDOW as usize).saturating_mul(limit);
     let (sender, connection) = http2::Builder::new(super::h2::LocalExec)
         .timer(TokioTimer::new())
         .adaptive_window(false)
@@ -455,7 +507,11 @@ where
         .await
         .map_err(|e| ConnectError::Handshake(Rc::new(e)))?;
     tokio::task::spawn_local(async move {
-        let _ = connection.await;
+        // A retired connection is dropped, with whatever hyper still queues on it.
+        tokio::select! {
+            _ = connection => {}
+            () = streams.close.notified() => {}
+        }
     });
     Ok(sender)
 }

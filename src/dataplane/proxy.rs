@@ -843,6 +843,7 @@ async fn send(
         // `read_timeout` counts from the end of the request body: a slow upload is bounded by
         // `client_body_timeout` per read, not by the upstream's answer time. Until then it
         // bounds each wait for the upstream to take more of the body the client has ready.
+        let progress = checkout.progress();
         let answered = checkout.sender.try_send_request(req);
         let waited = async {
             tokio::select! {
@@ -859,7 +860,10 @@ async fn send(
             () = waited => Err(()),
         };
         match sent {
-            Ok(Ok(response)) => return Ok((response, checkout)),
+            Ok(Ok(response)) => {
+                checkout.answered();
+                return Ok((response, checkout));
+            }
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) => {
                     req = back;
@@ -871,7 +875,10 @@ async fn send(
                 }
                 None => return Err(UpstreamErrorKind::Protocol),
             },
-            Err(_elapsed) => return Err(UpstreamErrorKind::Timeout),
+            Err(_elapsed) => {
+                checkout.stalled(progress);
+                return Err(UpstreamErrorKind::Timeout);
+            }
         }
     }
 }
