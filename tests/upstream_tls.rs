@@ -157,10 +157,20 @@ async fn a_client_certificate_is_presented_to_an_upstream_that_requires_one() {
     let (_file, trust) = ca_file(&ca);
     let entry = format!("localhost:{}", front.addr.port());
 
-    // Without one, the upstream refuses the handshake: 502, nothing reaches it.
+    // Without one, the upstream refuses the handshake: 502, nothing reaches it. Over TLS 1.3
+    // the refusal comes after the gateway's side of the handshake, as the answer is read: a
+    // TLS failure still (kind="tls"), not a protocol error.
     let gw = gateway(&entry, &trust);
     assert_eq!(get(&gw, "/api/x").await.0, 502);
     assert_eq!(up.hits(), 0);
+    let labels = [("route", "api"), ("kind", "tls")];
+    common::counted(
+        gw.metrics_addr,
+        "portcullis_upstream_errors_total",
+        &labels,
+        1.0,
+    )
+    .await;
     drop(gw);
 
     let leaf = clients.client("gateway");
@@ -200,6 +210,29 @@ async fn http2_over_tls_is_chosen_by_alpn() {
     let expected = format!("HTTP/2.0 https {}", gw.proxy_addr);
     assert_eq!((status, body.as_str()), (200, expected.as_str()));
     assert_eq!(front.hellos()[0].alpn.as_deref(), Some(&b"h2"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_route_needs_the_upstream_to_choose_h2_by_alpn() {
+    // A TLS upstream that speaks no ALPN: HTTP/2 over TLS is not agreed (RFC 9113 §3.2), so no
+    // connection preface is sent to it; 502, kind="tls".
+    let ca = Ca::new("Upstream private CA");
+    let up = EchoUpstream::start("app").await;
+    let front = TlsFront::start(&ca.server(&["localhost"]), up.addr).await;
+    let (_file, trust) = ca_file(&ca);
+    let more = format!("{trust}\nupstream_protocol = \"http2\"");
+    let gw = gateway(&format!("localhost:{}", front.addr.port()), &more);
+    assert_eq!(get(&gw, "/api/x").await.0, 502);
+    let labels = [("route", "api"), ("kind", "tls")];
+    common::counted(
+        gw.metrics_addr,
+        "portcullis_upstream_errors_total",
+        &labels,
+        1.0,
+    )
+    .await;
+    assert_eq!(front.hellos()[0].alpn, None);
+    assert_eq!(up.hits(), 0);
 }
 
 #[test]

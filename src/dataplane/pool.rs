@@ -461,10 +461,17 @@ async fn made(
                 "no name to verify the upstream's certificate for",
             ))
         })?;
-        tls.handshake(name, stream)
-            .await
-            .map(Either::Right)
-            .map_err(refused)
+        let session = tls.handshake(name, stream).await.map_err(refused)?;
+        // RFC 9113 §3.2: HTTP/2 over TLS is chosen by ALPN; an upstream that chose nothing
+        // (or HTTP/1.1) would read the connection preface as a broken HTTP/1.1 request.
+        let h2 = session.get_ref().1.alpn_protocol() == Some(b"h2");
+        if target.protocol == UpstreamProtocol::Http2 && !h2 {
+            return Err(refused(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the upstream did not choose h2 by ALPN (upstream_protocol = \"http2\" needs it)",
+            )));
+        }
+        Ok(Either::Right(session))
     };
     tokio::time::timeout(settings.connect_timeout, connected)
         .await

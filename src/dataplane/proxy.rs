@@ -17,8 +17,10 @@ use super::client_stream::{ClientTimeouts, ConnShared};
 use super::framing::{self, RequestLimits};
 use super::headers::{self, Strip};
 use super::pool::{Checkout, ConnectError, Pool, Target};
+use super::upstream_tls::{self, UpstreamTls};
 use super::upstreams::Member;
 use super::upstreams::{Rotation, Upstreams};
+use crate::auth::error::Untrusted;
 use crate::auth::Grant;
 use crate::config::UpstreamProtocol;
 use crate::gate::headers::IdentityNames;
@@ -38,7 +40,7 @@ pub struct Shared {
     pub metrics: Metrics,
     pub upstreams: Arc<Upstreams>,
     /// Each route's `upstream_tls`, by route index.
-    pub upstream_tls: Arc<[Option<Arc<super::upstream_tls::UpstreamTls>>]>,
+    pub upstream_tls: Arc<[Option<Arc<UpstreamTls>>]>,
     pub settings: Settings,
     /// `[tracing]`: the span exporter, the same one across reloads.
     pub exporter: Option<Arc<crate::otlp::Exporter>>,
@@ -873,7 +875,18 @@ async fn send(
                         last_error = UpstreamErrorKind::Connect;
                     }
                 }
-                None => return Err(UpstreamErrorKind::Protocol),
+                None => {
+                    let tls_failure = tls.and(upstream_tls::failure(e.error()));
+                    let Some(cause) = tls_failure else {
+                        return Err(UpstreamErrorKind::Protocol);
+                    };
+                    tracing::warn!(
+                        upstream = %addr,
+                        error = %Untrusted(cause),
+                        "TLS with an upstream failed after the handshake"
+                    );
+                    return Err(UpstreamErrorKind::Tls);
+                }
             },
             Err(_elapsed) => {
                 checkout.stalled(progress);

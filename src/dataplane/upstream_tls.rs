@@ -78,6 +78,25 @@ impl UpstreamTls {
     }
 }
 
+/// The TLS failure behind an upstream error, if one is: TLS 1.3 sends a server's refusal of
+/// the client certificate (none, or one it does not trust) only after the client's side of
+/// the handshake has finished, so it arrives as the first read of the answer fails.
+pub fn failure<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // io::Error's source() skips the error it wraps.
+        let wrapped = e.downcast_ref::<io::Error>().and_then(io::Error::get_ref);
+        if let Some(tls) = wrapped.and_then(|w| w.downcast_ref::<rustls::Error>()) {
+            return Some(tls);
+        }
+        next = e.source();
+    }
+    None
+}
+
 /// The client certificate, presented whenever the upstream asks.
 #[derive(Debug)]
 struct ClientCertificate(Arc<CertifiedKey>);
