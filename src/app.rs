@@ -679,7 +679,7 @@ impl Reloader {
         for (_, path) in self.config.ca_files() {
             files.push(path.to_owned());
         }
-        for (_, path) in self.config.upstream_client_files() {
+        for path in self.config.upstream_tls_files() {
             files.push(path.to_owned());
         }
         let digest = tokio::task::spawn_blocking(move || {

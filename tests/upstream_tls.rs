@@ -289,6 +289,11 @@ fn check_names_unusable_upstream_tls_files_by_key() {
         let (code, stderr) = check_offline(&format!("{route}{keys}\n"));
         assert_eq!(code, Some(1), "{keys}: {stderr}");
         assert!(stderr.contains(expected), "{keys}: {stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "one problem, said once: {stderr}"
+        );
     }
     // The good pair passes.
     let good = format!(

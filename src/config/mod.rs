@@ -587,7 +587,8 @@ impl Config {
         problems
     }
 
-    /// Every `ca_file` the config names, with its key.
+    /// Every `ca_file` of the identity providers, with its key (upstream CA files are the data
+    /// plane's: [`Config::upstream_tls_files`]).
     pub fn ca_files(&self) -> Vec<(String, &std::path::Path)> {
         let issuers = self.issuers.iter().enumerate();
         let issuers = issuers
@@ -596,28 +597,18 @@ impl Config {
             .introspection
             .iter()
             .filter_map(|c| Some(("introspection.ca_file".to_owned(), c.ca_file.as_deref()?)));
-        let upstreams = self.routes.iter().enumerate().filter_map(|(i, r)| {
-            Some((
-                format!("routes[{i}].upstream_ca_file"),
-                r.upstream_tls.as_ref()?.ca_file.as_deref()?,
-            ))
-        });
-        issuers.chain(introspection).chain(upstreams).collect()
+        issuers.chain(introspection).collect()
     }
 
-    /// The client certificate and key files of upstream TLS, by key.
-    pub fn upstream_client_files(&self) -> Vec<(String, &std::path::Path)> {
-        let pairs = self
-            .routes
-            .iter()
-            .filter_map(|r| r.upstream_tls.as_ref()?.client.as_ref());
-        pairs
-            .flat_map(|c| {
-                let key = format!("{}key", c.cert_key.trim_end_matches("cert"));
-                [
-                    (c.cert_key.clone(), c.cert.as_path()),
-                    (key, c.key.as_path()),
-                ]
+    /// The files of TLS to upstreams: CA files, client certificates and keys (the data plane
+    /// reads and checks them, `portcullis check` included).
+    pub fn upstream_tls_files(&self) -> Vec<&std::path::Path> {
+        let settings = self.routes.iter().filter_map(|r| r.upstream_tls.as_ref());
+        settings
+            .flat_map(|t| {
+                let client = t.client.iter();
+                let pair = client.flat_map(|c| [c.cert.as_path(), c.key.as_path()]);
+                t.ca_file.as_deref().into_iter().chain(pair)
             })
             .collect()
     }

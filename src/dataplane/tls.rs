@@ -207,8 +207,11 @@ pub(super) fn ca_roots(
         message,
     };
     let shown = path.display();
-    let pem = read_regular_file(path, MAX_FILE_BYTES)
-        .map_err(|e| problem(format!("{shown}: {e}; mount the {what} (PEM) there")))?;
+    let pem = read_regular_file(path, MAX_FILE_BYTES).map_err(|e| {
+        problem(format!(
+            "cannot read {shown}: {e}; mount the {what} (PEM) there"
+        ))
+    })?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|_| problem(format!("{shown} is not PEM")))?;
