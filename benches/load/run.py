@@ -605,7 +605,9 @@ def start_perf(pid, key, seconds):
     """perf record -g of `pid` for `seconds`, into target/perf-<key>.data."""
     data = os.path.join(ROOT, "target", f"perf-{key}.data")
     log(f"perf record -> {data}")
-    return subprocess.Popen(["perf", "record", "-F", "2000", "-g", "-p", str(pid), "-o", data,
+    # PERF_CALL_GRAPH=dwarf gives callers through code built without frame pointers.
+    graph = os.environ.get("PERF_CALL_GRAPH", "fp")
+    return subprocess.Popen(["perf", "record", "-F", "2000", "--call-graph", graph, "-p", str(pid), "-o", data,
                              "--", "sleep", str(seconds)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
