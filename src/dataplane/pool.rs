@@ -308,7 +308,9 @@ impl Pool {
             UpstreamProtocol::Http1 => {
                 let sender = match made(target, &self.settings).await? {
                     Either::Left(plain) => http1_handshake(plain).await?,
-                    Either::Right(tls) => http1_handshake(tls).await?,
+                    Either::Right(tls) => http1_handshake(tls)
+                        .await
+                        .map_err(|e| refused_after_handshake(e, target.addr))?,
                 };
                 Ok(self.checkout_of(key, Sender::Http1(sender), false, None))
             }
@@ -358,7 +360,9 @@ impl Pool {
             };
             match made(target, &settings).await? {
                 Either::Left(plain) => http2_handshake(plain, &settings, task_streams).await,
-                Either::Right(tls) => http2_handshake(tls, &settings, task_streams).await,
+                Either::Right(tls) => http2_handshake(tls, &settings, task_streams)
+                    .await
+                    .map_err(|e| refused_after_handshake(e, addr)),
             }
         };
         let handshake = made.boxed_local().shared();
@@ -476,6 +480,19 @@ async fn made(
     tokio::time::timeout(settings.connect_timeout, connected)
         .await
         .map_err(|_| ConnectError::Timeout)?
+}
+
+/// A connection's HTTP handshake failed over TLS: when TLS is why (a TLS 1.3 server refusing
+/// the client certificate says so only after the TLS handshake), it is a TLS failure, logged.
+fn refused_after_handshake(e: ConnectError, addr: SocketAddr) -> ConnectError {
+    let ConnectError::Handshake(http) = &e else {
+        return e;
+    };
+    let Some(cause) = super::upstream_tls::failure(http.as_ref()) else {
+        return e;
+    };
+    tracing::warn!(upstream = %addr, error = %Untrusted(cause), "TLS with an upstream failed after the handshake");
+    ConnectError::Tls(Rc::new(io::Error::new(cause.kind(), cause.to_string())))
 }
 
 async fn http1_handshake<IO>(io: IO) -> Result<http1::SendRequest<ClientBody>, ConnectError>

@@ -834,9 +834,16 @@ async fn send(
                 continue;
             }
         };
-        if checkout.sender.ready().await.is_err() {
+        if let Err(e) = checkout.sender.ready().await {
             if checkout.reused {
                 fresh = Some(member);
+            } else if let Some(cause) = tls.and(upstream_tls::failure(&e)) {
+                tracing::warn!(
+                    upstream = %addr,
+                    error = %Untrusted(cause),
+                    "TLS with an upstream failed after the handshake"
+                );
+                last_error = UpstreamErrorKind::Tls;
             } else {
                 last_error = UpstreamErrorKind::Connect;
             }

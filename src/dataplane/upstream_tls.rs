@@ -78,19 +78,20 @@ impl UpstreamTls {
     }
 }
 
-/// The TLS failure behind an upstream error, if one is: TLS 1.3 sends a server's refusal of
-/// the client certificate (none, or one it does not trust) only after the client's side of
-/// the handshake has finished, so it arrives as the first read of the answer fails.
-pub fn failure<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+/// The TLS failure behind an upstream error on a TLS connection, if one is: TLS 1.3 sends a
+/// server's refusal of the client certificate (none, or one it does not trust) only after the
+/// client's side of the handshake has finished, so it arrives as the first read of the answer
+/// fails. tokio-rustls gives a TLS error as an `InvalidData` I/O error around rustls's; h2
+/// hands each stream a copy of its connection's I/O error with the text alone.
+pub fn failure<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
     let mut next = Some(error);
     while let Some(e) = next {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        // io::Error's source() skips the error it wraps.
-        let wrapped = e.downcast_ref::<io::Error>().and_then(io::Error::get_ref);
-        if let Some(tls) = wrapped.and_then(|w| w.downcast_ref::<rustls::Error>()) {
-            return Some(tls);
+        // io::Error's source() skips the error it wraps, and h2's error has no source().
+        let io = e
+            .downcast_ref::<io::Error>()
+            .or_else(|| e.downcast_ref::<h2::Error>()?.get_io());
+        if let Some(io) = io.filter(|io| io.kind() == io::ErrorKind::InvalidData) {
+            return Some(io);
         }
         next = e.source();
     }
