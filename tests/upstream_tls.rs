@@ -32,10 +32,21 @@ async fn get(gw: &RunningApp, path: &str) -> (u16, String) {
 
 async fn tls_errors(gw: &RunningApp) -> f64 {
     let m = scrape(gw.metrics_addr).await;
-    m.get(
-        "portcullis_upstream_errors_total",
+    m.get(TLS_ERRORS, &[("route", "api"), ("kind", "tls")])
+}
+
+const TLS_ERRORS: &str = "portcullis_upstream_errors_total";
+
+/// Wait until `kind="tls"` reaches `n` (a request is counted as its answer ends); it must not
+/// be above.
+async fn tls_errors_reach(gw: &RunningApp, n: f64) {
+    common::counted(
+        gw.metrics_addr,
+        TLS_ERRORS,
         &[("route", "api"), ("kind", "tls")],
+        n,
     )
+    .await;
 }
 
 fn ca_file(ca: &Ca) -> (TempFile, String) {
@@ -163,14 +174,7 @@ async fn a_client_certificate_is_presented_to_an_upstream_that_requires_one() {
     let gw = gateway(&entry, &trust);
     assert_eq!(get(&gw, "/api/x").await.0, 502);
     assert_eq!(up.hits(), 0);
-    let labels = [("route", "api"), ("kind", "tls")];
-    common::counted(
-        gw.metrics_addr,
-        "portcullis_upstream_errors_total",
-        &labels,
-        1.0,
-    )
-    .await;
+    tls_errors_reach(&gw, 1.0).await;
     drop(gw);
 
     let leaf = clients.client("gateway");
@@ -223,14 +227,7 @@ async fn an_http2_route_needs_the_upstream_to_choose_h2_by_alpn() {
     let more = format!("{trust}\nupstream_protocol = \"http2\"");
     let gw = gateway(&format!("localhost:{}", front.addr.port()), &more);
     assert_eq!(get(&gw, "/api/x").await.0, 502);
-    let labels = [("route", "api"), ("kind", "tls")];
-    common::counted(
-        gw.metrics_addr,
-        "portcullis_upstream_errors_total",
-        &labels,
-        1.0,
-    )
-    .await;
+    tls_errors_reach(&gw, 1.0).await;
     assert_eq!(front.hellos()[0].alpn, None);
     assert_eq!(up.hits(), 0);
 }
