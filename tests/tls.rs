@@ -348,14 +348,14 @@ fn check_names_bad_certificate_files_by_key() {
                 "tls_cert = \"{}\"\ntls_key = \"/dev/zero\"\n",
                 cert.0.display()
             ),
-            "server.tls_key: /dev/zero: not a regular file",
+            "server.tls_key: cannot read /dev/zero: not a regular file",
         ),
         (
             format!(
                 "tls_cert = \"/nonexistent/tls.crt\"\ntls_key = \"{}\"\n",
                 wrong_key.0.display()
             ),
-            "server.tls_cert: /nonexistent/tls.crt",
+            "server.tls_cert: cannot read /nonexistent/tls.crt",
         ),
         (
             format!(

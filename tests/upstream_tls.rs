@@ -292,6 +292,25 @@ fn check_names_unusable_upstream_tls_files_by_key() {
             "one problem, said once: {stderr}"
         );
     }
+    // An encrypted key (the shape `openssl pkcs8 -topk8` writes with a passphrase) is named
+    // as such: rustls cannot read one.
+    let encrypted = TempFile::with(
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkq\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    );
+    let keys = format!(
+        "upstream_tls = true\nupstream_ca_file = \"{}\"\nupstream_client_cert = \"{}\"\nupstream_client_key = \"{}\"",
+        cert.0.display(),
+        cert.0.display(),
+        encrypted.0.display()
+    );
+    let (code, stderr) = check_offline(&format!("{route}{keys}\n"));
+    assert_eq!(code, Some(1), "{stderr}");
+    let said = "routes[0].upstream_client_key: ";
+    assert!(stderr.starts_with(said), "{stderr}");
+    assert!(
+        stderr.contains("holds an encrypted private key; give it unencrypted"),
+        "{stderr}"
+    );
     // The good pair passes.
     let good = format!(
         "{route}upstream_tls = true\nupstream_ca_file = \"{}\"\nupstream_client_cert = \"{}\"\nupstream_client_key = \"{}\"\n",

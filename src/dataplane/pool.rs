@@ -11,9 +11,10 @@
 //! of its sender and holds one of the connection's stream slots until its response body ends or
 //! is dropped. When every connection to the address is full, another is opened. A connection is
 //! let go when it closes (the upstream's GOAWAY, an error) or once it has had no stream open
-//! for `idle_timeout`. A connection silent for
-//! `keepalive_interval` is pinged and closed when the PING is not answered within as long, so
-//! one the network dropped without a FIN is found and replaced.
+//! for `idle_timeout`. A connection silent for `keepalive_interval` is pinged and closed when
+//! the PING is not answered within as long, so one the network dropped without a FIN is found
+//! and replaced. One on which a request waited out `read_timeout` while nothing was answered
+//! is retired ([`Checkout::stalled`]).
 //!
 //! Connections are pooled by address and TLS settings (`upstream_tls`, [`UpstreamTls::id`]):
 //! a connection made for one route's certificate and name never serves another's.

@@ -66,7 +66,10 @@ impl Pair {
             read_regular_file(path, MAX_FILE_BYTES).map_err(|e| {
                 problem(
                     key,
-                    format!("{}: {e}; mount the {what} (PEM) there", shown(path)),
+                    format!(
+                        "cannot read {}: {e}; mount the {what} (PEM) there",
+                        shown(path)
+                    ),
                 )
             })
         };
@@ -91,8 +94,24 @@ impl Pair {
             return Err(problem(&pair.cert_key, message));
         }
         let key_pem = read(&pair.key, &key_key, "private key")?;
-        let der =
-            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| not_pem(&pair.key, &key_key, e))?;
+        let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+            // rustls reads no encrypted key, and has no passphrase to read it with.
+            pem::Error::NoItemsFound if contains(&key_pem, b"-----BEGIN ENCRYPTED PRIVATE KEY") => {
+                let message = format!(
+                    "{} holds an encrypted private key; give it unencrypted (`openssl pkey -in KEY -out KEY.pem`)",
+                    shown(&pair.key)
+                );
+                problem(&key_key, message)
+            }
+            pem::Error::NoItemsFound => problem(
+                &key_key,
+                format!(
+                    "{} holds no private key (PEM `PRIVATE KEY`, `EC PRIVATE KEY` or `RSA PRIVATE KEY`)",
+                    shown(&pair.key)
+                ),
+            ),
+            e => not_pem(&pair.key, &key_key, e),
+        })?;
         let signing = provider.key_provider.load_private_key(der).map_err(|e| {
             problem(
                 &key_key,
@@ -221,6 +240,11 @@ pub(super) fn ca_roots(
         0 => Err(problem(format!("{shown} holds no usable CA certificate"))),
         _ => Ok(roots),
     }
+}
+
+/// `haystack` holds `needle`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A client certificate's SHA-256 thumbprint, base64url without padding: what a
