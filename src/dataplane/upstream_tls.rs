@@ -8,8 +8,8 @@
 //!   of the `upstreams` entry the address came from; a DNS name is sent by SNI (RFC 6066 §3),
 //!   an IP address is checked against the certificate's IP addresses and not sent.
 //! - ALPN (RFC 7301) offers the route's protocol only: `h2` for `upstream_protocol = "http2"`
-//!   (RFC 9113 §3.2), `http/1.1` otherwise. An upstream that selects none is spoken to in the
-//!   route's protocol all the same.
+//!   (RFC 9113 §3.2), `http/1.1` otherwise. An `http2` route's upstream must select `h2` (the
+//!   pool refuses the connection otherwise); an `http1` route's may select none.
 //! - `upstream_client_cert` / `upstream_client_key`: a certificate presented when the upstream
 //!   asks for one (mTLS, as meshes require), checked when loaded like the listener's: PEM, the
 //!   key is the certificate's, valid now.
