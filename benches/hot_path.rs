@@ -7,6 +7,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
+use portcullis::auth::cache::KeyMemo;
 use portcullis::auth::jwt::{self, ClaimRules};
 use portcullis::auth::keys::{self, KeySet, Lookup};
 use portcullis::auth::{
@@ -420,10 +421,20 @@ fn authorize_cache_hit(c: &mut Criterion) {
             uri: RequestUri::exact("/orders", Some("api.example.com")),
             calls: None,
             client_cert: None,
+            token_key: None,
         };
         rt.block_on(auth.authorize(&info))
             .expect("the first call fills the cache");
         g.bench_function(kind, |b| {
+            b.iter(|| rt.block_on(auth.authorize(black_box(&info))).unwrap())
+        });
+        // As the gateway asks on a connection that presented the token before: no hashing.
+        let memo = KeyMemo::default();
+        let info = RequestInfo {
+            token_key: Some(&memo),
+            ..info
+        };
+        g.bench_function(format!("{kind}_same_connection"), |b| {
             b.iter(|| rt.block_on(auth.authorize(black_box(&info))).unwrap())
         });
     }
@@ -498,6 +509,7 @@ fn dpop_per_request(c: &mut Criterion) {
             uri: RequestUri::exact("/orders", None),
             calls: None,
             client_cert: None,
+            token_key: None,
         }
     }
     let first = headers_with(fresh());

@@ -224,6 +224,7 @@ where
                         },
                         calls: None,
                         client_cert: None,
+                        token_key: None,
                     })
                     .await;
                 match decision {

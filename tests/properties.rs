@@ -228,6 +228,7 @@ fn a_token_is_accepted_exactly_when_the_oracle_says_so() {
             uri: RequestUri::exact("/", None),
             calls: None,
             client_cert: None,
+            token_key: None,
         };
         let outcome = rt.block_on(auth.authorize(&info));
         prop_assert_eq!(

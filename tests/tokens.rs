@@ -268,3 +268,99 @@ async fn hmac_issuers_take_their_secret_from_the_environment() {
         401
     );
 }
+
+/// Tokens `a` (user-7) and `b` (user-8), and `a` with one signature character changed.
+fn three_tokens(s: &common::idp::Setup) -> [String; 3] {
+    let mut c = claims(&s.idp, "orders:read");
+    let a = s.rsa.sign(&c);
+    c["sub"] = json!("user-8");
+    let b = s.rsa.sign(&c);
+    let signature = a.rfind('.').unwrap() + 20;
+    let swapped = if a.as_bytes()[signature] == b'A' {
+        "B"
+    } else {
+        "A"
+    };
+    let mut forged = a.clone();
+    forged.replace_range(signature..signature + 1, swapped);
+    assert_eq!(forged.len(), a.len());
+    [a, b, forged]
+}
+
+/// The gateway remembers each connection's last token and its cache key: a connection that
+/// presents one token, another, the first again and a forgery of the first that differs in
+/// one byte has every request judged on its own token, over HTTP/1.1 keep-alive and over the
+/// concurrent streams of one HTTP/2 connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_request_on_one_connection_is_judged_on_its_own_token() {
+    use tokio::io::AsyncWriteExt;
+    let s = common::idp::setup_with("[server.http2]\ncleartext = true\n", "").await;
+    let [a, b, forged] = three_tokens(&s);
+    let sequence = [&a, &a, &b, &a, &forged, &a, &b, &b, &forged, &forged, &a];
+    let subject = |t: &String| match t {
+        t if *t == a => "user-7",
+        t if *t == b => "user-8",
+        _ => "forged",
+    };
+    // HTTP/1.1: one kept-alive connection, one request after another.
+    let mut tcp = tokio::net::TcpStream::connect(s.gw.proxy_addr)
+        .await
+        .unwrap();
+    for (i, token) in sequence.iter().enumerate() {
+        let request =
+            format!("GET /orders/1 HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {token}\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let answer = common::read_response(&mut tcp).await;
+        match subject(token) {
+            "forged" => assert!(answer.starts_with("HTTP/1.1 401"), "request {i}: {answer}"),
+            want => {
+                assert!(answer.starts_with("HTTP/1.1 200"), "request {i}: {answer}");
+                let up = s.up.seen().pop().unwrap();
+                assert_eq!(up.headers["x-auth-subject"], want, "request {i}");
+            }
+        }
+    }
+    // HTTP/2: one connection, the same sequence as concurrent streams.
+    let h2 = common::h2::client(s.gw.proxy_addr).await;
+    let statuses = futures_util::future::join_all(sequence.iter().map(|token| {
+        let mut h2 = h2.clone();
+        async move {
+            let req = http::Request::get(format!("http://{}/orders/1", s.gw.proxy_addr))
+                .header("authorization", format!("Bearer {token}"))
+                .body(())
+                .unwrap();
+            let mut h2 = h2.ready().await.unwrap();
+            let (response, _) = h2.send_request(req, true).unwrap();
+            let response = response.await.unwrap();
+            let status = response.status().as_u16();
+            common::h2::read_body(&mut response.into_body()).await;
+            status
+        }
+    }))
+    .await;
+    let want: Vec<u16> = sequence
+        .iter()
+        .map(|t| if subject(t) == "forged" { 401 } else { 200 })
+        .collect();
+    assert_eq!(statuses, want);
+    let mut subjects: Vec<String> =
+        s.up.seen()
+            .iter()
+            .rev()
+            .take(8)
+            .map(|seen| seen.headers["x-auth-subject"].to_str().unwrap().to_string())
+            .collect();
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        ["user-7", "user-7", "user-7", "user-7", "user-7", "user-8", "user-8", "user-8"]
+    );
+    let m = common::scrape(s.gw.metrics_addr).await;
+    for protocol in ["http/1.1", "h2"] {
+        assert_eq!(
+            m.get("portcullis_connections_total", &[("protocol", protocol)]),
+            1.0,
+            "{protocol}: the sequence shared one connection"
+        );
+    }
+}

@@ -3,7 +3,7 @@
 //! A hit skips the signature check only: scopes are still checked per route, and an entry
 //! whose signing key left the issuer's key set is dropped.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use moka::sync::Cache;
@@ -108,6 +108,61 @@ impl TokenCache {
     }
 }
 
+/// One client connection's last token and its [`TokenCache::key`], so that a connection that
+/// presents the same token request after request (a keep-alive client, an HTTP/2 client's
+/// streams) hashes it once.
+///
+/// The token is compared in constant time (`CRYPTO_memcmp`): a connection that carries several
+/// clients' requests (a load balancer in front) learns nothing of another client's token from
+/// how long the comparison took. The copy lives as long as the connection, in memory that the
+/// connection's own buffers share with the token anyway; it is never logged (`Debug` prints
+/// none of it).
+#[derive(Default)]
+pub struct KeyMemo {
+    last: Mutex<Option<Memo>>,
+}
+
+struct Memo {
+    token: Vec<u8>,
+    key: [u8; 32],
+}
+
+impl KeyMemo {
+    /// `TokenCache::key(token)`, from the memo when `token` is the connection's last one.
+    pub fn key(&self, token: &str) -> [u8; 32] {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = last.as_ref() {
+            if aws_lc_rs::constant_time::verify_slices_are_equal(&m.token, token.as_bytes()).is_ok()
+            {
+                return m.key;
+            }
+        }
+        let key = TokenCache::key(token);
+        match last.as_mut() {
+            // The buffer is reused: a connection whose client refreshed its token allocates
+            // nothing new.
+            Some(m) => {
+                m.token.clear();
+                m.token.extend_from_slice(token.as_bytes());
+                m.key = key;
+            }
+            None => {
+                *last = Some(Memo {
+                    token: token.as_bytes().to_vec(),
+                    key,
+                })
+            }
+        }
+        key
+    }
+}
+
+impl std::fmt::Debug for KeyMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyMemo")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +175,29 @@ mod tests {
                 blake2::Blake2b::<blake2::digest::consts::U32>::digest(token.as_bytes()).into();
             assert_eq!(TokenCache::key(token), portable, "{} bytes", token.len());
         }
+    }
+
+    #[test]
+    fn the_memo_gives_each_token_its_own_key() {
+        let memo = KeyMemo::default();
+        let a = format!("{}A", "x".repeat(699));
+        // The same length and all but the last byte alike; then a prefix, and the empty token.
+        let b = format!("{}B", "x".repeat(699));
+        let tokens = [
+            &a,
+            &a,
+            &b,
+            &a,
+            &b,
+            &b,
+            &a[..10].to_string(),
+            &a,
+            &String::new(),
+            &a,
+        ];
+        for (i, token) in tokens.iter().enumerate() {
+            assert_eq!(memo.key(token), TokenCache::key(token), "token {i}");
+        }
+        assert_eq!(format!("{memo:?}"), "KeyMemo", "Debug shows no token");
     }
 }

@@ -76,6 +76,9 @@ pub struct RequestInfo<'a> {
     /// The SHA-256 thumbprint (base64url, RFC 8705 §3.1) of the client certificate the request's
     /// TLS connection presented, verified by the listener; `None` without one.
     pub client_cert: Option<&'a str>,
+    /// The connection's last token and its cache key ([`cache::KeyMemo`]); `None` hashes
+    /// every token.
+    pub token_key: Option<&'a cache::KeyMemo>,
 }
 
 /// Who a request acts for: the permit an authorized request carries to the upstream.
@@ -654,7 +657,7 @@ impl Authenticator {
             _ => None,
         };
         let principal = self
-            .validate(token, policy.token_types, now, request.calls)
+            .validate(token, policy.token_types, now, request)
             .await?;
         let required = principal.verified.dpop_required
             || !self.dpop_issuers.is_empty() && self.dpop_issuers.contains(&principal.issuer);
@@ -696,13 +699,18 @@ impl Authenticator {
         token: &str,
         accept: TokenTypes,
         now: SystemTime,
-        calls: Option<&CallLog>,
+        request: &RequestInfo<'_>,
     ) -> Result<Arc<Principal>, AuthError> {
         if token.len() > self.max_token_size {
             return Err(AuthError::InvalidToken(TokenFault::Oversize));
         }
-        // Hashed once, and only when the verified-token cache will use it.
-        let key = self.cache.enabled().then(|| TokenCache::key(token));
+        let calls = request.calls;
+        // Hashed once, and only when the verified-token cache will use it; not at all when
+        // it is the connection's last token.
+        let key = self.cache.enabled().then(|| match request.token_key {
+            Some(memo) => memo.key(token),
+            None => TokenCache::key(token),
+        });
         let introspection = self.introspection.as_deref().filter(|_| accept.opaque);
         // The cache before the shape check: only tokens that verified as JWTs are in it, so a
         // hit needs no other look at the token. A token without a dot cannot be one of them.

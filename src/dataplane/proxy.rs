@@ -183,6 +183,8 @@ pub struct Conn {
     pub client_cert: Option<Box<str>>,
     /// An HTTP/2 connection's open and cancelled streams; `None` on HTTP/1.1.
     pub streams: Option<super::h2::Streams>,
+    /// The last token presented on the connection and its verified-token cache key.
+    pub token_key: crate::auth::cache::KeyMemo,
 }
 
 impl Conn {
@@ -194,6 +196,7 @@ impl Conn {
             tls,
             client_cert: None,
             streams: None,
+            token_key: Default::default(),
         }
     }
 }
@@ -540,6 +543,7 @@ async fn forward(
                 forwarded: settings.trust_forwarded_headers,
                 tls: conn.tls,
                 client_cert: conn.client_cert.as_deref(),
+                token_key: Some(&conn.token_key),
             },
             record.calls.clone().as_deref(),
         )

@@ -250,6 +250,7 @@ impl Gate {
             },
             calls,
             client_cert: via.client_cert,
+            token_key: via.token_key,
         };
         match self.auth.authorize(&info).await {
             Ok(grant) => Ok(grant),
@@ -298,6 +299,9 @@ pub struct Via<'a> {
     pub tls: bool,
     /// The verified client certificate's SHA-256 thumbprint, base64url (RFC 8705 §3.1).
     pub client_cert: Option<&'a str>,
+    /// The connection's last token and its cache key; `None` where requests share no
+    /// connection the gate knows of.
+    pub token_key: Option<&'a crate::auth::cache::KeyMemo>,
 }
 
 /// A CORS preflight as browsers send it (Fetch Standard §4.8): `OPTIONS` with one non-empty
