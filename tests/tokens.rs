@@ -323,7 +323,7 @@ async fn every_request_on_one_connection_is_judged_on_its_own_token() {
     // HTTP/2: one connection, the same sequence as concurrent streams.
     let h2 = common::h2::client(s.gw.proxy_addr).await;
     let statuses = futures_util::future::join_all(sequence.iter().map(|token| {
-        let mut h2 = h2.clone();
+        let h2 = h2.clone();
         async move {
             let req = http::Request::get(format!("http://{}/orders/1", s.gw.proxy_addr))
                 .header("authorization", format!("Bearer {token}"))
