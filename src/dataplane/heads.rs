@@ -160,15 +160,15 @@ impl HeadTracker {
         let room = MAX_HEAD.saturating_sub(before);
         let chunk = &bytes[start..];
         self.head.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        let end = self.head[from..]
-            .iter()
-            .enumerate()
-            .filter(|(_, &b)| b == b'\n')
-            .find_map(|(i, _)| match &self.head[from + i + 1..] {
+        // memchr: the head is scanned for line ends many bytes at a time (a bearer token makes
+        // it close to a kilobyte).
+        let end = memchr::memchr_iter(b'\n', &self.head[from..]).find_map(|i| {
+            match &self.head[from + i + 1..] {
                 [b'\n', ..] => Some(from + i + 2),
                 [b'\r', b'\n', ..] => Some(from + i + 3),
                 _ => None,
-            });
+            }
+        });
         let Some(end) = end else {
             if chunk.len() > room {
                 self.state = State::Lost;
@@ -253,12 +253,19 @@ fn chunked_step(state: State, b: u8) -> State {
 
 /// The framing hyper applies to a request with this head, and what the head hides.
 fn inspect(head: &[u8]) -> (Framing, Option<Notable>) {
-    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let line_end = memchr::memchr(b'\n', head).unwrap_or(head.len());
     let line = &head[..(line_end + 1).min(head.len())];
     let http_10 = line.windows(8).any(|w| w == b"HTTP/1.0");
     let (mut lengths, mut te, mut chunked) = (Vec::new(), false, false);
-    for field in head[(line_end + 1).min(head.len())..].split(|&b| b == b'\n') {
-        let Some(colon) = field.iter().position(|&b| b == b':') else {
+    // The field lines, as `split` on `\n` gives them (the last one after the last `\n`), found
+    // with memchr: a field value such as a bearer token is hundreds of bytes.
+    let fields = &head[(line_end + 1).min(head.len())..];
+    let ends = memchr::memchr_iter(b'\n', fields).chain(std::iter::once(fields.len()));
+    let mut start = 0;
+    for end in ends {
+        let field = &fields[start..end];
+        start = end + 1;
+        let Some(colon) = memchr::memchr(b':', field) else {
             continue;
         };
         let name = &field[..colon];
