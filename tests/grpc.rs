@@ -1015,3 +1015,120 @@ async fn a_connection_that_opens_no_stream_is_retired_and_closed() {
     }
     assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
 }
+
+/// What the scripted HTTP/2 upstream below does with the next stream.
+#[derive(Clone, Copy)]
+enum Next {
+    Answer,
+    /// `RST_STREAM` with `REFUSED_STREAM` (0x7): not processed (RFC 9113 §8.7).
+    Refuse,
+    /// `GOAWAY` whose last processed stream is 0: this one was not (§6.8).
+    GoAway,
+}
+
+#[derive(Default)]
+struct Script {
+    next: Mutex<std::collections::VecDeque<Next>>,
+    /// Streams opened, and how many of them ended with their HEADERS (bodiless).
+    streams: AtomicUsize,
+    bodiless: AtomicUsize,
+    connections: AtomicUsize,
+}
+
+/// A raw HTTP/2 upstream that answers each stream as `script` says (200 when it says nothing).
+async fn scripted_upstream(script: Arc<Script>) -> SocketAddr {
+    use common::h2::{frame, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, SETTINGS};
+    common::h2::raw_upstream(move |mut upstream| {
+        let script = script.clone();
+        async move {
+            script.connections.fetch_add(1, Ordering::SeqCst);
+            upstream.send(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+            while let Some(f) = upstream.next(Duration::from_secs(30)).await {
+                if f.kind != HEADERS {
+                    continue;
+                }
+                script.streams.fetch_add(1, Ordering::SeqCst);
+                if f.flags & END_STREAM != 0 {
+                    script.bodiless.fetch_add(1, Ordering::SeqCst);
+                }
+                let next = script.next.lock().unwrap().pop_front();
+                match next.unwrap_or(Next::Answer) {
+                    // `:status: 200`, indexed (RFC 7541 Appendix A, entry 8).
+                    Next::Answer => {
+                        let flags = END_HEADERS | END_STREAM;
+                        upstream
+                            .send(&frame(HEADERS, flags, f.stream, &[0x88]))
+                            .await
+                            .unwrap()
+                    }
+                    Next::Refuse => upstream
+                        .send(&frame(RST_STREAM, 0, f.stream, &7u32.to_be_bytes()))
+                        .await
+                        .unwrap(),
+                    Next::GoAway => {
+                        upstream.send(&frame(GOAWAY, 0, 0, &[0; 8])).await.unwrap();
+                        upstream.read_to_close(Duration::from_secs(10)).await;
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bodiless_request_an_http2_upstream_left_unprocessed_is_sent_once_more() {
+    // RFC 9113 §8.7: a stream reset with REFUSED_STREAM was not processed, so any method may
+    // go again; a stream ended by GOAWAY may have been, as far as h2 tells, so only an
+    // idempotent one goes again. Only a bodiless request can (its body is not kept), once.
+    let script = Arc::new(Script::default());
+    let upstream = scripted_upstream(script.clone()).await;
+    let s = gateway_with(upstream, "").await;
+    let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
+    let client = common::client();
+    let cases: [(&str, &str, &[Next], u16, usize); 7] = [
+        ("plain GET", "GET", &[], 200, 1),
+        ("refused GET", "GET", &[Next::Refuse], 200, 2),
+        ("refused bodiless POST", "POST", &[Next::Refuse], 200, 2),
+        (
+            "refused POST with a body",
+            "POST+body",
+            &[Next::Refuse],
+            502,
+            1,
+        ),
+        (
+            "refused twice",
+            "GET",
+            &[Next::Refuse, Next::Refuse],
+            502,
+            2,
+        ),
+        ("GOAWAY, GET", "GET", &[Next::GoAway], 200, 2),
+        ("GOAWAY, bodiless POST", "POST", &[Next::GoAway], 502, 1),
+    ];
+    for (case, method, next, status, streams) in cases {
+        *script.next.lock().unwrap() = next.iter().copied().collect();
+        let before = script.streams.load(Ordering::SeqCst);
+        let request = match method {
+            "GET" => client.get(format!("http://{}/test.Echo/x", s.gw.proxy_addr)),
+            "POST" => client
+                .post(format!("http://{}/test.Echo/x", s.gw.proxy_addr))
+                .header("content-length", "0"),
+            _ => client
+                .post(format!("http://{}/test.Echo/x", s.gw.proxy_addr))
+                .body("abc"),
+        };
+        let resp = request.bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), status, "{case}");
+        let opened = script.streams.load(Ordering::SeqCst) - before;
+        assert_eq!(opened, streams, "{case}: streams the upstream saw");
+        assert!(script.next.lock().unwrap().is_empty(), "{case}");
+    }
+    assert_eq!(
+        script.bodiless.load(Ordering::SeqCst),
+        script.streams.load(Ordering::SeqCst) - 1,
+        "every replayed stream ended with its head, as the original did"
+    );
+}

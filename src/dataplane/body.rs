@@ -62,7 +62,8 @@ impl Stall {
 /// `client_body_timeout`, the total by `max_body_bytes`, and trailer fields the client may not
 /// choose are dropped. Why it stopped, if it did, is kept in `fault` for the answer.
 pub struct ClientBody {
-    inner: Incoming,
+    /// `None`: a bodiless request's body, made again to send the request once more.
+    inner: Option<Incoming>,
     timeout: Duration,
     stall: Stall,
     limit: Option<u64>,
@@ -127,6 +128,7 @@ impl BodyState {
 }
 
 /// What [`keep_trailers`] needs: the request's [`Strip`], owned by the body.
+#[derive(Clone)]
 pub struct TrailerRule {
     pub trusted: bool,
     pub method_override: bool,
@@ -143,7 +145,7 @@ impl ClientBody {
         timeouts: prometheus::IntCounter,
     ) -> ClientBody {
         ClientBody {
-            inner,
+            inner: Some(inner),
             timeout,
             stall: Stall::default(),
             limit,
@@ -156,10 +158,25 @@ impl ClientBody {
     }
 
     fn ended_if_empty(self) -> ClientBody {
-        if self.inner.is_end_stream() {
+        if self.is_end_stream() {
             self.state.finish();
         }
         self
+    }
+
+    /// The same body again, for a request sent once more: only a bodiless request's, which
+    /// has nothing to replay (`None` for any other).
+    pub fn again(&self) -> Option<ClientBody> {
+        (self.seen == 0 && self.is_end_stream()).then(|| ClientBody {
+            inner: None,
+            timeout: self.timeout,
+            stall: Stall::default(),
+            limit: self.limit,
+            seen: 0,
+            strip: self.strip.clone(),
+            state: self.state.clone(),
+            timeouts: self.timeouts.clone(),
+        })
     }
 
     /// Where the body's fault and end are recorded.
@@ -235,7 +252,10 @@ impl Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         this.state.read.notify_waiters();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
         this.state.on_client.set(polled.is_pending());
         match polled {
             Poll::Pending => {
@@ -253,7 +273,7 @@ impl Body for ClientBody {
                         if this.limit.is_some_and(|limit| this.seen > limit) {
                             return this.fail(BodyFault::TooLarge, "max_body_bytes");
                         }
-                        if this.inner.is_end_stream() {
+                        if this.is_end_stream() {
                             this.state.finish();
                         }
                         Frame::data(data)
@@ -282,11 +302,13 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 

@@ -771,10 +771,58 @@ fn normalise_length(map: &mut http::HeaderMap, bodiless: bool) {
     }
 }
 
+/// A request's head kept beside it, to send it once more ([`send`]).
+struct Again {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: http::HeaderMap,
+    body: ClientBody,
+}
+
+impl Again {
+    fn of(req: &Request<ClientBody>, body: ClientBody) -> Again {
+        Again {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            body,
+        }
+    }
+
+    fn request(self) -> Request<ClientBody> {
+        let mut req = Request::new(self.body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+/// The HTTP/2 upstream did not process the stream, so sending it again cannot act twice:
+/// it reset the stream with `REFUSED_STREAM`, which says no processing happened (RFC 9113
+/// §8.7), for any method; or its `GOAWAY` ended the stream (§6.8), for an idempotent method
+/// only (RFC 9110 §9.2.2): h2 gives streams above the GOAWAY's last processed one and those
+/// lost as the connection then closes the same error.
+fn unprocessed(error: &hyper::Error, method: &Method) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            let refused = h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return h2.is_remote() && (refused || h2.is_go_away() && method.is_idempotent());
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Send `req` to one of the route's upstreams: round-robin over the healthy ones, the next
 /// one after a connect failure. A pooled connection that turns out closed before the request
-/// went out is replaced by a new one to the same upstream. Nothing is retried once any of the
-/// request was sent.
+/// went out is replaced by a new one to the same upstream. Once any of the request was sent,
+/// only a bodiless request that an HTTP/2 upstream provably left unprocessed ([`unprocessed`])
+/// is sent again, once, on a new connection to the same upstream.
 async fn send(
     worker: &Worker,
     route: &Route,
@@ -787,6 +835,7 @@ async fn send(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_error = UpstreamErrorKind::NoHealthyUpstream;
     let mut fresh: Option<&Member> = None;
+    let mut replayed = false;
     let protocol = route.upstream_protocol;
     let tls = worker
         .shared
@@ -857,6 +906,12 @@ async fn send(
         // `client_body_timeout` per read, not by the upstream's answer time. Until then it
         // bounds each wait for the upstream to take more of the body the client has ready.
         let progress = checkout.progress();
+        // What sending the request once more takes, kept while an HTTP/2 upstream might refuse
+        // the stream unprocessed: the head, and a bodiless request's (empty) body.
+        let again = match protocol == UpstreamProtocol::Http2 && !replayed {
+            true => req.body().again().map(|empty| Again::of(&req, empty)),
+            false => None,
+        };
         let answered = checkout.sender.try_send_request(req);
         let waited = async {
             tokio::select! {
@@ -887,6 +942,13 @@ async fn send(
                     }
                 }
                 None => {
+                    if let Some(again) = again.filter(|a| unprocessed(e.error(), &a.method)) {
+                        tracing::debug!(upstream = %addr, "HTTP/2 upstream refused the stream unprocessed; sending it again");
+                        req = again.request();
+                        replayed = true;
+                        fresh = Some(member);
+                        continue;
+                    }
                     let tls_failure = tls.and(upstream_tls::failure(e.error()));
                     let Some(cause) = tls_failure else {
                         return Err(UpstreamErrorKind::Protocol);
