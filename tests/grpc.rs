@@ -1084,10 +1084,16 @@ async fn a_bodiless_request_an_http2_upstream_left_unprocessed_is_sent_once_more
     // idempotent one goes again. Only a bodiless request can (its body is not kept), once.
     let script = Arc::new(Script::default());
     let upstream = scripted_upstream(script.clone()).await;
-    let s = gateway_with(upstream, "").await;
+    // A route where `X-HTTP-Method-Override` reaches the upstream: a GET may run as a POST.
+    let overridable = format!(
+        "[[routes]]\nname = \"override\"\npath_prefix = \"/test.Override\"\n\
+         upstreams = [\"{upstream}\"]\nupstream_protocol = \"http2\"\n\
+         allow_method_override = true\nscopes = [\"orders:read\"]\n"
+    );
+    let s = gateway_with(upstream, &overridable).await;
     let token = s.rsa.sign(&claims(&s.idp, "orders:read"));
     let client = common::client();
-    let cases: [(&str, &str, &[Next], u16, usize); 7] = [
+    let cases: [(&str, &str, &[Next], u16, usize); 9] = [
         ("plain GET", "GET", &[], 200, 1),
         ("refused GET", "GET", &[Next::Refuse], 200, 2),
         ("refused bodiless POST", "POST", &[Next::Refuse], 200, 2),
@@ -1107,12 +1113,29 @@ async fn a_bodiless_request_an_http2_upstream_left_unprocessed_is_sent_once_more
         ),
         ("GOAWAY, GET", "GET", &[Next::GoAway], 200, 2),
         ("GOAWAY, bodiless POST", "POST", &[Next::GoAway], 502, 1),
+        (
+            "GOAWAY, GET that may be overridden",
+            "override GET",
+            &[Next::GoAway],
+            502,
+            1,
+        ),
+        (
+            "refused GET that may be overridden",
+            "override GET",
+            &[Next::Refuse],
+            200,
+            2,
+        ),
     ];
     for (case, method, next, status, streams) in cases {
         *script.next.lock().unwrap() = next.iter().copied().collect();
         let before = script.streams.load(Ordering::SeqCst);
         let request = match method {
             "GET" => client.get(format!("http://{}/test.Echo/x", s.gw.proxy_addr)),
+            "override GET" => client
+                .get(format!("http://{}/test.Override/x", s.gw.proxy_addr))
+                .header("x-http-method-override", "POST"),
             "POST" => client
                 .post(format!("http://{}/test.Echo/x", s.gw.proxy_addr))
                 .header("content-length", "0"),

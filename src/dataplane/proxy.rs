@@ -773,6 +773,9 @@ fn normalise_length(map: &mut http::HeaderMap, bodiless: bool) {
 
 /// A request's head kept beside it, to send it once more ([`send`]).
 struct Again {
+    /// The method is idempotent (RFC 9110 §9.2.2) and the route forwards no method override,
+    /// which could make the upstream run another.
+    idempotent: bool,
     method: Method,
     uri: Uri,
     version: Version,
@@ -781,8 +784,9 @@ struct Again {
 }
 
 impl Again {
-    fn of(req: &Request<ClientBody>, body: ClientBody) -> Again {
+    fn of(req: &Request<ClientBody>, body: ClientBody, route: &Route) -> Again {
         Again {
+            idempotent: req.method().is_idempotent() && !route.method_override,
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
@@ -803,15 +807,16 @@ impl Again {
 
 /// The HTTP/2 upstream did not process the stream, so sending it again cannot act twice:
 /// it reset the stream with `REFUSED_STREAM`, which says no processing happened (RFC 9113
-/// §8.7), for any method; or its `GOAWAY` ended the stream (§6.8), for an idempotent method
-/// only (RFC 9110 §9.2.2): h2 gives streams above the GOAWAY's last processed one and those
-/// lost as the connection then closes the same error.
-fn unprocessed(error: &hyper::Error, method: &Method) -> bool {
+/// §8.7), for any request; or its `GOAWAY` ended the stream (§6.8), for an `idempotent` one
+/// only. h2 gives the GOAWAY's error to the streams above its last processed one (those lost
+/// as the connection then closes get a broken pipe), but that is h2's choice, not a promise;
+/// a request that is safe to repeat stays safe if it ever changes.
+fn unprocessed(error: &hyper::Error, idempotent: bool) -> bool {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = next {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
             let refused = h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-            return h2.is_remote() && (refused || h2.is_go_away() && method.is_idempotent());
+            return h2.is_remote() && (refused || h2.is_go_away() && idempotent);
         }
         next = e.source();
     }
@@ -821,8 +826,10 @@ fn unprocessed(error: &hyper::Error, method: &Method) -> bool {
 /// Send `req` to one of the route's upstreams: round-robin over the healthy ones, the next
 /// one after a connect failure. A pooled connection that turns out closed before the request
 /// went out is replaced by a new one to the same upstream. Once any of the request was sent,
-/// only a bodiless request that an HTTP/2 upstream provably left unprocessed ([`unprocessed`])
-/// is sent again, once, on a new connection to the same upstream.
+/// only a bodiless request that an HTTP/2 upstream left unprocessed ([`unprocessed`]) is sent
+/// again, once, to the same upstream: on the pool's open connection to it that has a free
+/// stream (a refused stream leaves its connection open), else a new one; if that cannot be
+/// made, the next upstream, as after any connect failure.
 async fn send(
     worker: &Worker,
     route: &Route,
@@ -909,7 +916,10 @@ async fn send(
         // What sending the request once more takes, kept while an HTTP/2 upstream might refuse
         // the stream unprocessed: the head, and a bodiless request's (empty) body.
         let again = match protocol == UpstreamProtocol::Http2 && !replayed {
-            true => req.body().again().map(|empty| Again::of(&req, empty)),
+            true => req
+                .body()
+                .again()
+                .map(|empty| Again::of(&req, empty, route)),
             false => None,
         };
         let answered = checkout.sender.try_send_request(req);
@@ -942,7 +952,7 @@ async fn send(
                     }
                 }
                 None => {
-                    if let Some(again) = again.filter(|a| unprocessed(e.error(), &a.method)) {
+                    if let Some(again) = again.filter(|a| unprocessed(e.error(), a.idempotent)) {
                         tracing::debug!(upstream = %addr, "HTTP/2 upstream refused the stream unprocessed; sending it again");
                         req = again.request();
                         replayed = true;
