@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::idp::{challenge, claims, setup_with, Setup};
-use common::{client, dead_addr, eventually};
+use common::{client, dead_addr, eventually, free_addr};
 use serde_json::json;
 
 async fn setup(convention: &str) -> Setup {
@@ -208,7 +208,7 @@ async fn start_nginx(decision: SocketAddr, upstream: SocketAddr, check: &str) ->
         decision.port()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let addr = dead_addr();
+    let addr = free_addr();
     let d = dir.display();
     let conf = format!(
         r#"daemon off;

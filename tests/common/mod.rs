@@ -204,10 +204,25 @@ scopes = ["orders:write"]
     )
 }
 
-/// A port on which nothing listens: bound, then released.
-pub fn dead_addr() -> SocketAddr {
+/// A port free now, for a server the test starts in another process (nginx) to listen on: bound,
+/// then released.
+pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// A port on which nothing listens: a socket bound to it and never listening, kept open for
+/// the rest of the test process, so that a connection to it is refused and no server another
+/// test starts meanwhile can be given the port (a released port was, and a collector expected
+/// to be unreachable answered 404).
+pub fn dead_addr() -> SocketAddr {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 /// Start the real gateway in-process with its own metrics registry.
