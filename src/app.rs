@@ -486,9 +486,11 @@ fn assemble(
         routes: config
             .routes
             .iter()
-            .map(|r| {
-                let checks = r.auth == crate::config::AuthMode::Required;
-                (r.name.as_str(), checks, r.rate_limit.is_some())
+            .map(|r| crate::metrics::KnownRoute {
+                name: r.name.as_str(),
+                checks_tokens: r.auth == crate::config::AuthMode::Required,
+                limited: r.rate_limit.is_some(),
+                http2_upstream: r.upstream_protocol == crate::config::UpstreamProtocol::Http2,
             })
             .collect(),
         issuers: config.issuers.iter().map(|i| i.issuer.as_str()).collect(),

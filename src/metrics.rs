@@ -22,6 +22,9 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     /// `portcullis_upstream_errors_total{route,kind}`; kind from [`UpstreamErrorKind`].
     pub upstream_errors: IntCounterVec,
+    /// `portcullis_upstream_resends_total{route,reason}`: requests sent once more because an
+    /// HTTP/2 upstream left their stream unprocessed; reason from [`RESEND_REASONS`].
+    pub upstream_resends: IntCounterVec,
     /// `portcullis_upstream_healthy{upstream}`: 1 when the last health check passed.
     pub upstream_healthy: IntGaugeVec,
     /// `portcullis_auth_decisions_total{route,outcome}`; outcome from `AuthError::kind` or `allowed`.
@@ -88,11 +91,25 @@ pub struct Metrics {
 
 /// What [`Metrics::initialise`] needs to know of the configuration.
 pub struct Known<'a> {
-    /// Each route's name, whether it checks tokens, and whether it has a rate limit.
-    pub routes: Vec<(&'a str, bool, bool)>,
+    pub routes: Vec<KnownRoute<'a>>,
     pub issuers: Vec<&'a str>,
     pub introspection: bool,
 }
+
+/// What [`Metrics::initialise`] needs to know of one route.
+pub struct KnownRoute<'a> {
+    pub name: &'a str,
+    /// The route checks tokens: its decisions are counted.
+    pub checks_tokens: bool,
+    /// The route has a rate limit.
+    pub limited: bool,
+    /// The route speaks HTTP/2 to its upstreams, so a request may be sent once more.
+    pub http2_upstream: bool,
+}
+
+/// The `reason` values of `portcullis_upstream_resends_total`: the upstream reset the stream
+/// with `REFUSED_STREAM` (RFC 9113 §8.7), or its `GOAWAY` ended it unprocessed (§6.8).
+pub const RESEND_REASONS: [&str; 2] = ["refused_stream", "goaway"];
 
 /// The `result` values of `portcullis_trace_exports_total`.
 pub const TRACE_EXPORT_RESULTS: [&str; 3] = ["ok", "bad_status", "unreachable"];
@@ -163,7 +180,8 @@ impl Metrics {
     /// and alerts see a 0 rather than no data before the first event: routes × status classes,
     /// outcomes and upstream error kinds, issuers × key-fetch results, introspection results.
     pub fn initialise(&self, known: &Known) {
-        for &(route, checks_tokens, limited) in &known.routes {
+        for r in &known.routes {
+            let route = r.name;
             for class in ["2xx", "4xx", "5xx"] {
                 self.requests.with_label_values(&[route, class]);
             }
@@ -174,12 +192,17 @@ impl Metrics {
                 self.upstream_errors
                     .with_label_values(&[route, kind.as_str()]);
             }
-            if checks_tokens {
+            if r.http2_upstream {
+                for reason in RESEND_REASONS {
+                    self.upstream_resends.with_label_values(&[route, reason]);
+                }
+            }
+            if r.checks_tokens {
                 for outcome in crate::auth::AuthError::OUTCOMES {
                     self.auth_decisions.with_label_values(&[route, outcome]);
                 }
             }
-            if limited {
+            if r.limited {
                 self.rate_limited.with_label_values(&[route]);
             }
         }
@@ -233,6 +256,14 @@ impl Metrics {
                 "Requests that failed at the upstream, by route and kind.",
             ),
             &["route", "kind"],
+        )?;
+        let upstream_resends = IntCounterVec::new(
+            Opts::new(
+                "portcullis_upstream_resends_total",
+                "Requests sent once more because an HTTP/2 upstream left their stream \
+                 unprocessed, by route and reason.",
+            ),
+            &["route", "reason"],
         )?;
         let upstream_healthy = IntGaugeVec::new(
             Opts::new(
@@ -441,6 +472,7 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(upstream_resends.clone()))?;
         registry.register(Box::new(upstream_healthy.clone()))?;
         let build_info = IntGaugeVec::new(
             Opts::new(
@@ -468,6 +500,7 @@ impl Metrics {
             requests,
             request_duration,
             upstream_errors,
+            upstream_resends,
             upstream_healthy,
             auth_decisions,
             rate_limited,

@@ -686,8 +686,10 @@ async fn metrics_exist_before_their_first_event() {
              [[issuers]]\nissuer = \"https://id.example\"\njwks_uri = \"http://{}/jwks\"\naudiences = [\"a\"]\nalgorithms = [\"RS256\"]\n\
              [[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstreams = [\"{}\"]\n\
              [routes.rate_limit]\nkey = \"sub\"\nrequests = 10\n\
+             [[routes]]\nname = \"grpc\"\npath_prefix = \"/grpc\"\nupstreams = [\"{}\"]\nauth = \"none\"\nupstream_protocol = \"http2\"\n\
              [[routes]]\nname = \"open\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n",
             common::dead_addr(),
+            up.addr,
             up.addr,
             up.addr
         ),
@@ -726,12 +728,22 @@ async fn metrics_exist_before_their_first_event() {
             &[("issuer", "https://id.example"), ("result", "bad_jwks")],
         ),
         ("portcullis_client_timeouts_total", &[("phase", "header")]),
+        (
+            "portcullis_upstream_resends_total",
+            &[("route", "grpc"), ("reason", "refused_stream")],
+        ),
+        (
+            "portcullis_upstream_resends_total",
+            &[("route", "grpc"), ("reason", "goaway")],
+        ),
     ] {
         assert!(m.has(name, labels), "{name} {labels:?} is absent");
         assert_eq!(m.get(name, labels), 0.0, "{name} {labels:?}");
     }
-    // A route that checks no token has no decisions to count.
+    // A route that checks no token has no decisions to count, and one on HTTP/1.1 to its
+    // upstreams no resends.
     assert!(!m.has("portcullis_auth_decisions_total", &[("route", "open")]));
+    assert!(!m.has("portcullis_upstream_resends_total", &[("route", "api")]));
 }
 
 /// A connection accepted just before the drain whose request arrives as the drain begins is

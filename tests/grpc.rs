@@ -1017,7 +1017,7 @@ async fn a_connection_that_opens_no_stream_is_retired_and_closed() {
 }
 
 /// What the scripted HTTP/2 upstream below does with the next stream.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Next {
     Answer,
     /// `RST_STREAM` with `REFUSED_STREAM` (0x7): not processed (RFC 9113 §8.7).
@@ -1076,6 +1076,8 @@ async fn scripted_upstream(script: Arc<Script>) -> SocketAddr {
     })
     .await
 }
+
+const RESENDS: &str = "portcullis_upstream_resends_total";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bodiless_request_an_http2_upstream_left_unprocessed_is_sent_once_more() {
@@ -1143,11 +1145,26 @@ async fn a_bodiless_request_an_http2_upstream_left_unprocessed_is_sent_once_more
                 .post(format!("http://{}/test.Echo/x", s.gw.proxy_addr))
                 .body("abc"),
         };
+        let counted = common::scrape(s.gw.metrics_addr).await;
         let resp = request.bearer_auth(&token).send().await.unwrap();
         assert_eq!(resp.status(), status, "{case}");
         let opened = script.streams.load(Ordering::SeqCst) - before;
         assert_eq!(opened, streams, "{case}: streams the upstream saw");
         assert!(script.next.lock().unwrap().is_empty(), "{case}");
+        // Every stream after the first was a resend, counted by route and by what the
+        // upstream's first answer was.
+        let m = common::scrape(s.gw.metrics_addr).await;
+        let route = if method.starts_with("override") {
+            "override"
+        } else {
+            "grpc"
+        };
+        for (reason, kind) in [("refused_stream", Next::Refuse), ("goaway", Next::GoAway)] {
+            let labels = [("route", route), ("reason", reason)];
+            let resent = m.get(RESENDS, &labels) - counted.get(RESENDS, &labels);
+            let expected = usize::from(next.first() == Some(&kind)) * (streams - 1);
+            assert_eq!(resent, expected as f64, "{case}: {reason} resends counted");
+        }
     }
     assert_eq!(
         script.bodiless.load(Ordering::SeqCst),

@@ -810,17 +810,23 @@ impl Again {
 /// §8.7), for any request; or its `GOAWAY` ended the stream (§6.8), for an `idempotent` one
 /// only. h2 gives the GOAWAY's error to the streams above its last processed one (those lost
 /// as the connection then closes get a broken pipe), but that is h2's choice, not a promise;
-/// a request that is safe to repeat stays safe if it ever changes.
-fn unprocessed(error: &hyper::Error, idempotent: bool) -> bool {
+/// a request that is safe to repeat stays safe if it ever changes. The answer is the reason,
+/// as `portcullis_upstream_resends_total` counts it ([`crate::metrics::RESEND_REASONS`]).
+fn unprocessed(error: &hyper::Error, idempotent: bool) -> Option<&'static str> {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = next {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            let refused = h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-            return h2.is_remote() && (refused || h2.is_go_away() && idempotent);
+            if !h2.is_remote() {
+                return None;
+            }
+            if h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return Some("refused_stream");
+            }
+            return (h2.is_go_away() && idempotent).then_some("goaway");
         }
         next = e.source();
     }
-    false
+    None
 }
 
 /// Send `req` to one of the route's upstreams: round-robin over the healthy ones, the next
@@ -952,8 +958,17 @@ async fn send(
                     }
                 }
                 None => {
-                    if let Some(again) = again.filter(|a| unprocessed(e.error(), a.idempotent)) {
-                        tracing::debug!(upstream = %addr, "HTTP/2 upstream refused the stream unprocessed; sending it again");
+                    let resend = again.and_then(|a| {
+                        unprocessed(e.error(), a.idempotent).map(|reason| (a, reason))
+                    });
+                    if let Some((again, reason)) = resend {
+                        tracing::debug!(upstream = %addr, reason, "HTTP/2 upstream left the stream unprocessed; sending it again");
+                        worker
+                            .shared
+                            .metrics
+                            .upstream_resends
+                            .with_label_values(&[route.name.as_str(), reason])
+                            .inc();
                         req = again.request();
                         replayed = true;
                         fresh = Some(member);
