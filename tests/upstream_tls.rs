@@ -364,3 +364,59 @@ async fn a_failed_handshake_is_logged_with_its_cause_and_never_the_path() {
         "{log}"
     );
 }
+
+/// An upstream that accepts the connection and never answers the TLS hello: 504 after
+/// `connect_timeout`, counted as a timeout, and a log line that says which upstream and why,
+/// never the path.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handshake_that_never_finishes_is_a_logged_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        loop {
+            let (stream, _) = silent.accept().await.unwrap();
+            kept.push(stream);
+        }
+    });
+    let ca = Ca::new("Upstream private CA");
+    let (_file, trust) = ca_file(&ca);
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 1\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nconnect_timeout = \"300ms\"\n\
+         [[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstreams = [\"localhost:{}\"]\n\
+         auth = \"none\"\nupstream_tls = true\n{trust}\n",
+        addr.port()
+    );
+    let gw = common::binary::GatewayProcess::start(&config, &[]);
+    let resp = client()
+        .get(format!(
+            "http://{}/api/secret-path?q=secret-query",
+            gw.proxy
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    let wanted = "TLS handshake with an upstream did not finish within connect_timeout";
+    let logged = common::eventually(std::time::Duration::from_secs(10), || async {
+        gw.log().contains(wanted)
+    })
+    .await;
+    let log = gw.log();
+    assert!(logged, "{log}");
+    let line = log.lines().find(|l| l.contains(wanted)).unwrap();
+    assert!(
+        line.contains(&addr.port().to_string()),
+        "the upstream is named: {line}"
+    );
+    assert!(line.contains("300"), "the timeout is named: {line}");
+    assert!(
+        !log.contains("secret-path") && !log.contains("secret-query"),
+        "{log}"
+    );
+    let timeouts = [("route", "api"), ("kind", "timeout")];
+    common::counted(gw.metrics, TLS_ERRORS, &timeouts, 1.0).await;
+    assert_eq!(scrape(gw.metrics).await.get(TLS_ERRORS, &timeouts), 1.0);
+    held.abort();
+}

@@ -441,16 +441,20 @@ impl Pool {
 type Plain = WriteStall<TcpStream>;
 
 /// A connection to the target within `connect_timeout`, TLS handshake included, its writes
-/// bounded by `write_timeout`.
+/// bounded by `write_timeout`. A TLS handshake still unfinished at the deadline (an upstream
+/// that accepts and never answers the hello, or a port that speaks another protocol and waits)
+/// is logged, as a failed one is: a plain 504 would leave the operator guessing.
 async fn made(
     target: Target<'_>,
     settings: &PoolSettings,
 ) -> Result<Either<Plain, tokio_rustls::client::TlsStream<Plain>>, ConnectError> {
     let addr = target.addr;
+    let in_handshake = std::cell::Cell::new(false);
     let connected = async {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| ConnectError::Refused(Rc::new(e)))?;
+        in_handshake.set(true);
         let _ = stream.set_nodelay(true);
         let stream = WriteStall::new(stream, settings.write_timeout, None);
         let Some(tls) = target.tls else {
@@ -480,7 +484,16 @@ async fn made(
     };
     tokio::time::timeout(settings.connect_timeout, connected)
         .await
-        .map_err(|_| ConnectError::Timeout)?
+        .map_err(|_| {
+            if target.tls.is_some() && in_handshake.get() {
+                tracing::warn!(
+                    upstream = %addr,
+                    connect_timeout_ms = settings.connect_timeout.as_millis(),
+                    "TLS handshake with an upstream did not finish within connect_timeout"
+                );
+            }
+            ConnectError::Timeout
+        })?
 }
 
 /// A connection's HTTP handshake failed over TLS: when TLS is why (a TLS 1.3 server refusing
