@@ -178,7 +178,8 @@ impl UpstreamErrorKind {
 impl Metrics {
     /// Create every labelled series the configuration can produce, at 0, so that dashboards
     /// and alerts see a 0 rather than no data before the first event: routes × status classes,
-    /// outcomes and upstream error kinds, issuers × key-fetch results, introspection results.
+    /// outcomes and upstream error kinds, routes to HTTP/2 upstreams × resend reasons, issuers
+    /// × key-fetch results, introspection results.
     pub fn initialise(&self, known: &Known) {
         for r in &known.routes {
             let route = r.name;

@@ -849,6 +849,8 @@ async fn send(
     let mut last_error = UpstreamErrorKind::NoHealthyUpstream;
     let mut fresh: Option<&Member> = None;
     let mut replayed = false;
+    // A resend's reason, until it is sent.
+    let mut resend: Option<&'static str> = None;
     let protocol = route.upstream_protocol;
     let tls = worker
         .shared
@@ -928,6 +930,16 @@ async fn send(
                 .map(|empty| Again::of(&req, empty, route)),
             false => None,
         };
+        // Counted as it goes out: a resend whose new connection fails and finds no other
+        // upstream never happened.
+        if let Some(reason) = resend.take() {
+            worker
+                .shared
+                .metrics
+                .upstream_resends
+                .with_label_values(&[route.name.as_str(), reason])
+                .inc();
+        }
         let answered = checkout.sender.try_send_request(req);
         let waited = async {
             tokio::select! {
@@ -958,17 +970,12 @@ async fn send(
                     }
                 }
                 None => {
-                    let resend = again.and_then(|a| {
+                    let unsent = again.and_then(|a| {
                         unprocessed(e.error(), a.idempotent).map(|reason| (a, reason))
                     });
-                    if let Some((again, reason)) = resend {
+                    if let Some((again, reason)) = unsent {
                         tracing::debug!(upstream = %addr, reason, "HTTP/2 upstream left the stream unprocessed; sending it again");
-                        worker
-                            .shared
-                            .metrics
-                            .upstream_resends
-                            .with_label_values(&[route.name.as_str(), reason])
-                            .inc();
+                        resend = Some(reason);
                         req = again.request();
                         replayed = true;
                         fresh = Some(member);
