@@ -322,6 +322,35 @@ fn check_names_unusable_upstream_tls_files_by_key() {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
+/// A request with a path and query to the gateway process `gw`, answered `status`; the log line
+/// holding `wanted` once it is written. Neither the path nor the query is in the log.
+async fn answered_and_logged(
+    gw: &common::binary::GatewayProcess,
+    status: u16,
+    wanted: &str,
+) -> String {
+    let resp = client()
+        .get(format!(
+            "http://{}/api/secret-path?q=secret-query",
+            gw.proxy
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), status);
+    let logged = common::eventually(std::time::Duration::from_secs(10), || async {
+        gw.log().contains(wanted)
+    })
+    .await;
+    let log = gw.log();
+    assert!(logged, "{log}");
+    assert!(
+        !log.contains("secret-path") && !log.contains("secret-query"),
+        "{log}"
+    );
+    log.lines().find(|l| l.contains(wanted)).unwrap().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_handshake_is_logged_with_its_cause_and_never_the_path() {
     let ca = Ca::new("Upstream private CA");
@@ -336,32 +365,10 @@ async fn a_failed_handshake_is_logged_with_its_cause_and_never_the_path() {
         front.addr.port()
     );
     let gw = common::binary::GatewayProcess::start(&config, &[]);
-    let resp = client()
-        .get(format!(
-            "http://{}/api/secret-path?q=secret-query",
-            gw.proxy
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 502);
-    let logged = common::eventually(std::time::Duration::from_secs(10), || async {
-        gw.log().contains("TLS handshake with an upstream failed")
-    })
-    .await;
-    let log = gw.log();
-    assert!(logged, "{log}");
-    let line = log
-        .lines()
-        .find(|l| l.contains("TLS handshake with an upstream failed"))
-        .unwrap();
+    let line = answered_and_logged(&gw, 502, "TLS handshake with an upstream failed").await;
     assert!(
         line.contains("UnknownIssuer") || line.contains("unknown issuer"),
         "the cause is kept: {line}"
-    );
-    assert!(
-        !log.contains("secret-path") && !log.contains("secret-query"),
-        "{log}"
     );
 }
 
@@ -388,23 +395,8 @@ async fn a_handshake_that_never_finishes_is_a_logged_timeout() {
          auth = \"none\"\nupstream_tls = true\n{trust}\n"
     );
     let gw = common::binary::GatewayProcess::start(&config, &[]);
-    let resp = client()
-        .get(format!(
-            "http://{}/api/secret-path?q=secret-query",
-            gw.proxy
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 504);
     let wanted = "TLS handshake with an upstream did not finish within connect_timeout";
-    let logged = common::eventually(std::time::Duration::from_secs(10), || async {
-        gw.log().contains(wanted)
-    })
-    .await;
-    let log = gw.log();
-    assert!(logged, "{log}");
-    let line = log.lines().find(|l| l.contains(wanted)).unwrap();
+    let line = answered_and_logged(&gw, 504, wanted).await;
     assert!(
         line.contains(&format!("upstream={addr}")),
         "the upstream is named: {line}"
@@ -412,10 +404,6 @@ async fn a_handshake_that_never_finishes_is_a_logged_timeout() {
     assert!(
         line.contains("connect_timeout_ms=300"),
         "the timeout is named: {line}"
-    );
-    assert!(
-        !log.contains("secret-path") && !log.contains("secret-query"),
-        "{log}"
     );
     let timeouts = [("route", "api"), ("kind", "timeout")];
     common::counted(gw.metrics, TLS_ERRORS, &timeouts, 1.0).await;
