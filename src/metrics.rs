@@ -23,7 +23,7 @@ pub struct Metrics {
     /// `portcullis_upstream_errors_total{route,kind}`; kind from [`UpstreamErrorKind`].
     pub upstream_errors: IntCounterVec,
     /// `portcullis_upstream_resends_total{route,reason}`: requests sent once more because an
-    /// HTTP/2 upstream left their stream unprocessed; reason from [`RESEND_REASONS`].
+    /// HTTP/2 upstream left their stream unprocessed; reason from [`ResendReason`].
     pub upstream_resends: IntCounterVec,
     /// `portcullis_upstream_healthy{upstream}`: 1 when the last health check passed.
     pub upstream_healthy: IntGaugeVec,
@@ -107,9 +107,26 @@ pub struct KnownRoute<'a> {
     pub http2_upstream: bool,
 }
 
-/// The `reason` values of `portcullis_upstream_resends_total`: the upstream reset the stream
-/// with `REFUSED_STREAM` (RFC 9113 §8.7), or its `GOAWAY` ended it unprocessed (§6.8).
-pub const RESEND_REASONS: [&str; 2] = ["refused_stream", "goaway"];
+/// Why a request went to an HTTP/2 upstream once more: the `reason` label of
+/// `portcullis_upstream_resends_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResendReason {
+    /// The upstream reset the stream with `REFUSED_STREAM` (RFC 9113 §8.7).
+    RefusedStream,
+    /// The upstream's `GOAWAY` ended the stream unprocessed (§6.8).
+    GoAway,
+}
+
+impl ResendReason {
+    pub const ALL: [ResendReason; 2] = [ResendReason::RefusedStream, ResendReason::GoAway];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResendReason::RefusedStream => "refused_stream",
+            ResendReason::GoAway => "goaway",
+        }
+    }
+}
 
 /// The `result` values of `portcullis_trace_exports_total`.
 pub const TRACE_EXPORT_RESULTS: [&str; 3] = ["ok", "bad_status", "unreachable"];
@@ -194,8 +211,9 @@ impl Metrics {
                     .with_label_values(&[route, kind.as_str()]);
             }
             if r.http2_upstream {
-                for reason in RESEND_REASONS {
-                    self.upstream_resends.with_label_values(&[route, reason]);
+                for reason in ResendReason::ALL {
+                    self.upstream_resends
+                        .with_label_values(&[route, reason.as_str()]);
                 }
             }
             if r.checks_tokens {

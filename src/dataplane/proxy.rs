@@ -26,7 +26,9 @@ use crate::config::UpstreamProtocol;
 use crate::gate::headers::IdentityNames;
 use crate::gate::{limit, Denied, Gate, Refusal, TargetFault};
 use crate::live::Live;
-use crate::metrics::{method_label, status_class, Metrics, UpstreamErrorKind, NO_ROUTE};
+use crate::metrics::{
+    method_label, status_class, Metrics, ResendReason, UpstreamErrorKind, NO_ROUTE,
+};
 use crate::otlp::{Exporter, RequestSpan};
 use crate::response::Synthetic;
 use crate::routing::Route;
@@ -811,8 +813,8 @@ impl Again {
 /// only. h2 gives the GOAWAY's error to the streams above its last processed one (those lost
 /// as the connection then closes get a broken pipe), but that is h2's choice, not a promise;
 /// a request that is safe to repeat stays safe if it ever changes. The answer is the reason,
-/// as `portcullis_upstream_resends_total` counts it ([`crate::metrics::RESEND_REASONS`]).
-fn unprocessed(error: &hyper::Error, idempotent: bool) -> Option<&'static str> {
+/// as `portcullis_upstream_resends_total` counts it.
+fn unprocessed(error: &hyper::Error, idempotent: bool) -> Option<ResendReason> {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = next {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
@@ -820,9 +822,9 @@ fn unprocessed(error: &hyper::Error, idempotent: bool) -> Option<&'static str> {
                 return None;
             }
             if h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
-                return Some("refused_stream");
+                return Some(ResendReason::RefusedStream);
             }
-            return (h2.is_go_away() && idempotent).then_some("goaway");
+            return (h2.is_go_away() && idempotent).then_some(ResendReason::GoAway);
         }
         next = e.source();
     }
@@ -850,7 +852,7 @@ async fn send(
     let mut fresh: Option<&Member> = None;
     let mut replayed = false;
     // A resend's reason, until it is sent.
-    let mut resend: Option<&'static str> = None;
+    let mut resend: Option<ResendReason> = None;
     let protocol = route.upstream_protocol;
     let tls = worker
         .shared
@@ -937,7 +939,7 @@ async fn send(
                 .shared
                 .metrics
                 .upstream_resends
-                .with_label_values(&[route.name.as_str(), reason])
+                .with_label_values(&[route.name.as_str(), reason.as_str()])
                 .inc();
         }
         let answered = checkout.sender.try_send_request(req);
@@ -974,7 +976,7 @@ async fn send(
                         unprocessed(e.error(), a.idempotent).map(|reason| (a, reason))
                     });
                     if let Some((again, reason)) = unsent {
-                        tracing::debug!(upstream = %addr, reason, "HTTP/2 upstream left the stream unprocessed; sending it again");
+                        tracing::debug!(upstream = %addr, reason = reason.as_str(), "HTTP/2 upstream left the stream unprocessed; sending it again");
                         resend = Some(reason);
                         req = again.request();
                         replayed = true;
