@@ -262,7 +262,10 @@ impl Streams {
         all.retain(|h| h.strong_count() > 0);
         all.push(std::rc::Rc::downgrade(&handed));
         drop(all);
-        self.changed.notify_one();
+        // Only the first open stream changes what [`Streams::closing`] waits for.
+        if self.open.get() == 1 {
+            self.changed.notify_one();
+        }
         handed
     }
 
@@ -284,7 +287,10 @@ impl Streams {
                 self.calm.set(true);
             }
         }
-        self.changed.notify_one();
+        // The last open stream's end starts the idle deadline; too many cancelled close.
+        if self.open.get() == 0 || self.calm.get() {
+            self.changed.notify_one();
+        }
     }
 
     /// The worker has more streams open than `max_streams_per_worker` (this one counted).
@@ -307,7 +313,10 @@ impl Streams {
     /// `send_timeout`.
     pub async fn closing(&self, first: Duration, keepalive: Duration, send: Duration) -> Close {
         let scan = send.min(STALL_SCAN);
-        let mut next_scan = tokio::time::Instant::now() + scan;
+        // One timer for the scans, reset only when it fires: a connection busy with streams
+        // that come and go does not make a new one each time.
+        let scanning = tokio::time::sleep(scan);
+        tokio::pin!(scanning);
         loop {
             if self.calm.get() {
                 return Close::RapidReset;
@@ -315,11 +324,11 @@ impl Streams {
             if self.open.get() > 0 {
                 tokio::select! {
                     () = self.changed.notified() => {}
-                    () = tokio::time::sleep_until(next_scan) => {
+                    () = scanning.as_mut() => {
                         if self.stalled(send) {
                             return Close::Stalled;
                         }
-                        next_scan = tokio::time::Instant::now() + scan;
+                        scanning.as_mut().reset(tokio::time::Instant::now() + scan);
                     }
                 }
                 continue;

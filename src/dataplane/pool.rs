@@ -280,7 +280,9 @@ impl Pool {
         match target.protocol {
             UpstreamProtocol::Http1 => match self.take(key) {
                 Some(sender) => Ok(self.checkout_of(key, Sender::Http1(sender), true, None)),
-                None => self.connect(target).await,
+                // Boxed: the connect's state (TLS handshake included) is several KiB, and
+                // every request's future would carry it, and copy it, for the rare new one.
+                None => Box::pin(self.connect(target)).await,
             },
             UpstreamProtocol::Http2 => {
                 let (handshake, slot, reused) = match self.share(key) {

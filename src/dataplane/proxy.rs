@@ -878,7 +878,8 @@ async fn send(
             host: &member.host,
         };
         let made = match new {
-            true => worker.pool.connect(target).await,
+            // Boxed, as in `Pool::checkout`: a new connection is the rare case.
+            true => Box::pin(worker.pool.connect(target)).await,
             false => worker.pool.checkout(target).await,
         };
         record.upstream = Some(addr);
