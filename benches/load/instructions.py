@@ -30,6 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402  the load benchmark's own setup
 
 
+# More callgrind options, e.g. CALLGRIND_ARGS=--cache-sim=yes (the dumps then hold simulated
+# cache misses too; the report stays instructions).
+EXTRA = os.environ.get("CALLGRIND_ARGS", "").split()
+
 SCENARIOS = [
     ("HTTP/1.1 TLS, auth = none", "/none", True, False),
     ("HTTP/1.1 TLS, JWT, one reused token", "/jwt", True, True),
@@ -95,7 +99,7 @@ def count(args, work, procs):
         conf = run.write(work, f"gw{i}.toml", text)
         out = os.path.join(work, f"callgrind-{i}.out")
         gateway = run.spawn(procs, [run.PROXY_CORE],
-                            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *EXTRA,
                              binary, "run", "--config", conf], work, f"gw{i}")
         run.wait_ready(f"http://127.0.0.1:{admin}/readyz", 120)
         rows[binary] = {}
@@ -114,7 +118,7 @@ def count_nginx(args, work, procs, upstream_port, cert, key, bearer):
         f"ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on;")
     out = os.path.join(work, "callgrind-nginx.out")
     nginx = run.spawn(procs, [run.PROXY_CORE], ["valgrind", "--tool=callgrind",
-                                                f"--callgrind-out-file={out}"]
+                                                f"--callgrind-out-file={out}", *EXTRA]
                       + run.nginx_cmd(work, "proxy", text), work, "nginx")
     deadline = time.monotonic() + 120
     while subprocess.run(["curl", "-ksf", "-o", "/dev/null", f"https://127.0.0.1:{port}/"]).returncode:
