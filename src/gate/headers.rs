@@ -175,7 +175,8 @@ pub const DEFAULT_STRIP: [&str; 69] = [
 /// and every name the gateway maps claims to). Compared lower-case with `_` read as `-`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityNames {
-    exact: Vec<String>,
+    /// Exact names, by their length: a header is compared with the few of its own length.
+    exact: Vec<Vec<String>>,
     prefixes: Vec<String>,
     /// The first byte of every name and prefix: most headers are passed after one lookup.
     first: [bool; 256],
@@ -204,7 +205,12 @@ impl IdentityNames {
             out.first[usize::from(b)] = true;
             match name.strip_suffix('*') {
                 Some(prefix) => out.prefixes.push(prefix.to_owned()),
-                None => out.exact.push(name),
+                None => {
+                    if out.exact.len() <= name.len() {
+                        out.exact.resize_with(name.len() + 1, Vec::new);
+                    }
+                    out.exact[name.len()].push(name);
+                }
             }
         }
         out
@@ -218,11 +224,21 @@ impl IdentityNames {
         if !self.first[usize::from(b)] {
             return false;
         }
-        self.exact.iter().any(|n| same_dashed(name, n))
-            || self
-                .prefixes
-                .iter()
-                .any(|p| name.len() >= p.len() && same_dashed(&name[..p.len()], p))
+        let exact = self.exact.get(name.len()).map_or(&[][..], Vec::as_slice);
+        // Most prefixes begin `x-`: their third byte tells them apart before any comparison.
+        let third = |n: &str| {
+            n.as_bytes()
+                .get(2)
+                .map(|&b| if b == b'_' { b'-' } else { b })
+        };
+        let name_third = third(name);
+        exact.iter().any(|n| same_dashed(name, n))
+            || self.prefixes.iter().any(|p| {
+                let p_third = third(p);
+                (p_third.is_none() || p_third == name_third)
+                    && name.len() >= p.len()
+                    && same_dashed(&name[..p.len()], p)
+            })
     }
 }
 
@@ -562,5 +578,44 @@ mod tests {
         }
         assert!(names.contains("x_forwarded_user") && names.contains("x-tenant"));
         assert!(!IdentityNames::default().contains("x-user"));
+    }
+
+    /// Names are looked up by length and prefixes by their third byte: neither may lose a
+    /// match, whatever the lengths, the `_` spellings or a prefix shorter than three bytes.
+    #[test]
+    fn identity_name_lookups_find_every_spelling() {
+        let names = IdentityNames::new(["X-Id", "x-a", "x-*", "ab*", "X-Role-*", "q"]);
+        for (name, listed) in [
+            ("x-id", true),
+            ("x_id", true),
+            ("x-a", true),
+            ("x_a", true),
+            ("x-anything", true),
+            ("x_anything", true),
+            ("x-", true),
+            ("ab", true),
+            ("abc", true),
+            ("x-role-admin", true),
+            ("x_role_admin", true),
+            ("q", true),
+            ("x", false),
+            ("a", false),
+            ("qq", false),
+            ("y-id", false),
+        ] {
+            assert_eq!(names.contains(name), listed, "{name}");
+        }
+        let names = IdentityNames::new(["X-Role-*", "x-tenant"]);
+        for (name, listed) in [
+            ("x-role-", true),
+            ("x_role_x", true),
+            ("x-rol", false),
+            ("x-tenants", false),
+            ("x-tenan", false),
+            ("x_tenant", true),
+            ("x-other", false),
+        ] {
+            assert_eq!(names.contains(name), listed, "{name}");
+        }
     }
 }
