@@ -58,17 +58,12 @@ def main():
     try:
         rows = count(args, work, procs)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        run.stop_all(procs, 20)
     names = [os.path.basename(os.path.dirname(b)) or b for b in args.binaries]
     if args.nginx:
         names, args.binaries = ["nginx"] + names, ["nginx"] + args.binaries
-    print(f"\nuser-space instructions per request (callgrind), {args.requests} requests per scenario\n")
+    print(f"\nuser-space instructions per request (callgrind), {args.requests} requests per "
+          f"scenario; the callgrind dumps are in {work}\n")
     print("| scenario | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
     for name, *_ in SCENARIOS:
@@ -76,12 +71,7 @@ def main():
 
 
 def count(args, work, procs):
-    key, cert = os.path.join(work, "tls.key"), os.path.join(work, "tls.crt")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
-                    "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    key, cert = run.make_certificate(work)
     issuer = run.start_idp(procs, [run.LOAD_CORE], work, 10)
     upstream_port = run.free_port()
     run.spawn(procs, [run.LOAD_CORE], run.nginx_cmd(work, "upstream",
@@ -94,8 +84,7 @@ def count(args, work, procs):
         rows["nginx"] = count_nginx(args, work, procs, upstream_port, cert, key, bearer)
     for i, binary in enumerate(args.binaries):
         port, admin = run.free_port(), run.free_port()
-        text = run.gateway_config(port, admin, issuer, upstream_port, True).replace(
-            "threads = 1", f'threads = 1\ntls_cert = "{cert}"\ntls_key = "{key}"')
+        text = run.tls_gateway_config(port, admin, issuer, upstream_port, cert, key)
         conf = run.write(work, f"gw{i}.toml", text)
         out = os.path.join(work, f"callgrind-{i}.out")
         gateway = run.spawn(procs, [run.PROXY_CORE],
@@ -112,10 +101,7 @@ def count(args, work, procs):
 def count_nginx(args, work, procs, upstream_port, cert, key, bearer):
     """nginx terminating TLS in one worker process, as in run.py, under callgrind."""
     port = run.free_port()
-    text = run.proxy_config(port, upstream_port).replace(
-        f"listen 127.0.0.1:{port};",
-        f"listen 127.0.0.1:{port} ssl http2; ssl_certificate {cert}; "
-        f"ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on;")
+    text = run.tls_proxy_config(port, upstream_port, cert, key)
     out = os.path.join(work, "callgrind-nginx.out")
     nginx = run.spawn(procs, [run.PROXY_CORE], ["valgrind", "--tool=callgrind",
                                                 f"--callgrind-out-file={out}", *EXTRA]

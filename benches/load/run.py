@@ -153,13 +153,7 @@ def main():
         else:
             report = run(args, work, procs)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs, 10)
     shutil.rmtree(work, ignore_errors=True)
     print(report)
     out = os.path.join(ROOT, "target", "load-report.md")
@@ -313,25 +307,16 @@ SAME_H2 = "nginx TLS, HTTP/2, the JWT rows' request (token sent, dropped)"
 def run_tls(args, work, procs):
     """Portcullis terminating TLS beside nginx terminating TLS, the same certificate (ECDSA
     P-256) and the same upstream; each proxy on core 0, wrk and the upstream on core 1."""
-    key, cert = os.path.join(work, "tls.key"), os.path.join(work, "tls.crt")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
-                    "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    key, cert = make_certificate(work)
     issuer = start_idp(procs, [LOAD_CORE], work, 10)
     upstream_port = free_port()
     spawn(procs, [LOAD_CORE], nginx_cmd(work, "upstream", upstream_config(upstream_port)),
           work, "upstream")
     nginx_port = free_port()
-    tls_proxy = proxy_config(nginx_port, upstream_port).replace(
-        f"listen 127.0.0.1:{nginx_port};",
-        f"listen 127.0.0.1:{nginx_port} ssl http2; ssl_certificate {cert}; "
-        f"ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on;")
+    tls_proxy = tls_proxy_config(nginx_port, upstream_port, cert, key)
     nginx = spawn(procs, [PROXY_CORE], nginx_cmd(work, "proxy", tls_proxy), work, "nginx")
     port, admin = free_port(), free_port()
-    text = gateway_config(port, admin, issuer, upstream_port, True).replace(
-        "threads = 1", f'threads = 1\ntls_cert = "{cert}"\ntls_key = "{key}"')
+    text = tls_gateway_config(port, admin, issuer, upstream_port, cert, key)
     gateway = spawn(procs, [PROXY_CORE], [binary("portcullis"), "run", "--config",
                                           write(work, "tls.toml", text)], work, "tls")
     wait_ready(f"http://127.0.0.1:{admin}/readyz", 30)
@@ -737,6 +722,42 @@ http {{
 
 def upstream_config(port):
     return f"""server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}"""
+
+
+def make_certificate(work):
+    """A fresh ECDSA P-256 certificate for localhost and 127.0.0.1: (key, cert) paths."""
+    key, cert = os.path.join(work, "tls.key"), os.path.join(work, "tls.crt")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return key, cert
+
+
+def tls_proxy_config(port, upstream_port, cert, key):
+    """nginx as the plain proxy, terminating TLS (HTTP/2 by ALPN) with `cert`."""
+    return proxy_config(port, upstream_port).replace(
+        f"listen 127.0.0.1:{port};",
+        f"listen 127.0.0.1:{port} ssl http2; ssl_certificate {cert}; "
+        f"ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on;")
+
+
+def tls_gateway_config(port, admin, issuer, upstream_port, cert, key):
+    """Portcullis's benchmark configuration, terminating TLS with `cert`."""
+    return gateway_config(port, admin, issuer, upstream_port, True).replace(
+        "threads = 1", f'threads = 1\ntls_cert = "{cert}"\ntls_key = "{key}"')
+
+
+def stop_all(procs, seconds):
+    """SIGTERM every process started, then wait up to `seconds` each; kill what is left."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def proxy_config(port, upstream_port):
