@@ -221,6 +221,8 @@ impl IdentityNames {
         let Some(&b) = name.as_bytes().first() else {
             return false;
         };
+        // The table holds the names' first bytes with `_` already read as `-`.
+        let b = if b == b'_' { b'-' } else { b };
         if !self.first[usize::from(b)] {
             return false;
         }
@@ -604,6 +606,11 @@ mod tests {
             ("y-id", false),
         ] {
             assert_eq!(names.contains(name), listed, "{name}");
+        }
+        // A configured name may begin with `_` or `-`: either spelling is found (red team).
+        let names = IdentityNames::new(["_foo", "-bar*"]);
+        for name in ["_foo", "-foo", "_bar", "-bar-x", "_bar_x"] {
+            assert!(names.contains(name), "{name}");
         }
         let names = IdentityNames::new(["X-Role-*", "x-tenant"]);
         for (name, listed) in [
