@@ -222,17 +222,12 @@ impl IdentityNames {
             return false;
         };
         // The table holds the names' first bytes with `_` already read as `-`.
-        let b = if b == b'_' { b'-' } else { b };
-        if !self.first[usize::from(b)] {
+        if !self.first[usize::from(dashed(b))] {
             return false;
         }
         let exact = self.exact.get(name.len()).map_or(&[][..], Vec::as_slice);
         // Most prefixes begin `x-`: their third byte tells them apart before any comparison.
-        let third = |n: &str| {
-            n.as_bytes()
-                .get(2)
-                .map(|&b| if b == b'_' { b'-' } else { b })
-        };
+        let third = |n: &str| n.as_bytes().get(2).copied().map(dashed);
         let name_third = third(name);
         exact.iter().any(|n| same_dashed(name, n))
             || self.prefixes.iter().any(|p| {
@@ -241,6 +236,15 @@ impl IdentityNames {
                     && name.len() >= p.len()
                     && same_dashed(&name[..p.len()], p)
             })
+    }
+}
+
+/// A name's byte as the lists hold it: `_` read as `-`.
+fn dashed(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b
     }
 }
 
